@@ -1,0 +1,208 @@
+"""One error path: typed exceptions rendered into the OpenAI error envelope.
+
+Every route under /v1/, /openai/ and /api/ answers errors as
+`{"error": {"message", "type", "param", "code"}}`; views raise an `ApiError` subclass and
+`exception_handler` renders it (DRF's own exceptions are translated on the way).
+"""
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+from aperture.request_context import current_request_id
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type_=self.type, param=self.param, code=self.code)
+
+
+class InvalidRequest(ApiError):
+    status = 400
+
+
+class Unsupported(ApiError):
+    status = 400
+    code = "unsupported"
+
+
+class AuthenticationError(ApiError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class InsufficientQuota(ApiError):
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class PermissionError_(ApiError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(ApiError):
+    status = 404
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(ApiError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(ApiError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(ApiError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+def error_body(
+    message: str, *, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(error: ApiError) -> JsonResponse:
+    response = JsonResponse(error.body(), status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
+    """The first (field, message) of a DRF ValidationError detail, for the envelope."""
+    if isinstance(detail, dict):
+        for field, inner in detail.items():
+            name = field if field != "non_field_errors" else ""
+            param, message = _first_validation_error(inner, f"{prefix}.{name}" if prefix else name)
+            return param, message
+    if isinstance(detail, list) and detail:
+        return _first_validation_error(detail[0], prefix)
+    message = str(detail)
+    return (prefix or None), (f"{prefix}: {message}" if prefix else message)
+
+
+def _translate(exc: Exception) -> ApiError | None:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge("Request body is too large.")
+    if isinstance(exc, drf.ValidationError):
+        param, message = _first_validation_error(exc.detail)
+        return InvalidRequest(message, param=param)
+    if isinstance(exc, drf.ParseError):
+        return InvalidRequest(f"Could not parse the request body: {exc.detail}")
+    if isinstance(exc, drf.NotAuthenticated):
+        return AuthenticationError(
+            "No API key provided. Send it as 'Authorization: Bearer <key>' or 'api-key: <key>'.",
+            code="missing_api_key",
+        )
+    if isinstance(exc, drf.AuthenticationFailed):
+        return AuthenticationError(str(exc.detail))
+    if isinstance(exc, (drf.PermissionDenied, DjangoPermissionDenied)):
+        detail = getattr(exc, "detail", None) or "You do not have permission to do this."
+        return PermissionError_(str(detail))
+    if isinstance(exc, (drf.NotFound, Http404)):
+        return NotFound("Not found.")
+    if isinstance(exc, drf.MethodNotAllowed):
+        return MethodNotAllowed(str(exc.detail))
+    if isinstance(exc, drf.UnsupportedMediaType):
+        return UnsupportedMediaType(str(exc.detail))
+    if isinstance(exc, drf.NotAcceptable):
+        return ApiError(str(exc.detail), code="not_acceptable")
+    if isinstance(exc, drf.Throttled):
+        return RateLimited(str(exc.detail))
+    if isinstance(exc, drf.APIException):
+        error = ApiError(str(exc.detail))
+        error.status = exc.status_code
+        return error
+    return None
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """DRF's EXCEPTION_HANDLER: every exception becomes the OpenAI envelope, 500 included."""
+    error = _translate(exc)
+    if error is None:
+        logger.exception("Unhandled error while serving a request")
+        return Response(internal_error_body(), status=500)
+    response = Response(error.body(), status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    if error.status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="aperture"'
+    return response
+
+
+def internal_error_body() -> dict[str, Any]:
+    return error_body(
+        f"The server had an error while processing your request (request id "
+        f"{current_request_id()}). It has been logged.",
+        type_="server_error",
+        code="internal_error",
+    )
+
+
+def not_found_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """handler404 and the catch-all for unknown API routes."""
+    return error_response(NotFound(f"Unknown route: {request.method} {request.path}"))
+
+
+def server_error_view(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(internal_error_body(), status=500)

@@ -1,0 +1,1 @@
+"""Billing: prices, budgets, reservations and usage records (built by the billing issue)."""

@@ -1,0 +1,22 @@
+"""gunicorn settings: gevent workers serving sync Django views (README: Architecture).
+
+Nothing from Django or psycopg may be imported here, and there is no preload: gevent must
+patch the standard library before psycopg is imported, in each worker.
+"""
+
+import os
+
+bind = os.environ.get("APERTURE_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_connections = int(os.environ.get("APERTURE_WORKER_CONNECTIONS", "2000"))
+# Image generation upstreams take 5-60 s; gevent workers keep heartbeating meanwhile.
+timeout = int(os.environ.get("APERTURE_WORKER_TIMEOUT", "180"))
+graceful_timeout = 30
+keepalive = 5
+preload_app = False
+accesslog = os.environ.get("APERTURE_ACCESS_LOG", "-")
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+errorlog = "-"
+# Headers and request lines far above anything legitimate are refused by gunicorn itself.
+limit_request_field_size = 16384

@@ -1,0 +1,196 @@
+"""Operator admin for routing: credentials (write-only secrets), aliases with their deployments."""
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+
+from routing import services
+from routing.models import Deployment, ModelAlias, ProviderCredential
+from tenants.audit import audit_record, operator_actor
+
+
+def _actor(request: HttpRequest) -> str:
+    return operator_actor(request.user.get_username())
+
+
+@admin.display(description="Scope", ordering="workspace__slug")
+def _scope(obj: ProviderCredential | ModelAlias) -> str:
+    return obj.workspace.slug if obj.workspace_id and obj.workspace else "platform"
+
+
+class CredentialForm(forms.ModelForm):
+    base_url = forms.URLField(
+        required=False,
+        assume_scheme="https",
+        help_text=ProviderCredential._meta.get_field("base_url").help_text,
+    )
+    secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only. Leave empty to keep the current secret.",
+    )
+
+    class Meta:
+        model = ProviderCredential
+        fields = [
+            "workspace", "name", "provider", "base_url", "secret", "api_version", "extra_headers",
+            "passthrough_enabled", "passthrough_path_prefixes", "enabled",
+        ]
+
+    def clean_name(self) -> str:
+        name: str = self.cleaned_data["name"]
+        try:
+            services._check_credential_name(name)
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["name"]) from exc
+        return name
+
+
+@admin.register(ProviderCredential)
+class ProviderCredentialAdmin(admin.ModelAdmin):
+    form = CredentialForm
+    list_display = [
+        "name", "provider", _scope, "base_url", "masked_secret", "passthrough_enabled", "enabled",
+        "updated_at",
+    ]
+    list_filter = ["provider", "enabled", "passthrough_enabled", "workspace"]
+    list_select_related = ["workspace"]
+    search_fields = ["name", "base_url", "workspace__slug", "public_id"]
+    readonly_fields = ["public_id", "masked_secret", "created_at", "updated_at"]
+    autocomplete_fields = ["workspace"]
+
+    def save_model(
+        self, request: HttpRequest, obj: ProviderCredential, form: Any, change: bool
+    ) -> None:
+        data = form.cleaned_data
+        secret = data.get("secret") or ""
+        if not change:
+            created = services.credential_create(
+                actor=_actor(request),
+                workspace=data["workspace"],
+                name=data["name"],
+                provider=data["provider"],
+                base_url=data["base_url"],
+                secret=secret,
+                api_version=data["api_version"],
+                extra_headers=data["extra_headers"],
+                passthrough_enabled=data["passthrough_enabled"],
+                passthrough_path_prefixes=data["passthrough_path_prefixes"],
+                enabled=data["enabled"],
+            )
+            obj.pk = created.pk
+            return
+        changed = [f for f in form.changed_data if f not in ("secret", "workspace")]
+        if changed:
+            # The form already set the new values on obj; the service saves and audits them.
+            services.credential_update(
+                actor=_actor(request),
+                credential=obj,
+                fields={field: getattr(obj, field) for field in changed},
+            )
+        if secret:
+            services.credential_rotate_secret(actor=_actor(request), credential=obj, secret=secret)
+
+
+class DeploymentForm(forms.ModelForm):
+    """Checks that the credential may serve the alias (platform alias → platform credential)."""
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "alias", "credential", "upstream_model", "priority", "weight", "timeout_seconds",
+            "enabled",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        alias = data.get("alias")
+        if alias is None:  # inline: the formset has set the (possibly unsaved) parent alias
+            try:
+                alias = self.instance.alias
+            except ObjectDoesNotExist:
+                alias = None
+        credential = data.get("credential")
+        if alias is not None and credential is not None:
+            services.check_deployment_scope(alias, credential)
+        return data
+
+
+class DeploymentInline(admin.TabularInline):
+    model = Deployment
+    form = DeploymentForm
+    extra = 0
+    autocomplete_fields = ["credential"]
+
+
+@admin.register(ModelAlias)
+class ModelAliasAdmin(admin.ModelAdmin):
+    list_display = ["name", _scope, "deployment_count", "enabled", "updated_at"]
+    list_filter = ["enabled", "workspace"]
+    list_select_related = ["workspace"]
+    search_fields = ["name", "workspace__slug", "public_id"]
+    readonly_fields = ["public_id", "created_at", "updated_at"]
+    autocomplete_fields = ["workspace"]
+    inlines = [DeploymentInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelAlias]:
+        return super().get_queryset(request).annotate(_deployments=Count("deployments"))
+
+    @admin.display(description="Deployments", ordering="_deployments")
+    def deployment_count(self, obj: ModelAlias) -> int:
+        return getattr(obj, "_deployments", 0)
+
+    def save_model(self, request: HttpRequest, obj: ModelAlias, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        audit_record(
+            actor=_actor(request),
+            event="alias.updated" if change else "alias.created",
+            target=obj,
+            workspace=obj.workspace,
+            data={"fields": form.changed_data},
+        )
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        for deployment in formset.new_objects + [d for d, _ in formset.changed_objects]:
+            audit_record(
+                actor=_actor(request),
+                event="deployment.saved",
+                target=deployment,
+                workspace=form.instance.workspace,
+                data={"model": deployment.upstream_model},
+            )
+        for deployment in formset.deleted_objects:
+            audit_record(
+                actor=_actor(request),
+                event="deployment.deleted",
+                target=("routing.deployment", deployment.public_id),
+                workspace=form.instance.workspace,
+            )
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = ["alias", "credential", "upstream_model", "priority", "weight", "enabled"]
+    list_filter = ["enabled", "credential__provider"]
+    list_select_related = ["alias", "alias__workspace", "credential", "credential__workspace"]
+    search_fields = ["upstream_model", "alias__name", "credential__name"]
+    autocomplete_fields = ["alias", "credential"]
+    readonly_fields = ["public_id", "created_at", "updated_at"]
+
+    form = DeploymentForm
+
+    def save_model(self, request: HttpRequest, obj: Deployment, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        audit_record(
+            actor=_actor(request),
+            event="deployment.saved",
+            target=obj,
+            workspace=obj.alias.workspace,
+            data={"fields": form.changed_data},
+        )

@@ -1,0 +1,166 @@
+"""Routing: provider credentials, the caller-facing model aliases and their deployments."""
+
+from django.db import models
+from django.db.models import Q
+
+from aperture import crypto
+from aperture.ids import public_id
+from tenants.models import Workspace
+
+
+class Provider(models.TextChoices):
+    LOCAL = "local", "Local (built-in renderer)"
+    OPENAI = "openai", "OpenAI"
+    AZURE = "azure", "Azure OpenAI"
+    GEMINI = "gemini", "Google Gemini / Imagen"
+    SEEDREAM = "seedream", "Volcengine Ark Seedream"
+    XAI = "xai", "xAI"
+    OPENROUTER = "openrouter", "OpenRouter"
+    STABILITY = "stability", "Stability AI"
+    BFL = "bfl", "Black Forest Labs"
+    REPLICATE = "replicate", "Replicate"
+
+
+def _mask(hint: str) -> str:
+    return f"••••{hint}" if hint else ""
+
+
+class ProviderCredential(models.Model):
+    """An upstream account. The secret is encrypted at rest and never serialized back out."""
+
+    public_id = models.CharField(max_length=32, unique=True, default=public_id, editable=False)
+    workspace = models.ForeignKey(
+        Workspace,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="credentials",
+        help_text="Empty: platform-wide, usable by every workspace's platform aliases.",
+    )
+    name = models.SlugField(max_length=64, help_text="Also the passthrough route: /<name>/<path>.")
+    provider = models.CharField(max_length=32, choices=Provider.choices)
+    base_url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="The provider's root, e.g. https://api.openai.com (adapters add /v1/…).",
+    )
+    secret_ciphertext = models.TextField(blank=True, editable=False)
+    secret_hint = models.CharField(max_length=4, blank=True, editable=False)
+    api_version = models.CharField(max_length=64, blank=True, help_text="Azure: api-version.")
+    extra_headers = models.JSONField(default=dict, blank=True)
+    passthrough_enabled = models.BooleanField(
+        default=False, help_text="Allow tenants to call /<name>/<path> raw. Off by default."
+    )
+    passthrough_path_prefixes = models.JSONField(
+        default=list, blank=True, help_text="If set, passthrough is limited to these path prefixes."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "name"],
+                condition=Q(workspace__isnull=False),
+                name="credential_name_unique_in_workspace",
+            ),
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=Q(workspace__isnull=True),
+                name="credential_name_unique_platform",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.workspace.slug if self.workspace_id else "platform"
+        return f"{self.name} ({self.provider}, {scope})"
+
+    def set_secret(self, plaintext: str) -> None:
+        self.secret_ciphertext = crypto.encrypt(plaintext) if plaintext else ""
+        self.secret_hint = plaintext[-4:] if len(plaintext) >= 8 else ""
+
+    def secret(self) -> str:
+        return crypto.decrypt(self.secret_ciphertext) if self.secret_ciphertext else ""
+
+    @property
+    def masked_secret(self) -> str:
+        if not self.secret_ciphertext:
+            return "(none)"
+        return _mask(self.secret_hint) or "••••"
+
+
+class ModelAlias(models.Model):
+    """The name tenants pass as `model`; a workspace alias shadows a platform one of that name."""
+
+    public_id = models.CharField(max_length=32, unique=True, default=public_id, editable=False)
+    workspace = models.ForeignKey(
+        Workspace,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="aliases",
+        help_text="Empty: a platform alias, visible to every workspace.",
+    )
+    name = models.CharField(max_length=128, help_text="What callers send as `model`.")
+    description = models.CharField(max_length=300, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "model aliases"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "name"],
+                condition=Q(workspace__isnull=False),
+                name="alias_name_unique_in_workspace",
+            ),
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(workspace__isnull=True), name="alias_name_unique_platform"
+            ),
+        ]
+        indexes = [
+            # Alias resolution: name within (workspace, platform).
+            models.Index(fields=["name", "workspace"], name="alias_name_workspace"),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.workspace.slug if self.workspace_id else "platform"
+        return f"{self.name} ({scope})"
+
+
+class Deployment(models.Model):
+    """One way to serve an alias: a credential and the upstream model id to call there."""
+
+    public_id = models.CharField(max_length=32, unique=True, default=public_id, editable=False)
+    alias = models.ForeignKey(ModelAlias, on_delete=models.CASCADE, related_name="deployments")
+    credential = models.ForeignKey(
+        ProviderCredential, on_delete=models.PROTECT, related_name="deployments"
+    )
+    upstream_model = models.CharField(max_length=200, help_text="The provider's model id.")
+    priority = models.IntegerField(default=0, help_text="Lower is tried first; fallback order.")
+    weight = models.PositiveIntegerField(default=1, help_text="Load share among equal priority.")
+    timeout_seconds = models.PositiveIntegerField(default=120)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["priority", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(weight__gte=1), name="deployment_weight_positive"),
+            models.CheckConstraint(
+                condition=Q(timeout_seconds__gte=1) & Q(timeout_seconds__lte=900),
+                name="deployment_timeout_range",
+            ),
+        ]
+        indexes = [
+            # The router: an alias's enabled deployments in priority order.
+            models.Index(fields=["alias", "enabled", "priority"], name="deployment_route"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias.name} → {self.credential.name}:{self.upstream_model}"

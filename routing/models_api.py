@@ -1,0 +1,38 @@
+"""GET /v1/models and /v1/models/{id}: the aliases a key may use, in OpenAI's list format."""
+
+from typing import Any
+
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from routing import selectors
+from routing.models import ModelAlias
+from tenants.key_auth import KeyPrincipal
+from tenants.permissions import ImagesScope
+
+
+def model_object(alias: ModelAlias) -> dict[str, Any]:
+    return {
+        "id": alias.name,
+        "object": "model",
+        "created": int(alias.created_at.timestamp()),
+        "owned_by": "workspace" if alias.workspace_id else "aperture",
+    }
+
+
+class ModelListView(APIView):
+    permission_classes = [ImagesScope]
+
+    def get(self, request: Request) -> Response:
+        principal: KeyPrincipal = request.user
+        data = [model_object(alias) for alias in selectors.aliases_visible(principal)]
+        return Response({"object": "list", "data": data})
+
+
+class ModelDetailView(APIView):
+    permission_classes = [ImagesScope]
+
+    def get(self, request: Request, model: str) -> Response:
+        principal: KeyPrincipal = request.user
+        return Response(model_object(selectors.alias_resolve(principal, model)))

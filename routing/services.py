@@ -1,0 +1,182 @@
+"""Writes for routing: credentials (encrypted), aliases and deployments, each audited."""
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from aperture import crypto
+from routing.models import Deployment, ModelAlias, Provider, ProviderCredential
+from tenants.audit import audit_record
+from tenants.models import Workspace
+
+# Top-level routes of the gateway itself: a credential of that name would shadow them.
+RESERVED_CREDENTIAL_NAMES = frozenset(
+    {"v1", "api", "admin", "healthz", "readyz", "metrics", "static", "media", "files", "docs"}
+)
+
+
+def _check_credential_name(name: str) -> None:
+    if name.lower() in RESERVED_CREDENTIAL_NAMES:
+        raise ValidationError(
+            {"name": f"'{name}' is a route of the gateway itself; choose another name."}
+        )
+
+
+def _check_provider(provider: str) -> None:
+    if provider not in Provider.values:
+        raise ValidationError({"provider": f"Unknown provider {provider!r}."})
+
+
+@transaction.atomic
+def credential_create(
+    *,
+    actor: str,
+    name: str,
+    provider: str,
+    secret: str,
+    base_url: str = "",
+    workspace: Workspace | None = None,
+    api_version: str = "",
+    extra_headers: dict[str, str] | None = None,
+    passthrough_enabled: bool = False,
+    passthrough_path_prefixes: list[str] | None = None,
+    enabled: bool = True,
+) -> ProviderCredential:
+    _check_credential_name(name)
+    _check_provider(provider)
+    credential = ProviderCredential(
+        workspace=workspace,
+        name=name,
+        provider=provider,
+        base_url=base_url.rstrip("/"),
+        api_version=api_version,
+        extra_headers=extra_headers or {},
+        passthrough_enabled=passthrough_enabled,
+        passthrough_path_prefixes=passthrough_path_prefixes or [],
+        enabled=enabled,
+    )
+    credential.set_secret(secret)
+    credential.full_clean(exclude=["secret_ciphertext"])
+    credential.save()
+    audit_record(
+        actor=actor,
+        event="credential.created",
+        target=credential,
+        workspace=workspace,
+        data={"name": name, "provider": provider},
+    )
+    return credential
+
+
+@transaction.atomic
+def credential_update(
+    *, actor: str, credential: ProviderCredential, fields: dict[str, Any]
+) -> ProviderCredential:
+    """Update non-secret fields (name, base_url, api_version, passthrough, enabled, ...)."""
+    allowed = {
+        "name", "provider", "base_url", "api_version", "extra_headers", "passthrough_enabled",
+        "passthrough_path_prefixes", "enabled",
+    }
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValidationError(f"Cannot update {sorted(unknown)} on a credential.")
+    if "name" in fields:
+        _check_credential_name(fields["name"])
+    if "provider" in fields:
+        _check_provider(fields["provider"])
+    if "base_url" in fields:
+        fields = {**fields, "base_url": fields["base_url"].rstrip("/")}
+    for field, value in fields.items():
+        setattr(credential, field, value)
+    credential.save()
+    audit_record(
+        actor=actor,
+        event="credential.updated",
+        target=credential,
+        workspace=credential.workspace,
+        data={"fields": sorted(fields)},
+    )
+    return credential
+
+
+@transaction.atomic
+def credential_rotate_secret(
+    *, actor: str, credential: ProviderCredential, secret: str
+) -> ProviderCredential:
+    credential.set_secret(secret)
+    credential.save(update_fields=["secret_ciphertext", "secret_hint", "updated_at"])
+    audit_record(
+        actor=actor, event="credential.rotated", target=credential, workspace=credential.workspace
+    )
+    return credential
+
+
+def credentials_reencrypt(*, actor: str) -> int:
+    """Re-encrypt every stored secret with the first encryption key; returns how many."""
+    count = 0
+    for pk in ProviderCredential.objects.exclude(secret_ciphertext="").values_list("pk", flat=True):
+        with transaction.atomic():
+            credential = ProviderCredential.objects.select_for_update().get(pk=pk)
+            credential.secret_ciphertext = crypto.reencrypt(credential.secret_ciphertext)
+            credential.save(update_fields=["secret_ciphertext", "updated_at"])
+            count += 1
+    if count:
+        audit_record(
+            actor=actor,
+            event="credential.reencrypted",
+            target=("routing.providercredential", "*"),
+            data={"count": count},
+        )
+    return count
+
+
+@transaction.atomic
+def alias_create(
+    *, actor: str, name: str, workspace: Workspace | None = None, description: str = ""
+) -> ModelAlias:
+    alias = ModelAlias.objects.create(workspace=workspace, name=name, description=description)
+    audit_record(actor=actor, event="alias.created", target=alias, workspace=workspace)
+    return alias
+
+
+def check_deployment_scope(alias: ModelAlias, credential: ProviderCredential) -> None:
+    """A platform alias uses platform credentials; a workspace alias its own or platform ones."""
+    if credential.workspace_id is None:
+        return
+    if credential.workspace_id != alias.workspace_id:
+        raise ValidationError(
+            {"credential": "This credential belongs to another workspace than the alias."}
+        )
+
+
+@transaction.atomic
+def deployment_create(
+    *,
+    actor: str,
+    alias: ModelAlias,
+    credential: ProviderCredential,
+    upstream_model: str,
+    priority: int = 0,
+    weight: int = 1,
+    timeout_seconds: int = 120,
+    enabled: bool = True,
+) -> Deployment:
+    check_deployment_scope(alias, credential)
+    deployment = Deployment.objects.create(
+        alias=alias,
+        credential=credential,
+        upstream_model=upstream_model,
+        priority=priority,
+        weight=weight,
+        timeout_seconds=timeout_seconds,
+        enabled=enabled,
+    )
+    audit_record(
+        actor=actor,
+        event="deployment.created",
+        target=deployment,
+        workspace=alias.workspace,
+        data={"alias": alias.name, "credential": credential.name, "model": upstream_model},
+    )
+    return deployment

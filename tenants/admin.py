@@ -1,0 +1,208 @@
+"""Operator admin for tenancy. Saves and actions go through tenants.services."""
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from tenants import services
+from tenants.audit import audit_record, operator_actor
+from tenants.models import ApiKey, AuditEvent, Team, Workspace
+
+
+def _actor(request: HttpRequest) -> str:
+    return operator_actor(request.user.get_username())
+
+
+class TeamInline(admin.TabularInline):
+    model = Team
+    fields = ["slug", "name", "archived_at"]
+    extra = 0
+    show_change_link = True
+
+
+@admin.register(Workspace)
+class WorkspaceAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "status", "team_count", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["slug", "name", "public_id"]
+    readonly_fields = ["public_id", "created_at", "updated_at"]
+    inlines = [TeamInline]
+    actions = ["suspend", "activate"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Workspace]:
+        return super().get_queryset(request).annotate(_team_count=Count("teams"))
+
+    @admin.display(description="Teams", ordering="_team_count")
+    def team_count(self, obj: Workspace) -> int:
+        return getattr(obj, "_team_count", 0)
+
+    def save_model(self, request: HttpRequest, obj: Workspace, form: Any, change: bool) -> None:
+        status_changed = change and "status" in form.changed_data
+        new_status = obj.status
+        if status_changed:
+            obj.status = form.initial["status"]
+        obj.save()
+        if status_changed:
+            services.workspace_set_status(actor=_actor(request), workspace=obj, status=new_status)
+        audit_record(
+            actor=_actor(request),
+            event="workspace.updated" if change else "workspace.created",
+            target=obj,
+            workspace=obj,
+            data={"fields": form.changed_data},
+        )
+
+    @admin.action(description="Suspend selected workspaces")
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Workspace]) -> None:
+        for workspace in queryset:
+            services.workspace_set_status(
+                actor=_actor(request), workspace=workspace, status=Workspace.Status.SUSPENDED
+            )
+
+    @admin.action(description="Activate selected workspaces")
+    def activate(self, request: HttpRequest, queryset: QuerySet[Workspace]) -> None:
+        for workspace in queryset:
+            services.workspace_set_status(
+                actor=_actor(request), workspace=workspace, status=Workspace.Status.ACTIVE
+            )
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "workspace", "archived_at", "created_at"]
+    list_filter = ["workspace"]
+    list_select_related = ["workspace"]
+    search_fields = ["slug", "name", "workspace__slug", "public_id"]
+    readonly_fields = ["public_id", "created_at", "updated_at"]
+    autocomplete_fields = ["workspace"]
+
+    def save_model(self, request: HttpRequest, obj: Team, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        audit_record(
+            actor=_actor(request),
+            event="team.updated" if change else "team.created",
+            target=obj,
+            workspace=obj.workspace,
+            data={"fields": form.changed_data},
+        )
+        if change and "archived_at" in form.changed_data:
+            services.forget_cached_keys(obj.api_keys.values_list("public_id", flat=True))
+
+
+class _AliasListField(forms.CharField):
+    """Comma-separated alias names ↔ a list."""
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return ", ".join(value)
+        return value
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        text = super().to_python(value) or ""
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class ApiKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKey.Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        initial=[ApiKey.Scope.IMAGES],
+    )
+    allowed_aliases = _AliasListField(
+        required=False, help_text="Comma-separated alias names; empty allows every alias."
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["team", "name", "scopes", "allowed_aliases", "rpm_limit", "ipm_limit", "expires_at"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
+    list_display = ["name", "prefix", "team", "workspace", "scopes", "state", "last_used_at", "created_at"]
+    list_filter = ["workspace", "revoked_at"]
+    list_select_related = ["team", "workspace"]
+    search_fields = ["name", "public_id", "team__slug", "workspace__slug"]
+    readonly_fields = ["prefix", "workspace", "last_used_at", "revoked_at", "created_by", "created_at"]
+    autocomplete_fields = ["team"]
+    actions = ["revoke"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        return fields + ["team"] if obj else fields
+
+    @admin.display(description="State")
+    def state(self, obj: ApiKey) -> str:
+        if obj.revoked_at:
+            return "revoked"
+        return "active" if obj.is_usable() else "expired"
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        if change:
+            services.key_update(
+                actor=_actor(request),
+                key=obj,
+                name=data["name"],
+                scopes=data["scopes"],
+                allowed_aliases=data["allowed_aliases"],
+            )
+            return
+        created = services.key_create(
+            actor=_actor(request),
+            team=data["team"],
+            name=data["name"],
+            scopes=data["scopes"],
+            allowed_aliases=data["allowed_aliases"],
+            rpm_limit=data["rpm_limit"],
+            ipm_limit=data["ipm_limit"],
+            expires_at=data["expires_at"],
+        )
+        obj.pk = created.key.pk
+        request._aperture_new_secret = created.secret  # type: ignore[attr-defined]
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None) -> HttpResponse:
+        """Show the secret in this one response; it is not stored anywhere we could show it again."""
+        secret = getattr(request, "_aperture_new_secret", None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        key = ApiKey.objects.select_related("team").get(pk=obj.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "key": key,
+            "secret": secret,
+            "change_url": reverse("admin:tenants_apikey_change", args=[key.pk]),
+            "title": "API key created",
+        }
+        return TemplateResponse(request, "admin/tenants/apikey/created.html", context)
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset:
+            services.key_revoke(actor=_actor(request), key=key)
+        messages.success(request, f"Revoked {queryset.count()} key(s).")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "actor", "event", "target_type", "target_id", "workspace"]
+    list_filter = ["event", "workspace"]
+    list_select_related = ["workspace"]
+    search_fields = ["actor", "event", "target_id"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

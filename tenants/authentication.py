@@ -1,0 +1,43 @@
+"""DRF authentication by API key: `Authorization: Bearer <key>` or Azure's `api-key: <key>`."""
+
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+
+from aperture.errors import AuthenticationError
+from tenants.key_auth import KeyPrincipal, authenticate_secret
+
+# Anything longer than this is not one of our keys; refuse before doing any work on it.
+_MAX_HEADER_LENGTH = 512
+
+
+def presented_secret(request: Request) -> str | None:
+    """The secret the caller presented, None if there is none, 401 if it is malformed."""
+    authorization = request.META.get("HTTP_AUTHORIZATION")
+    api_key = request.META.get("HTTP_API_KEY")
+    if authorization is None and api_key is None:
+        return None
+    if authorization is not None:
+        if len(authorization) > _MAX_HEADER_LENGTH:
+            raise AuthenticationError("Malformed Authorization header.")
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise AuthenticationError(
+                "Malformed Authorization header; expected 'Authorization: Bearer <key>'."
+            )
+        return credentials.strip()
+    assert api_key is not None
+    if len(api_key) > _MAX_HEADER_LENGTH or not api_key.strip():
+        raise AuthenticationError("Malformed api-key header.")
+    return api_key.strip()
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[KeyPrincipal, KeyPrincipal] | None:
+        secret = presented_secret(request)
+        if secret is None:
+            return None
+        principal = authenticate_secret(secret)
+        return principal, principal
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="aperture"'

@@ -1,0 +1,138 @@
+"""Turning a presented secret into the caller's identity: key → team → workspace.
+
+The lookup is cached in the shared cache (Redis in production) for a minute; every service
+that changes a key, its team or its workspace drops the entry on commit, so a revoked key
+is refused on the very next request on every process. The cache may be down: then every
+request reads the database.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from aperture import safe_cache
+from aperture.errors import AuthenticationError, PermissionError_
+from tenants.keys import parse_public_id, secret_matches
+from tenants.models import ApiKey, Workspace
+
+CACHE_SECONDS = 60
+LAST_USED_EVERY_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class KeyPrincipal:
+    """The authenticated caller, as DRF's request.user and request.auth."""
+
+    key_id: int
+    public_id: str
+    team_id: int
+    workspace_id: int
+    scopes: tuple[str, ...]
+    allowed_aliases: tuple[str, ...]
+    rpm_limit: int | None
+    ipm_limit: int | None
+
+    is_authenticated = True
+    is_anonymous = False
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def may_use_alias(self, alias_name: str) -> bool:
+        return not self.allowed_aliases or alias_name in self.allowed_aliases
+
+
+def _cache_key(public_id: str) -> str:
+    return f"apikey:v1:{public_id}"
+
+
+def _load(public_id: str) -> dict[str, Any] | None:
+    key = (
+        ApiKey.objects.select_related("team", "workspace")
+        .filter(public_id=public_id)
+        .only(
+            "id", "public_id", "secret_hash", "team_id", "workspace_id", "scopes",
+            "allowed_aliases", "rpm_limit", "ipm_limit", "expires_at", "revoked_at",
+            "team__archived_at", "workspace__status",
+        )
+        .first()
+    )
+    if key is None:
+        return None
+    return {
+        "id": key.pk,
+        "public_id": key.public_id,
+        "secret_hash": key.secret_hash,
+        "team_id": key.team_id,
+        "workspace_id": key.workspace_id,
+        "scopes": tuple(key.scopes),
+        "allowed_aliases": tuple(key.allowed_aliases),
+        "rpm_limit": key.rpm_limit,
+        "ipm_limit": key.ipm_limit,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+        "team_archived": key.team.archived_at is not None,
+        "workspace_active": key.workspace.status == Workspace.Status.ACTIVE,
+    }
+
+
+def _lookup(public_id: str) -> dict[str, Any] | None:
+    cache_key = _cache_key(public_id)
+    entry = safe_cache.get(cache_key)
+    if entry is None:
+        entry = _load(public_id)
+        if entry is None:
+            return None
+        safe_cache.set(cache_key, entry, CACHE_SECONDS)
+    return entry
+
+
+def forget(public_ids: list[str]) -> None:
+    safe_cache.delete_many([_cache_key(p) for p in public_ids])
+
+
+def _refused(now: datetime, entry: dict[str, Any]) -> str | None:
+    revoked_at = entry["revoked_at"]
+    if revoked_at is not None and revoked_at <= now:
+        return "This API key has been revoked."
+    expires_at = entry["expires_at"]
+    if expires_at is not None and expires_at <= now:
+        return "This API key has expired."
+    if entry["team_archived"]:
+        return "This API key's team has been archived."
+    return None
+
+
+def authenticate_secret(secret: str) -> KeyPrincipal:
+    """The principal for a presented secret; AuthenticationError (401) or PermissionError_ (403)."""
+    public_id = parse_public_id(secret)
+    if public_id is None:
+        raise AuthenticationError("Malformed API key. Keys look like apk_<id>_<secret>.")
+    entry = _lookup(public_id)
+    if entry is None or not secret_matches(secret, entry["secret_hash"]):
+        raise AuthenticationError("Incorrect API key provided.")
+    now = timezone.now()
+    reason = _refused(now, entry)
+    if reason:
+        raise AuthenticationError(reason)
+    if not entry["workspace_active"]:
+        raise PermissionError_("This API key's workspace is suspended.", code="workspace_suspended")
+    _touch_last_used(entry["id"], now)
+    return KeyPrincipal(
+        key_id=entry["id"],
+        public_id=entry["public_id"],
+        team_id=entry["team_id"],
+        workspace_id=entry["workspace_id"],
+        scopes=entry["scopes"],
+        allowed_aliases=entry["allowed_aliases"],
+        rpm_limit=entry["rpm_limit"],
+        ipm_limit=entry["ipm_limit"],
+    )
+
+
+def _touch_last_used(key_id: int, now: datetime) -> None:
+    """At most one UPDATE per key per minute, however many requests arrive."""
+    if safe_cache.add(f"apikey-used:{key_id}", 1, LAST_USED_EVERY_SECONDS):
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=now)

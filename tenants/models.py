@@ -1,0 +1,139 @@
+"""Tenancy: workspaces, their teams, the teams' API keys, and the audit trail."""
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from aperture.ids import public_id
+
+
+class Workspace(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    public_id = models.CharField(max_length=32, unique=True, default=public_id, editable=False)
+    slug = models.SlugField(max_length=64, unique=True, help_text="Stable identifier, e.g. acme.")
+    name = models.CharField(max_length=200)
+    status = models.CharField(
+        max_length=16,
+        choices=Status.choices,
+        default=Status.ACTIVE,
+        help_text="A suspended workspace's keys get 403 on every request.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name or self.slug
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class Team(models.Model):
+    public_id = models.CharField(max_length=32, unique=True, default=public_id, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="teams")
+    slug = models.SlugField(max_length=64, help_text="Unique within the workspace.")
+    name = models.CharField(max_length=200)
+    archived_at = models.DateTimeField(
+        null=True, blank=True, help_text="An archived team's keys are refused."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["workspace__slug", "slug"]
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "slug"], name="team_slug_unique_in_workspace")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workspace.slug}/{self.slug}"
+
+
+class ApiKey(models.Model):
+    """A tenant's key. Only a peppered HMAC of the secret is stored; see tenants/keys.py."""
+
+    class Scope(models.TextChoices):
+        IMAGES = "images", "Images (inference API)"
+        MANAGE_TEAM = "manage:team", "Manage own team"
+        MANAGE_WORKSPACE = "manage:workspace", "Manage whole workspace"
+
+    public_id = models.CharField(
+        max_length=32, unique=True, editable=False, help_text="The key's public part (apk_<id>_…)."
+    )
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="api_keys")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list, help_text="Any of: images, manage:team, manage:workspace.")
+    allowed_aliases = models.JSONField(
+        default=list, blank=True, help_text="Alias names this key may use; empty means all."
+    )
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute.")
+    ipm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Images per minute.")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Updated at most once a minute."
+    )
+    created_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(secret_hash__regex=r"^[0-9a-f]{64}$"), name="apikey_hash_is_sha256_hex"
+            ),
+        ]
+        indexes = [
+            # Lists of a team's keys in the admin and the management API.
+            models.Index(fields=["team", "-created_at"], name="apikey_team_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} (apk_{self.public_id}_…)"
+
+    @property
+    def prefix(self) -> str:
+        return f"apk_{self.public_id}"
+
+    def is_usable(self, now: "timezone.datetime | None" = None) -> bool:
+        now = now or timezone.now()
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return False
+        return self.expires_at is None or self.expires_at > now
+
+
+class AuditEvent(models.Model):
+    """Who changed what, when: written by every service that changes state."""
+
+    actor = models.CharField(max_length=200, help_text="operator:<user>, key:<public id> or system:<what>.")
+    event = models.CharField(max_length=100, help_text="Dotted name, e.g. key.created.")
+    target_type = models.CharField(max_length=100)
+    target_id = models.CharField(max_length=64)
+    workspace = models.ForeignKey(
+        Workspace, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # A workspace's history, newest first (admin filter, management API).
+            models.Index(fields=["workspace", "-created_at"], name="audit_workspace_created"),
+            # Everything that happened to one object.
+            models.Index(fields=["target_type", "target_id"], name="audit_target"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.target_type}:{self.target_id} by {self.actor}"

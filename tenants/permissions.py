@@ -1,0 +1,35 @@
+"""DRF permissions by key scope."""
+
+from typing import Any
+
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from aperture.errors import PermissionError_
+from tenants.key_auth import KeyPrincipal
+
+
+class _ScopeRequired(BasePermission):
+    scope: str = ""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        principal = request.user
+        if not isinstance(principal, KeyPrincipal):
+            return False  # DRF answers 401: no key was presented
+        if not principal.has_scope(self.scope):
+            raise PermissionError_(
+                f"This API key lacks the '{self.scope}' scope.", code="missing_scope"
+            )
+        return True
+
+
+class ImagesScope(_ScopeRequired):
+    scope = "images"
+
+
+class ManageTeamScope(_ScopeRequired):
+    scope = "manage:team"
+
+
+class ManageWorkspaceScope(_ScopeRequired):
+    scope = "manage:workspace"

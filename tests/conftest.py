@@ -1,0 +1,71 @@
+"""Fixtures chain workspace → team → key → client; an outsider lives in another workspace."""
+
+from collections.abc import Iterator
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from routing import services as routing_services
+from routing.models import ModelAlias, Provider, ProviderCredential
+from tenants import services
+from tenants.models import Team, Workspace
+from tenants.services import CreatedKey
+from tests.factories import TeamFactory, WorkspaceFactory
+from tests.support import client_for
+
+ACTOR = "system:tests"
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> Iterator[None]:
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def workspace(db: None) -> Workspace:
+    return WorkspaceFactory(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def team(workspace: Workspace) -> Team:
+    return TeamFactory(workspace=workspace, slug="design", name="Design")
+
+
+@pytest.fixture
+def api_key(team: Team) -> CreatedKey:
+    return services.key_create(actor=ACTOR, team=team, name="app key")
+
+
+@pytest.fixture
+def client(api_key: CreatedKey) -> APIClient:
+    return client_for(api_key.secret)
+
+
+@pytest.fixture
+def outsider_key(db: None) -> CreatedKey:
+    other = TeamFactory(workspace=WorkspaceFactory(slug="globex", name="Globex"), slug="ops")
+    return services.key_create(actor=ACTOR, team=other, name="outsider")
+
+
+@pytest.fixture
+def outsider(outsider_key: CreatedKey) -> APIClient:
+    return client_for(outsider_key.secret)
+
+
+@pytest.fixture
+def local_credential(db: None) -> ProviderCredential:
+    return routing_services.credential_create(
+        actor=ACTOR, name="local", provider=Provider.LOCAL, secret=""
+    )
+
+
+@pytest.fixture
+def platform_alias(local_credential: ProviderCredential) -> ModelAlias:
+    alias = routing_services.alias_create(actor=ACTOR, name="demo-image")
+    routing_services.deployment_create(
+        actor=ACTOR, alias=alias, credential=local_credential, upstream_model="local-image"
+    )
+    return alias

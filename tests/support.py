@@ -1,0 +1,88 @@
+"""Helpers shared by tests: free ports, waiting for conditions, serving gunicorn."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import requests
+from rest_framework.test import APIClient
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds. Never a blind sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+        return True
+    except requests.RequestException:
+        return False
+
+
+@contextlib.contextmanager
+def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[str]:
+    """Serve aperture.wsgi with the project's gunicorn.conf.py; yields the base URL."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        **env,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": str(workers),
+        "APERTURE_ACCESS_LOG": "/dev/null",
+    }
+    full_env.pop("PYTEST_XDIST_WORKER", None)
+    process = subprocess.Popen(
+        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: process.poll() is not None or _answers(f"{base}/healthz"), what="gunicorn"
+        )
+        if process.poll() is not None:
+            raise AssertionError(f"gunicorn exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+def client_for(secret: str) -> APIClient:
+    """A DRF test client presenting `secret` as a Bearer key."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
