@@ -11,7 +11,7 @@ logger = logging.getLogger(__name__)
 def get(key: str) -> Any:
     try:
         return cache.get(key)
-    except Exception:  # noqa: BLE001 - any cache failure means "not cached"
+    except Exception:
         logger.warning("cache unavailable on get", exc_info=True)
         return None
 
@@ -19,7 +19,7 @@ def get(key: str) -> Any:
 def set(key: str, value: Any, timeout: float) -> None:  # noqa: A001 - mirrors the cache API
     try:
         cache.set(key, value, timeout)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("cache unavailable on set", exc_info=True)
 
 
@@ -27,7 +27,7 @@ def add(key: str, value: Any, timeout: float) -> bool | None:
     """True if added, False if present, None if the cache is unreachable."""
     try:
         return bool(cache.add(key, value, timeout))
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("cache unavailable on add", exc_info=True)
         return None
 
@@ -35,7 +35,7 @@ def add(key: str, value: Any, timeout: float) -> bool | None:
 def delete_many(keys: list[str]) -> None:
     try:
         cache.delete_many(keys)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.error("cache unavailable on delete; entries expire by TTL", exc_info=True)
 
 

@@ -150,7 +150,9 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDI
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_TRANSPORT_OPTIONS = {"max_connections": env.int("CELERY_BROKER_MAX_CONNECTIONS", default=100)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "max_connections": env.int("CELERY_BROKER_MAX_CONNECTIONS", default=100)
+}
 CELERY_TIMEZONE = "UTC"
 
 # --- Auth, i18n, static, media --------------------------------------------------------
@@ -192,9 +194,11 @@ REST_FRAMEWORK = {
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=PRODUCTION)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=PRODUCTION)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool(
-    "APERTURE_BEHIND_TLS_PROXY", default=False
-) else None
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https")
+    if env.bool("APERTURE_BEHIND_TLS_PROXY", default=False)
+    else None
+)
 
 # --- Logging: one line per event, never a secret --------------------------------------
 LOGGING = {

@@ -38,8 +38,16 @@ class CredentialForm(forms.ModelForm):
     class Meta:
         model = ProviderCredential
         fields = [
-            "workspace", "name", "provider", "base_url", "secret", "api_version", "extra_headers",
-            "passthrough_enabled", "passthrough_path_prefixes", "enabled",
+            "workspace",
+            "name",
+            "provider",
+            "base_url",
+            "secret",
+            "api_version",
+            "extra_headers",
+            "passthrough_enabled",
+            "passthrough_path_prefixes",
+            "enabled",
         ]
 
     def clean_name(self) -> str:
@@ -55,7 +63,13 @@ class CredentialForm(forms.ModelForm):
 class ProviderCredentialAdmin(admin.ModelAdmin):
     form = CredentialForm
     list_display = [
-        "name", "provider", _scope, "base_url", "masked_secret", "passthrough_enabled", "enabled",
+        "name",
+        "provider",
+        _scope,
+        "base_url",
+        "masked_secret",
+        "passthrough_enabled",
+        "enabled",
         "updated_at",
     ]
     list_filter = ["provider", "enabled", "passthrough_enabled", "workspace"]
@@ -103,7 +117,12 @@ class DeploymentForm(forms.ModelForm):
     class Meta:
         model = Deployment
         fields = [
-            "alias", "credential", "upstream_model", "priority", "weight", "timeout_seconds",
+            "alias",
+            "credential",
+            "upstream_model",
+            "priority",
+            "weight",
+            "timeout_seconds",
             "enabled",
         ]
 
@@ -139,7 +158,8 @@ class ModelAliasAdmin(admin.ModelAdmin):
     inlines = [DeploymentInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ModelAlias]:
-        return super().get_queryset(request).annotate(_deployments=Count("deployments"))
+        queryset: QuerySet[ModelAlias] = super().get_queryset(request)
+        return queryset.annotate(_deployments=Count("deployments"))
 
     @admin.display(description="Deployments", ordering="_deployments")
     def deployment_count(self, obj: ModelAlias) -> int:

@@ -74,7 +74,7 @@ class ProviderCredential(models.Model):
         ]
 
     def __str__(self) -> str:
-        scope = self.workspace.slug if self.workspace_id else "platform"
+        scope = self.workspace.slug if self.workspace else "platform"
         return f"{self.name} ({self.provider}, {scope})"
 
     def set_secret(self, plaintext: str) -> None:
@@ -119,7 +119,9 @@ class ModelAlias(models.Model):
                 name="alias_name_unique_in_workspace",
             ),
             models.UniqueConstraint(
-                fields=["name"], condition=Q(workspace__isnull=True), name="alias_name_unique_platform"
+                fields=["name"],
+                condition=Q(workspace__isnull=True),
+                name="alias_name_unique_platform",
             ),
         ]
         indexes = [
@@ -128,7 +130,7 @@ class ModelAlias(models.Model):
         ]
 
     def __str__(self) -> str:
-        scope = self.workspace.slug if self.workspace_id else "platform"
+        scope = self.workspace.slug if self.workspace else "platform"
         return f"{self.name} ({scope})"
 
 

@@ -8,8 +8,7 @@ from rest_framework.views import APIView
 
 from routing import selectors
 from routing.models import ModelAlias
-from tenants.key_auth import KeyPrincipal
-from tenants.permissions import ImagesScope
+from tenants.permissions import ImagesScope, request_principal
 
 
 def model_object(alias: ModelAlias) -> dict[str, Any]:
@@ -25,7 +24,7 @@ class ModelListView(APIView):
     permission_classes = [ImagesScope]
 
     def get(self, request: Request) -> Response:
-        principal: KeyPrincipal = request.user
+        principal = request_principal(request)
         data = [model_object(alias) for alias in selectors.aliases_visible(principal)]
         return Response({"object": "list", "data": data})
 
@@ -34,5 +33,5 @@ class ModelDetailView(APIView):
     permission_classes = [ImagesScope]
 
     def get(self, request: Request, model: str) -> Response:
-        principal: KeyPrincipal = request.user
+        principal = request_principal(request)
         return Response(model_object(selectors.alias_resolve(principal, model)))

@@ -75,8 +75,14 @@ def credential_update(
 ) -> ProviderCredential:
     """Update non-secret fields (name, base_url, api_version, passthrough, enabled, ...)."""
     allowed = {
-        "name", "provider", "base_url", "api_version", "extra_headers", "passthrough_enabled",
-        "passthrough_path_prefixes", "enabled",
+        "name",
+        "provider",
+        "base_url",
+        "api_version",
+        "extra_headers",
+        "passthrough_enabled",
+        "passthrough_path_prefixes",
+        "enabled",
     }
     unknown = set(fields) - allowed
     if unknown:

@@ -119,23 +119,47 @@ class ApiKeyForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["team", "name", "scopes", "allowed_aliases", "rpm_limit", "ipm_limit", "expires_at"]
+        fields = [
+            "team",
+            "name",
+            "scopes",
+            "allowed_aliases",
+            "rpm_limit",
+            "ipm_limit",
+            "expires_at",
+        ]
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyForm
-    list_display = ["name", "prefix", "team", "workspace", "scopes", "state", "last_used_at", "created_at"]
+    list_display = [
+        "name",
+        "prefix",
+        "team",
+        "workspace",
+        "scopes",
+        "state",
+        "last_used_at",
+        "created_at",
+    ]
     list_filter = ["workspace", "revoked_at"]
     list_select_related = ["team", "workspace"]
     search_fields = ["name", "public_id", "team__slug", "workspace__slug"]
-    readonly_fields = ["prefix", "workspace", "last_used_at", "revoked_at", "created_by", "created_at"]
+    readonly_fields = [
+        "prefix",
+        "workspace",
+        "last_used_at",
+        "revoked_at",
+        "created_by",
+        "created_at",
+    ]
     autocomplete_fields = ["team"]
     actions = ["revoke"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         fields = list(super().get_readonly_fields(request, obj))
-        return fields + ["team"] if obj else fields
+        return [*fields, "team"] if obj else fields
 
     @admin.display(description="State")
     def state(self, obj: ApiKey) -> str:
@@ -167,8 +191,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         obj.pk = created.key.pk
         request._aperture_new_secret = created.secret  # type: ignore[attr-defined]
 
-    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None) -> HttpResponse:
-        """Show the secret in this one response; it is not stored anywhere we could show it again."""
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None
+    ) -> HttpResponse:
+        """Show the secret in this one response: it is not stored anywhere to show again."""
         secret = getattr(request, "_aperture_new_secret", None)
         if secret is None:
             return super().response_add(request, obj, post_url_continue)

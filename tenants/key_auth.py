@@ -53,9 +53,19 @@ def _load(public_id: str) -> dict[str, Any] | None:
         ApiKey.objects.select_related("team", "workspace")
         .filter(public_id=public_id)
         .only(
-            "id", "public_id", "secret_hash", "team_id", "workspace_id", "scopes",
-            "allowed_aliases", "rpm_limit", "ipm_limit", "expires_at", "revoked_at",
-            "team__archived_at", "workspace__status",
+            "id",
+            "public_id",
+            "secret_hash",
+            "team_id",
+            "workspace_id",
+            "scopes",
+            "allowed_aliases",
+            "rpm_limit",
+            "ipm_limit",
+            "expires_at",
+            "revoked_at",
+            "team__archived_at",
+            "workspace__status",
         )
         .first()
     )

@@ -17,7 +17,9 @@ from aperture.ids import random_alphanumeric
 PUBLIC_ID_LENGTH = 12
 RANDOM_LENGTH = 43  # 43 * log2(62) = 256.03 bits
 MAX_KEY_LENGTH = 4 + PUBLIC_ID_LENGTH + 1 + RANDOM_LENGTH
-_KEY_SHAPE = re.compile(rf"^apk_([A-Za-z0-9]{{{PUBLIC_ID_LENGTH}}})_([A-Za-z0-9]{{{RANDOM_LENGTH}}})$")
+_KEY_SHAPE = re.compile(
+    rf"^apk_([A-Za-z0-9]{{{PUBLIC_ID_LENGTH}}})_([A-Za-z0-9]{{{RANDOM_LENGTH}}})$"
+)
 
 
 @dataclass(frozen=True)

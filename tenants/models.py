@@ -1,5 +1,7 @@
 """Tenancy: workspaces, their teams, the teams' API keys, and the audit trail."""
 
+from datetime import datetime
+
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -49,7 +51,9 @@ class Team(models.Model):
     class Meta:
         ordering = ["workspace__slug", "slug"]
         constraints = [
-            models.UniqueConstraint(fields=["workspace", "slug"], name="team_slug_unique_in_workspace")
+            models.UniqueConstraint(
+                fields=["workspace", "slug"], name="team_slug_unique_in_workspace"
+            )
         ]
 
     def __str__(self) -> str:
@@ -71,7 +75,9 @@ class ApiKey(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=200)
     secret_hash = models.CharField(max_length=64, editable=False)
-    scopes = models.JSONField(default=list, help_text="Any of: images, manage:team, manage:workspace.")
+    scopes = models.JSONField(
+        default=list, help_text="Any of: images, manage:team, manage:workspace."
+    )
     allowed_aliases = models.JSONField(
         default=list, blank=True, help_text="Alias names this key may use; empty means all."
     )
@@ -91,7 +97,8 @@ class ApiKey(models.Model):
         verbose_name = "API key"
         constraints = [
             models.CheckConstraint(
-                condition=Q(secret_hash__regex=r"^[0-9a-f]{64}$"), name="apikey_hash_is_sha256_hex"
+                condition=Q(secret_hash__regex=r"^[0-9a-f]{64}$"),  # noqa: S106 - a shape, not a secret
+                name="apikey_hash_is_sha256_hex",
             ),
         ]
         indexes = [
@@ -106,7 +113,7 @@ class ApiKey(models.Model):
     def prefix(self) -> str:
         return f"apk_{self.public_id}"
 
-    def is_usable(self, now: "timezone.datetime | None" = None) -> bool:
+    def is_usable(self, now: datetime | None = None) -> bool:
         now = now or timezone.now()
         if self.revoked_at is not None and self.revoked_at <= now:
             return False
@@ -116,7 +123,9 @@ class ApiKey(models.Model):
 class AuditEvent(models.Model):
     """Who changed what, when: written by every service that changes state."""
 
-    actor = models.CharField(max_length=200, help_text="operator:<user>, key:<public id> or system:<what>.")
+    actor = models.CharField(
+        max_length=200, help_text="operator:<user>, key:<public id> or system:<what>."
+    )
     event = models.CharField(max_length=100, help_text="Dotted name, e.g. key.created.")
     target_type = models.CharField(max_length=100)
     target_id = models.CharField(max_length=64)

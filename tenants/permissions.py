@@ -9,6 +9,14 @@ from aperture.errors import PermissionError_
 from tenants.key_auth import KeyPrincipal
 
 
+def request_principal(request: Request) -> KeyPrincipal:
+    """The authenticated key of a view guarded by one of the scope permissions below."""
+    principal = request.user
+    if not isinstance(principal, KeyPrincipal):
+        raise PermissionError_("This route needs an API key.")
+    return principal
+
+
 class _ScopeRequired(BasePermission):
     scope: str = ""
 

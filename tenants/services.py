@@ -38,12 +38,16 @@ def workspace_set_status(*, actor: str, workspace: Workspace, status: str) -> Wo
     workspace.save(update_fields=["status", "updated_at"])
     audit_record(
         actor=actor,
-        event="workspace.suspended" if status == Workspace.Status.SUSPENDED else "workspace.activated",
+        event="workspace.suspended"
+        if status == Workspace.Status.SUSPENDED
+        else "workspace.activated",
         target=workspace,
         workspace=workspace,
         data={"from": previous, "to": status},
     )
-    forget_cached_keys(ApiKey.objects.filter(workspace=workspace).values_list("public_id", flat=True))
+    forget_cached_keys(
+        ApiKey.objects.filter(workspace=workspace).values_list("public_id", flat=True)
+    )
     return workspace
 
 

@@ -26,12 +26,12 @@ def _clear_cache() -> Iterator[None]:
 
 @pytest.fixture
 def workspace(db: None) -> Workspace:
-    return WorkspaceFactory(slug="acme", name="Acme")
+    return WorkspaceFactory.create(slug="acme", name="Acme")
 
 
 @pytest.fixture
 def team(workspace: Workspace) -> Team:
-    return TeamFactory(workspace=workspace, slug="design", name="Design")
+    return TeamFactory.create(workspace=workspace, slug="design", name="Design")
 
 
 @pytest.fixture
@@ -46,7 +46,9 @@ def client(api_key: CreatedKey) -> APIClient:
 
 @pytest.fixture
 def outsider_key(db: None) -> CreatedKey:
-    other = TeamFactory(workspace=WorkspaceFactory(slug="globex", name="Globex"), slug="ops")
+    other = TeamFactory.create(
+        workspace=WorkspaceFactory.create(slug="globex", name="Globex"), slug="ops"
+    )
     return services.key_create(actor=ACTOR, team=other, name="outsider")
 
 

@@ -5,7 +5,7 @@ import factory
 from tenants.models import Team, Workspace
 
 
-class WorkspaceFactory(factory.django.DjangoModelFactory):
+class WorkspaceFactory(factory.django.DjangoModelFactory[Workspace]):
     class Meta:
         model = Workspace
 
@@ -13,7 +13,7 @@ class WorkspaceFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Workspace {n}")
 
 
-class TeamFactory(factory.django.DjangoModelFactory):
+class TeamFactory(factory.django.DjangoModelFactory[Team]):
     class Meta:
         model = Team
 

@@ -63,9 +63,7 @@ def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(
-            lambda: process.poll() is not None or _answers(f"{base}/healthz"), what="gunicorn"
-        )
+        wait_for(lambda: process.poll() is not None or _answers(f"{base}/healthz"), what="gunicorn")
         if process.poll() is not None:
             raise AssertionError(f"gunicorn exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
         yield base

@@ -41,7 +41,9 @@ def test_a_valid_bearer_key_authenticates(client, platform_alias: ModelAlias) ->
     assert [m["id"] for m in response.json()["data"]] == ["demo-image"]
 
 
-def test_the_azure_api_key_header_is_accepted(api_key: CreatedKey, platform_alias: ModelAlias) -> None:
+def test_the_azure_api_key_header_is_accepted(
+    api_key: CreatedKey, platform_alias: ModelAlias
+) -> None:
     from rest_framework.test import APIClient
 
     response = APIClient().get("/v1/models", HTTP_API_KEY=api_key.secret)
@@ -148,7 +150,9 @@ def test_last_used_is_written_at_most_once_a_minute(client, api_key: CreatedKey)
 
 
 def test_authentication_is_served_from_cache_after_the_first_request(
-    client, platform_alias: ModelAlias, django_assert_max_num_queries  # type: ignore[no-untyped-def]
+    client,
+    platform_alias: ModelAlias,
+    django_assert_max_num_queries,  # type: ignore[no-untyped-def]
 ) -> None:
     assert _models(client).status_code == 200
     with django_assert_max_num_queries(1):  # the alias list only; no key lookup
@@ -165,7 +169,8 @@ def test_authentication_is_served_from_cache_after_the_first_request(
     }
 )
 def test_keys_still_authenticate_and_revoke_when_the_cache_is_down(
-    client, api_key: CreatedKey  # type: ignore[no-untyped-def]
+    client,
+    api_key: CreatedKey,  # type: ignore[no-untyped-def]
 ) -> None:
     assert _models(client).status_code == 200
     services.key_revoke(actor=ACTOR, key=api_key.key)

@@ -107,9 +107,11 @@ class Command(BaseCommand):
     def _print(self, state: dict[str, str], port: str) -> None:
         base = f"http://127.0.0.1:{port}"
         key = state["api_key"]
-        body = json.dumps({"model": DEMO_ALIAS, "prompt": "a lighthouse at dusk", "size": "512x512"})
+        body = json.dumps(
+            {"model": DEMO_ALIAS, "prompt": "a lighthouse at dusk", "size": "512x512"}
+        )
         save_png = (
-            "python3 -c \"import sys,json,base64; "
+            'python3 -c "import sys,json,base64; '
             "open('image.png','wb').write(base64.b64decode(json.load(sys.stdin)['data'][0]['b64_json']))\""
         )
         self.stdout.write(f"API key: {key}")

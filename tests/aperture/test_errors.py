@@ -1,0 +1,83 @@
+"""One error path: the OpenAI envelope for every failure, and a request id on every response."""
+
+import pytest
+from django.test import Client, override_settings
+from rest_framework.test import APIClient
+
+
+def _envelope(response) -> dict:  # type: ignore[no-untyped-def]
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+@pytest.mark.parametrize("path", ["/v1/nope", "/api/v1/nothing", "/openai/whatever", "/v1"])
+def test_unknown_api_routes_answer_404_in_the_envelope(db: None, path: str) -> None:
+    response = Client().get(path)
+    assert response.status_code == 404
+    error = _envelope(response)
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "not_found"
+
+
+def test_an_unknown_top_level_route_is_a_404_envelope_too(db: None) -> None:
+    response = Client().get("/definitely-not-here")
+    assert response.status_code == 404
+    assert _envelope(response)["code"] == "not_found"
+
+
+def test_a_wrong_method_gets_405_in_the_envelope(client: APIClient) -> None:
+    response = client.post("/v1/models", {}, format="json")
+    assert response.status_code == 405
+    error = _envelope(response)
+    assert error["code"] == "method_not_allowed"
+    assert error["message"] == 'Method "POST" not allowed.'
+
+
+def test_an_oversized_body_gets_413_before_anything_reads_it(client: APIClient) -> None:
+    with override_settings(MAX_BODY_BYTES=1024):
+        response = client.generic("POST", "/v1/models", "x" * 2048, content_type="application/json")
+    assert response.status_code == 413
+    assert _envelope(response)["code"] == "payload_too_large"
+
+
+def test_401_and_403_use_the_envelope(client: APIClient, team) -> None:  # type: ignore[no-untyped-def]
+    assert _envelope(APIClient().get("/v1/models"))["type"] == "authentication_error"
+    from tenants import services
+    from tests.support import client_for
+
+    manager = services.key_create(actor="t", team=team, name="m", scopes=["manage:workspace"])
+    response = client_for(manager.secret).get("/v1/models")
+    assert response.status_code == 403
+    assert _envelope(response) == {
+        "message": "This API key lacks the 'images' scope.",
+        "type": "permission_error",
+        "param": None,
+        "code": "missing_scope",
+    }
+
+
+@pytest.mark.urls("tests.aperture.urls_failing")
+def test_an_unhandled_exception_is_a_500_envelope_with_the_request_id_and_no_traceback(
+    db: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = Client(raise_request_exception=False).get(
+        "/v1/explode", HTTP_X_REQUEST_ID="trace-abc-123"
+    )
+    assert response.status_code == 500
+    error = _envelope(response)
+    assert error["type"] == "server_error"
+    assert "trace-abc-123" in error["message"]
+    assert "secret internals" not in response.content.decode()
+    assert "Traceback" not in response.content.decode()
+    assert response["x-request-id"] == "trace-abc-123"
+
+
+def test_every_response_carries_a_request_id_and_a_valid_incoming_one_is_kept(db: None) -> None:
+    kept = Client().get("/healthz", HTTP_X_REQUEST_ID="client-id-42")
+    assert kept["x-request-id"] == "client-id-42"
+    made = Client().get("/v1/nope", HTTP_X_REQUEST_ID="bad id with spaces\u00e9")
+    assert made["x-request-id"].startswith("req_")
+    assert len(made["x-request-id"]) == 36
+    assert Client().get("/readyz")["x-request-id"].startswith("req_")

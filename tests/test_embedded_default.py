@@ -1,0 +1,95 @@
+"""The README's first command: `make run` serves the embedded default with a seeded demo."""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import ROOT, free_port, wait_for
+
+
+def _read_lines(stream, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
+    for line in iter(stream.readline, ""):
+        sink.append(line)
+
+
+def test_make_run_serves_the_demo_and_prints_a_working_key(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "APERTURE_VAR_DIR": str(tmp_path), "PORT": str(port)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "run", f"PORT={port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
+    reader.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{base}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return process.poll() is not None
+
+    try:
+        wait_for(healthy, timeout=120, what="make run to serve /healthz")
+        assert process.poll() is None, "".join(lines)
+        output = "".join(lines)
+        key = re.search(r"^API key: (apk_\S+)$", output, re.M)
+        assert key, output
+        assert re.search(r"^Operator login: .*/admin/ +user: admin +password: \S+", output, re.M)
+        assert f"curl -s {base}/v1/images/generations" in output
+        assert (tmp_path / "aperture.sqlite3").exists()
+        models = requests.get(
+            f"{base}/v1/models", headers={"Authorization": f"Bearer {key.group(1)}"}, timeout=5
+        )
+        assert models.status_code == 200
+        assert [m["id"] for m in models.json()["data"]] == ["demo-image"]
+        admin = requests.get(f"{base}/admin/login/", timeout=5)
+        assert admin.status_code == 200
+        css = re.search(r'href="(/static/admin/css/[^"]+)"', admin.text)
+        assert css and requests.get(base + css.group(1), timeout=5).status_code == 200
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        reader.join(timeout=5)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+@pytest.mark.django_db
+def test_seed_demo_is_idempotent_and_prints_the_same_key(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from django.core.management import call_command
+
+    from routing.models import Deployment, ModelAlias, ProviderCredential
+    from tenants.models import ApiKey, Workspace
+    from tests.support import client_for
+
+    settings.VAR_DIR = tmp_path
+    outputs = []
+    for _ in range(2):
+        out = io.StringIO()
+        call_command("seed_demo", "--port", "9999", stdout=out)
+        outputs.append(out.getvalue())
+    assert outputs[0] == outputs[1]
+    key = re.search(r"^API key: (apk_\S+)$", outputs[0], re.M)
+    assert key
+    assert Workspace.objects.filter(slug="demo").count() == 1
+    assert ApiKey.objects.count() == 1
+    assert ProviderCredential.objects.filter(name="local", workspace=None).count() == 1
+    assert ModelAlias.objects.filter(name="demo-image", workspace=None).count() == 1
+    assert Deployment.objects.count() == 1
+    assert client_for(key.group(1)).get("/v1/models").status_code == 200
