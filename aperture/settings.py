@@ -218,3 +218,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+
+# --- Upstreams and hosted images ------------------------------------------------------
+UPSTREAM_POOL_SIZE = env.int("APERTURE_UPSTREAM_POOL_SIZE", default=1000)
+UPSTREAM_CONNECT_TIMEOUT = env.float("APERTURE_UPSTREAM_CONNECT_TIMEOUT", default=10.0)
+IMAGE_URL_TTL_SECONDS = env.int("APERTURE_IMAGE_URL_TTL_SECONDS", default=3600)
+# Downloads of upstream-hosted images (when a tenant asks for b64_json).
+FETCH_TIMEOUT_SECONDS = env.float("APERTURE_FETCH_TIMEOUT_SECONDS", default=30.0)
+FETCH_MAX_BYTES = env.int("APERTURE_FETCH_MAX_BYTES", default=50 * 1024 * 1024)
+FETCH_ALLOWED_HOSTS = env.list("APERTURE_FETCH_ALLOWED_HOSTS", default=[])

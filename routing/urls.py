@@ -2,9 +2,20 @@
 
 from django.urls import path
 
-from routing import models_api
+from routing import images_api, models_api
 
 urlpatterns = [
     path("v1/models", models_api.ModelListView.as_view(), name="models-list"),
     path("v1/models/<path:model>", models_api.ModelDetailView.as_view(), name="models-detail"),
+    path(
+        "v1/images/generations",
+        images_api.ImageGenerationView.as_view(),
+        name="images-generations",
+    ),
+    path("v1/images/files/<str:token>", images_api.hosted_image, name="hosted-image"),
+    path(
+        "openai/deployments/<str:alias>/images/generations",
+        images_api.AzureImageGenerationView.as_view(),
+        name="azure-images-generations",
+    ),
 ]

@@ -12,6 +12,7 @@ from tenants import services
 from tenants.models import Team, Workspace
 from tenants.services import CreatedKey
 from tests.factories import TeamFactory, WorkspaceFactory
+from tests.fakes.upstream import FakeUpstream
 from tests.support import client_for
 
 ACTOR = "system:tests"
@@ -71,3 +72,61 @@ def platform_alias(local_credential: ProviderCredential) -> ModelAlias:
         actor=ACTOR, alias=alias, credential=local_credential, upstream_model="local-image"
     )
     return alias
+
+
+UPSTREAM_SECRET = "sk-fake-upstream-0123456789"
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream(expected_secret=UPSTREAM_SECRET) as fake:
+        yield fake
+
+
+@pytest.fixture
+def openai_credential(fake_upstream: FakeUpstream, db: None) -> ProviderCredential:
+    return routing_services.credential_create(
+        actor=ACTOR,
+        name="openai-main",
+        provider=Provider.OPENAI,
+        base_url=fake_upstream.url,
+        secret=UPSTREAM_SECRET,
+    )
+
+
+@pytest.fixture
+def azure_credential(fake_upstream: FakeUpstream, db: None) -> ProviderCredential:
+    return routing_services.credential_create(
+        actor=ACTOR,
+        name="azure-east",
+        provider=Provider.AZURE,
+        base_url=fake_upstream.url,
+        secret=UPSTREAM_SECRET,
+        api_version="2025-04-01-preview",
+    )
+
+
+def make_alias(
+    name: str, credential: ProviderCredential, upstream_model: str, **deployment: object
+) -> ModelAlias:
+    alias = routing_services.alias_create(actor=ACTOR, name=name)
+    routing_services.deployment_create(
+        actor=ACTOR, alias=alias, credential=credential, upstream_model=upstream_model, **deployment  # type: ignore[arg-type]
+    )
+    return alias
+
+
+@pytest.fixture
+def upstream_aliases(
+    openai_credential: ProviderCredential,
+    azure_credential: ProviderCredential,
+    platform_alias: ModelAlias,
+) -> dict[str, ModelAlias]:
+    """Platform aliases on each kind of upstream, all answered by the fake upstream."""
+    return {
+        "demo-image": platform_alias,
+        "image-openai": make_alias("image-openai", openai_credential, "gpt-image-1"),
+        "image-dalle3": make_alias("image-dalle3", openai_credential, "dall-e-3"),
+        "image-dalle2": make_alias("image-dalle2", openai_credential, "dall-e-2"),
+        "image-azure": make_alias("image-azure", azure_credential, "gpt-image-1"),
+    }

@@ -1,0 +1,1 @@
+"""The image endpoints' domain logic: validation, the generation flow, hosting of results."""

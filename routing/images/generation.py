@@ -1,0 +1,188 @@
+"""POST /v1/images/generations, as a plain function: resolve, validate, call, post-process.
+
+The flow follows DESIGN §4: the alias is resolved for the caller's key, the body validated
+against the first deployment's capabilities, the database connection handed back to the
+pool, then deployments are tried in priority order (falling back only on rate limits, 5xx
+and timeouts), and the result shaped into OpenAI's response.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+from aperture.errors import (
+    ApiError,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from routing import selectors
+from routing.images import conversion, hosting
+from routing.images.fetch import fetch_image
+from routing.images.validation import model_name, parse_image_request
+from routing.models import Deployment
+from routing.providers.base import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ProviderError,
+    Target,
+    UpstreamAuthFailed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimedOut,
+)
+from routing.providers.registry import adapter_for
+from tenants.key_auth import KeyPrincipal
+
+logger = logging.getLogger(__name__)
+
+UrlBuilder = Callable[[str], str]  # signed token → absolute URL
+
+
+class NoDeployment(ApiError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_deployment"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    deployment: Deployment
+    request: ImageRequest
+    target: Target
+
+
+def target_for(deployment: Deployment) -> Target:
+    credential = deployment.credential
+    return Target(
+        provider=credential.provider,
+        credential_name=credential.name,
+        base_url=credential.base_url,
+        secret=credential.secret(),
+        upstream_model=deployment.upstream_model,
+        timeout_seconds=float(deployment.timeout_seconds),
+        api_version=credential.api_version,
+        extra_headers=dict(credential.extra_headers or {}),
+    )
+
+
+def plan_attempts(principal: KeyPrincipal, body: dict[str, Any], alias_name: str) -> list[Attempt]:
+    """Every deployment able to serve this body, in order; the first one's validation errors win."""
+    alias = selectors.alias_resolve(principal, alias_name)
+    deployments = selectors.deployments_for(alias)
+    if not deployments:
+        raise NoDeployment(f"The model '{alias_name}' has no enabled deployment.", param="model")
+    attempts = []
+    for position, deployment in enumerate(deployments):
+        adapter = adapter_for(deployment.credential.provider)
+        caps = adapter.capabilities(deployment.upstream_model)
+        try:
+            request = parse_image_request(body, caps, alias_name)
+        except ApiError:
+            if position == 0:
+                raise
+            continue  # a fallback that cannot take this request is skipped
+        attempts.append(Attempt(deployment=deployment, request=request, target=target_for(deployment)))
+    return attempts
+
+
+def _to_api_error(error: ProviderError) -> ApiError:
+    if isinstance(error, UpstreamRejected):
+        return InvalidRequest(error.message, param=error.param, code="upstream_rejected")
+    if isinstance(error, UpstreamAuthFailed):
+        return UpstreamError(error.message, code="upstream_auth_failed")
+    if isinstance(error, UpstreamRateLimited):
+        headers = {"Retry-After": error.retry_after} if error.retry_after else {}
+        return RateLimited(error.message, code="upstream_rate_limited", headers=headers)
+    if isinstance(error, UpstreamTimedOut):
+        return UpstreamTimeout(error.message)
+    return UpstreamError(error.message)
+
+
+def call_upstream(attempts: list[Attempt]) -> tuple[Attempt, ImageResult]:
+    """Try each attempt in order; fall back only on retryable failures. No same-deployment retry."""
+    last_error: ProviderError | None = None
+    for attempt in attempts:
+        adapter = adapter_for(attempt.target.provider)
+        started = time.monotonic()
+        try:
+            return attempt, adapter.generate(attempt.request, attempt.target)
+        except ProviderError as error:
+            logger.warning(
+                "upstream %s (%s) failed after %.0f ms: %s",
+                attempt.target.credential_name,
+                attempt.target.upstream_model,
+                (time.monotonic() - started) * 1000,
+                error.message,
+            )
+            last_error = error
+            if not error.retryable:
+                break
+    assert last_error is not None
+    raise _to_api_error(last_error)
+
+
+def _finish_image(
+    image: GeneratedImage, request: ImageRequest, provider: str, url_for: UrlBuilder
+) -> dict[str, Any]:
+    """One entry of `data`: in the requested response_format and output_format."""
+    data, media_type = image.data, image.media_type
+    wanted_format = request.output_format
+    if data is None and image.url is not None:
+        if request.response_format == "url" and wanted_format in (None, "png"):
+            return _entry({"url": image.url}, image)
+        data, media_type = fetch_image(provider, image.url)
+    assert data is not None
+    actual_format = conversion.sniff_format(data)
+    if wanted_format and actual_format != wanted_format:
+        data = conversion.convert(provider, data, wanted_format, request.output_compression)
+        actual_format = wanted_format
+    media_type = f"image/{actual_format}" if actual_format else (media_type or "image/png")
+    if request.response_format == "url":
+        return _entry({"url": url_for(hosting.sign(hosting.store(data, media_type)))}, image)
+    return _entry({"b64_json": base64.b64encode(data).decode()}, image)
+
+
+def _entry(fields: dict[str, Any], image: GeneratedImage) -> dict[str, Any]:
+    if image.revised_prompt:
+        fields["revised_prompt"] = image.revised_prompt
+    return fields
+
+
+def generate_images(
+    *, principal: KeyPrincipal, body: dict[str, Any], url_for: UrlBuilder, alias_name: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI-shaped response body for a generation request."""
+    alias_name = alias_name or model_name(body)
+    attempts = plan_attempts(principal, body, alias_name)
+    if not attempts:
+        raise NoDeployment(f"No deployment of '{alias_name}' can serve this request.")
+    release_database_connection()
+    attempt, result = call_upstream(attempts)
+    request = attempt.request
+    data = [_finish_image(image, request, attempt.target.provider, url_for) for image in result.images]
+    response: dict[str, Any] = {"created": int(time.time()), "data": data}
+    metadata = dict(result.metadata)
+    if request.output_format:
+        metadata["output_format"] = request.output_format
+    for key in ("background", "output_format", "quality", "size"):
+        if key in metadata:
+            response[key] = metadata[key]
+    if result.usage:
+        response["usage"] = result.usage
+    return response
+
+
+def release_database_connection() -> None:
+    """Give the connection back to the pool before waiting on an upstream (DESIGN §6)."""
+    if not connection.in_atomic_block:
+        connection.close()

@@ -1,0 +1,181 @@
+"""Validate a tenant's JSON body against the resolved model's capabilities.
+
+Every problem is a precise 400 naming the field; nothing here touches the network. Fields
+the gateway does not know are kept as `extras` for adapters that forward them unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aperture.errors import InvalidRequest, Unsupported
+from routing.providers.base import ImageRequest
+from routing.providers.capabilities import OUTPUT_FORMATS, ImageCapabilities
+
+KNOWN_FIELDS = frozenset(
+    {
+        "model", "prompt", "n", "size", "quality", "style", "background", "output_format",
+        "output_compression", "moderation", "user", "seed", "response_format", "stream",
+        "partial_images",
+    }
+)
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+MAX_N = 10
+
+
+def _string(body: dict[str, Any], field: str, *, required: bool = False) -> str | None:
+    value = body.get(field)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"'{field}' is required.", param=field)
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{field}' must be a string.", param=field)
+    return value
+
+
+def _integer(body: dict[str, Any], field: str) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"'{field}' must be an integer.", param=field)
+    return value
+
+
+def _choice(
+    body: dict[str, Any], field: str, allowed: tuple[str, ...] | None, model: str
+) -> str | None:
+    value = _string(body, field)
+    if value is None or allowed is None:
+        return value
+    if not allowed:
+        raise InvalidRequest(f"The model '{model}' does not support '{field}'.", param=field)
+    if value not in allowed:
+        raise InvalidRequest(
+            f"Invalid '{field}' {value!r} for the model '{model}'; supported: "
+            f"{', '.join(allowed)}.",
+            param=field,
+        )
+    return value
+
+
+def model_name(body: dict[str, Any]) -> str:
+    name = _string(body, "model", required=True)
+    assert name is not None
+    if not name.strip():
+        raise InvalidRequest("'model' must not be empty.", param="model")
+    return name
+
+
+def _size(body: dict[str, Any], caps: ImageCapabilities, model: str) -> str:
+    size = _string(body, "size")
+    if size is None:
+        return "auto"
+    if size == "auto":
+        if not caps.auto_size:
+            raise InvalidRequest(
+                f"The model '{model}' needs an explicit size; supported: "
+                f"{', '.join(caps.sizes or ())}.",
+                param="size",
+            )
+        return size
+    match = _SIZE.match(size)
+    if not match:
+        raise InvalidRequest(
+            f"Invalid 'size' {size!r}: use WIDTHxHEIGHT in pixels (e.g. 1024x1024) or 'auto'.",
+            param="size",
+        )
+    width, height = int(match.group(1)), int(match.group(2))
+    if not caps.accepts_size(width, height):
+        if caps.sizes is not None:
+            allowed = ", ".join(caps.sizes + (("auto",) if caps.auto_size else ()))
+            detail = f"supported: {allowed}"
+        else:
+            detail = f"each side must be {caps.min_side}-{caps.max_side} px"
+            if caps.size_multiple > 1:
+                detail += f" and a multiple of {caps.size_multiple}"
+        raise InvalidRequest(f"Invalid 'size' {size!r} for the model '{model}'; {detail}.", param="size")
+    return f"{width}x{height}"
+
+
+def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: str) -> ImageRequest:
+    """The canonical request for `body`, or InvalidRequest (400) naming the bad field."""
+    prompt = _string(body, "prompt", required=True)
+    assert prompt is not None
+    if not prompt.strip():
+        raise InvalidRequest("'prompt' must not be empty.", param="prompt")
+    if len(prompt) > caps.max_prompt_chars:
+        raise InvalidRequest(
+            f"'prompt' is {len(prompt)} characters; the model '{model}' accepts at most "
+            f"{caps.max_prompt_chars}.",
+            param="prompt",
+        )
+
+    n = _integer(body, "n")
+    n = 1 if n is None else n
+    if not 1 <= n <= MAX_N:
+        raise InvalidRequest(f"'n' must be between 1 and {MAX_N}.", param="n")
+    if n > caps.max_n:
+        raise InvalidRequest(f"The model '{model}' makes at most {caps.max_n} image(s) per request.", param="n")
+
+    output_format = _string(body, "output_format")
+    if output_format == "jpg":
+        output_format = "jpeg"
+    if output_format is not None and output_format not in OUTPUT_FORMATS:
+        raise InvalidRequest(
+            f"Invalid 'output_format' {output_format!r}; supported: png, jpeg, webp.",
+            param="output_format",
+        )
+    compression = _integer(body, "output_compression")
+    if compression is not None:
+        if not 0 <= compression <= 100:
+            raise InvalidRequest("'output_compression' must be between 0 and 100.", param="output_compression")
+        if output_format not in ("jpeg", "webp"):
+            raise InvalidRequest(
+                "'output_compression' applies only to output_format jpeg or webp.",
+                param="output_compression",
+            )
+
+    background = _choice(body, "background", ("transparent", "opaque", "auto"), model)
+    if background == "transparent":
+        if not caps.transparent_background:
+            raise InvalidRequest(
+                f"The model '{model}' cannot make transparent backgrounds.", param="background"
+            )
+        if output_format == "jpeg":
+            raise InvalidRequest(
+                "background=transparent needs output_format png or webp, not jpeg.",
+                param="background",
+            )
+
+    response_format = _choice(body, "response_format", ("url", "b64_json"), model) or "b64_json"
+    moderation = _choice(body, "moderation", ("low", "auto"), model)
+    if moderation is not None and not caps.moderation:
+        moderation = None  # a safety hint the upstream has no knob for: nothing to forward
+    seed = _integer(body, "seed")
+    if seed is not None and not caps.seed:
+        raise Unsupported(f"The model '{model}' does not take a seed.", param="seed")
+    stream = body.get("stream")
+    if stream not in (None, False):
+        if stream is not True:
+            raise InvalidRequest("'stream' must be a boolean.", param="stream")
+        raise Unsupported("Streaming image generation is not available yet.", param="stream")
+    _integer(body, "partial_images")
+
+    return ImageRequest(
+        prompt=prompt,
+        n=n,
+        size=_size(body, caps, model),
+        quality=_choice(body, "quality", caps.qualities, model),
+        style=_choice(body, "style", caps.styles, model),
+        background=background,
+        output_format=output_format,
+        output_compression=compression,
+        moderation=moderation,
+        user=_string(body, "user"),
+        seed=seed,
+        response_format=response_format,
+        extras={k: v for k, v in body.items() if k not in KNOWN_FIELDS},
+    )

@@ -1,0 +1,61 @@
+"""Image endpoints: OpenAI's /v1/images/generations, the Azure-style route, hosted files."""
+
+from django.http import FileResponse, HttpRequest
+from django.core.files.storage import default_storage
+from django.urls import reverse
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from aperture.errors import NotFound, error_response
+from aperture.json_body import read_json_object
+from routing.images import hosting
+from routing.images.generation import generate_images
+from tenants.permissions import ImagesScope, request_principal
+
+
+def _url_builder(request: Request):  # type: ignore[no-untyped-def]
+    def build(token: str) -> str:
+        return request.build_absolute_uri(reverse("hosted-image", args=[token]))
+
+    return build
+
+
+class ImageGenerationView(APIView):
+    permission_classes = [ImagesScope]
+
+    def post(self, request: Request) -> Response:
+        body = read_json_object(request._request)
+        result = generate_images(
+            principal=request_principal(request), body=body, url_for=_url_builder(request)
+        )
+        return Response(result)
+
+
+class AzureImageGenerationView(APIView):
+    """`/openai/deployments/{alias}/images/generations?api-version=…`: the alias is in the path."""
+
+    permission_classes = [ImagesScope]
+
+    def post(self, request: Request, alias: str) -> Response:
+        body = read_json_object(request._request)
+        result = generate_images(
+            principal=request_principal(request),
+            body=body,
+            url_for=_url_builder(request),
+            alias_name=alias,
+        )
+        return Response(result)
+
+
+def hosted_image(request: HttpRequest, token: str):  # type: ignore[no-untyped-def]
+    """A signed, expiring link to an image the gateway stored. No key needed: the link is one."""
+    if request.method not in ("GET", "HEAD"):
+        return error_response(NotFound("Not found."))
+    try:
+        image = hosting.resolve(token)
+    except NotFound as exc:
+        return error_response(exc)
+    response = FileResponse(default_storage.open(image.name, "rb"), content_type=image.media_type)
+    response["Cache-Control"] = "private, max-age=300"
+    return response

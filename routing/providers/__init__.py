@@ -1,0 +1,1 @@
+"""Provider adapters: one module per upstream behind `ProviderAdapter` (see base.py)."""

@@ -1,0 +1,34 @@
+"""Azure OpenAI deployments. providers.md §2.
+
+`{base}/openai/deployments/{deployment}/images/generations?api-version=…` with the `api-key`
+header; the body is OpenAI's, without `model` (the deployment decides). The deployment's
+upstream model id is the Azure deployment name; capabilities are looked up by that name, so
+name deployments after their model (e.g. `gpt-image-1`) to get exact validation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from routing.providers.base import ImageRequest, Target
+from routing.providers.openai import OpenAIProvider
+
+DEFAULT_API_VERSION = "2025-04-01-preview"
+
+
+class AzureProvider(OpenAIProvider):
+    name = "azure"
+
+    def url(self, target: Target) -> str:
+        return f"{target.base_url}/openai/deployments/{target.upstream_model}/images/generations"
+
+    def headers(self, target: Target) -> dict[str, str]:
+        return {**target.extra_headers, "api-key": target.secret}
+
+    def params(self, target: Target) -> dict[str, str] | None:
+        return {"api-version": target.api_version or DEFAULT_API_VERSION}
+
+    def body(self, request: ImageRequest, target: Target) -> dict[str, Any]:
+        body = super().body(request, target)
+        body.pop("model", None)
+        return body

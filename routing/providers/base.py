@@ -1,0 +1,132 @@
+"""Canonical image request/result and the adapter interface every provider implements.
+
+The gateway validates and normalizes a tenant's request into an `ImageRequest`, hands it to
+the deployment's adapter with a `Target` (where and as whom to call), and gets back an
+`ImageResult`. Adapters raise `ProviderError`s; the router maps them to HTTP answers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from routing.providers.capabilities import ImageCapabilities
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """What the tenant asked for, after validation. `size` is "WxH" or "auto"."""
+
+    prompt: str
+    n: int = 1
+    size: str = "auto"
+    quality: str | None = None
+    style: str | None = None
+    background: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    moderation: str | None = None
+    user: str | None = None
+    seed: int | None = None
+    response_format: str = "b64_json"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dimensions(self) -> tuple[int, int] | None:
+        if self.size == "auto":
+            return None
+        width, _, height = self.size.partition("x")
+        return int(width), int(height)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One image: bytes (with their media type) or a URL the upstream hosts."""
+
+    data: bytes | None = None
+    media_type: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    images: list[GeneratedImage]
+    usage: dict[str, Any] | None = None
+    # Echoed fields the upstream reported (size, quality, background, output_format).
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and as whom an adapter calls: one deployment with its decrypted credential."""
+
+    provider: str
+    credential_name: str
+    base_url: str
+    secret: str
+    upstream_model: str
+    timeout_seconds: float
+    api_version: str = ""
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+class ProviderError(Exception):
+    """An upstream failure, described without any secret."""
+
+    retryable = False
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.message = message
+
+
+class UpstreamRejected(ProviderError):
+    """The upstream refused the request itself (its 4xx other than auth and rate limits)."""
+
+    def __init__(self, provider: str, message: str, status: int, param: str | None = None) -> None:
+        super().__init__(provider, message)
+        self.status = status
+        self.param = param
+
+
+class UpstreamAuthFailed(ProviderError):
+    """The upstream refused the gateway's credential (401/403): the operator's problem."""
+
+    def __init__(self, provider: str, status: int) -> None:
+        super().__init__(provider, f"{provider} refused the gateway's credential (HTTP {status}).")
+        self.status = status
+
+
+class UpstreamRateLimited(ProviderError):
+    retryable = True
+
+    def __init__(self, provider: str, message: str, retry_after: str | None) -> None:
+        super().__init__(provider, message)
+        self.retry_after = retry_after
+
+
+class UpstreamFailed(ProviderError):
+    """5xx, a reset connection or an unreadable body."""
+
+    retryable = True
+
+
+class UpstreamTimedOut(ProviderError):
+    retryable = True
+
+
+class ProviderAdapter(ABC):
+    """Translate the canonical request to one upstream's native call and back."""
+
+    name: str
+
+    @abstractmethod
+    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+        """What this upstream model accepts; drives validation and /v1/models."""
+
+    @abstractmethod
+    def generate(self, request: ImageRequest, target: Target) -> ImageResult:
+        """Make the images, or raise a ProviderError."""

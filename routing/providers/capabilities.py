@@ -1,0 +1,50 @@
+"""Per-model capabilities: what validation allows and what /v1/models reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+
+@dataclass(frozen=True)
+class ImageCapabilities:
+    # Exact "WxH" sizes accepted; None means any size within the side bounds below.
+    sizes: tuple[str, ...] | None = None
+    auto_size: bool = True
+    min_side: int = 64
+    max_side: int = 4096
+    size_multiple: int = 1
+    default_size: str = "1024x1024"
+    max_n: int = 10
+    # None: any value is passed through; an empty tuple: the option is not supported.
+    qualities: tuple[str, ...] | None = None
+    styles: tuple[str, ...] | None = ()
+    # Formats the upstream produces itself; the gateway converts to the others with Pillow.
+    native_output_formats: tuple[str, ...] = ("png",)
+    transparent_background: bool = False
+    # What the upstream returns natively: bytes ("b64_json") and/or hosted URLs ("url").
+    native_response_formats: tuple[str, ...] = ("b64_json",)
+    moderation: bool = False
+    edits: bool = False
+    streaming: bool = False
+    seed: bool = False
+    max_prompt_chars: int = 32000
+
+    def describe(self) -> dict[str, Any]:
+        """The public view for /v1/models."""
+        data = asdict(self)
+        data["output_formats"] = list(OUTPUT_FORMATS)
+        data["response_formats"] = ["url", "b64_json"]
+        return data
+
+    def accepts_size(self, width: int, height: int) -> bool:
+        if self.sizes is not None:
+            return f"{width}x{height}" in self.sizes
+        return (
+            self.min_side <= width <= self.max_side
+            and self.min_side <= height <= self.max_side
+            and width % self.size_multiple == 0
+            and height % self.size_multiple == 0
+        )

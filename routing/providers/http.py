@@ -1,0 +1,128 @@
+"""The one HTTP client for upstream calls: a pooled `requests.Session` per process.
+
+Under gunicorn's gevent workers the session's sockets are cooperative, so thousands of slow
+upstream calls wait concurrently. Retries are never done here (the router decides whether
+to fall back to another deployment), and redirects are not followed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+
+from routing.providers.base import (
+    ProviderError,
+    UpstreamAuthFailed,
+    UpstreamFailed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimedOut,
+)
+
+_session: requests.Session | None = None
+
+
+def session() -> requests.Session:
+    global _session
+    if _session is None:
+        new = requests.Session()
+        adapter = HTTPAdapter(
+            pool_connections=32, pool_maxsize=settings.UPSTREAM_POOL_SIZE, max_retries=0
+        )
+        new.mount("http://", adapter)
+        new.mount("https://", adapter)
+        new.trust_env = False  # no proxy or netrc surprises from the environment
+        _session = new
+    return _session
+
+
+def send(
+    provider: str,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+    data: Any = None,
+    files: Any = None,
+    params: dict[str, str] | None = None,
+) -> requests.Response:
+    """One upstream call. Raises UpstreamTimedOut / UpstreamFailed instead of requests' errors."""
+    all_headers = dict(headers or {})
+    body = data
+    if json_body is not None:
+        body = orjson.dumps(json_body)
+        all_headers.setdefault("Content-Type", "application/json")
+    try:
+        return session().request(
+            method,
+            url,
+            headers=all_headers,
+            data=body,
+            files=files,
+            params=params,
+            timeout=(settings.UPSTREAM_CONNECT_TIMEOUT, timeout),
+            allow_redirects=False,
+        )
+    except requests.Timeout as exc:
+        raise UpstreamTimedOut(provider, f"{provider} did not answer within {timeout:g}s.") from exc
+    except requests.RequestException as exc:
+        raise UpstreamFailed(
+            provider, f"{provider} could not be reached ({type(exc).__name__})."
+        ) from exc
+
+
+def _upstream_message(response: requests.Response) -> tuple[str, str | None]:
+    """The upstream's own error message and param, from an OpenAI-style envelope or text."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        text = response.text.strip()[:500]
+        return (text or response.reason or "no message"), None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or "no message")[:2000], (
+            error.get("param") if isinstance(error.get("param"), str) else None
+        )
+    if isinstance(error, str):
+        return error[:2000], None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"][:2000], None
+    return response.text.strip()[:500], None
+
+
+def check_status(provider: str, response: requests.Response) -> None:
+    """Map an upstream's error status to a ProviderError; return for 2xx."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    if status in (401, 403):
+        raise UpstreamAuthFailed(provider, status)
+    message, param = _upstream_message(response)
+    if status == 429:
+        raise UpstreamRateLimited(
+            provider, f"{provider} rate limit: {message}", response.headers.get("Retry-After")
+        )
+    if 400 <= status < 500:
+        raise UpstreamRejected(provider, f"{provider}: {message}", status=status, param=param)
+    if 300 <= status < 400:
+        raise UpstreamFailed(provider, f"{provider} answered a redirect (HTTP {status}).")
+    raise UpstreamFailed(provider, f"{provider} failed with HTTP {status}: {message[:300]}")
+
+
+def json_object(provider: str, response: requests.Response) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamFailed(provider, f"{provider} returned an unreadable body.") from exc
+    if not isinstance(body, dict):
+        raise UpstreamFailed(provider, f"{provider} returned an unexpected body.")
+    return body
+
+
+__all__ = ["ProviderError", "check_status", "json_object", "send", "session"]

@@ -1,0 +1,171 @@
+"""OpenAI Images API (gpt-image-*, dall-e-3, dall-e-2). providers.md §1.
+
+Only `model` is rewritten to the upstream id; every field the model supports is forwarded,
+and unknown extra fields pass through unchanged so new upstream options keep working.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from routing.providers import http
+from routing.providers.base import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ProviderAdapter,
+    Target,
+    UpstreamFailed,
+)
+from routing.providers.capabilities import OUTPUT_FORMATS, ImageCapabilities
+
+GPT_IMAGE = ImageCapabilities(
+    sizes=("1024x1024", "1536x1024", "1024x1536"),
+    max_n=10,
+    qualities=("low", "medium", "high", "auto"),
+    styles=(),
+    native_output_formats=OUTPUT_FORMATS,
+    transparent_background=True,
+    native_response_formats=("b64_json",),
+    moderation=True,
+    edits=True,
+    streaming=True,
+    max_prompt_chars=32000,
+)
+# gpt-image-2: any WxH, multiples of 16, up to 3840 px on a side.
+GPT_IMAGE_2 = ImageCapabilities(
+    **{**GPT_IMAGE.__dict__, "sizes": None, "min_side": 256, "max_side": 3840, "size_multiple": 16}
+)
+DALL_E_3 = ImageCapabilities(
+    sizes=("1024x1024", "1792x1024", "1024x1792"),
+    auto_size=False,
+    max_n=1,
+    qualities=("standard", "hd"),
+    styles=("vivid", "natural"),
+    native_response_formats=("url", "b64_json"),
+    max_prompt_chars=4000,
+)
+DALL_E_2 = ImageCapabilities(
+    sizes=("256x256", "512x512", "1024x1024"),
+    auto_size=False,
+    max_n=10,
+    qualities=("standard",),
+    native_response_formats=("url", "b64_json"),
+    edits=True,
+    max_prompt_chars=1000,
+)
+# A model this table does not know yet: validate little, forward everything.
+UNKNOWN_MODEL = ImageCapabilities(
+    sizes=None, min_side=1, max_side=8192, qualities=None, styles=None,
+    native_output_formats=OUTPUT_FORMATS, transparent_background=True,
+)
+
+
+def model_capabilities(model: str) -> ImageCapabilities:
+    if model.startswith("gpt-image-2"):
+        return GPT_IMAGE_2
+    if model.startswith(("gpt-image-", "chatgpt-image")):
+        return GPT_IMAGE
+    if model.startswith("dall-e-3"):
+        return DALL_E_3
+    if model.startswith("dall-e-2"):
+        return DALL_E_2
+    return UNKNOWN_MODEL
+
+
+def is_gpt_image(caps: ImageCapabilities) -> bool:
+    return caps.native_response_formats == ("b64_json",)
+
+
+class OpenAIProvider(ProviderAdapter):
+    name = "openai"
+
+    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+        return model_capabilities(upstream_model)
+
+    # --- the native call ------------------------------------------------------------------
+    def url(self, target: Target) -> str:
+        return f"{target.base_url}/v1/images/generations"
+
+    def headers(self, target: Target) -> dict[str, str]:
+        return {**target.extra_headers, "Authorization": f"Bearer {target.secret}"}
+
+    def params(self, target: Target) -> dict[str, str] | None:
+        return None
+
+    def body(self, request: ImageRequest, target: Target) -> dict[str, Any]:
+        caps = self.capabilities(target.upstream_model)
+        body: dict[str, Any] = {
+            **request.extras,
+            "model": target.upstream_model,
+            "prompt": request.prompt,
+            "n": request.n,
+        }
+        if request.size != "auto":
+            body["size"] = request.size
+        elif caps.auto_size:
+            body["size"] = "auto"
+        optional: dict[str, Any] = {
+            "quality": request.quality,
+            "style": request.style if caps.styles != () else None,
+            "user": request.user,
+            "moderation": request.moderation if caps.moderation else None,
+            "background": request.background if caps.transparent_background else None,
+        }
+        if len(caps.native_output_formats) > 1:  # the upstream encodes formats itself
+            optional["output_format"] = request.output_format
+            optional["output_compression"] = request.output_compression
+        if not is_gpt_image(caps):
+            # DALL·E: bytes whenever the gateway must convert or inline them itself.
+            optional["response_format"] = self.upstream_response_format(request)
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return {k: v for k, v in body.items() if v is not None}
+
+    @staticmethod
+    def upstream_response_format(request: ImageRequest) -> str:
+        passthrough_url = request.response_format == "url" and request.output_format in (None, "png")
+        return "url" if passthrough_url else "b64_json"
+
+    def generate(self, request: ImageRequest, target: Target) -> ImageResult:
+        response = http.send(
+            self.name,
+            "POST",
+            self.url(target),
+            timeout=target.timeout_seconds,
+            headers=self.headers(target),
+            params=self.params(target),
+            json_body=self.body(request, target),
+        )
+        http.check_status(self.name, response)
+        return self.parse(http.json_object(self.name, response), request)
+
+    def parse(self, body: dict[str, Any], request: ImageRequest) -> ImageResult:
+        items = body.get("data")
+        if not isinstance(items, list) or not items:
+            raise UpstreamFailed(self.name, f"{self.name} returned no images.")
+        output_format = body.get("output_format") or request.output_format or "png"
+        media_type = f"image/{output_format}"
+        images = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise UpstreamFailed(self.name, f"{self.name} returned an unexpected image entry.")
+            revised = item.get("revised_prompt")
+            if item.get("b64_json"):
+                try:
+                    data = base64.b64decode(item["b64_json"], validate=True)
+                except (binascii.Error, TypeError) as exc:
+                    raise UpstreamFailed(self.name, f"{self.name} returned invalid base64.") from exc
+                images.append(GeneratedImage(data=data, media_type=media_type, revised_prompt=revised))
+            elif item.get("url"):
+                images.append(GeneratedImage(url=str(item["url"]), revised_prompt=revised))
+            else:
+                raise UpstreamFailed(self.name, f"{self.name} returned an image without data.")
+        metadata = {
+            key: body[key]
+            for key in ("size", "quality", "background", "output_format")
+            if isinstance(body.get(key), str)
+        }
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        return ImageResult(images=images, usage=usage, metadata=metadata)

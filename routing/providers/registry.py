@@ -1,0 +1,23 @@
+"""Provider name → adapter. A provider without an adapter cannot serve inference routes."""
+
+from __future__ import annotations
+
+from aperture.errors import Unsupported
+from routing.providers.azure import AzureProvider
+from routing.providers.base import ProviderAdapter
+from routing.providers.local import LocalProvider
+from routing.providers.openai import OpenAIProvider
+
+ADAPTERS: dict[str, ProviderAdapter] = {
+    adapter.name: adapter for adapter in (LocalProvider(), OpenAIProvider(), AzureProvider())
+}
+
+
+def adapter_for(provider: str) -> ProviderAdapter:
+    try:
+        return ADAPTERS[provider]
+    except KeyError:
+        raise Unsupported(
+            f"The provider '{provider}' cannot serve image generation through this gateway yet.",
+            param="model",
+        ) from None
