@@ -1,7 +1,7 @@
 """Image endpoints: OpenAI's /v1/images/generations, the Azure-style route, hosted files."""
 
-from django.http import FileResponse, HttpRequest
 from django.core.files.storage import default_storage
+from django.http import FileResponse, HttpRequest
 from django.urls import reverse
 from rest_framework.request import Request
 from rest_framework.response import Response

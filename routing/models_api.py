@@ -1,4 +1,8 @@
-"""GET /v1/models and /v1/models/{id}: the aliases a key may use, in OpenAI's list format."""
+"""GET /v1/models and /v1/models/{id}: the aliases a key may use, in OpenAI's list format.
+
+Each model carries an `aperture` object with what it can do (from its first deployment's
+capability table), so clients can discover sizes, formats and limits.
+"""
 
 from typing import Any
 
@@ -7,16 +11,28 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from routing import selectors
-from routing.models import ModelAlias
+from routing.models import Deployment, ModelAlias
+from routing.providers.registry import ADAPTERS
 from tenants.permissions import ImagesScope, request_principal
 
 
-def model_object(alias: ModelAlias) -> dict[str, Any]:
+def model_object(alias: ModelAlias, deployment: Deployment | None) -> dict[str, Any]:
+    aperture: dict[str, Any] = {"available": False}
+    if deployment is not None and deployment.credential.provider in ADAPTERS:
+        adapter = ADAPTERS[deployment.credential.provider]
+        aperture = {
+            "available": True,
+            "provider": deployment.credential.provider,
+            "capabilities": adapter.capabilities(deployment.upstream_model).describe(),
+        }
+    if alias.description:
+        aperture["description"] = alias.description
     return {
         "id": alias.name,
         "object": "model",
         "created": int(alias.created_at.timestamp()),
         "owned_by": "workspace" if alias.workspace_id else "aperture",
+        "aperture": aperture,
     }
 
 
@@ -24,8 +40,9 @@ class ModelListView(APIView):
     permission_classes = [ImagesScope]
 
     def get(self, request: Request) -> Response:
-        principal = request_principal(request)
-        data = [model_object(alias) for alias in selectors.aliases_visible(principal)]
+        aliases = selectors.aliases_visible(request_principal(request))
+        first = selectors.first_deployments([alias.pk for alias in aliases])
+        data = [model_object(alias, first.get(alias.pk)) for alias in aliases]
         return Response({"object": "list", "data": data})
 
 
@@ -33,5 +50,6 @@ class ModelDetailView(APIView):
     permission_classes = [ImagesScope]
 
     def get(self, request: Request, model: str) -> Response:
-        principal = request_principal(request)
-        return Response(model_object(selectors.alias_resolve(principal, model)))
+        alias = selectors.alias_resolve(request_principal(request), model)
+        deployment = selectors.first_deployments([alias.pk]).get(alias.pk)
+        return Response(model_object(alias, deployment))

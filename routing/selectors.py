@@ -46,3 +46,16 @@ def deployments_for(alias: ModelAlias) -> list[Deployment]:
         .select_related("credential")
         .order_by("priority", "id")
     )
+
+
+def first_deployments(alias_ids: list[int]) -> dict[int, Deployment]:
+    """Each alias's first enabled deployment, in one query (for /v1/models)."""
+    first: dict[int, Deployment] = {}
+    rows = (
+        Deployment.objects.filter(alias_id__in=alias_ids, enabled=True, credential__enabled=True)
+        .select_related("credential")
+        .order_by("alias_id", "priority", "id")
+    )
+    for deployment in rows:
+        first.setdefault(deployment.alias_id, deployment)
+    return first

@@ -186,3 +186,75 @@ def deployment_create(
         data={"alias": alias.name, "credential": credential.name, "model": upstream_model},
     )
     return deployment
+
+
+@transaction.atomic
+def credential_delete(*, actor: str, credential: ProviderCredential) -> None:
+    audit_record(
+        actor=actor,
+        event="credential.deleted",
+        target=credential,
+        workspace=credential.workspace,
+        data={"name": credential.name},
+    )
+    credential.delete()
+
+
+@transaction.atomic
+def alias_update(*, actor: str, alias: ModelAlias, fields: dict[str, Any]) -> ModelAlias:
+    unknown = set(fields) - {"description", "enabled"}
+    if unknown:
+        raise ValidationError(f"Cannot update {sorted(unknown)} on an alias.")
+    for name, value in fields.items():
+        setattr(alias, name, value)
+    alias.save()
+    audit_record(
+        actor=actor,
+        event="alias.updated",
+        target=alias,
+        workspace=alias.workspace,
+        data={"fields": sorted(fields)},
+    )
+    return alias
+
+
+@transaction.atomic
+def alias_delete(*, actor: str, alias: ModelAlias) -> None:
+    audit_record(
+        actor=actor,
+        event="alias.deleted",
+        target=alias,
+        workspace=alias.workspace,
+        data={"name": alias.name},
+    )
+    alias.delete()
+
+
+@transaction.atomic
+def deployment_update(*, actor: str, deployment: Deployment, fields: dict[str, Any]) -> Deployment:
+    unknown = set(fields) - {"priority", "weight", "timeout_seconds", "enabled"}
+    if unknown:
+        raise ValidationError(f"Cannot update {sorted(unknown)} on a deployment.")
+    for name, value in fields.items():
+        setattr(deployment, name, value)
+    deployment.save()
+    audit_record(
+        actor=actor,
+        event="deployment.updated",
+        target=deployment,
+        workspace=deployment.alias.workspace,
+        data={"fields": sorted(fields)},
+    )
+    return deployment
+
+
+@transaction.atomic
+def deployment_delete(*, actor: str, deployment: Deployment) -> None:
+    audit_record(
+        actor=actor,
+        event="deployment.deleted",
+        target=deployment,
+        workspace=deployment.alias.workspace,
+        data={"model": deployment.upstream_model},
+    )
+    deployment.delete()

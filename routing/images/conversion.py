@@ -31,8 +31,15 @@ def convert(provider: str, data: bytes, output_format: str, compression: int | N
             image.load()
             converted = image.convert("RGBA") if image.mode not in ("RGB", "RGBA") else image
             return encode(converted, output_format, compression)
-    except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning, ValueError) as exc:
-        raise UpstreamFailed(provider, f"{provider} returned an image that cannot be decoded.") from exc
+    except (
+        OSError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        ValueError,
+    ) as exc:
+        raise UpstreamFailed(
+            provider, f"{provider} returned an image that cannot be decoded."
+        ) from exc
 
 
 __all__ = ["MEDIA_TYPES", "convert", "sniff_format"]

@@ -46,7 +46,9 @@ def check_url(provider: str, url: str) -> None:
     try:
         infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
-        raise FetchRefused(provider, f"{provider} returned an image URL whose host does not resolve.") from exc
+        raise FetchRefused(
+            provider, f"{provider} returned an image URL whose host does not resolve."
+        ) from exc
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     if _allowlisted(host, addresses):
         return
@@ -64,7 +66,9 @@ def fetch_image(provider: str, url: str) -> tuple[bytes, str | None]:
         check_url(provider, url)
         try:
             response = http.session().get(
-                url, stream=True, allow_redirects=False,
+                url,
+                stream=True,
+                allow_redirects=False,
                 timeout=(settings.UPSTREAM_CONNECT_TIMEOUT, settings.FETCH_TIMEOUT_SECONDS),
             )
         except requests.Timeout as exc:
@@ -77,13 +81,16 @@ def fetch_image(provider: str, url: str) -> tuple[bytes, str | None]:
                 continue
             if response.status_code != 200:
                 raise UpstreamFailed(
-                    provider, f"Downloading {provider}'s image failed with HTTP {response.status_code}."
+                    provider,
+                    f"Downloading {provider}'s image failed with HTTP {response.status_code}.",
                 )
             chunks, size = [], 0
             for chunk in response.iter_content(64 * 1024):
                 size += len(chunk)
                 if size > limit:
-                    raise UpstreamFailed(provider, f"{provider}'s image is larger than {limit} bytes.")
+                    raise UpstreamFailed(
+                        provider, f"{provider}'s image is larger than {limit} bytes."
+                    )
                 if time.monotonic() > deadline:
                     raise UpstreamTimedOut(provider, f"Downloading {provider}'s image timed out.")
                 chunks.append(chunk)

@@ -91,7 +91,9 @@ def plan_attempts(principal: KeyPrincipal, body: dict[str, Any], alias_name: str
             if position == 0:
                 raise
             continue  # a fallback that cannot take this request is skipped
-        attempts.append(Attempt(deployment=deployment, request=request, target=target_for(deployment)))
+        attempts.append(
+            Attempt(deployment=deployment, request=request, target=target_for(deployment))
+        )
     return attempts
 
 
@@ -159,7 +161,11 @@ def _entry(fields: dict[str, Any], image: GeneratedImage) -> dict[str, Any]:
 
 
 def generate_images(
-    *, principal: KeyPrincipal, body: dict[str, Any], url_for: UrlBuilder, alias_name: str | None = None
+    *,
+    principal: KeyPrincipal,
+    body: dict[str, Any],
+    url_for: UrlBuilder,
+    alias_name: str | None = None,
 ) -> dict[str, Any]:
     """The OpenAI-shaped response body for a generation request."""
     alias_name = alias_name or model_name(body)
@@ -169,7 +175,13 @@ def generate_images(
     release_database_connection()
     attempt, result = call_upstream(attempts)
     request = attempt.request
-    data = [_finish_image(image, request, attempt.target.provider, url_for) for image in result.images]
+    try:
+        data = [
+            _finish_image(image, request, attempt.target.provider, url_for)
+            for image in result.images
+        ]
+    except ProviderError as error:  # downloading or decoding the upstream's image failed
+        raise _to_api_error(error) from None
     response: dict[str, Any] = {"created": int(time.time()), "data": data}
     metadata = dict(result.metadata)
     if request.output_format:

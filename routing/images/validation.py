@@ -15,8 +15,20 @@ from routing.providers.capabilities import OUTPUT_FORMATS, ImageCapabilities
 
 KNOWN_FIELDS = frozenset(
     {
-        "model", "prompt", "n", "size", "quality", "style", "background", "output_format",
-        "output_compression", "moderation", "user", "seed", "response_format", "stream",
+        "model",
+        "prompt",
+        "n",
+        "size",
+        "quality",
+        "style",
+        "background",
+        "output_format",
+        "output_compression",
+        "moderation",
+        "user",
+        "seed",
+        "response_format",
+        "stream",
         "partial_images",
     }
 )
@@ -96,7 +108,9 @@ def _size(body: dict[str, Any], caps: ImageCapabilities, model: str) -> str:
             detail = f"each side must be {caps.min_side}-{caps.max_side} px"
             if caps.size_multiple > 1:
                 detail += f" and a multiple of {caps.size_multiple}"
-        raise InvalidRequest(f"Invalid 'size' {size!r} for the model '{model}'; {detail}.", param="size")
+        raise InvalidRequest(
+            f"Invalid 'size' {size!r} for the model '{model}'; {detail}.", param="size"
+        )
     return f"{width}x{height}"
 
 
@@ -118,7 +132,9 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
     if not 1 <= n <= MAX_N:
         raise InvalidRequest(f"'n' must be between 1 and {MAX_N}.", param="n")
     if n > caps.max_n:
-        raise InvalidRequest(f"The model '{model}' makes at most {caps.max_n} image(s) per request.", param="n")
+        raise InvalidRequest(
+            f"The model '{model}' makes at most {caps.max_n} image(s) per request.", param="n"
+        )
 
     output_format = _string(body, "output_format")
     if output_format == "jpg":
@@ -131,7 +147,9 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
     compression = _integer(body, "output_compression")
     if compression is not None:
         if not 0 <= compression <= 100:
-            raise InvalidRequest("'output_compression' must be between 0 and 100.", param="output_compression")
+            raise InvalidRequest(
+                "'output_compression' must be between 0 and 100.", param="output_compression"
+            )
         if output_format not in ("jpeg", "webp"):
             raise InvalidRequest(
                 "'output_compression' applies only to output_format jpeg or webp.",

@@ -14,7 +14,13 @@ import textwrap
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from routing.providers.base import GeneratedImage, ImageRequest, ImageResult, ProviderAdapter, Target
+from routing.providers.base import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ProviderAdapter,
+    Target,
+)
 from routing.providers.capabilities import OUTPUT_FORMATS, ImageCapabilities
 
 CAPABILITIES = ImageCapabilities(
@@ -89,8 +95,14 @@ def _draw_prompt(canvas: Image.Image, prompt: str, width: int, height: int) -> N
     draw = ImageDraw.Draw(canvas)
     y = font_size // 2
     for line in lines:
-        draw.text((font_size // 2, y), line, font=font, fill=(255, 255, 255, 255),
-                  stroke_width=max(1, font_size // 12), stroke_fill=(0, 0, 0, 255))
+        draw.text(
+            (font_size // 2, y),
+            line,
+            font=font,
+            fill=(255, 255, 255, 255),
+            stroke_width=max(1, font_size // 12),
+            stroke_fill=(0, 0, 0, 255),
+        )
         y += int(font_size * 1.25)
 
 

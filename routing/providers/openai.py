@@ -58,8 +58,13 @@ DALL_E_2 = ImageCapabilities(
 )
 # A model this table does not know yet: validate little, forward everything.
 UNKNOWN_MODEL = ImageCapabilities(
-    sizes=None, min_side=1, max_side=8192, qualities=None, styles=None,
-    native_output_formats=OUTPUT_FORMATS, transparent_background=True,
+    sizes=None,
+    min_side=1,
+    max_side=8192,
+    qualities=None,
+    styles=None,
+    native_output_formats=OUTPUT_FORMATS,
+    transparent_background=True,
 )
 
 
@@ -125,7 +130,10 @@ class OpenAIProvider(ProviderAdapter):
 
     @staticmethod
     def upstream_response_format(request: ImageRequest) -> str:
-        passthrough_url = request.response_format == "url" and request.output_format in (None, "png")
+        passthrough_url = request.response_format == "url" and request.output_format in (
+            None,
+            "png",
+        )
         return "url" if passthrough_url else "b64_json"
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
@@ -156,8 +164,12 @@ class OpenAIProvider(ProviderAdapter):
                 try:
                     data = base64.b64decode(item["b64_json"], validate=True)
                 except (binascii.Error, TypeError) as exc:
-                    raise UpstreamFailed(self.name, f"{self.name} returned invalid base64.") from exc
-                images.append(GeneratedImage(data=data, media_type=media_type, revised_prompt=revised))
+                    raise UpstreamFailed(
+                        self.name, f"{self.name} returned invalid base64."
+                    ) from exc
+                images.append(
+                    GeneratedImage(data=data, media_type=media_type, revised_prompt=revised)
+                )
             elif item.get("url"):
                 images.append(GeneratedImage(url=str(item["url"]), revised_prompt=revised))
             else:

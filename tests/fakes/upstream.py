@@ -134,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
             if behaviour.malformed:
                 self._send(behaviour.status, b"<html>oops, not json", "text/html", behaviour.headers)
                 return
-            if behaviour.status != 200:
+            if behaviour.status != 200 or behaviour.body is not None:
                 self._json(behaviour.status, behaviour.body or _error("scripted failure"), behaviour.headers)
                 return
         if not self._authorized(recorded):

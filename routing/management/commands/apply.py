@@ -1,0 +1,43 @@
+"""`manage.py apply FILE.yaml`: upsert credentials, aliases and deployments from a file."""
+
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from routing.config_apply import apply, plan
+from routing.config_file import ConfigError, parse_config
+
+
+class Command(BaseCommand):
+    help = "Apply a gateway configuration file (see the README), idempotently."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("file", type=Path)
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Print the plan; change nothing."
+        )
+        parser.add_argument(
+            "--prune",
+            action="store_true",
+            help="Delete credentials and aliases the file no longer names in the scopes it covers.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        path: Path = options["file"]
+        try:
+            spec = parse_config(path.read_text())
+            changes = plan(spec, prune=options["prune"], actor=f"system:apply:{path.name}")
+            if not options["dry_run"]:
+                apply(changes)
+        except OSError as exc:
+            raise CommandError(f"{path}: {exc.strerror}") from None
+        except ConfigError as exc:
+            raise CommandError(f"{path}: {exc}") from None
+        except ValidationError as exc:
+            raise CommandError(f"{path}: {'; '.join(exc.messages)}") from None
+        for change in changes:
+            self.stdout.write(str(change))
+        verb = "would change" if options["dry_run"] else "changed"
+        self.stdout.write(f"{len(changes)} change(s); {verb}." if changes else "No changes.")
