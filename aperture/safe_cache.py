@@ -16,14 +16,14 @@ def get(key: str) -> Any:
         return None
 
 
-def set(key: str, value: Any, timeout: float) -> None:  # noqa: A001 - mirrors the cache API
+def set(key: str, value: Any, timeout: float | None) -> None:  # noqa: A001 - mirrors the cache API
     try:
         cache.set(key, value, timeout)
     except Exception:
         logger.warning("cache unavailable on set", exc_info=True)
 
 
-def add(key: str, value: Any, timeout: float) -> bool | None:
+def add(key: str, value: Any, timeout: float | None) -> bool | None:
     """True if added, False if present, None if the cache is unreachable."""
     try:
         return bool(cache.add(key, value, timeout))

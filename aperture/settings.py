@@ -131,7 +131,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "aperture.redis_cache.SharedClientRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": _cache_prefix,
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},

@@ -31,7 +31,7 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
+    mapping = {str(key): value for key, value in loader.construct_mapping(node, deep=True).items()}
     mapping[LINE] = node.start_mark.line + 1
     return mapping
 

@@ -3,6 +3,7 @@
 from django.db.models import Q, QuerySet
 
 from aperture.errors import ModelNotFound, PermissionError_
+from routing import route_cache
 from routing.models import Deployment, ModelAlias
 from tenants.key_auth import KeyPrincipal
 
@@ -24,12 +25,21 @@ def aliases_visible(principal: KeyPrincipal) -> list[ModelAlias]:
     return [chosen[name] for name in sorted(chosen)]
 
 
+def _find_alias(workspace_id: int, name: str) -> ModelAlias | None:
+    matches = list(_candidate_aliases(workspace_id).filter(name=name)[:2])
+    if not matches:
+        return None
+    return next((a for a in matches if a.workspace_id is not None), matches[0])
+
+
 def alias_resolve(principal: KeyPrincipal, name: str) -> ModelAlias:
     """The alias `name` as this key sees it: 404 if it does not exist, 403 if not allowed."""
-    matches = list(_candidate_aliases(principal.workspace_id).filter(name=name)[:2])
-    if not matches:
+    workspace_id = principal.workspace_id
+    alias = route_cache.cached(
+        ("alias", workspace_id, name), lambda: _find_alias(workspace_id, name)
+    )
+    if alias is None:
         raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
-    alias = next((a for a in matches if a.workspace_id is not None), matches[0])
     if not principal.may_use_alias(alias.name):
         raise PermissionError_(
             f"This API key is not allowed to use the model '{name}'.",

@@ -111,7 +111,11 @@ def make_alias(
 ) -> ModelAlias:
     alias = routing_services.alias_create(actor=ACTOR, name=name)
     routing_services.deployment_create(
-        actor=ACTOR, alias=alias, credential=credential, upstream_model=upstream_model, **deployment  # type: ignore[arg-type]
+        actor=ACTOR,
+        alias=alias,
+        credential=credential,
+        upstream_model=upstream_model,
+        **deployment,  # type: ignore[arg-type]
     )
     return alias
 

@@ -1,5 +1,7 @@
 """The README's first command: `make run` serves the embedded default with a seeded demo."""
 
+import base64
+import io
 import os
 import re
 import signal
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.support import ROOT, free_port, wait_for
 
@@ -56,6 +59,16 @@ def test_make_run_serves_the_demo_and_prints_a_working_key(tmp_path: Path) -> No
         )
         assert models.status_code == 200
         assert [m["id"] for m in models.json()["data"]] == ["demo-image"]
+        generated = requests.post(
+            f"{base}/v1/images/generations",
+            headers={"Authorization": f"Bearer {key.group(1)}"},
+            data='{"model": "demo-image", "prompt": "a lighthouse at dusk", "size": "512x512"}',
+            timeout=30,
+        )
+        assert generated.status_code == 200, generated.text
+        png = base64.b64decode(generated.json()["data"][0]["b64_json"])
+        assert Image.open(io.BytesIO(png)).size == (512, 512)
+        assert png.startswith(b"\x89PNG")
         admin = requests.get(f"{base}/admin/login/", timeout=5)
         assert admin.status_code == 200
         css = re.search(r'href="(/static/admin/css/[^"]+)"', admin.text)

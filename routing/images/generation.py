@@ -24,7 +24,7 @@ from aperture.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from routing import selectors
+from routing import route_cache, selectors
 from routing.images import conversion, hosting
 from routing.images.fetch import fetch_image
 from routing.images.validation import model_name, parse_image_request
@@ -78,11 +78,14 @@ def target_for(deployment: Deployment) -> Target:
 def plan_attempts(principal: KeyPrincipal, body: dict[str, Any], alias_name: str) -> list[Attempt]:
     """Every deployment able to serve this body, in order; the first one's validation errors win."""
     alias = selectors.alias_resolve(principal, alias_name)
-    deployments = selectors.deployments_for(alias)
-    if not deployments:
+    routes = route_cache.cached(
+        ("routes", alias.pk),
+        lambda: [(d, target_for(d)) for d in selectors.deployments_for(alias)],
+    )
+    if not routes:
         raise NoDeployment(f"The model '{alias_name}' has no enabled deployment.", param="model")
     attempts = []
-    for position, deployment in enumerate(deployments):
+    for position, (deployment, target) in enumerate(routes):
         adapter = adapter_for(deployment.credential.provider)
         caps = adapter.capabilities(deployment.upstream_model)
         try:
@@ -91,9 +94,7 @@ def plan_attempts(principal: KeyPrincipal, body: dict[str, Any], alias_name: str
             if position == 0:
                 raise
             continue  # a fallback that cannot take this request is skipped
-        attempts.append(
-            Attempt(deployment=deployment, request=request, target=target_for(deployment))
-        )
+        attempts.append(Attempt(deployment=deployment, request=request, target=target))
     return attempts
 
 

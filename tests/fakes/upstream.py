@@ -46,7 +46,9 @@ class Misbehave:
     reset: bool = False
 
 
-def png(width: int, height: int, fmt: str = "png", color: tuple[int, int, int] = (30, 120, 200)) -> bytes:
+def png(
+    width: int, height: int, fmt: str = "png", color: tuple[int, int, int] = (30, 120, 200)
+) -> bytes:
     buffer = io.BytesIO()
     image = Image.new("RGB", (width, height), color)
     image.save(buffer, {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt])
@@ -62,6 +64,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 4096
     fake: FakeUpstream
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -75,15 +82,17 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("x-request-id", f"fake_{uuid.uuid4().hex[:12]}")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
+    def _send(
+        self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        # One write for head and body: separate small writes meet Nagle and delayed ACKs.
+        lines = [
+            f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(payload)}",
+            f"x-request-id: fake_{uuid.uuid4().hex[:12]}",
+        ] + [f"{name}: {value}" for name, value in (headers or {}).items()]
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
 
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(body).encode(), "application/json", headers)
@@ -132,17 +141,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reset()
                 return
             if behaviour.malformed:
-                self._send(behaviour.status, b"<html>oops, not json", "text/html", behaviour.headers)
+                self._send(
+                    behaviour.status, b"<html>oops, not json", "text/html", behaviour.headers
+                )
                 return
             if behaviour.status != 200 or behaviour.body is not None:
-                self._json(behaviour.status, behaviour.body or _error("scripted failure"), behaviour.headers)
+                self._json(
+                    behaviour.status,
+                    behaviour.body or _error("scripted failure"),
+                    behaviour.headers,
+                )
                 return
         if not self._authorized(recorded):
             self._json(401, _error("Incorrect API key provided.", code="invalid_api_key"))
             return
         if parts.path == "/v1/images/generations":
             self._generate(body, model=str((body or {}).get("model", "")))
-        elif parts.path.startswith("/openai/deployments/") and parts.path.endswith("/images/generations"):
+        elif parts.path.startswith("/openai/deployments/") and parts.path.endswith(
+            "/images/generations"
+        ):
             if "api-version" not in recorded.query:
                 self._json(404, _error("Resource not found"))
                 return
@@ -154,9 +171,10 @@ class _Handler(BaseHTTPRequestHandler):
         expected = self.server.fake.expected_secret
         if expected is None:
             return True
-        return recorded.headers.get("authorization") == f"Bearer {expected}" or recorded.headers.get(
-            "api-key"
-        ) == expected
+        return (
+            recorded.headers.get("authorization") == f"Bearer {expected}"
+            or recorded.headers.get("api-key") == expected
+        )
 
     def _generate(self, body: Any, model: str) -> None:
         if not isinstance(body, dict) or not body.get("prompt"):
@@ -172,7 +190,9 @@ class _Handler(BaseHTTPRequestHandler):
             if dall_e and body.get("response_format", "url") == "url":
                 file_id = f"{uuid.uuid4().hex}.png"
                 self.server.fake.files[file_id] = (data, "image/png")
-                items.append({"url": f"{self.server.fake.url}/files/{file_id}", "revised_prompt": None})
+                items.append(
+                    {"url": f"{self.server.fake.url}/files/{file_id}", "revised_prompt": None}
+                )
             else:
                 items.append({"b64_json": base64.b64encode(data).decode(), "revised_prompt": None})
         response: dict[str, Any] = {"created": int(time.time()), "data": items}
@@ -183,7 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
                 quality=body.get("quality", "medium"),
                 size=f"{width}x{height}",
                 usage={
-                    "input_tokens": 12, "output_tokens": 1056, "total_tokens": 1068,
+                    "input_tokens": 12,
+                    "output_tokens": 1056,
+                    "total_tokens": 1068,
                     "input_tokens_details": {"text_tokens": 12, "image_tokens": 0},
                 },
             )
@@ -191,7 +213,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeUpstream:
-    def __init__(self, port: int = 0, expected_secret: str | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self, port: int = 0, expected_secret: str | None = None, delay: float = 0.0
+    ) -> None:
         self.expected_secret = expected_secret
         self.delay = delay
         self.requests: list[Recorded] = []

@@ -59,7 +59,10 @@ def test_applying_creates_everything_and_a_second_run_changes_nothing(
     output = _apply(tmp_path, CONFIG)
     assert output.splitlines()[-1] == "7 change(s); changed."
     openai = ProviderCredential.objects.get(name="openai-main", workspace=None)
-    assert (openai.base_url, openai.secret()) == ("https://api.openai.com", "sk-openai-from-env-1234")
+    assert (openai.base_url, openai.secret()) == (
+        "https://api.openai.com",
+        "sk-openai-from-env-1234",
+    )
     azure = ProviderCredential.objects.get(name="acme-azure", workspace=workspace)
     assert azure.api_version == "2025-04-01-preview"
     platform = ModelAlias.objects.get(name="image-prod", workspace=None)
@@ -106,19 +109,38 @@ GOOD = "credentials:\n  - name: fine\n    provider: local\n"  # lines 1-3, valid
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (GOOD + "  - name: x\n    provider: nope\n    secret_env: APPLY_TEST_OPENAI_KEY\n",
-         "line 4: unknown provider 'nope'"),
-        (GOOD + "  - name: x\n    provider: openai\n    secret: inline\n",
-         "line 4: unknown field(s) in a credential: secret"),
-        (GOOD + "  - name: x\n    provider: openai\n    secret_env: NOT_SET_ANYWHERE_42\n",
-         "line 4: environment variable NOT_SET_ANYWHERE_42 is not set"),
-        (GOOD + "  - name: admin\n    provider: openai\n    secret_env: APPLY_TEST_OPENAI_KEY\n",
-         "line 4: 'admin' is a route of the gateway itself"),
-        (GOOD + "aliases:\n  - name: a\n    deployments:\n      - credential: ghost\n        model: m\n",
-         "line 7: unknown credential 'ghost' for alias 'a'"),
-        (GOOD + "aliases:\n  - name: a\n    workspace: nowhere\n", "line 5: unknown workspace 'nowhere'"),
-        (GOOD + "aliases:\n  - name: a\n    deployments:\n      - credential: fine\n        model: m\n"
-         "        weight: 0\n", "line 7: 'weight' must be at least 1"),
+        (
+            GOOD + "  - name: x\n    provider: nope\n    secret_env: APPLY_TEST_OPENAI_KEY\n",
+            "line 4: unknown provider 'nope'",
+        ),
+        (
+            GOOD + "  - name: x\n    provider: openai\n    secret: inline\n",
+            "line 4: unknown field(s) in a credential: secret",
+        ),
+        (
+            GOOD + "  - name: x\n    provider: openai\n    secret_env: NOT_SET_ANYWHERE_42\n",
+            "line 4: environment variable NOT_SET_ANYWHERE_42 is not set",
+        ),
+        (
+            GOOD + "  - name: admin\n    provider: openai\n    secret_env: APPLY_TEST_OPENAI_KEY\n",
+            "line 4: 'admin' is a route of the gateway itself",
+        ),
+        (
+            GOOD
+            + "aliases:\n  - name: a\n    deployments:\n"
+            + "      - credential: ghost\n        model: m\n",
+            "line 7: unknown credential 'ghost' for alias 'a'",
+        ),
+        (
+            GOOD + "aliases:\n  - name: a\n    workspace: nowhere\n",
+            "line 5: unknown workspace 'nowhere'",
+        ),
+        (
+            GOOD
+            + "aliases:\n  - name: a\n    deployments:\n"
+            + "      - credential: fine\n        model: m\n        weight: 0\n",
+            "line 7: 'weight' must be at least 1",
+        ),
         (GOOD + "aliases:\n  - name: a\n  - name: a\n", "line 6: alias 'a' is declared twice"),
         (GOOD + "aliases: [\n", "line 5: not valid YAML"),
         ("- just a list\n", "line 1: the file must be a mapping"),

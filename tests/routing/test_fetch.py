@@ -40,9 +40,11 @@ def test_an_allowlisted_host_is_fetched(hosted: str) -> None:
 
 
 def test_an_image_above_the_size_cap_is_refused(hosted: str) -> None:
-    with override_settings(FETCH_ALLOWED_HOSTS=["127.0.0.1"], FETCH_MAX_BYTES=50):
-        with pytest.raises(UpstreamFailed, match="larger than 50 bytes"):
-            fetch_image("openai", hosted)
+    with (
+        override_settings(FETCH_ALLOWED_HOSTS=["127.0.0.1"], FETCH_MAX_BYTES=50),
+        pytest.raises(UpstreamFailed, match="larger than 50 bytes"),
+    ):
+        fetch_image("openai", hosted)
 
 
 def test_without_the_allowlist_the_same_host_is_refused(hosted: str) -> None:
@@ -51,7 +53,10 @@ def test_without_the_allowlist_the_same_host_is_refused(hosted: str) -> None:
 
 
 def test_an_upstream_url_is_downloaded_and_inlined_when_the_caller_wants_b64(
-    client, upstream_aliases, fake_upstream: FakeUpstream, hosted: str  # type: ignore[no-untyped-def]
+    client,
+    upstream_aliases,
+    fake_upstream: FakeUpstream,
+    hosted: str,  # type: ignore[no-untyped-def]
 ) -> None:
     import base64
 

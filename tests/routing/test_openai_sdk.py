@@ -29,18 +29,21 @@ def _decoded(b64: str | None) -> Image.Image:
 
 
 def test_the_sdk_generates_through_local_openai_and_azure_deployments(
-    live_server, api_key: CreatedKey, upstream_aliases: dict[str, ModelAlias], fake_upstream: FakeUpstream  # type: ignore[no-untyped-def]
+    live_server,
+    api_key: CreatedKey,
+    upstream_aliases: dict[str, ModelAlias],
+    fake_upstream: FakeUpstream,  # type: ignore[no-untyped-def]
 ) -> None:
     client = _sdk(live_server, api_key.secret)
     local = client.images.generate(model="demo-image", prompt="a fox", size="640x480", n=2)
-    assert [(_decoded(d.b64_json).format, _decoded(d.b64_json).size) for d in local.data] == [
+    assert [(_decoded(d.b64_json).format, _decoded(d.b64_json).size) for d in local.data or []] == [
         ("PNG", (640, 480))
     ] * 2
 
     remote = client.images.generate(
         model="image-openai", prompt="a fox", size="1024x1536", output_format="jpeg"
     )
-    image = _decoded(remote.data[0].b64_json)
+    image = _decoded((remote.data or [])[0].b64_json)
     assert (image.format, image.size) == ("JPEG", (1024, 1536))
     assert remote.usage is not None and remote.usage.total_tokens == 1068
 
@@ -51,7 +54,7 @@ def test_the_sdk_generates_through_local_openai_and_azure_deployments(
         max_retries=0,
     )
     result = azure.images.generate(model="image-azure", prompt="a fox", size="1024x1024")
-    assert _decoded(result.data[0].b64_json).size == (1024, 1024)
+    assert _decoded((result.data or [])[0].b64_json).size == (1024, 1024)
 
     openai_call, azure_call = fake_upstream.requests
     assert openai_call.path == "/v1/images/generations"
@@ -67,10 +70,14 @@ def test_the_sdk_generates_through_local_openai_and_azure_deployments(
 
 
 def test_models_list_shows_exactly_the_aliases_the_key_may_use(
-    live_server, team: Team, upstream_aliases: dict[str, ModelAlias]  # type: ignore[no-untyped-def]
+    live_server,
+    team: Team,
+    upstream_aliases: dict[str, ModelAlias],  # type: ignore[no-untyped-def]
 ) -> None:
     everything = key_create(actor="t", team=team, name="all")
-    limited = key_create(actor="t", team=team, name="l", allowed_aliases=["demo-image", "image-azure"])
+    limited = key_create(
+        actor="t", team=team, name="l", allowed_aliases=["demo-image", "image-azure"]
+    )
     ids = sorted(m.id for m in _sdk(live_server, everything.secret).models.list())
     assert ids == ["demo-image", "image-azure", "image-dalle2", "image-dalle3", "image-openai"]
     models = list(_sdk(live_server, limited.secret).models.list())
@@ -85,7 +92,10 @@ def test_models_list_shows_exactly_the_aliases_the_key_may_use(
 
 
 def test_sdk_errors_arrive_as_the_sdks_typed_exceptions(
-    live_server, api_key: CreatedKey, upstream_aliases: dict[str, ModelAlias], fake_upstream: FakeUpstream  # type: ignore[no-untyped-def]
+    live_server,
+    api_key: CreatedKey,
+    upstream_aliases: dict[str, ModelAlias],
+    fake_upstream: FakeUpstream,  # type: ignore[no-untyped-def]
 ) -> None:
     client = _sdk(live_server, api_key.secret)
     with pytest.raises(openai.NotFoundError) as not_found:
@@ -104,12 +114,15 @@ def test_sdk_errors_arrive_as_the_sdks_typed_exceptions(
 
 
 def test_a_hosted_url_serves_the_image_until_it_expires(
-    live_server, api_key: CreatedKey, platform_alias: ModelAlias, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    live_server,
+    api_key: CreatedKey,
+    platform_alias: ModelAlias,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     result = _sdk(live_server, api_key.secret).images.generate(
         model="demo-image", prompt="a fox", size="200x100", response_format="url"
     )
-    url = result.data[0].url
+    url = (result.data or [])[0].url
     assert url and url.startswith(f"{live_server.url}/v1/images/files/")
     served = requests.get(url, timeout=10)
     assert served.status_code == 200

@@ -1,0 +1,220 @@
+"""Gateway benchmark: `make bench` (or `python -m bench`). Prints figures; asserts nothing.
+
+Starts the fake OpenAI upstream and the gateway (gunicorn, gevent workers, PostgreSQL and
+Redis on 127.0.0.1) as their own processes, then measures on loopback:
+  1. p50/p99 latency and requests/s at concurrency 1, 16 and 64 (256x256 image, n=1),
+     against the gateway and against the fake upstream directly, in the same run;
+  2. 1,000 concurrent requests against a 5-second upstream: successes, wall time and the
+     gateway's peak memory (RSS of the gunicorn master and workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import requests
+
+from bench.loadgen import run
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+DB_NAME = "aperture_bench"
+BODY = json.dumps(
+    {
+        "model": "bench-image",
+        "prompt": "a small benchmark image",
+        "size": "256x256",
+        "response_format": "b64_json",
+    }
+).encode()
+DIRECT_BODY = json.dumps(
+    {
+        "model": "dall-e-2",
+        "prompt": "a small benchmark image",
+        "size": "256x256",
+        "response_format": "b64_json",
+    }
+).encode()
+
+
+def _wait(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def _rss_mb(pid: int) -> float:
+    """RSS of a process and its children, in MB."""
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        return 0.0
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def _reset_database() -> str:
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    return f"{PG}/{DB_NAME}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--slow", type=int, default=1000, help="concurrent 5-s requests")
+    parser.add_argument("--quick", action="store_true", help="fewer requests per level")
+    args = parser.parse_args()
+
+    upstream_port, gateway_port = 9741, 9742
+    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": _reset_database(),
+        "REDIS_URL": "redis://127.0.0.1:6379/3",
+        "APERTURE_VAR_DIR": str(ROOT / "var" / "bench"),
+        "PORT": str(gateway_port),
+        "WEB_CONCURRENCY": str(args.workers),
+        "APERTURE_ACCESS_LOG": "/dev/null",
+        "LOG_LEVEL": "WARNING",
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.fakes.upstream", "--port", str(upstream_port)],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
+        )
+        key = (
+            subprocess.run(
+                [sys.executable, "-m", "bench.seed", upstream_url],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        gateway = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        processes.append(gateway)
+        _wait(f"{gateway_url}/healthz")
+        _wait(f"{upstream_url}/files/none")
+        auth = {"Authorization": f"Bearer {key}"}
+
+        print(
+            f"# Aperture benchmark — {args.workers} gevent worker(s), 2 cores shared with the "
+            "load generator and the fake upstream\n"
+        )
+        print("## Latency and throughput (256x256 PNG, n=1)")
+        levels = [(1, 300), (16, 2000), (64, 4000)]
+        if args.quick:
+            levels = [(1, 100), (16, 500), (64, 1000)]
+        figures = {}
+        for concurrency, total in levels:
+            run(
+                f"{gateway_url}/v1/images/generations",
+                BODY,
+                auth,
+                concurrency=concurrency,
+                total=50,
+            )
+            direct = run(
+                f"{upstream_url}/v1/images/generations",
+                DIRECT_BODY,
+                {},
+                concurrency=concurrency,
+                total=total,
+            )
+            via = run(
+                f"{gateway_url}/v1/images/generations",
+                BODY,
+                auth,
+                concurrency=concurrency,
+                total=total,
+            )
+            figures[concurrency] = (direct, via)
+            print(f"c={concurrency:<3} direct : {direct.summary()}")
+            print(f"c={concurrency:<3} gateway: {via.summary()}")
+        direct1, via1 = figures[1]
+        added_p50 = (via1.percentile(50) - direct1.percentile(50)) * 1000
+        added_p99 = (via1.percentile(99) - direct1.percentile(99)) * 1000
+        print(f"\nadded latency at c=1: p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms")
+        via64 = figures[64][1]
+        print(f"gateway throughput at c=64: {len(via64.latencies) / via64.wall:.0f} req/s")
+
+        print(f"\n## {args.slow} concurrent requests against a 5-second upstream")
+        requests.post(f"{upstream_url}/_control/delay", json={"delay": 5}, timeout=5)
+        peak = [0.0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], _rss_mb(gateway.pid))
+                time.sleep(0.1)
+
+        before = _rss_mb(gateway.pid)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        slow = run(
+            f"{gateway_url}/v1/images/generations",
+            BODY,
+            auth,
+            concurrency=args.slow,
+            total=args.slow,
+        )
+        stop.set()
+        sampler.join()
+        print(f"succeeded {slow.ok}/{args.slow}; statuses {slow.statuses}")
+        p50, p99 = slow.percentile(50), slow.percentile(99)
+        print(f"wall time {slow.wall:.2f} s; p50 {p50:.2f} s, p99 {p99:.2f} s")
+        print(f"gateway memory: {before:.0f} MB before, peak {peak[0]:.0f} MB during")
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""A small asyncio HTTP/1.1 load generator with keep-alive, for loopback benchmarks.
+
+Written for this benchmark so that the client costs little CPU next to the server under
+test on a 2-core machine: raw sockets, one request at a time per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    wall: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+    def summary(self) -> str:
+        rps = len(self.latencies) / self.wall if self.wall else 0.0
+        p50, p99 = self.percentile(50) * 1000, self.percentile(99) * 1000
+        mean = statistics.fmean(self.latencies) * 1000
+        return (
+            f"n={len(self.latencies):5d} ok={self.ok:5d} p50={p50:7.2f}ms p99={p99:7.2f}ms "
+            f"mean={mean:7.2f}ms rps={rps:7.1f} wall={self.wall:6.2f}s"
+        )
+
+
+def _request_bytes(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, int, bytes]:
+    parts = urlsplit(url)
+    lines = [
+        f"POST {parts.path or '/'} HTTP/1.1",
+        f"Host: {parts.hostname}:{parts.port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+    ] + [f"{k}: {v}" for k, v in headers.items()]
+    return (
+        parts.hostname or "127.0.0.1",
+        parts.port or 80,
+        ("\r\n".join(lines) + "\r\n\r\n").encode() + body,
+    )
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    length, close = 0, False
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "connection" and value.strip().lower() == "close":
+            close = True
+    if length:
+        await reader.readexactly(length)
+    return status, close
+
+
+async def _worker(
+    host: str, port: int, payload: bytes, remaining: list[int], result: Result
+) -> None:
+    reader = writer = None
+    while remaining[0] > 0:
+        remaining[0] -= 1
+        if writer is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        assert reader is not None
+        started = time.perf_counter()
+        try:
+            writer.write(payload)
+            status, close = await _read_response(reader)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            status, close = 599, True
+        result.latencies.append(time.perf_counter() - started)
+        result.statuses[status] = result.statuses.get(status, 0) + 1
+        if close:
+            writer.close()
+            reader = writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def _run(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, total: int
+) -> Result:
+    host, port, payload = _request_bytes(url, body, headers)
+    result = Result()
+    remaining = [total]
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(_worker(host, port, payload, remaining, result) for _ in range(concurrency))
+    )
+    result.wall = time.perf_counter() - started
+    return result
+
+
+def run(url: str, body: bytes, headers: dict[str, str], *, concurrency: int, total: int) -> Result:
+    return asyncio.run(_run(url, body, headers, concurrency, total))

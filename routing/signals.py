@@ -1,0 +1,22 @@
+"""Any saved or deleted alias, deployment or credential invalidates every process's routes.
+
+Signals rather than service calls, so that admin saves, inlines and the config file all
+invalidate without each remembering to.
+"""
+
+from typing import Any
+
+from django.db.models.signals import post_delete, post_save
+
+from routing import route_cache
+from routing.models import Deployment, ModelAlias, ProviderCredential
+
+
+def _invalidate(sender: Any, **kwargs: Any) -> None:
+    route_cache.invalidate()
+
+
+def connect() -> None:
+    for model in (ModelAlias, Deployment, ProviderCredential):
+        post_save.connect(_invalidate, sender=model, dispatch_uid=f"routes-{model.__name__}-save")
+        post_delete.connect(_invalidate, sender=model, dispatch_uid=f"routes-{model.__name__}-del")
