@@ -174,6 +174,19 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+if env.str("APERTURE_S3_BUCKET", default=""):
+    # S3-compatible object storage for hosted images (pip install "aperture[s3]");
+    # credentials come from the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables.
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("APERTURE_S3_BUCKET"),
+            "endpoint_url": env.str("APERTURE_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("APERTURE_S3_REGION", default="") or None,
+            "default_acl": "private",
+            "querystring_auth": False,
+        },
+    }
 
 # --- Request limits -------------------------------------------------------------------
 MAX_BODY_BYTES = env.int("APERTURE_MAX_BODY_BYTES", default=50 * 1024 * 1024)

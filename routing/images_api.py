@@ -2,6 +2,7 @@
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpRequest
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -10,11 +11,11 @@ from rest_framework.views import APIView
 from aperture.errors import NotFound, error_response
 from aperture.json_body import read_json_object
 from routing.images import hosting
-from routing.images.generation import generate_images
+from routing.images.generation import UrlBuilder, generate_images
 from tenants.permissions import ImagesScope, request_principal
 
 
-def _url_builder(request: Request):  # type: ignore[no-untyped-def]
+def _url_builder(request: Request) -> UrlBuilder:
     def build(token: str) -> str:
         return request.build_absolute_uri(reverse("hosted-image", args=[token]))
 
@@ -48,7 +49,7 @@ class AzureImageGenerationView(APIView):
         return Response(result)
 
 
-def hosted_image(request: HttpRequest, token: str):  # type: ignore[no-untyped-def]
+def hosted_image(request: HttpRequest, token: str) -> HttpResponseBase:
     """A signed, expiring link to an image the gateway stored. No key needed: the link is one."""
     if request.method not in ("GET", "HEAD"):
         return error_response(NotFound("Not found."))
