@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.db import connection
@@ -24,6 +25,7 @@ from aperture.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from aperture.offload import run_blocking
 from routing import route_cache, selectors
 from routing.images import conversion, hosting
 from routing.images.fetch import fetch_image
@@ -147,7 +149,9 @@ def _finish_image(
     assert data is not None
     actual_format = conversion.sniff_format(data)
     if wanted_format and actual_format != wanted_format:
-        data = conversion.convert(provider, data, wanted_format, request.output_compression)
+        data = run_blocking(
+            partial(conversion.convert, provider, data, wanted_format, request.output_compression)
+        )
         actual_format = wanted_format
     media_type = f"image/{actual_format}" if actual_format else (media_type or "image/png")
     if request.response_format == "url":

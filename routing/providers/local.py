@@ -11,9 +11,11 @@ import hashlib
 import io
 import random
 import textwrap
+from functools import partial
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from aperture.offload import run_blocking
 from routing.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -132,8 +134,8 @@ class LocalProvider(ProviderAdapter):
         width, height = request.dimensions or (1024, 1024)
         output_format = request.output_format or "png"
         transparent = request.background == "transparent"
-        images = []
-        for index in range(request.n):
+
+        def make(index: int) -> bytes:
             image = render(
                 prompt=request.prompt,
                 width=width,
@@ -143,12 +145,14 @@ class LocalProvider(ProviderAdapter):
                 transparent=transparent,
                 quality=request.quality,
             )
-            images.append(
-                GeneratedImage(
-                    data=encode(image, output_format, request.output_compression),
-                    media_type=MEDIA_TYPES[output_format],
-                )
+            return encode(image, output_format, request.output_compression)
+
+        images = [
+            GeneratedImage(
+                data=run_blocking(partial(make, index)), media_type=MEDIA_TYPES[output_format]
             )
+            for index in range(request.n)
+        ]
         return ImageResult(
             images=images,
             metadata={
