@@ -241,3 +241,19 @@ IMAGE_URL_TTL_SECONDS = env.int("APERTURE_IMAGE_URL_TTL_SECONDS", default=3600)
 FETCH_TIMEOUT_SECONDS = env.float("APERTURE_FETCH_TIMEOUT_SECONDS", default=30.0)
 FETCH_MAX_BYTES = env.int("APERTURE_FETCH_MAX_BYTES", default=50 * 1024 * 1024)
 FETCH_ALLOWED_HOSTS = env.list("APERTURE_FETCH_ALLOWED_HOSTS", default=[])
+
+# --- Billing --------------------------------------------------------------------------
+RATE_LIMIT_REDIS_URL = env.str("APERTURE_RATE_LIMIT_REDIS_URL", default=REDIS_URL)
+CACHE_KEY_PREFIX = _cache_prefix
+# Holds older than this are orphans of crashed workers (above the longest upstream timeout).
+RESERVATION_TTL_SECONDS = env.int("APERTURE_RESERVATION_TTL_SECONDS", default=960)
+CELERY_BEAT_SCHEDULE = {
+    "reap-orphaned-reservations": {
+        "task": "billing.tasks.reap_reservations",
+        "schedule": 60.0,
+    },
+    "daily-usage-rollup": {
+        "task": "billing.tasks.rollup_daily_usage",
+        "schedule": 900.0,
+    },
+}

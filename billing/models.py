@@ -1,1 +1,236 @@
-"""Billing: prices, budgets, reservations and usage records (built by the billing issue)."""
+"""Billing: prices, budgets with in-flight reservations, usage records and daily rollups.
+
+Money is integer micro-USD everywhere. Budgets are changed only by conditional atomic
+UPDATEs (billing/budgets.py), and CheckConstraints refuse any write that would overspend.
+"""
+
+from datetime import UTC, datetime
+
+from django.db import models
+from django.db.models import F, Q
+
+from tenants.models import ApiKey, Team, Workspace
+
+LIFETIME_START = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Price(models.Model):
+    """What an upstream model costs: per image by size and quality, and/or per token."""
+
+    provider = models.CharField(max_length=32)
+    model_pattern = models.CharField(
+        max_length=200, help_text="The upstream model id, or a prefix ending in * (gpt-image-1*)."
+    )
+    size = models.CharField(max_length=20, blank=True, help_text="WxH, or empty for any size.")
+    quality = models.CharField(max_length=20, blank=True, help_text="Empty for any quality.")
+    per_image_micro = models.BigIntegerField(
+        null=True, blank=True, help_text="Micro-USD per output image."
+    )
+    text_input_per_mtok_micro = models.BigIntegerField(
+        null=True, blank=True, help_text="Micro-USD per million text input tokens."
+    )
+    image_input_per_mtok_micro = models.BigIntegerField(
+        null=True, blank=True, help_text="Micro-USD per million image input tokens."
+    )
+    image_output_per_mtok_micro = models.BigIntegerField(
+        null=True, blank=True, help_text="Micro-USD per million image output tokens."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider", "model_pattern", "size", "quality"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "model_pattern", "size", "quality"], name="price_unique_variant"
+            ),
+            models.CheckConstraint(
+                condition=Q(per_image_micro__isnull=True) | Q(per_image_micro__gte=0),
+                name="price_per_image_not_negative",
+            ),
+        ]
+        indexes = [
+            # Price lookup: every variant of one provider.
+            models.Index(fields=["provider"], name="price_provider"),
+        ]
+
+    def __str__(self) -> str:
+        variant = " ".join(v for v in (self.size, self.quality) if v)
+        return f"{self.provider}:{self.model_pattern} {variant}".strip()
+
+    @property
+    def token_priced(self) -> bool:
+        return self.image_output_per_mtok_micro is not None
+
+
+class Budget(models.Model):
+    """A spending cap on a workspace, a team or a key, for a day, a month or a lifetime.
+
+    `period_start` says which period `used_*` and `reserved_*` belong to; a request in a new
+    period resets them (no job needed). Reservations hold money while a request is in flight.
+    """
+
+    class Scope(models.TextChoices):
+        WORKSPACE = "workspace", "Workspace"
+        TEAM = "team", "Team"
+        KEY = "key", "Key"
+
+    class Period(models.TextChoices):
+        DAY = "day", "Day (UTC)"
+        MONTH = "month", "Calendar month (UTC)"
+        LIFETIME = "lifetime", "Lifetime"
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="budgets")
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    period = models.CharField(max_length=16, choices=Period.choices, default=Period.MONTH)
+    limit_micro = models.BigIntegerField(
+        null=True, blank=True, help_text="Spending limit in micro-USD (1 USD = 1,000,000)."
+    )
+    limit_images = models.BigIntegerField(null=True, blank=True, help_text="Image limit.")
+    period_start = models.DateTimeField(default=LIFETIME_START, editable=False)
+    used_micro = models.BigIntegerField(default=0, editable=False)
+    reserved_micro = models.BigIntegerField(default=0, editable=False)
+    used_images = models.BigIntegerField(default=0, editable=False)
+    reserved_images = models.BigIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["workspace", "scope", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(limit_micro__isnull=False) | Q(limit_images__isnull=False),
+                name="budget_has_a_limit",
+            ),
+            models.CheckConstraint(
+                condition=Q(limit_micro__isnull=True)
+                | Q(used_micro__lte=F("limit_micro") - F("reserved_micro")),
+                name="budget_money_never_overspent",
+            ),
+            models.CheckConstraint(
+                condition=Q(limit_images__isnull=True)
+                | Q(used_images__lte=F("limit_images") - F("reserved_images")),
+                name="budget_images_never_overspent",
+            ),
+            models.CheckConstraint(
+                condition=Q(used_micro__gte=0)
+                & Q(reserved_micro__gte=0)
+                & Q(used_images__gte=0)
+                & Q(reserved_images__gte=0),
+                name="budget_counters_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=(Q(scope="workspace") & Q(team__isnull=True) & Q(key__isnull=True))
+                | (Q(scope="team") & Q(team__isnull=False) & Q(key__isnull=True))
+                | (Q(scope="key") & Q(key__isnull=False)),
+                name="budget_scope_matches_target",
+            ),
+        ]
+        indexes = [
+            # Budgets in scope of a request: by workspace, then filtered to its team and key.
+            models.Index(fields=["workspace", "scope"], name="budget_workspace_scope"),
+        ]
+
+    def __str__(self) -> str:
+        target = {"workspace": self.workspace_id, "team": self.team_id, "key": self.key_id}
+        return f"{self.scope} {target[self.scope]} {self.period} budget"
+
+
+class Reservation(models.Model):
+    """Money and images held on one budget while one request is in flight."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="reservations")
+    request_id = models.CharField(max_length=128)
+    amount_micro = models.BigIntegerField()
+    images = models.BigIntegerField()
+    period_start = models.DateTimeField()
+    created_at = models.DateTimeField(db_index=True)  # the reaper's query: oldest first
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount_micro__gte=0) & Q(images__gte=0),
+                name="reservation_not_negative",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount_micro} µUSD / {self.images} images for {self.request_id}"
+
+
+class UsageRecord(models.Model):
+    """One row per authenticated request: served, refused or failed."""
+
+    request_id = models.CharField(max_length=128)
+    created_at = models.DateTimeField()
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    alias = models.CharField(max_length=128, blank=True)
+    deployment_id = models.BigIntegerField(null=True, blank=True)
+    provider = models.CharField(max_length=32, blank=True)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    endpoint = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64, blank=True)
+    images = models.PositiveIntegerField(default=0)
+    size = models.CharField(max_length=20, blank=True)
+    quality = models.CharField(max_length=20, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_micro = models.BigIntegerField(default=0)
+    total_ms = models.PositiveIntegerField(default=0)
+    upstream_ms = models.PositiveIntegerField(default=0)
+    bytes_in = models.PositiveBigIntegerField(default=0)
+    bytes_out = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(cost_micro__gte=0), name="usage_cost_not_negative")
+        ]
+        indexes = [
+            # Usage of a workspace over a date range (admin, management API, rollups).
+            models.Index(fields=["workspace", "created_at"], name="usage_workspace_time"),
+            # Usage of one key over time.
+            models.Index(fields=["key", "created_at"], name="usage_key_time"),
+            # The daily rollup's scan of one day.
+            models.Index(fields=["created_at"], name="usage_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.endpoint} {self.status}"
+
+
+class DailyUsage(models.Model):
+    """Per workspace/team/key/alias/day aggregates for dashboards (written by a Celery task)."""
+
+    day = models.DateField()
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    alias = models.CharField(max_length=128, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    images = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cost_micro = models.BigIntegerField(default=0)
+    p50_ms = models.PositiveIntegerField(default=0)
+    p95_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day"]
+        verbose_name_plural = "daily usage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "workspace", "team", "key", "alias"], name="daily_usage_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.alias or '-'}: {self.requests} requests"

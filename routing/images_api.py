@@ -1,5 +1,7 @@
 """Image endpoints: OpenAI's /v1/images/generations, the Azure-style route, hosted files."""
 
+from typing import Any
+
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpRequest
 from django.http.response import HttpResponseBase
@@ -10,8 +12,11 @@ from rest_framework.views import APIView
 
 from aperture.errors import NotFound, error_response
 from aperture.json_body import read_json_object
+from aperture.request_context import current_request_id
+from billing.metering import Meter, record_usage
 from routing.images import hosting
 from routing.images.generation import UrlBuilder, generate_images
+from tenants.key_auth import KeyPrincipal
 from tenants.permissions import ImagesScope, request_principal
 
 
@@ -22,31 +27,68 @@ def _url_builder(request: Request) -> UrlBuilder:
     return build
 
 
-class ImageGenerationView(APIView):
-    permission_classes = [ImagesScope]
+class MeteredView(APIView):
+    """An inference view whose every authenticated request leaves one usage record."""
 
-    def post(self, request: Request) -> Response:
-        body = read_json_object(request._request)
-        result = generate_images(
-            principal=request_principal(request), body=body, url_for=_url_builder(request)
+    permission_classes = [ImagesScope]
+    endpoint = ""
+    meter: Meter
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self.meter = Meter(
+            request_id=current_request_id(),
+            endpoint=self.endpoint,
+            bytes_in=int(request.META.get("CONTENT_LENGTH") or 0),
         )
-        return Response(result)
+        super().initial(request, *args, **kwargs)
+
+    def perform_authentication(self, request: Request) -> None:
+        super().perform_authentication(request)
+        if isinstance(request.user, KeyPrincipal):
+            self.meter.principal = request.user
+
+    def finalize_response(
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        meter = getattr(self, "meter", None)
+        if meter is None:
+            return response
+        for name, value in meter.headers.items():
+            if name not in response:
+                response[name] = value
+        error_code = ""
+        if isinstance(response, Response):
+            response.render()
+            data = response.data
+            if response.status_code >= 400 and isinstance(data, dict):
+                error_code = str((data.get("error") or {}).get("code") or "")
+        record_usage(
+            meter,
+            status=response.status_code,
+            error_code=error_code,
+            bytes_out=len(getattr(response, "content", b"")),
+        )
+        return response
 
 
-class AzureImageGenerationView(APIView):
-    """`/openai/deployments/{alias}/images/generations?api-version=…`: the alias is in the path."""
+class ImageGenerationView(MeteredView):
+    endpoint = "images.generations"
 
-    permission_classes = [ImagesScope]
-
-    def post(self, request: Request, alias: str) -> Response:
+    def post(self, request: Request, alias: str | None = None) -> Response:
         body = read_json_object(request._request)
         result = generate_images(
             principal=request_principal(request),
             body=body,
             url_for=_url_builder(request),
+            meter=self.meter,
             alias_name=alias,
         )
         return Response(result)
+
+
+class AzureImageGenerationView(ImageGenerationView):
+    """`/openai/deployments/{alias}/images/generations?api-version=…`: the alias is in the path."""
 
 
 def hosted_image(request: HttpRequest, token: str) -> HttpResponseBase:

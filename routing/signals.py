@@ -1,4 +1,5 @@
-"""Any saved or deleted alias, deployment or credential invalidates every process's routes.
+"""Any saved or deleted alias, deployment, credential, price or budget invalidates every
+process's cached routes.
 
 Signals rather than service calls, so that admin saves, inlines and the config file all
 invalidate without each remembering to.
@@ -9,6 +10,7 @@ from typing import Any
 from django.db.models.signals import post_delete, post_save
 
 from routing import route_cache
+from billing.models import Budget, Price
 from routing.models import Deployment, ModelAlias, ProviderCredential
 
 
@@ -17,6 +19,6 @@ def _invalidate(sender: Any, **kwargs: Any) -> None:
 
 
 def connect() -> None:
-    for model in (ModelAlias, Deployment, ProviderCredential):
+    for model in (ModelAlias, Deployment, ProviderCredential, Price, Budget):
         post_save.connect(_invalidate, sender=model, dispatch_uid=f"routes-{model.__name__}-save")
         post_delete.connect(_invalidate, sender=model, dispatch_uid=f"routes-{model.__name__}-del")

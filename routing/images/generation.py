@@ -26,6 +26,8 @@ from aperture.errors import (
     UpstreamTimeout,
 )
 from aperture.offload import run_blocking
+from billing import budgets, pricing, ratelimit
+from billing.metering import Meter
 from routing import route_cache, selectors
 from routing.images import conversion, hosting
 from routing.images.fetch import fetch_image
@@ -165,28 +167,78 @@ def _entry(fields: dict[str, Any], image: GeneratedImage) -> dict[str, Any]:
     return fields
 
 
+def _estimate_micro(attempts: list[Attempt]) -> int:
+    """The most the request may cost on any deployment it could land on."""
+    return max(
+        pricing.per_image_estimate(
+            a.target.provider, a.target.upstream_model, a.request.size, a.request.quality
+        )
+        * a.request.n
+        for a in attempts
+    )
+
+
 def generate_images(
     *,
     principal: KeyPrincipal,
     body: dict[str, Any],
     url_for: UrlBuilder,
+    meter: Meter,
     alias_name: str | None = None,
 ) -> dict[str, Any]:
-    """The OpenAI-shaped response body for a generation request."""
+    """The OpenAI-shaped response body for a generation request, metered and billed."""
     alias_name = alias_name or model_name(body)
+    meter.alias = alias_name
     attempts = plan_attempts(principal, body, alias_name)
     if not attempts:
         raise NoDeployment(f"No deployment of '{alias_name}' can serve this request.")
-    release_database_connection()
-    attempt, result = call_upstream(attempts)
-    request = attempt.request
+    first = attempts[0]
+    meter.provider, meter.upstream_model = first.target.provider, first.target.upstream_model
+    meter.size, meter.quality = first.request.size, first.request.quality or ""
+    meter.headers = ratelimit.enforce(
+        key_id=principal.key_id,
+        rpm=principal.rpm_limit,
+        ipm=principal.ipm_limit,
+        images=first.request.n,
+    )
+    hold = budgets.reserve(
+        principal=principal,
+        request_id=meter.request_id,
+        amount_micro=_estimate_micro(attempts),
+        images=first.request.n,
+    )
+    settled = False
     try:
-        data = [
-            _finish_image(image, request, attempt.target.provider, url_for)
-            for image in result.images
-        ]
-    except ProviderError as error:  # downloading or decoding the upstream's image failed
-        raise _to_api_error(error) from None
+        release_database_connection()
+        started = time.monotonic()
+        try:
+            attempt, result = call_upstream(attempts)
+        finally:
+            meter.upstream_ms = int((time.monotonic() - started) * 1000)
+        request, target = attempt.request, attempt.target
+        meter.deployment_id = attempt.deployment.pk
+        meter.provider, meter.upstream_model = target.provider, target.upstream_model
+        try:
+            data = [_finish_image(image, request, target.provider, url_for) for image in result.images]
+        except ProviderError as error:  # downloading or decoding the upstream's image failed
+            raise _to_api_error(error) from None
+        usage = result.usage or {}
+        meter.images = len(data)
+        meter.input_tokens = int(usage.get("input_tokens") or 0)
+        meter.output_tokens = int(usage.get("output_tokens") or 0)
+        meter.cost_micro = pricing.actual_cost(
+            target.provider,
+            target.upstream_model,
+            images=len(data),
+            size=result.metadata.get("size", request.size),
+            quality=result.metadata.get("quality", request.quality),
+            usage=result.usage,
+        )
+        _settle(hold, cost_micro=meter.cost_micro, images=len(data))
+        settled = True
+    finally:
+        if not settled:
+            _settle(hold, cost_micro=0, images=0)
     response: dict[str, Any] = {"created": int(time.time()), "data": data}
     metadata = dict(result.metadata)
     if request.output_format:
@@ -197,6 +249,14 @@ def generate_images(
     if result.usage:
         response["usage"] = result.usage
     return response
+
+
+def _settle(hold: budgets.Hold, *, cost_micro: int, images: int) -> None:
+    """Settle without failing the response: an unsettled hold is released by the reaper."""
+    try:
+        budgets.settle(hold, cost_micro=cost_micro, images=images)
+    except Exception:  # noqa: BLE001 - the image is made; the record keeps the true cost
+        logger.exception("could not settle the budget hold of this request")
 
 
 def release_database_connection() -> None:
