@@ -1,0 +1,182 @@
+"""Operator admin for billing: prices, budgets (with this period's spend), usage, rollups."""
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.utils import timezone
+
+from billing.budgets import period_start
+from billing.models import Budget, DailyUsage, Price, UsageRecord
+from tenants.audit import audit_record, operator_actor
+
+
+def usd(micro: int | None) -> str:
+    return "—" if micro is None else f"${micro / 1_000_000:,.6f}".rstrip("0").rstrip(".")
+
+
+@admin.register(Price)
+class PriceAdmin(admin.ModelAdmin):
+    list_display = [
+        "provider",
+        "model_pattern",
+        "size",
+        "quality",
+        "per_image",
+        "token_rates",
+        "updated_at",
+    ]
+    list_filter = ["provider"]
+    search_fields = ["provider", "model_pattern"]
+
+    @admin.display(description="Per image")
+    def per_image(self, obj: Price) -> str:
+        return usd(obj.per_image_micro)
+
+    @admin.display(description="Per 1M tokens (text in / image in / image out)")
+    def token_rates(self, obj: Price) -> str:
+        if not obj.token_priced:
+            return "—"
+        rates = (
+            obj.text_input_per_mtok_micro,
+            obj.image_input_per_mtok_micro,
+            obj.image_output_per_mtok_micro,
+        )
+        return " / ".join(usd(rate) for rate in rates)
+
+    def save_model(self, request: HttpRequest, obj: Price, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        audit_record(
+            actor=operator_actor(request.user.get_username()),
+            event="price.updated" if change else "price.created",
+            target=obj,
+            data={"fields": form.changed_data},
+        )
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = [
+        "__str__",
+        "workspace",
+        "scope",
+        "period",
+        "limit",
+        "spent_this_period",
+        "remaining",
+        "images_this_period",
+    ]
+    list_filter = ["scope", "period", "workspace"]
+    list_select_related = ["workspace", "team", "key"]
+    search_fields = ["workspace__slug", "team__slug", "key__public_id"]
+    raw_id_fields = ["team", "key"]
+    autocomplete_fields = ["workspace"]
+    readonly_fields = [
+        "period_start",
+        "used_micro",
+        "reserved_micro",
+        "used_images",
+        "reserved_images",
+    ]
+
+    def _current(self, obj: Budget) -> bool:
+        return obj.period_start == period_start(obj.period, timezone.now())
+
+    @admin.display(description="Limit")
+    def limit(self, obj: Budget) -> str:
+        parts = [usd(obj.limit_micro)] if obj.limit_micro is not None else []
+        if obj.limit_images is not None:
+            parts.append(f"{obj.limit_images} images")
+        return ", ".join(parts)
+
+    @admin.display(description="Spent (+ held)")
+    def spent_this_period(self, obj: Budget) -> str:
+        if not self._current(obj):
+            return usd(0)
+        return f"{usd(obj.used_micro)} (+{usd(obj.reserved_micro)})"
+
+    @admin.display(description="Remaining")
+    def remaining(self, obj: Budget) -> str:
+        if obj.limit_micro is None:
+            return "—"
+        used = obj.used_micro + obj.reserved_micro if self._current(obj) else 0
+        return usd(obj.limit_micro - used)
+
+    @admin.display(description="Images (+ held)")
+    def images_this_period(self, obj: Budget) -> str:
+        if not self._current(obj):
+            return "0"
+        return f"{obj.used_images} (+{obj.reserved_images})"
+
+    def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        audit_record(
+            actor=operator_actor(request.user.get_username()),
+            event="budget.updated" if change else "budget.created",
+            target=obj,
+            workspace=obj.workspace,
+            data={"fields": form.changed_data},
+        )
+
+
+class _ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(_ReadOnly):
+    list_display = [
+        "created_at",
+        "request_id",
+        "workspace",
+        "team",
+        "key",
+        "alias",
+        "provider",
+        "upstream_model",
+        "status",
+        "error_code",
+        "images",
+        "cost",
+        "total_ms",
+    ]
+    list_filter = ["status", "endpoint", "provider", "workspace", "created_at"]
+    list_select_related = ["workspace", "team", "key"]
+    search_fields = ["request_id", "alias", "upstream_model", "key__public_id"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False  # no COUNT(*) over a big table on every page
+
+    @admin.display(description="Cost", ordering="cost_micro")
+    def cost(self, obj: UsageRecord) -> str:
+        return usd(obj.cost_micro)
+
+
+@admin.register(DailyUsage)
+class DailyUsageAdmin(_ReadOnly):
+    list_display = [
+        "day",
+        "workspace",
+        "team",
+        "key",
+        "alias",
+        "requests",
+        "images",
+        "errors",
+        "cost",
+        "p50_ms",
+        "p95_ms",
+    ]
+    list_filter = ["day", "workspace"]
+    list_select_related = ["workspace", "team", "key"]
+    date_hierarchy = "day"
+
+    @admin.display(description="Cost", ordering="cost_micro")
+    def cost(self, obj: DailyUsage) -> str:
+        return usd(obj.cost_micro)

@@ -121,9 +121,7 @@ def _admit(ref: BudgetRef, start: datetime, amount: int, images: int) -> int:
     )
 
 
-def reserve(
-    *, principal: KeyPrincipal, request_id: str, amount_micro: int, images: int
-) -> Hold:
+def reserve(*, principal: KeyPrincipal, request_id: str, amount_micro: int, images: int) -> Hold:
     """Hold the estimate on every budget in scope, or raise InsufficientQuota (402)."""
     refs = budgets_in_scope(principal)
     if not refs:
@@ -148,10 +146,7 @@ def reserve(
             for ref, start in zip(refs, starts, strict=True)
         )
     return Hold(
-        tuple(
-            Held(r.pk, r.budget_id, amount_micro, images, r.period_start)
-            for r in reservations
-        )
+        tuple(Held(r.pk, r.budget_id, amount_micro, images, r.period_start) for r in reservations)
     )
 
 
@@ -198,7 +193,10 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> None:
         if cost_micro > held.amount_micro or images > held.images:
             logger.warning(
                 "request cost %s µUSD / %s images above its estimate %s / %s; capped at the limit",
-                cost_micro, images, held.amount_micro, held.images,
+                cost_micro,
+                images,
+                held.amount_micro,
+                held.images,
             )
     with transaction.atomic():
         still_held = _delete_reservations([h.reservation_id for h in hold.holds])
@@ -220,9 +218,7 @@ def reap_orphaned_reservations(*, older_than: timedelta) -> int:
     cutoff = timezone.now() - older_than
     released = 0
     while True:
-        batch = list(
-            Reservation.objects.filter(created_at__lt=cutoff).order_by("id")[:500]
-        )
+        batch = list(Reservation.objects.filter(created_at__lt=cutoff).order_by("id")[:500])
         if not batch:
             return released
         with transaction.atomic():

@@ -69,6 +69,6 @@ def record_usage(meter: Meter, *, status: int, error_code: str, bytes_out: int) 
             bytes_in=meter.bytes_in,
             bytes_out=bytes_out,
         )
-    except Exception:  # noqa: BLE001 - recording must never break the response
+    except Exception:
         RECORDING_FAILURES["count"] += 1
         logger.exception("could not write the usage record of %s", meter.request_id)

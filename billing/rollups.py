@@ -19,7 +19,9 @@ def _percentile(values: list[int], p: float) -> int:
 def rollup_day(day: date) -> int:
     """Recompute the day's rows (idempotent); returns how many groups were written."""
     start = datetime.combine(day, time.min, tzinfo=UTC)
-    records = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=start + timedelta(days=1))
+    records = UsageRecord.objects.filter(
+        created_at__gte=start, created_at__lt=start + timedelta(days=1)
+    )
     groups = records.values("workspace_id", "team_id", "key_id", "alias").annotate(
         requests=Count("id"),
         images=Sum("images"),
@@ -41,8 +43,12 @@ def rollup_day(day: date) -> int:
             images=g["images"] or 0,
             errors=g["errors"],
             cost_micro=g["cost"] or 0,
-            p50_ms=_percentile(latencies[(g["workspace_id"], g["team_id"], g["key_id"], g["alias"])], 50),
-            p95_ms=_percentile(latencies[(g["workspace_id"], g["team_id"], g["key_id"], g["alias"])], 95),
+            p50_ms=_percentile(
+                latencies[(g["workspace_id"], g["team_id"], g["key_id"], g["alias"])], 50
+            ),
+            p95_ms=_percentile(
+                latencies[(g["workspace_id"], g["team_id"], g["key_id"], g["alias"])], 95
+            ),
         )
         for g in groups
     )

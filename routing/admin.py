@@ -8,6 +8,7 @@ from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
+from billing import pricing
 from routing import services
 from routing.models import Deployment, ModelAlias, ProviderCredential
 from tenants.audit import audit_record, operator_actor
@@ -196,7 +197,15 @@ class ModelAliasAdmin(admin.ModelAdmin):
 
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
-    list_display = ["alias", "credential", "upstream_model", "priority", "weight", "enabled"]
+    list_display = [
+        "alias",
+        "credential",
+        "upstream_model",
+        "priced",
+        "priority",
+        "weight",
+        "enabled",
+    ]
     list_filter = ["enabled", "credential__provider"]
     list_select_related = ["alias", "alias__workspace", "credential", "credential__workspace"]
     search_fields = ["upstream_model", "alias__name", "credential__name"]
@@ -204,6 +213,11 @@ class DeploymentAdmin(admin.ModelAdmin):
     readonly_fields = ["public_id", "created_at", "updated_at"]
 
     form = DeploymentForm
+
+    @admin.display(description="Priced", boolean=True)
+    def priced(self, obj: Deployment) -> bool:
+        """A deployment without a price serves for free: visible here so operators add one."""
+        return pricing.has_price(obj.credential.provider, obj.upstream_model)
 
     def save_model(self, request: HttpRequest, obj: Deployment, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

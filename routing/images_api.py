@@ -48,8 +48,8 @@ class MeteredView(APIView):
             self.meter.principal = request.user
 
     def finalize_response(
-        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
-    ) -> HttpResponseBase:
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
         response = super().finalize_response(request, response, *args, **kwargs)
         meter = getattr(self, "meter", None)
         if meter is None:
@@ -58,11 +58,9 @@ class MeteredView(APIView):
             if name not in response:
                 response[name] = value
         error_code = ""
-        if isinstance(response, Response):
-            response.render()
-            data = response.data
-            if response.status_code >= 400 and isinstance(data, dict):
-                error_code = str((data.get("error") or {}).get("code") or "")
+        response.render()
+        if response.status_code >= 400 and isinstance(response.data, dict):
+            error_code = str((response.data.get("error") or {}).get("code") or "")
         record_usage(
             meter,
             status=response.status_code,

@@ -9,8 +9,8 @@ from typing import Any
 
 from django.db.models.signals import post_delete, post_save
 
-from routing import route_cache
 from billing.models import Budget, Price
+from routing import route_cache
 from routing.models import Deployment, ModelAlias, ProviderCredential
 
 

@@ -219,7 +219,9 @@ def generate_images(
         meter.deployment_id = attempt.deployment.pk
         meter.provider, meter.upstream_model = target.provider, target.upstream_model
         try:
-            data = [_finish_image(image, request, target.provider, url_for) for image in result.images]
+            data = [
+                _finish_image(image, request, target.provider, url_for) for image in result.images
+            ]
         except ProviderError as error:  # downloading or decoding the upstream's image failed
             raise _to_api_error(error) from None
         usage = result.usage or {}
@@ -255,7 +257,7 @@ def _settle(hold: budgets.Hold, *, cost_micro: int, images: int) -> None:
     """Settle without failing the response: an unsettled hold is released by the reaper."""
     try:
         budgets.settle(hold, cost_micro=cost_micro, images=images)
-    except Exception:  # noqa: BLE001 - the image is made; the record keeps the true cost
+    except Exception:
         logger.exception("could not settle the budget hold of this request")
 
 
