@@ -7,6 +7,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
 from aperture import safe_cache
+from billing import ratelimit
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,12 @@ def readyz(request: HttpRequest) -> JsonResponse:
     """200 while the database answers, else 503. A lost cache degrades but does not stop us."""
     database = _database_state()
     cache = "ok" if safe_cache.ping() else "degraded"
+    rate_limits = "ok" if ratelimit.ping() else "degraded (failing open)"
     ready = database == "ok"
-    return JsonResponse(
-        {"status": "ready" if ready else "unavailable", "database": database, "cache": cache},
-        status=200 if ready else 503,
-    )
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "database": database,
+        "cache": cache,
+        "rate_limits": rate_limits,
+    }
+    return JsonResponse(body, status=200 if ready else 503)

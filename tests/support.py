@@ -52,7 +52,6 @@ def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[str]:
         "WEB_CONCURRENCY": str(workers),
         "APERTURE_ACCESS_LOG": "/dev/null",
     }
-    full_env.pop("PYTEST_XDIST_WORKER", None)
     process = subprocess.Popen(
         [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
         cwd=ROOT,
@@ -84,3 +83,14 @@ def client_for(secret: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client
+
+
+def subprocess_database_url() -> str:
+    """The URL of the database this test process uses (for servers started as subprocesses)."""
+    from django.db import connection
+
+    settings_dict = connection.settings_dict
+    return (
+        f"postgres://{settings_dict['USER']}@{settings_dict['HOST'] or '127.0.0.1'}:"
+        f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
+    )

@@ -2,10 +2,9 @@
 
 import pytest
 import requests
-from django.db import connection
 from django.test import Client
 
-from tests.support import gunicorn
+from tests.support import gunicorn, subprocess_database_url
 
 
 def test_healthz_answers_ok(db: None) -> None:
@@ -17,7 +16,12 @@ def test_healthz_answers_ok(db: None) -> None:
 def test_readyz_is_200_with_database_and_cache_up(db: None) -> None:
     response = Client().get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "database": "ok", "cache": "ok"}
+    assert response.json() == {
+        "status": "ready",
+        "database": "ok",
+        "cache": "ok",
+        "rate_limits": "ok",
+    }
 
 
 def test_readyz_answers_503_when_the_database_is_unreachable() -> None:
@@ -32,10 +36,13 @@ def test_readyz_answers_503_when_the_database_is_unreachable() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_readyz_stays_200_but_says_degraded_when_the_cache_is_down() -> None:
-    settings_dict = connection.settings_dict
-    url = f"postgres://{settings_dict['USER']}@127.0.0.1:5432/{settings_dict['NAME']}"
-    env = {"DATABASE_URL": url, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    env = {"DATABASE_URL": subprocess_database_url(), "REDIS_URL": "redis://127.0.0.1:1/0"}
     with gunicorn(env) as base:
         response = requests.get(f"{base}/readyz", timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "database": "ok", "cache": "degraded"}
+    assert response.json() == {
+        "status": "ready",
+        "database": "ok",
+        "cache": "degraded",
+        "rate_limits": "degraded (failing open)",
+    }

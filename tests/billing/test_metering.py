@@ -1,0 +1,139 @@
+"""Every authenticated request leaves a usage record; refused and failed ones cost 0."""
+
+import json
+
+import pytest
+from rest_framework.test import APIClient
+
+from billing.models import Budget, Reservation, UsageRecord
+from routing.models import ModelAlias
+from tenants.models import Team, Workspace
+from tenants.services import CreatedKey, key_create
+from tests.billing.conftest import PRICE_MICRO, budget
+from tests.fakes.upstream import FakeUpstream, Misbehave
+from tests.support import client_for
+
+URL = "/v1/images/generations"
+
+
+def _post(client: APIClient, body: dict):  # type: ignore[no-untyped-def]
+    return client.post(URL, json.dumps(body), content_type="application/json")
+
+
+def test_a_served_request_is_recorded_with_its_cost(
+    client: APIClient, api_key: CreatedKey, priced_alias: ModelAlias, fake_upstream: FakeUpstream
+) -> None:
+    response = _post(client, {"model": "priced", "prompt": "x", "n": 2, "size": "1024x1024"})
+    assert response.status_code == 200
+    record = UsageRecord.objects.get()
+    assert record.request_id == response["x-request-id"]
+    assert (record.status, record.error_code, record.images, record.cost_micro) == (
+        200,
+        "",
+        2,
+        2 * PRICE_MICRO,
+    )
+    assert (record.alias, record.provider, record.upstream_model) == (
+        "priced",
+        "openai",
+        "priced-model",
+    )
+    assert record.key_id == api_key.key.pk
+    assert (record.input_tokens, record.output_tokens) == (12, 1056)
+    assert record.bytes_in == len(
+        json.dumps({"model": "priced", "prompt": "x", "n": 2, "size": "1024x1024"})
+    )
+    assert record.bytes_out == len(response.content)
+    assert record.deployment_id == priced_alias.deployments.get().pk
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"model": "priced"}, 400, ""),
+        ({"model": "nope", "prompt": "x"}, 404, "model_not_found"),
+    ],
+)
+def test_refused_requests_are_recorded_at_no_cost(
+    client: APIClient,
+    priced_alias: ModelAlias,
+    fake_upstream: FakeUpstream,
+    body: dict,
+    status: int,
+    code: str,
+) -> None:
+    assert _post(client, body).status_code == status
+    record = UsageRecord.objects.get()
+    assert (record.status, record.error_code, record.cost_micro, record.images) == (
+        status,
+        code,
+        0,
+        0,
+    )
+    assert fake_upstream.requests == []
+
+
+def test_a_402_is_recorded_and_the_upstream_never_called(
+    client: APIClient, workspace: Workspace, priced_alias: ModelAlias, fake_upstream: FakeUpstream
+) -> None:
+    budget(workspace=workspace, period="month", limit_micro=PRICE_MICRO - 1)
+    response = _post(client, {"model": "priced", "prompt": "x"})
+    assert response.status_code == 402
+    assert response.json()["error"]["type"] == "insufficient_quota"
+    assert "workspace's month budget" in response.json()["error"]["message"]
+    record = UsageRecord.objects.get()
+    assert (record.status, record.error_code, record.cost_micro) == (402, "insufficient_quota", 0)
+    assert fake_upstream.requests == []
+
+
+def test_a_failed_upstream_call_costs_nothing_and_releases_its_hold(
+    client: APIClient, workspace: Workspace, priced_alias: ModelAlias, fake_upstream: FakeUpstream
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=PRICE_MICRO)
+    fake_upstream.misbehave(Misbehave(status=500))
+    assert _post(client, {"model": "priced", "prompt": "x"}).status_code == 502
+    row.refresh_from_db()
+    assert (row.used_micro, row.reserved_micro) == (0, 0)
+    assert not Reservation.objects.exists()
+    record = UsageRecord.objects.get()
+    assert (record.status, record.error_code, record.cost_micro) == (502, "upstream_error", 0)
+    assert _post(client, {"model": "priced", "prompt": "x"}).status_code == 200  # money was freed
+    row.refresh_from_db()
+    assert (row.used_micro, row.reserved_micro) == (PRICE_MICRO, 0)
+
+
+def test_a_key_without_the_alias_is_recorded_as_403(team: Team, priced_alias: ModelAlias) -> None:
+    limited = key_create(actor="t", team=team, name="l", allowed_aliases=["other"])
+    assert _post(client_for(limited.secret), {"model": "priced", "prompt": "x"}).status_code == 403
+    assert UsageRecord.objects.get().status == 403
+
+
+def test_unauthenticated_requests_leave_no_record(db: None) -> None:
+    assert _post(APIClient(), {"model": "priced", "prompt": "x"}).status_code == 401
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_failing_usage_insert_never_breaks_the_response(
+    client: APIClient, priced_alias: ModelAlias, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from billing import metering
+
+    def explode(**kwargs: object) -> None:
+        raise RuntimeError("database is gone")
+
+    monkeypatch.setattr(metering.UsageRecord.objects, "create", explode)
+    before = metering.RECORDING_FAILURES["count"]
+    assert _post(client, {"model": "priced", "prompt": "x"}).status_code == 200
+    assert metering.RECORDING_FAILURES["count"] == before + 1
+
+
+def test_an_image_budget_counts_images_not_requests(
+    client: APIClient, workspace: Workspace, priced_alias: ModelAlias, fake_upstream: FakeUpstream
+) -> None:
+    row = budget(workspace=workspace, period="lifetime", limit_images=3)
+    assert _post(client, {"model": "priced", "prompt": "x", "n": 2}).status_code == 200
+    assert _post(client, {"model": "priced", "prompt": "x", "n": 2}).status_code == 402
+    assert _post(client, {"model": "priced", "prompt": "x", "n": 1}).status_code == 200
+    row.refresh_from_db()
+    assert (row.used_images, row.reserved_images) == (3, 0)
+    assert Budget.objects.count() == 1

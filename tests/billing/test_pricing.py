@@ -1,0 +1,65 @@
+import logging
+
+import pytest
+
+from billing import pricing
+from billing.models import Price
+
+GPT_USAGE = {
+    "input_tokens": 50,
+    "output_tokens": 4160,
+    "total_tokens": 4210,
+    "input_tokens_details": {"text_tokens": 10, "image_tokens": 40},
+}
+
+
+@pytest.mark.django_db
+def test_token_usage_is_priced_to_the_micro_dollar() -> None:
+    # Seeded gpt-image-1 rates: $5/M text in, $10/M image in, $40/M image out.
+    cost = pricing.actual_cost(
+        "openai", "gpt-image-1", images=1, size="1024x1024", quality="high", usage=GPT_USAGE
+    )
+    assert cost == 10 * 5 + 40 * 10 + 4160 * 40  # = 166,850 µUSD
+
+
+@pytest.mark.django_db
+def test_token_costs_round_up_to_the_next_micro_dollar() -> None:
+    Price.objects.create(provider="openai", model_pattern="tiny", image_output_per_mtok_micro=3)
+    usage = {"output_tokens": 1, "input_tokens": 0}
+    assert (
+        pricing.actual_cost("openai", "tiny", images=1, size=None, quality=None, usage=usage) == 1
+    )
+
+
+@pytest.mark.django_db
+def test_per_image_prices_by_size_and_quality_and_the_estimate_takes_the_dearest() -> None:
+    def cost(size: str, quality: str) -> int:
+        return pricing.actual_cost(
+            "openai", "dall-e-3", images=2, size=size, quality=quality, usage=None
+        )
+
+    assert cost("1024x1024", "standard") == 80_000
+    assert cost("1792x1024", "hd") == 240_000
+    assert pricing.per_image_estimate("openai", "dall-e-3", "1792x1024", None) == 120_000
+    assert pricing.per_image_estimate("openai", "gpt-image-1", "auto", "auto") == 250_000
+    assert pricing.per_image_estimate("openai", "gpt-image-1", "1024x1024", "low") == 11_000
+
+
+@pytest.mark.django_db
+def test_an_exact_model_beats_a_prefix_and_a_longer_prefix_beats_a_shorter() -> None:
+    Price.objects.create(provider="xai", model_pattern="grok*", per_image_micro=1)
+    Price.objects.create(provider="xai", model_pattern="grok-x*", per_image_micro=2)
+    Price.objects.create(provider="xai", model_pattern="grok-x-1", per_image_micro=3)
+    assert pricing.per_image_estimate("xai", "grok-y", None, None) == 1
+    assert pricing.per_image_estimate("xai", "grok-x-2", None, None) == 2
+    assert pricing.per_image_estimate("xai", "grok-x-1", None, None) == 3
+
+
+@pytest.mark.django_db
+def test_a_missing_price_costs_zero_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="billing.pricing"):
+        for _ in range(3):
+            assert pricing.per_image_estimate("openai", "never-priced-model", None, None) == 0
+    warnings = [r for r in caplog.records if "never-priced-model" in r.getMessage()]
+    assert len(warnings) == 1
+    assert not pricing.has_price("openai", "never-priced-model")
