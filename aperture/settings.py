@@ -99,7 +99,9 @@ WSGI_APPLICATION = "aperture.wsgi.application"
 
 # --- Database -------------------------------------------------------------------------
 DATABASES = {
-    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'aperture.sqlite3'}")
+    "default": env.db_url_config(
+        env.str("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR / 'aperture.sqlite3'}"
+    )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A small pool per worker process; connections go back to it before any upstream call.

@@ -1,8 +1,11 @@
-"""Per-key rate limits: requests per minute and images per minute, as a token bucket (GCRA).
+"""Per-key rate limits: requests per minute and images per minute, as exact sliding windows.
 
-One Lua script checks and takes both limits atomically in Redis, on Redis's own clock, so
-every web process shares them. Without Redis (the embedded default) the same algorithm runs
-in-process. If Redis fails, requests flow (fail open) and the failure is logged.
+Each limit is a sorted set of the last minute's admissions (score: time, member: cost and a
+nonce). One Lua script checks and takes every limit of a request atomically in Redis, on
+Redis's own clock, so all web processes share them: the 61st request within any 60 seconds
+of a 60 rpm key is refused, with the time until enough admissions age out as Retry-After.
+Without Redis (the embedded default) the same runs in-process. If Redis fails, requests
+flow (fail open) and the failure is logged.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import logging
 import math
 import threading
 import time
+import uuid
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -20,42 +25,55 @@ from django.conf import settings
 from aperture.errors import RateLimited
 
 logger = logging.getLogger(__name__)
-WINDOW_SECONDS = 60.0
+WINDOW_MS = 60_000
 
-# KEYS: one per limit. ARGV: for each limit, interval (s per unit), burst (units), cost.
-# Returns {allowed, retry_after_ms, tat_ms of each limit...} computed at Redis's time.
+# KEYS: one sorted set per limit. ARGV: nonce, then per limit: limit, cost.
+# Returns {allowed, retry_after_ms, now_ms, then per limit: used_after, reset_ms}.
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local tats = {}
+local window = 60000
+local nonce = ARGV[1]
 local retry = 0
+local used = {}
+local oldest = {}
 for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[i * 3 - 2])
-  local burst = tonumber(ARGV[i * 3 - 1])
-  local cost = tonumber(ARGV[i * 3])
-  local tat = tonumber(redis.call('GET', key) or now)
-  if tat < now then tat = now end
-  local new_tat = tat + cost * interval
-  local wait = new_tat - burst * interval - now
-  if wait > retry then retry = wait end
-  tats[i] = new_tat
-end
-if retry > 0 then
-  local current = {0, retry}
-  for i, key in ipairs(KEYS) do
-    local tat = tonumber(redis.call('GET', key) or now)
-    if tat < now then tat = now end
-    current[i + 2] = tat
+  local limit = tonumber(ARGV[i * 2])
+  local cost = tonumber(ARGV[i * 2 + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local total = 0
+  for j = 1, #entries, 2 do
+    total = total + tonumber(string.match(entries[j], '^(%d+):'))
   end
-  current[#KEYS + 3] = now
-  return current
+  used[i] = total
+  oldest[i] = entries[2] and tonumber(entries[2]) or now
+  if total + cost > limit then
+    local excess = total + cost - limit
+    local freed = 0
+    for j = 1, #entries, 2 do
+      freed = freed + tonumber(string.match(entries[j], '^(%d+):'))
+      if freed >= excess then
+        local wait = tonumber(entries[j + 1]) + window - now
+        if wait > retry then retry = wait end
+        break
+      end
+    end
+    if cost > limit then retry = window end
+  end
 end
-local result = {1, 0}
+local result = {0, retry, now}
+if retry == 0 then result[1] = 1 end
 for i, key in ipairs(KEYS) do
-  redis.call('SET', key, tats[i], 'PX', math.ceil(tats[i] - now) + 1000)
-  result[i + 2] = tats[i]
+  local cost = tonumber(ARGV[i * 2 + 1])
+  if retry == 0 then
+    redis.call('ZADD', key, now, cost .. ':' .. nonce)
+    redis.call('PEXPIRE', key, window)
+    used[i] = used[i] + cost
+  end
+  result[#result + 1] = used[i]
+  result[#result + 1] = oldest[i] + window - now
 end
-result[#KEYS + 3] = now
 return result
 """
 
@@ -74,18 +92,6 @@ class Decision:
     headers: dict[str, str]
 
 
-def _headers(limits: list[Limit], tats_ms: list[float], now_ms: float) -> dict[str, str]:
-    headers = {}
-    for limit, tat in zip(limits, tats_ms, strict=True):
-        interval = WINDOW_SECONDS * 1000 / limit.per_minute
-        used = max(0.0, tat - now_ms)
-        remaining = max(0, math.floor((limit.per_minute * interval - used) / interval))
-        headers[f"x-ratelimit-limit-{limit.name}"] = str(limit.per_minute)
-        headers[f"x-ratelimit-remaining-{limit.name}"] = str(remaining)
-        headers[f"x-ratelimit-reset-{limit.name}"] = f"{used / 1000:.3f}s"
-    return headers
-
-
 @lru_cache(maxsize=1)
 def _redis() -> Any:
     import redis
@@ -96,31 +102,45 @@ def _redis() -> Any:
     return client, client.register_script(_SCRIPT)
 
 
-class _LocalBuckets:
+class _LocalWindows:
     """The same algorithm for a single process (embedded default, no Redis)."""
 
     def __init__(self) -> None:
-        self._tats: dict[str, float] = {}
+        self._entries: dict[str, deque[tuple[float, int]]] = {}
         self._lock = threading.Lock()
 
-    def take(self, keys: list[str], args: list[float]) -> list[float]:
+    def take(self, keys: list[str], args: list[Any]) -> list[float]:
         now = time.time() * 1000
         with self._lock:
-            tats, retry = [], 0.0
+            retry, used, oldest = 0.0, [], []
             for i, key in enumerate(keys):
-                interval, burst, cost = args[i * 3 : i * 3 + 3]
-                tat = max(self._tats.get(key, now), now)
-                new_tat = tat + cost * interval
-                retry = max(retry, new_tat - burst * interval - now)
-                tats.append(new_tat)
-            if retry > 0:
-                return [0, retry, *[max(self._tats.get(k, now), now) for k in keys], now]
-            for key, tat in zip(keys, tats, strict=True):
-                self._tats[key] = tat
-            return [1, 0, *tats, now]
+                limit, cost = int(args[1 + i * 2]), int(args[2 + i * 2])
+                entries = self._entries.setdefault(key, deque())
+                while entries and entries[0][0] <= now - WINDOW_MS:
+                    entries.popleft()
+                total = sum(c for _, c in entries)
+                used.append(total)
+                oldest.append(entries[0][0] if entries else now)
+                if total + cost > limit:
+                    freed, excess = 0, total + cost - limit
+                    for stamp, c in entries:
+                        freed += c
+                        if freed >= excess:
+                            retry = max(retry, stamp + WINDOW_MS - now)
+                            break
+                    if cost > limit:
+                        retry = WINDOW_MS
+            result: list[float] = [0.0 if retry else 1.0, retry, now]
+            for i, key in enumerate(keys):
+                cost = int(args[2 + i * 2])
+                if not retry:
+                    self._entries[key].append((now, cost))
+                    used[i] += cost
+                result += [used[i], oldest[i] + WINDOW_MS - now]
+            return result
 
 
-_local = _LocalBuckets()
+_local = _LocalWindows()
 
 
 def check(*, key_id: int, limits: list[Limit]) -> Decision:
@@ -129,10 +149,9 @@ def check(*, key_id: int, limits: list[Limit]) -> Decision:
     if not limits:
         return Decision(True, 0.0, {})
     keys = [f"aperture:rl:{settings.CACHE_KEY_PREFIX}:{key_id}:{limit.name}" for limit in limits]
-    args: list[float] = []
+    args: list[Any] = [uuid.uuid4().hex]
     for limit in limits:
-        interval = WINDOW_SECONDS * 1000 / limit.per_minute
-        args += [interval, limit.per_minute, limit.cost]
+        args += [limit.per_minute, limit.cost]
     if settings.RATE_LIMIT_REDIS_URL:
         try:
             client, script = _redis()
@@ -143,9 +162,13 @@ def check(*, key_id: int, limits: list[Limit]) -> Decision:
     else:
         raw = _local.take(keys, args)
     values = [float(v) for v in raw]
-    allowed, retry_ms, now_ms = bool(values[0]), values[1], values[-1]
-    headers = _headers(limits, values[2:-1], now_ms)
-    return Decision(allowed, retry_ms / 1000, headers)
+    headers = {}
+    for i, limit in enumerate(limits):
+        used, reset_ms = values[3 + i * 2], max(0.0, values[4 + i * 2])
+        headers[f"x-ratelimit-limit-{limit.name}"] = str(limit.per_minute)
+        headers[f"x-ratelimit-remaining-{limit.name}"] = str(max(0, limit.per_minute - int(used)))
+        headers[f"x-ratelimit-reset-{limit.name}"] = f"{reset_ms / 1000:.3f}s"
+    return Decision(bool(values[0]), values[1] / 1000, headers)
 
 
 def enforce(*, key_id: int, rpm: int | None, ipm: int | None, images: int) -> dict[str, str]:

@@ -3,6 +3,8 @@
 from collections.abc import Iterator
 
 import pytest
+import redis
+from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
@@ -18,11 +20,28 @@ from tests.support import client_for
 ACTOR = "system:tests"
 
 
+def _clear_shared_state() -> None:
+    """Forget this test process's cached and rate-limit state, never another worker's.
+
+    `cache.clear()` on Redis would FLUSHDB under the feet of parallel test workers.
+    """
+    if not settings.REDIS_URL:
+        cache.clear()
+        return
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"*{settings.CACHE_KEY_PREFIX}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
-    cache.clear()
+    _clear_shared_state()
     yield
-    cache.clear()
+    _clear_shared_state()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,8 +42,17 @@ def _answers(url: str) -> bool:
         return False
 
 
+class Server(str):
+    """The base URL of a served gunicorn, with the path of its log."""
+
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[str]:
+def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[Server]:
     """Serve aperture.wsgi with the project's gunicorn.conf.py; yields the base URL."""
     port = free_port()
     full_env = {
@@ -52,19 +62,22 @@ def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[str]:
         "WEB_CONCURRENCY": str(workers),
         "APERTURE_ACCESS_LOG": "/dev/null",
     }
-    process = subprocess.Popen(
-        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
-        cwd=ROOT,
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    base = Server(f"http://127.0.0.1:{port}")
+    base.log = log
     try:
         wait_for(lambda: process.poll() is not None or _answers(f"{base}/healthz"), what="gunicorn")
         if process.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            raise AssertionError(f"gunicorn exited: {base.log_tail()}")
         yield base
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -74,8 +87,7 @@ def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        if process.stderr:
-            process.stderr.close()
+        log.unlink(missing_ok=True)
 
 
 def client_for(secret: str) -> APIClient:
@@ -90,6 +102,9 @@ def subprocess_database_url() -> str:
     from django.db import connection
 
     settings_dict = connection.settings_dict
+    assert settings_dict["ENGINE"] == "django.db.backends.postgresql", (
+        "this test needs PostgreSQL: run it through `make test` or set DATABASE_URL"
+    )
     return (
         f"postgres://{settings_dict['USER']}@{settings_dict['HOST'] or '127.0.0.1'}:"
         f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"

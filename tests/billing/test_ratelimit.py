@@ -35,7 +35,7 @@ def test_the_61st_request_in_a_minute_gets_429_with_retry_after(
     refused = _post(client)
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-    assert 1 <= int(refused["Retry-After"]) <= 2
+    assert 1 <= int(refused["Retry-After"]) <= 60
     assert refused["x-ratelimit-remaining-requests"] == "0"
     assert UsageRecord.objects.filter(status=429).count() == 1
 
