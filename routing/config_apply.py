@@ -17,10 +17,24 @@ from typing import Any
 from django.db import transaction
 from django.db.models import ProtectedError
 
+from billing import services as billing_services
+from billing.models import Budget, Price
 from routing import services
-from routing.config_file import AliasSpec, ConfigError, ConfigSpec, CredentialSpec, DeploymentSpec
+from routing.config_file import (
+    AliasSpec,
+    BudgetSpec,
+    ConfigError,
+    ConfigSpec,
+    CredentialSpec,
+    DeploymentSpec,
+    PriceSpec,
+    RateLimitSpec,
+    TeamSpec,
+    WorkspaceSpec,
+)
 from routing.models import Deployment, ModelAlias, ProviderCredential
-from tenants.models import Workspace
+from tenants import services as tenant_services
+from tenants.models import ApiKey, Team, Workspace
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,18 @@ class Change:
 
     def __str__(self) -> str:
         return f"{self.action:<6} {self.kind:<10} {self.label}"
+
+
+class _New:
+    """A workspace the file declares that does not exist yet: nothing in it exists either."""
+
+
+NEW = _New()
+
+
+def _resolve_workspace(slug: str | None) -> Workspace | None:
+    """At apply time: the workspace (possibly created moments ago by this same run)."""
+    return None if slug is None else Workspace.objects.get(slug=slug)
 
 
 def _scope(slug: str | None) -> str:
@@ -52,19 +78,20 @@ class _Planner:
         self.spec = spec
         self.actor = actor
         self.changes: list[Change] = []
-        self.workspaces: dict[str, Workspace] = {}
+        self.workspaces: dict[str, Workspace | _New] = {}
+        self.declared_workspaces = {w.slug for w in spec.workspaces}
 
     def add(self, action: str, kind: str, label: str, run: Callable[[], object]) -> None:
         self.changes.append(Change(action, kind, label, run))
 
-    def workspace(self, slug: str | None, line: int) -> Workspace | None:
+    def workspace(self, slug: str | None, line: int) -> Workspace | _New | None:
         if slug is None:
             return None
         if slug not in self.workspaces:
             found = Workspace.objects.filter(slug=slug).first()
-            if found is None:
+            if found is None and slug not in self.declared_workspaces:
                 raise ConfigError(line, f"unknown workspace '{slug}'")
-            self.workspaces[slug] = found
+            self.workspaces[slug] = found or NEW
         return self.workspaces[slug]
 
     # --- credentials ------------------------------------------------------------------
@@ -80,16 +107,22 @@ class _Planner:
             "passthrough_path_prefixes": item.passthrough_path_prefixes,
             "enabled": item.enabled,
         }
-        existing = ProviderCredential.objects.filter(workspace=workspace, name=item.name).first()
+        existing = (
+            None
+            if isinstance(workspace, _New)
+            else ProviderCredential.objects.filter(workspace=workspace, name=item.name).first()
+        )
         if existing is None:
-            create = partial(
-                services.credential_create,
-                actor=self.actor,
-                name=item.name,
-                workspace=workspace,
-                secret=item.secret,
-                **fields,
-            )
+
+            def create() -> None:
+                services.credential_create(
+                    actor=self.actor,
+                    name=item.name,
+                    workspace=_resolve_workspace(item.workspace),
+                    secret=item.secret,
+                    **fields,
+                )
+
             self.add("create", "credential", label, create)
             return
         changed = {k: v for k, v in fields.items() if getattr(existing, k) != v}
@@ -113,10 +146,14 @@ class _Planner:
         for deployment in item.deployments:
             self._check_credential_exists(item, deployment)
         label = f"{item.name} ({_scope(item.workspace)})"
-        existing = ModelAlias.objects.filter(workspace=workspace, name=item.name).first()
+        existing = (
+            None
+            if isinstance(workspace, _New)
+            else ModelAlias.objects.filter(workspace=workspace, name=item.name).first()
+        )
         current: dict[tuple[str, str], Deployment] = {}
         if existing is None:
-            self.add("create", "alias", label, partial(self._create_alias, item, workspace))
+            self.add("create", "alias", label, partial(self._create_alias, item))
         else:
             wanted = {"description": item.description, "enabled": item.enabled}
             changed = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
@@ -129,25 +166,16 @@ class _Planner:
             current = {(d.credential.name, d.upstream_model): d for d in rows}
         for deployment in item.deployments:
             self._deployment(
-                item,
-                workspace,
-                deployment,
-                current.pop((deployment.credential, deployment.model), None),
+                item, deployment, current.pop((deployment.credential, deployment.model), None)
             )
         for (credential_name, model), row in current.items():
             delete = partial(services.deployment_delete, actor=self.actor, deployment=row)
             self.add("delete", "deployment", f"{item.name} → {credential_name}:{model}", delete)
 
-    def _deployment(
-        self,
-        item: AliasSpec,
-        workspace: Workspace | None,
-        spec: DeploymentSpec,
-        row: Deployment | None,
-    ) -> None:
+    def _deployment(self, item: AliasSpec, spec: DeploymentSpec, row: Deployment | None) -> None:
         label = f"{item.name} → {spec.credential}:{spec.model}"
         if row is None:
-            create = partial(self._create_deployment, item, workspace, spec)
+            create = partial(self._create_deployment, item, spec)
             self.add("create", "deployment", label, create)
             return
         wanted = {
@@ -176,16 +204,18 @@ class _Planner:
             deployment.line, f"unknown credential '{deployment.credential}' for alias '{item.name}'"
         )
 
-    def _create_alias(self, item: AliasSpec, workspace: Workspace | None) -> None:
+    def _create_alias(self, item: AliasSpec) -> None:
         alias = services.alias_create(
-            actor=self.actor, name=item.name, workspace=workspace, description=item.description
+            actor=self.actor,
+            name=item.name,
+            workspace=_resolve_workspace(item.workspace),
+            description=item.description,
         )
         if not item.enabled:
             services.alias_update(actor=self.actor, alias=alias, fields={"enabled": False})
 
-    def _create_deployment(
-        self, item: AliasSpec, workspace: Workspace | None, spec: DeploymentSpec
-    ) -> None:
+    def _create_deployment(self, item: AliasSpec, spec: DeploymentSpec) -> None:
+        workspace = _resolve_workspace(item.workspace)
         services.deployment_create(
             actor=self.actor,
             alias=ModelAlias.objects.get(workspace=workspace, name=item.name),
@@ -197,12 +227,158 @@ class _Planner:
             enabled=spec.enabled,
         )
 
+    # --- workspaces and teams -----------------------------------------------------------
+    def workspace_item(self, item: WorkspaceSpec) -> None:
+        existing = Workspace.objects.filter(slug=item.slug).first()
+        if existing is None:
+
+            def create() -> None:
+                workspace = tenant_services.workspace_create(
+                    actor=self.actor, slug=item.slug, name=item.name
+                )
+                if item.status != Workspace.Status.ACTIVE:
+                    tenant_services.workspace_set_status(
+                        actor=self.actor, workspace=workspace, status=item.status
+                    )
+
+            self.add("create", "workspace", item.slug, create)
+        else:
+            if existing.name != item.name:
+                rename = partial(
+                    tenant_services.workspace_rename,
+                    actor=self.actor,
+                    workspace=existing,
+                    name=item.name,
+                )
+                self.add("update", "workspace", f"{item.slug}: name", rename)
+            if existing.status != item.status:
+                status = partial(
+                    tenant_services.workspace_set_status,
+                    actor=self.actor,
+                    workspace=existing,
+                    status=item.status,
+                )
+                self.add("update", "workspace", f"{item.slug}: status {item.status}", status)
+        for team in item.teams:
+            row = (
+                Team.objects.filter(workspace=existing, slug=team.slug).first()
+                if existing
+                else None
+            )
+            label = f"{item.slug}/{team.slug}"
+            if row is None:
+
+                def create_team(team: TeamSpec = team) -> None:
+                    tenant_services.team_create(
+                        actor=self.actor,
+                        workspace=Workspace.objects.get(slug=item.slug),
+                        slug=team.slug,
+                        name=team.name,
+                    )
+
+                self.add("create", "team", label, create_team)
+            elif row.name != team.name:
+                rename_team = partial(
+                    tenant_services.team_rename, actor=self.actor, team=row, name=team.name
+                )
+                self.add("update", "team", f"{label}: name", rename_team)
+
+    # --- prices, budgets, rate limits -------------------------------------------------
+    def price(self, item: PriceSpec) -> None:
+        row = Price.objects.filter(
+            provider=item.provider, model_pattern=item.model, size=item.size, quality=item.quality
+        ).first()
+        label = " ".join(v for v in (item.provider, item.model, item.size, item.quality) if v)
+        if row is not None and all(getattr(row, k) == v for k, v in item.amounts.items()):
+            return
+        save = partial(
+            billing_services.price_set,
+            actor=self.actor,
+            provider=item.provider,
+            model_pattern=item.model,
+            size=item.size,
+            quality=item.quality,
+            amounts=item.amounts,
+        )
+        self.add("create" if row is None else "update", "price", label, save)
+
+    def budget(self, item: BudgetSpec) -> None:
+        key = None
+        if item.key is not None:
+            key = (
+                ApiKey.objects.select_related("workspace", "team")
+                .filter(public_id=item.key)
+                .first()
+            )
+            if key is None:
+                raise ConfigError(item.line, f"unknown key '{item.key}'")
+        workspace_slug = key.workspace.slug if key else item.workspace
+        workspace = self.workspace(workspace_slug, item.line)
+        if item.team is not None and not self._team_exists(workspace_slug, item.team):
+            raise ConfigError(item.line, f"unknown team '{workspace_slug}/{item.team}'")
+        target = item.key or "/".join(p for p in (workspace_slug, item.team) if p)
+        label = f"{item.scope} {target} {item.period}"
+        if not isinstance(workspace, _New) and workspace is not None:
+            team = (
+                Team.objects.filter(workspace=workspace, slug=item.team).first()
+                if item.team
+                else None
+            )
+            row = Budget.objects.filter(
+                workspace=workspace, team=team, key=key, scope=item.scope, period=item.period
+            ).first()
+            if row is not None and (row.limit_micro, row.limit_images) == (
+                item.limit_micro,
+                item.limit_images,
+            ):
+                return
+            action = "update" if row is not None else "create"
+        else:
+            action = "create"
+
+        def save() -> None:
+            ws = Workspace.objects.get(slug=workspace_slug)
+            billing_services.budget_set(
+                actor=self.actor,
+                workspace=ws,
+                team=Team.objects.get(workspace=ws, slug=item.team) if item.team else None,
+                key=key,
+                period=item.period,
+                limit_micro=item.limit_micro,
+                limit_images=item.limit_images,
+            )
+
+        self.add(action, "budget", label, save)
+
+    def _team_exists(self, workspace_slug: str | None, slug: str) -> bool:
+        declared = {(w.slug, t.slug) for w in self.spec.workspaces for t in w.teams}
+        if (workspace_slug, slug) in declared:
+            return True
+        return Team.objects.filter(workspace__slug=workspace_slug, slug=slug).exists()
+
+    def rate_limit(self, item: RateLimitSpec) -> None:
+        key = ApiKey.objects.filter(public_id=item.key).first()
+        if key is None:
+            raise ConfigError(item.line, f"unknown key '{item.key}'")
+        if (key.rpm_limit, key.ipm_limit) == (item.rpm, item.ipm):
+            return
+        update = partial(
+            tenant_services.key_set_rate_limits,
+            actor=self.actor,
+            key=key,
+            rpm_limit=item.rpm,
+            ipm_limit=item.ipm,
+        )
+        self.add("update", "rate limit", f"key {item.key}: rpm {item.rpm}, ipm {item.ipm}", update)
+
     # --- prune ------------------------------------------------------------------------
     def prune(self) -> None:
         scopes = {c.workspace for c in self.spec.credentials}
         scopes |= {a.workspace for a in self.spec.aliases}
         for slug in sorted(scopes, key=lambda s: s or ""):
             workspace = self.workspaces.get(slug) if slug else None
+            if isinstance(workspace, _New):
+                continue  # a workspace created by this run holds nothing to prune
             aliases = {a.name for a in self.spec.aliases if a.workspace == slug}
             for alias in ModelAlias.objects.filter(workspace=workspace).exclude(name__in=aliases):
                 delete = partial(services.alias_delete, actor=self.actor, alias=alias)
@@ -218,10 +394,18 @@ class _Planner:
 
 def plan(spec: ConfigSpec, *, prune: bool = False, actor: str = "system:apply") -> list[Change]:
     planner = _Planner(spec, actor)
+    for workspace in spec.workspaces:
+        planner.workspace_item(workspace)
     for credential in spec.credentials:
         planner.credential(credential)
     for alias in spec.aliases:
         planner.alias(alias)
+    for price in spec.prices:
+        planner.price(price)
+    for budget in spec.budgets:
+        planner.budget(budget)
+    for rate_limit in spec.rate_limits:
+        planner.rate_limit(rate_limit)
     if prune:
         planner.prune()
     return planner.changes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
@@ -77,9 +78,59 @@ class AliasSpec:
 
 
 @dataclass(frozen=True)
+class TeamSpec:
+    line: int
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    line: int
+    slug: str
+    name: str
+    status: str
+    teams: list[TeamSpec]
+
+
+@dataclass(frozen=True)
+class PriceSpec:
+    line: int
+    provider: str
+    model: str
+    size: str
+    quality: str
+    amounts: dict[str, int | None]  # Price field name → micro-USD
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    line: int
+    scope: str  # workspace | team | key
+    workspace: str | None
+    team: str | None
+    key: str | None
+    period: str
+    limit_micro: int | None
+    limit_images: int | None
+
+
+@dataclass(frozen=True)
+class RateLimitSpec:
+    line: int
+    key: str
+    rpm: int | None
+    ipm: int | None
+
+
+@dataclass(frozen=True)
 class ConfigSpec:
     credentials: list[CredentialSpec]
     aliases: list[AliasSpec]
+    workspaces: list[WorkspaceSpec] = field(default_factory=list)
+    prices: list[PriceSpec] = field(default_factory=list)
+    budgets: list[BudgetSpec] = field(default_factory=list)
+    rate_limits: list[RateLimitSpec] = field(default_factory=list)
 
 
 def _check_keys(item: dict[str, Any], allowed: set[str], what: str) -> None:
@@ -198,6 +249,110 @@ def _alias(item: dict[str, Any]) -> AliasSpec:
     )
 
 
+def _micro_usd(item: dict[str, Any], key: str) -> int | None:
+    """A USD amount from the file as exact integer micro-USD (no float rounding)."""
+    value = item.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(item.get(LINE), f"'{key}' must be a number of US dollars")
+    try:
+        micro = Decimal(str(value)) * 1_000_000
+    except InvalidOperation:
+        raise ConfigError(item.get(LINE), f"'{key}' must be a number of US dollars") from None
+    if micro != micro.to_integral_value() or micro < 0:
+        raise ConfigError(
+            item.get(LINE), f"'{key}' must be a non-negative amount in whole micro-dollars"
+        )
+    return int(micro)
+
+
+def _workspace(item: dict[str, Any]) -> WorkspaceSpec:
+    what = "a workspace"
+    _check_keys(item, {"slug", "name", "status", "teams"}, what)
+    status = _get(item, "status", str, "active", what)
+    if status not in ("active", "suspended"):
+        raise ConfigError(item[LINE], "'status' must be active or suspended")
+    teams = []
+    for team in _list_of_mappings(item, "teams"):
+        _check_keys(team, {"slug", "name"}, "a team")
+        slug = _get(team, "slug", str, what="a team")
+        teams.append(TeamSpec(team[LINE], slug, _get(team, "name", str, slug, "a team")))
+    slug = _get(item, "slug", str, what=what)
+    return WorkspaceSpec(item[LINE], slug, _get(item, "name", str, slug, what), status, teams)
+
+
+_PRICE_AMOUNTS = {
+    "per_image_usd": "per_image_micro",
+    "text_input_per_mtok_usd": "text_input_per_mtok_micro",
+    "image_input_per_mtok_usd": "image_input_per_mtok_micro",
+    "image_output_per_mtok_usd": "image_output_per_mtok_micro",
+}
+
+
+def _price(item: dict[str, Any]) -> PriceSpec:
+    what = "a price"
+    _check_keys(item, {"provider", "model", "size", "quality", *_PRICE_AMOUNTS}, what)
+    provider = _get(item, "provider", str, what=what)
+    if provider not in Provider.values:
+        raise ConfigError(item[LINE], f"unknown provider '{provider}'")
+    amounts = {field: _micro_usd(item, key) for key, field in _PRICE_AMOUNTS.items()}
+    if all(v is None for v in amounts.values()):
+        raise ConfigError(item[LINE], "a price needs per_image_usd and/or token rates")
+    return PriceSpec(
+        line=item[LINE],
+        provider=provider,
+        model=_get(item, "model", str, what=what),
+        size=_get(item, "size", str, "", what),
+        quality=_get(item, "quality", str, "", what),
+        amounts=amounts,
+    )
+
+
+def _budget(item: dict[str, Any]) -> BudgetSpec:
+    what = "a budget"
+    _check_keys(item, {"key", "team", "workspace", "period", "limit_usd", "limit_images"}, what)
+    key = _get(item, "key", str, None, what)
+    team = _get(item, "team", str, None, what)
+    workspace = _get(item, "workspace", str, None, what)
+    if team and "/" in team and workspace is None:
+        workspace, team = team.split("/", 1)
+    if key:
+        scope = "key"
+    elif team:
+        scope = "team"
+        if workspace is None:
+            raise ConfigError(
+                item[LINE], "a team budget needs 'workspace' (or team: <workspace>/<team>)"
+            )
+    elif workspace:
+        scope = "workspace"
+    else:
+        raise ConfigError(item[LINE], "a budget needs 'key', 'team' or 'workspace'")
+    period = _get(item, "period", str, what=what)
+    if period not in ("day", "month", "lifetime"):
+        raise ConfigError(item[LINE], "'period' must be day, month or lifetime")
+    limit_images = _get(item, "limit_images", int, None, what)
+    limit_micro = _micro_usd(item, "limit_usd")
+    if limit_images is None and limit_micro is None:
+        raise ConfigError(item[LINE], "a budget needs limit_usd and/or limit_images")
+    return BudgetSpec(item[LINE], scope, workspace, team, key, period, limit_micro, limit_images)
+
+
+def _rate_limit(item: dict[str, Any]) -> RateLimitSpec:
+    what = "a rate limit"
+    _check_keys(item, {"key", "rpm", "ipm"}, what)
+    spec = RateLimitSpec(
+        item[LINE],
+        _get(item, "key", str, what=what),
+        _get(item, "rpm", int, None, what),
+        _get(item, "ipm", int, None, what),
+    )
+    if spec.rpm is None and spec.ipm is None:
+        raise ConfigError(item[LINE], "a rate limit needs rpm and/or ipm")
+    return spec
+
+
 def _no_duplicates(items: list[Any], what: str) -> None:
     seen: set[tuple[str | None, str]] = set()
     for item in items:
@@ -218,11 +373,19 @@ def parse_config(text: str) -> ConfigSpec:
     if document is None:
         document = {LINE: 1}
     if not isinstance(document, dict):
-        raise ConfigError(1, "the file must be a mapping with 'credentials' and/or 'aliases'")
-    _check_keys(document, {"credentials", "aliases"}, "the file")
+        raise ConfigError(1, "the file must be a mapping (workspaces, credentials, aliases, …)")
+    _check_keys(
+        document,
+        {"workspaces", "credentials", "aliases", "prices", "budgets", "rate_limits"},
+        "the file",
+    )
     spec = ConfigSpec(
         credentials=[_credential(c) for c in _list_of_mappings(document, "credentials")],
         aliases=[_alias(a) for a in _list_of_mappings(document, "aliases")],
+        workspaces=[_workspace(w) for w in _list_of_mappings(document, "workspaces")],
+        prices=[_price(p) for p in _list_of_mappings(document, "prices")],
+        budgets=[_budget(b) for b in _list_of_mappings(document, "budgets")],
+        rate_limits=[_rate_limit(r) for r in _list_of_mappings(document, "rate_limits")],
     )
     _no_duplicates(spec.credentials, "credential")
     _no_duplicates(spec.aliases, "alias")

@@ -52,6 +52,22 @@ def workspace_set_status(*, actor: str, workspace: Workspace, status: str) -> Wo
 
 
 @transaction.atomic
+def workspace_rename(*, actor: str, workspace: Workspace, name: str) -> Workspace:
+    workspace.name = name
+    workspace.save(update_fields=["name", "updated_at"])
+    audit_record(actor=actor, event="workspace.renamed", target=workspace, workspace=workspace)
+    return workspace
+
+
+@transaction.atomic
+def team_rename(*, actor: str, team: Team, name: str) -> Team:
+    team.name = name
+    team.save(update_fields=["name", "updated_at"])
+    audit_record(actor=actor, event="team.renamed", target=team, workspace=team.workspace)
+    return team
+
+
+@transaction.atomic
 def team_create(*, actor: str, workspace: Workspace, slug: str, name: str) -> Team:
     team = Team.objects.create(workspace=workspace, slug=slug, name=name)
     audit_record(actor=actor, event="team.created", target=team, workspace=workspace)
@@ -148,6 +164,24 @@ def key_update(
         target=key,
         workspace=key.workspace,
         data={"fields": sorted(changes)},
+    )
+    forget_cached_keys([key.public_id])
+    return key
+
+
+@transaction.atomic
+def key_set_rate_limits(
+    *, actor: str, key: ApiKey, rpm_limit: int | None, ipm_limit: int | None
+) -> ApiKey:
+    """Set both limits (None removes one)."""
+    key.rpm_limit, key.ipm_limit = rpm_limit, ipm_limit
+    key.save(update_fields=["rpm_limit", "ipm_limit", "updated_at"])
+    audit_record(
+        actor=actor,
+        event="key.rate_limits_set",
+        target=key,
+        workspace=key.workspace,
+        data={"rpm": rpm_limit, "ipm": ipm_limit},
     )
     forget_cached_keys([key.public_id])
     return key

@@ -154,3 +154,120 @@ def test_a_malformed_file_changes_nothing_and_names_the_line(
     assert message in str(error.value)
     assert not ProviderCredential.objects.exists()
     assert not ModelAlias.objects.exists()
+
+
+TENANCY = """\
+workspaces:
+  - slug: initech
+    name: Initech
+    teams:
+      - slug: tps
+        name: TPS Reports
+credentials:
+  - name: initech-openai
+    workspace: initech
+    provider: openai
+    base_url: https://api.openai.com
+    secret_env: APPLY_TEST_OPENAI_KEY
+aliases:
+  - name: initech-image
+    workspace: initech
+    deployments:
+      - credential: initech-openai
+        model: gpt-image-1
+prices:
+  - provider: openai
+    model: initech-model*
+    per_image_usd: 0.0125
+  - provider: openai
+    model: initech-tokens
+    text_input_per_mtok_usd: 5
+    image_output_per_mtok_usd: 40.5
+budgets:
+  - workspace: initech
+    period: month
+    limit_usd: 2.50
+  - team: initech/tps
+    period: day
+    limit_images: 5
+  - key: {key}
+    period: lifetime
+    limit_images: 7
+    limit_usd: 1
+rate_limits:
+  - key: {key}
+    rpm: 60
+    ipm: 100
+"""
+
+
+def test_workspaces_teams_prices_budgets_and_rate_limits_apply_idempotently(
+    tmp_path: Path, api_key
+) -> None:  # type: ignore[no-untyped-def]
+    from billing.models import Budget, Price
+    from tenants.models import ApiKey, Team
+
+    text = TENANCY.format(key=api_key.key.public_id)
+    output = _apply(tmp_path, text)
+    assert output.splitlines()[-1] == "11 change(s); changed."
+    initech = Workspace.objects.get(slug="initech")
+    assert Team.objects.get(workspace=initech, slug="tps").name == "TPS Reports"
+    assert ModelAlias.objects.get(workspace=initech, name="initech-image").deployments.count() == 1
+    assert Price.objects.get(model_pattern="initech-model*").per_image_micro == 12_500
+    tokens = Price.objects.get(model_pattern="initech-tokens")
+    assert (tokens.text_input_per_mtok_micro, tokens.image_output_per_mtok_micro) == (
+        5_000_000,
+        40_500_000,
+    )
+    assert Budget.objects.get(workspace=initech, scope="workspace").limit_micro == 2_500_000
+    assert Budget.objects.get(scope="team").limit_images == 5
+    key_budget = Budget.objects.get(scope="key")
+    assert (key_budget.limit_images, key_budget.limit_micro) == (7, 1_000_000)
+    key = ApiKey.objects.get(pk=api_key.key.pk)
+    assert (key.rpm_limit, key.ipm_limit) == (60, 100)
+
+    assert _apply(tmp_path, text) == "No changes.\n"
+    changed = text.replace("limit_usd: 2.50", "limit_usd: 3").replace("rpm: 60", "rpm: 30")
+    assert _apply(tmp_path, changed, "--dry-run").splitlines() == [
+        "update budget     workspace initech month",
+        f"update rate limit key {api_key.key.public_id}: rpm 30, ipm 100",
+        "2 change(s); would change.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "budgets:\n  - key: nobody\n    period: day\n    limit_images: 1\n",
+            "line 2: unknown key 'nobody'",
+        ),
+        (
+            "budgets:\n  - team: acme/ghosts\n    period: day\n    limit_images: 1\n",
+            "line 2: unknown team 'acme/ghosts'",
+        ),
+        (
+            "budgets:\n  - workspace: acme\n    period: week\n    limit_images: 1\n",
+            "line 2: 'period' must be day, month or lifetime",
+        ),
+        (
+            "budgets:\n  - workspace: acme\n    period: day\n    limit_usd: 0.0000001\n",
+            "line 2: 'limit_usd' must be a non-negative amount in whole micro-dollars",
+        ),
+        (
+            "prices:\n  - provider: openai\n    model: m\n",
+            "line 2: a price needs per_image_usd and/or token rates",
+        ),
+        ("rate_limits:\n  - key: nobody\n    rpm: 1\n", "line 2: unknown key 'nobody'"),
+    ],
+)
+def test_bad_tenancy_entries_change_nothing_and_name_the_line(
+    tmp_path: Path, workspace: Workspace, text: str, message: str
+) -> None:
+    from billing.models import Budget
+
+    with pytest.raises(CommandError) as error:
+        _apply(tmp_path, GOOD + text)
+    assert message.replace("line 2", "line 5") in str(error.value)
+    assert not Budget.objects.exists()
+    assert not ProviderCredential.objects.exists()
