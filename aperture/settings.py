@@ -259,3 +259,4 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 900.0,
     },
 }
+BILLING_ASYNC_COMMIT = env.bool("APERTURE_BILLING_ASYNC_COMMIT", default=True)

@@ -25,6 +25,7 @@ import psycopg
 import requests
 
 from bench.loadgen import run
+from bench.seed import RACE_IMAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -89,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--slow", type=int, default=1000, help="concurrent 5-s requests")
+    parser.add_argument("--race", type=int, default=1000, help="concurrent requests in the race")
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
     args = parser.parse_args()
 
@@ -118,7 +120,7 @@ def main() -> None:
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
         )
-        key = (
+        seeded = json.loads(
             subprocess.run(
                 [sys.executable, "-m", "bench.seed", upstream_url],
                 cwd=ROOT,
@@ -130,6 +132,7 @@ def main() -> None:
             .stdout.strip()
             .splitlines()[-1]
         )
+        key = seeded["plain"]
         gateway = subprocess.Popen(
             [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
             cwd=ROOT,
@@ -181,6 +184,63 @@ def main() -> None:
         print(f"\nadded latency at c=1: p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms")
         via64 = figures[64][1]
         print(f"gateway throughput at c=64: {len(via64.latencies) / via64.wall:.0f} req/s")
+
+        print(
+            "\n## Billing path: 3 nested budgets (reserve + settle on each) vs none (record only)"
+        )
+        for concurrency, total in levels[::2]:
+            plain = run(
+                f"{gateway_url}/v1/images/generations",
+                BODY,
+                auth,
+                concurrency=concurrency,
+                total=total,
+            )
+            budgeted = run(
+                f"{gateway_url}/v1/images/generations",
+                BODY,
+                {"Authorization": f"Bearer {seeded['budgeted']}"},
+                concurrency=concurrency,
+                total=total,
+            )
+            print(f"c={concurrency:<3} no budget: {plain.summary()}")
+            print(f"c={concurrency:<3} 3 budgets: {budgeted.summary()}")
+            extra = (budgeted.percentile(50) - plain.percentile(50)) * 1000
+            print(f"c={concurrency:<3} budgets add p50 {extra:.2f} ms")
+
+        print(
+            f"\n## The race: {args.race} concurrent requests, budget for {RACE_IMAGES} images, "
+            "upstream 200 ms"
+        )
+        requests.post(f"{upstream_url}/_control/delay", json={"delay": 0.2}, timeout=5)
+        race = run(
+            f"{gateway_url}/v1/images/generations",
+            BODY,
+            {"Authorization": f"Bearer {seeded['race']}"},
+            concurrency=args.race,
+            total=args.race,
+        )
+        with psycopg.connect(env["DATABASE_URL"]) as conn:
+            budget_row = conn.execute(
+                "SELECT used_micro, reserved_micro FROM billing_budget b JOIN tenants_apikey k "
+                "ON b.key_id = k.id WHERE k.name = 'race'"
+            ).fetchone()
+            records_row = conn.execute(
+                "SELECT count(*), coalesce(sum(cost_micro), 0) FROM billing_usagerecord u "
+                "JOIN tenants_apikey k ON u.key_id = k.id WHERE k.name = 'race' AND u.status = 200"
+            ).fetchone()
+        assert budget_row is not None and records_row is not None
+        used, reserved = budget_row
+        records = records_row
+        exact = race.ok == RACE_IMAGES and used == records[1] == RACE_IMAGES * seeded["price_micro"]
+        print(
+            f"served {race.ok}, refused {race.statuses.get(402, 0)}, other {race.statuses}; "
+            f"wall {race.wall:.2f} s"
+        )
+        print(
+            f"budget used {used} µUSD, reserved {reserved}; usage records {records[0]} "
+            f"summing {records[1]} µUSD -> {'EXACT' if exact else 'NOT EXACT'}"
+        )
 
         print(f"\n## {args.slow} concurrent requests against a 5-second upstream")
         requests.post(f"{upstream_url}/_control/delay", json={"delay": 5}, timeout=5)

@@ -1,22 +1,28 @@
-"""Seed the benchmark database: a tenant, a key, and an alias on the fake upstream."""
+"""Seed the benchmark database: a tenant, keys, budgets and an alias on the fake upstream.
 
+Prints JSON: {"plain": key without budgets, "budgeted": key under three roomy nested budgets,
+"race": key whose budget allows exactly RACE_IMAGES images}.
+"""
+
+import json
 import os
 import sys
 
 import django
 
+RACE_IMAGES = 250
+
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aperture.settings")
     django.setup()
+    from billing import pricing
+    from billing.models import Budget
     from routing import services as routing
     from tenants import services
 
     upstream = sys.argv[1]
     actor = "system:bench"
-    workspace = services.workspace_create(actor=actor, slug="bench", name="Bench")
-    team = services.team_create(actor=actor, workspace=workspace, slug="load", name="Load")
-    created = services.key_create(actor=actor, team=team, name="bench")
     credential = routing.credential_create(
         actor=actor,
         name="fake",
@@ -32,7 +38,32 @@ def main() -> None:
         upstream_model="dall-e-2",
         timeout_seconds=60,
     )
-    print(created.secret)
+    price = pricing.per_image_estimate("openai", "dall-e-2", "256x256", None)
+    keys: dict[str, str | int] = {}
+    for name in ("plain", "budgeted", "race"):
+        workspace = services.workspace_create(actor=actor, slug=f"bench-{name}", name=name)
+        team = services.team_create(actor=actor, workspace=workspace, slug="load", name="Load")
+        created = services.key_create(actor=actor, team=team, name=name)
+        keys[name] = created.secret
+        if name == "budgeted":
+            for scope, target in (
+                ("workspace", {}),
+                ("team", {"team": team}),
+                ("key", {"key": created.key}),
+            ):
+                Budget.objects.create(
+                    workspace=workspace, scope=scope, period="month", limit_micro=10**15, **target
+                )
+        if name == "race":
+            Budget.objects.create(
+                workspace=workspace,
+                scope="key",
+                key=created.key,
+                period="month",
+                limit_micro=RACE_IMAGES * price,
+            )
+    keys["price_micro"] = price
+    print(json.dumps(keys))
 
 
 if __name__ == "__main__":
