@@ -1,5 +1,6 @@
 """Image endpoints: OpenAI's /v1/images/generations, the Azure-style route, hosted files."""
 
+from functools import partial
 from typing import Any
 
 from django.core.files.storage import default_storage
@@ -61,11 +62,17 @@ class MeteredView(APIView):
         response.render()
         if response.status_code >= 400 and isinstance(response.data, dict):
             error_code = str((response.data.get("error") or {}).get("code") or "")
-        record_usage(
-            meter,
-            status=response.status_code,
-            error_code=error_code,
-            bytes_out=len(getattr(response, "content", b"")),
+        meter.finish()
+        # Written once the response has gone out (WSGI calls close() after the last byte),
+        # so the record's INSERT is not on the client's clock.
+        response._resource_closers.append(  # type: ignore[attr-defined]
+            partial(
+                record_usage,
+                meter,
+                status=response.status_code,
+                error_code=error_code,
+                bytes_out=len(response.content),
+            )
         )
         return response
 

@@ -121,7 +121,7 @@ def test_a_failing_usage_insert_never_breaks_the_response(
     def explode(**kwargs: object) -> None:
         raise RuntimeError("database is gone")
 
-    monkeypatch.setattr(metering.UsageRecord.objects, "create", explode)
+    monkeypatch.setattr(metering, "_insert", explode)
     before = metering.RECORDING_FAILURES["count"]
     assert _post(client, {"model": "priced", "prompt": "x"}).status_code == 200
     assert metering.RECORDING_FAILURES["count"] == before + 1
