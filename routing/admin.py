@@ -54,7 +54,7 @@ class CredentialForm(forms.ModelForm):
     def clean_name(self) -> str:
         name: str = self.cleaned_data["name"]
         try:
-            services._check_credential_name(name)
+            services.check_credential_name(name)
         except ValidationError as exc:
             raise ValidationError(exc.message_dict["name"]) from exc
         return name

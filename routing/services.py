@@ -4,23 +4,46 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Model
 
 from aperture import crypto
 from routing.models import Deployment, ModelAlias, Provider, ProviderCredential
 from tenants.audit import audit_record
 from tenants.models import Workspace
 
+# What credential_update may change (never the secret: see credential_rotate_secret).
+CREDENTIAL_FIELDS = {
+    "name",
+    "provider",
+    "base_url",
+    "api_version",
+    "extra_headers",
+    "passthrough_enabled",
+    "passthrough_path_prefixes",
+    "enabled",
+}
 # Top-level routes of the gateway itself: a credential of that name would shadow them.
 RESERVED_CREDENTIAL_NAMES = frozenset(
     {"v1", "api", "admin", "healthz", "readyz", "metrics", "static", "media", "files", "docs"}
 )
 
 
-def _check_credential_name(name: str) -> None:
+def check_credential_name(name: str) -> None:
     if name.lower() in RESERVED_CREDENTIAL_NAMES:
         raise ValidationError(
             {"name": f"'{name}' is a route of the gateway itself; choose another name."}
         )
+
+
+def _assign(instance: Model, fields: dict[str, Any], allowed: set[str]) -> None:
+    """Set `fields` on `instance`, refusing any field outside `allowed`."""
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValidationError(
+            f"Cannot update {sorted(unknown)} on a {instance._meta.verbose_name}."
+        )
+    for name, value in fields.items():
+        setattr(instance, name, value)
 
 
 def _check_provider(provider: str) -> None:
@@ -43,7 +66,7 @@ def credential_create(
     passthrough_path_prefixes: list[str] | None = None,
     enabled: bool = True,
 ) -> ProviderCredential:
-    _check_credential_name(name)
+    check_credential_name(name)
     _check_provider(provider)
     credential = ProviderCredential(
         workspace=workspace,
@@ -74,27 +97,13 @@ def credential_update(
     *, actor: str, credential: ProviderCredential, fields: dict[str, Any]
 ) -> ProviderCredential:
     """Update non-secret fields (name, base_url, api_version, passthrough, enabled, ...)."""
-    allowed = {
-        "name",
-        "provider",
-        "base_url",
-        "api_version",
-        "extra_headers",
-        "passthrough_enabled",
-        "passthrough_path_prefixes",
-        "enabled",
-    }
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValidationError(f"Cannot update {sorted(unknown)} on a credential.")
     if "name" in fields:
-        _check_credential_name(fields["name"])
+        check_credential_name(fields["name"])
     if "provider" in fields:
         _check_provider(fields["provider"])
     if "base_url" in fields:
         fields = {**fields, "base_url": fields["base_url"].rstrip("/")}
-    for field, value in fields.items():
-        setattr(credential, field, value)
+    _assign(credential, fields, CREDENTIAL_FIELDS)
     credential.save()
     audit_record(
         actor=actor,
@@ -202,11 +211,7 @@ def credential_delete(*, actor: str, credential: ProviderCredential) -> None:
 
 @transaction.atomic
 def alias_update(*, actor: str, alias: ModelAlias, fields: dict[str, Any]) -> ModelAlias:
-    unknown = set(fields) - {"description", "enabled"}
-    if unknown:
-        raise ValidationError(f"Cannot update {sorted(unknown)} on an alias.")
-    for name, value in fields.items():
-        setattr(alias, name, value)
+    _assign(alias, fields, {"description", "enabled"})
     alias.save()
     audit_record(
         actor=actor,
@@ -232,11 +237,7 @@ def alias_delete(*, actor: str, alias: ModelAlias) -> None:
 
 @transaction.atomic
 def deployment_update(*, actor: str, deployment: Deployment, fields: dict[str, Any]) -> Deployment:
-    unknown = set(fields) - {"priority", "weight", "timeout_seconds", "enabled"}
-    if unknown:
-        raise ValidationError(f"Cannot update {sorted(unknown)} on a deployment.")
-    for name, value in fields.items():
-        setattr(deployment, name, value)
+    _assign(deployment, fields, {"priority", "weight", "timeout_seconds", "enabled"})
     deployment.save()
     audit_record(
         actor=actor,
