@@ -19,7 +19,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from aperture.errors import InsufficientQuota
-from billing.db import billing_transaction
 from billing.models import LIFETIME_START, Budget, Reservation
 from routing import route_cache
 from tenants.key_auth import KeyPrincipal
@@ -162,7 +161,7 @@ def reserve(*, principal: KeyPrincipal, request_id: str, amount_micro: int, imag
     if not refs:
         return Hold(())
     now = timezone.now()
-    with billing_transaction():
+    with transaction.atomic():
         starts = []
         for ref in refs:
             start = period_start(ref.period, now)
@@ -229,7 +228,7 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> None:
                 held.amount_micro,
                 held.images,
             )
-    with billing_transaction():
+    with transaction.atomic():
         still_held = _delete_reservations([h.reservation_id for h in hold.holds])
         for held in hold.holds:
             _apply(

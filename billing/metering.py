@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from django.db import connection
 from django.utils import timezone
 
-from billing.db import billing_transaction
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -51,8 +50,7 @@ def record_usage(meter: Meter, *, status: int, error_code: str, bytes_out: int) 
     if principal is None:
         return  # unauthenticated requests are not metered
     try:
-        with billing_transaction():
-            _insert(meter, principal, status=status, error_code=error_code, bytes_out=bytes_out)
+        _insert(meter, principal, status=status, error_code=error_code, bytes_out=bytes_out)
     except Exception:
         RECORDING_FAILURES["count"] += 1
         logger.exception("could not write the usage record of %s", meter.request_id)

@@ -96,9 +96,14 @@ class Decision:
 def _redis() -> Any:
     import redis
 
-    client = redis.Redis.from_url(
-        settings.RATE_LIMIT_REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.RATE_LIMIT_REDIS_URL,
+        max_connections=settings.REDIS_MAX_CONNECTIONS,
+        timeout=2,
+        socket_connect_timeout=0.5,
+        socket_timeout=0.5,
     )
+    client = redis.Redis(connection_pool=pool)
     return client, client.register_script(_SCRIPT)
 
 
@@ -141,6 +146,7 @@ class _LocalWindows:
 
 
 _local = _LocalWindows()
+_last_error = [float("-inf")]
 
 
 def check(*, key_id: int, limits: list[Limit]) -> Decision:
@@ -156,8 +162,11 @@ def check(*, key_id: int, limits: list[Limit]) -> Decision:
         try:
             client, script = _redis()
             raw = script(keys=keys, args=args, client=client)
-        except Exception:
-            logger.error("rate limiter unavailable; allowing the request", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - fail open: Redis trouble never stops serving
+            now = time.monotonic()
+            if now - _last_error[0] >= 10:  # one line per 10 s, not one per request
+                _last_error[0] = now
+                logger.error("rate limiter unavailable (%s); allowing requests", exc)
             return Decision(True, 0.0, {})
     else:
         raw = _local.take(keys, args)
