@@ -226,8 +226,8 @@ def generate_images(
             raise _to_api_error(error) from None
         usage = result.usage or {}
         meter.images = len(data)
-        meter.input_tokens = int(usage.get("input_tokens") or 0)
-        meter.output_tokens = int(usage.get("output_tokens") or 0)
+        meter.input_tokens = _token_count(usage.get("input_tokens"))
+        meter.output_tokens = _token_count(usage.get("output_tokens"))
         meter.cost_micro = pricing.actual_cost(
             target.provider,
             target.upstream_model,
@@ -251,6 +251,11 @@ def generate_images(
     if result.usage:
         response["usage"] = result.usage
     return response
+
+
+def _token_count(value: Any) -> int:
+    """A token count from the upstream's usage; anything odd counts as 0, never a 500."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _settle(hold: budgets.Hold, *, cost_micro: int, images: int) -> None:

@@ -137,3 +137,18 @@ def test_an_image_budget_counts_images_not_requests(
     row.refresh_from_db()
     assert (row.used_images, row.reserved_images) == (3, 0)
     assert Budget.objects.count() == 1
+
+
+def test_odd_usage_from_the_upstream_counts_as_zero_tokens_not_a_500(
+    client: APIClient, priced_alias: ModelAlias, fake_upstream: FakeUpstream
+) -> None:
+    import base64
+
+    from tests.fakes.upstream import png
+
+    image = base64.b64encode(png(16, 16)).decode()
+    odd = {"created": 1, "data": [{"b64_json": image}], "usage": {"input_tokens": "lots"}}
+    fake_upstream.misbehave(Misbehave(body=odd))
+    assert _post(client, {"model": "priced", "prompt": "x"}).status_code == 200
+    record = UsageRecord.objects.get()
+    assert (record.input_tokens, record.output_tokens, record.cost_micro) == (0, 0, PRICE_MICRO)
