@@ -11,6 +11,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -199,6 +200,7 @@ def internal_error_body() -> dict[str, Any]:
     )
 
 
+@csrf_exempt  # an API client's POST to an unknown route is a 404, not a CSRF failure
 def not_found_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     """handler404 and the catch-all for unknown API routes."""
     return error_response(NotFound(f"Unknown route: {request.method} {request.path}"))

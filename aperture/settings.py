@@ -258,6 +258,13 @@ IMAGE_URL_TTL_SECONDS = env.int("APERTURE_IMAGE_URL_TTL_SECONDS", default=3600)
 FETCH_TIMEOUT_SECONDS = env.float("APERTURE_FETCH_TIMEOUT_SECONDS", default=30.0)
 FETCH_MAX_BYTES = env.int("APERTURE_FETCH_MAX_BYTES", default=50 * 1024 * 1024)
 FETCH_ALLOWED_HOSTS = env.list("APERTURE_FETCH_ALLOWED_HOSTS", default=[])
+# Passthrough: the longest wait for the upstream's next bytes (not the whole call), and how
+# much of an image route's response is kept to count its images (above: charged at the
+# reserved estimate).
+PASSTHROUGH_READ_TIMEOUT = env.float("APERTURE_PASSTHROUGH_READ_TIMEOUT", default=300.0)
+PASSTHROUGH_METER_MAX_BYTES = env.int(
+    "APERTURE_PASSTHROUGH_METER_MAX_BYTES", default=64 * 1024 * 1024
+)
 
 # --- Billing --------------------------------------------------------------------------
 RATE_LIMIT_REDIS_URL = env.str("APERTURE_RATE_LIMIT_REDIS_URL", default=REDIS_URL)

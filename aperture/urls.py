@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 
 from aperture import errors, health
+from routing.passthrough_api import PassthroughView
 
 admin.site.site_header = "Aperture operator admin"
 admin.site.site_title = "Aperture"
@@ -14,8 +15,14 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("", include("routing.urls")),
-    # Unknown routes under the API prefixes answer in the OpenAI error envelope.
-    re_path(r"^(?:v1|openai|api)(?:/.*)?$", errors.not_found_view),
+    # Unknown routes under the gateway's own prefixes answer in the OpenAI error envelope.
+    re_path(r"^(?:v1|api|openai/deployments)(?:/.*)?$", errors.not_found_view),
+    # Everything else names a provider credential: /{provider}/{native path}.
+    re_path(
+        r"^(?P<provider>[A-Za-z0-9][A-Za-z0-9_-]*)(?P<path>/.*)?$",
+        PassthroughView.as_view(),
+        name="passthrough",
+    ),
 ]
 
 handler404 = "aperture.errors.not_found_view"

@@ -39,6 +39,11 @@ class Meter:
     upstream_ms: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     total_ms: int | None = None
+    # Passthrough calls: the native method and path, what was relayed, and how it ended.
+    method: str = ""
+    path: str = ""
+    bytes_out: int = 0
+    error_code: str = ""
 
     def finish(self) -> None:
         """Stop the clock: the response is complete."""
@@ -79,6 +84,8 @@ _COLUMNS = (
     "upstream_ms",
     "bytes_in",
     "bytes_out",
+    "method",
+    "path",
 )
 # One plain INSERT: the ORM's model machinery costs more CPU than the statement itself.
 _INSERT = (
@@ -115,6 +122,8 @@ def _insert(
         meter.upstream_ms,
         meter.bytes_in,
         bytes_out,
+        meter.method[:16],
+        meter.path[:500],
     )
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, values)

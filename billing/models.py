@@ -189,6 +189,10 @@ class UsageRecord(models.Model):
     upstream_ms = models.PositiveIntegerField(default=0)
     bytes_in = models.PositiveBigIntegerField(default=0)
     bytes_out = models.PositiveBigIntegerField(default=0)
+    method = models.CharField(max_length=16, blank=True, help_text="Passthrough: HTTP method.")
+    path = models.CharField(
+        max_length=500, blank=True, help_text="Passthrough: the provider's native path."
+    )
 
     class Meta:
         ordering = ["-created_at"]

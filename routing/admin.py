@@ -59,6 +59,13 @@ class CredentialForm(forms.ModelForm):
             raise ValidationError(exc.message_dict["name"]) from exc
         return name
 
+    def clean_passthrough_path_prefixes(self) -> list[str]:
+        prefixes = self.cleaned_data["passthrough_path_prefixes"] or []
+        try:
+            return services.clean_passthrough_prefixes(prefixes)
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["passthrough_path_prefixes"]) from exc
+
 
 @admin.register(ProviderCredential)
 class ProviderCredentialAdmin(admin.ModelAdmin):

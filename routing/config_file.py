@@ -150,6 +150,15 @@ def _get(item: dict[str, Any], key: str, kind: type, default: Any = ..., what: s
     return value
 
 
+def _either(
+    item: dict[str, Any], key: str, synonym: str, kind: type, default: Any, what: str
+) -> Any:
+    """A field that may be written under either of two names, but not both."""
+    if key in item and synonym in item:
+        raise ConfigError(item.get(LINE), f"{what} sets both '{key}' and '{synonym}'")
+    return _get(item, synonym if synonym in item else key, kind, default, what)
+
+
 def _list_of_mappings(document: dict[str, Any], key: str) -> list[dict[str, Any]]:
     items = document.get(key) or []
     if not isinstance(items, list):
@@ -172,6 +181,9 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
             "secret_env",
             "api_version",
             "extra_headers",
+            "passthrough",
+            "passthrough_paths",
+            # The model's field names, accepted too (files written before the short names).
             "passthrough_enabled",
             "passthrough_path_prefixes",
             "enabled",
@@ -197,7 +209,11 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
         raise ConfigError(line, f"'{name}' is a route of the gateway itself; choose another name")
     headers = _get(item, "extra_headers", dict, {}, what)
     headers.pop(LINE, None)
-    prefixes = _get(item, "passthrough_path_prefixes", list, [], what)
+    passthrough = _either(item, "passthrough", "passthrough_enabled", bool, False, what)
+    prefixes = _either(item, "passthrough_paths", "passthrough_path_prefixes", list, [], what)
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ConfigError(line, f"every passthrough path must start with '/': {prefix!r}")
     return CredentialSpec(
         line=line,
         name=name,
@@ -208,7 +224,7 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
         secret=secret,
         api_version=_get(item, "api_version", str, "", what),
         extra_headers={str(k): str(v) for k, v in headers.items()},
-        passthrough_enabled=_get(item, "passthrough_enabled", bool, False, what),
+        passthrough_enabled=passthrough,
         passthrough_path_prefixes=[str(p) for p in prefixes],
         enabled=_get(item, "enabled", bool, True, what),
     )

@@ -1,24 +1,18 @@
 """Image endpoints: OpenAI's /v1/images/generations, the Azure-style route, hosted files."""
 
-from functools import partial
-from typing import Any
-
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import reverse
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from aperture.errors import NotFound, error_response
 from aperture.json_body import read_json_object
-from aperture.request_context import current_request_id
-from billing.metering import Meter, record_usage
 from routing.images import hosting
 from routing.images.generation import UrlBuilder, generate_images
-from tenants.key_auth import KeyPrincipal
-from tenants.permissions import ImagesScope, request_principal
+from routing.metered import MeteredView
+from tenants.permissions import request_principal
 
 
 def _url_builder(request: Request) -> UrlBuilder:
@@ -26,55 +20,6 @@ def _url_builder(request: Request) -> UrlBuilder:
         return request.build_absolute_uri(reverse("hosted-image", args=[token]))
 
     return build
-
-
-class MeteredView(APIView):
-    """An inference view whose every authenticated request leaves one usage record."""
-
-    permission_classes = [ImagesScope]
-    endpoint = ""
-    meter: Meter
-
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        self.meter = Meter(
-            request_id=current_request_id(),
-            endpoint=self.endpoint,
-            bytes_in=int(request.META.get("CONTENT_LENGTH") or 0),
-        )
-        super().initial(request, *args, **kwargs)
-
-    def perform_authentication(self, request: Request) -> None:
-        super().perform_authentication(request)
-        if isinstance(request.user, KeyPrincipal):
-            self.meter.principal = request.user
-
-    def finalize_response(
-        self, request: Request, response: Response, *args: Any, **kwargs: Any
-    ) -> Response:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        meter = getattr(self, "meter", None)
-        if meter is None:
-            return response
-        for name, value in meter.headers.items():
-            if name not in response:
-                response[name] = value
-        error_code = ""
-        response.render()
-        if response.status_code >= 400 and isinstance(response.data, dict):
-            error_code = str((response.data.get("error") or {}).get("code") or "")
-        meter.finish()
-        # Written once the response has gone out (WSGI calls close() after the last byte),
-        # so the record's INSERT is not on the client's clock.
-        response._resource_closers.append(  # type: ignore[attr-defined]
-            partial(
-                record_usage,
-                meter,
-                status=response.status_code,
-                error_code=error_code,
-                bytes_out=len(response.content),
-            )
-        )
-        return response
 
 
 class ImageGenerationView(MeteredView):

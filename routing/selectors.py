@@ -1,10 +1,12 @@
 """Reads for routing, always scoped by the caller's workspace."""
 
+from dataclasses import dataclass
+
 from django.db.models import Q, QuerySet
 
-from aperture.errors import ModelNotFound, PermissionError_
+from aperture.errors import ModelNotFound, NotFound, PermissionError_
 from routing import route_cache
-from routing.models import Deployment, ModelAlias
+from routing.models import Deployment, ModelAlias, ProviderCredential
 from tenants.key_auth import KeyPrincipal
 
 
@@ -69,3 +71,52 @@ def first_deployments(alias_ids: list[int]) -> dict[int, Deployment]:
     for deployment in rows:
         first.setdefault(deployment.alias_id, deployment)
     return first
+
+
+@dataclass(frozen=True)
+class PassthroughTarget:
+    """A credential open for passthrough, as one caller's workspace sees it."""
+
+    credential_id: int
+    name: str
+    provider: str
+    base_url: str
+    secret: str
+    extra_headers: dict[str, str]
+    path_prefixes: tuple[str, ...]
+
+
+def _find_passthrough(workspace_id: int, name: str) -> PassthroughTarget | None:
+    """The workspace's own credential of that name, else the platform's one."""
+    matches = list(
+        ProviderCredential.objects.filter(
+            Q(workspace_id=workspace_id) | Q(workspace__isnull=True), name=name, enabled=True
+        )[:2]
+    )
+    credential = next((c for c in matches if c.workspace_id is not None), None)
+    credential = credential or next(iter(matches), None)
+    if credential is None or not credential.passthrough_enabled:
+        return None
+    return PassthroughTarget(
+        credential_id=credential.pk,
+        name=credential.name,
+        provider=credential.provider,
+        base_url=credential.base_url,
+        secret=credential.secret(),
+        extra_headers={str(k): str(v) for k, v in (credential.extra_headers or {}).items()},
+        path_prefixes=tuple(str(p) for p in credential.passthrough_path_prefixes or []),
+    )
+
+
+def passthrough_target(principal: KeyPrincipal, name: str) -> PassthroughTarget:
+    """The credential `name` open for passthrough to this key's workspace, else 404."""
+    workspace_id = principal.workspace_id
+    target = route_cache.cached(
+        ("passthrough", workspace_id, name), lambda: _find_passthrough(workspace_id, name)
+    )
+    if target is None:
+        raise NotFound(
+            f"No provider '{name}' is open for passthrough to this workspace.",
+            code="provider_not_found",
+        )
+    return target

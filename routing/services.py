@@ -35,6 +35,20 @@ def check_credential_name(name: str) -> None:
         )
 
 
+def clean_passthrough_prefixes(prefixes: Any) -> list[str]:
+    """Path prefixes a credential is open on: absolute native paths, e.g. /v1/images/."""
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+        raise ValidationError(
+            {"passthrough_path_prefixes": "A list of paths, e.g. ['/v1/images/']."}
+        )
+    for prefix in prefixes:
+        if not prefix.startswith("/") or any(s in (".", "..") for s in prefix.split("/")):
+            raise ValidationError(
+                {"passthrough_path_prefixes": f"{prefix!r} must be an absolute path like /v1/."}
+            )
+    return list(prefixes)
+
+
 def _assign(instance: Model, fields: dict[str, Any], allowed: set[str]) -> None:
     """Set `fields` on `instance`, refusing any field outside `allowed`."""
     unknown = set(fields) - allowed
@@ -76,7 +90,7 @@ def credential_create(
         api_version=api_version,
         extra_headers=extra_headers or {},
         passthrough_enabled=passthrough_enabled,
-        passthrough_path_prefixes=passthrough_path_prefixes or [],
+        passthrough_path_prefixes=clean_passthrough_prefixes(passthrough_path_prefixes or []),
         enabled=enabled,
     )
     credential.set_secret(secret)
@@ -103,6 +117,9 @@ def credential_update(
         _check_provider(fields["provider"])
     if "base_url" in fields:
         fields = {**fields, "base_url": fields["base_url"].rstrip("/")}
+    if "passthrough_path_prefixes" in fields:
+        prefixes = clean_passthrough_prefixes(fields["passthrough_path_prefixes"])
+        fields = {**fields, "passthrough_path_prefixes": prefixes}
     _assign(credential, fields, CREDENTIAL_FIELDS)
     credential.save()
     audit_record(

@@ -41,3 +41,36 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="aperture"'
+
+
+# Native clients put their key where their provider wants it: Anthropic-style and Google
+# clients use these headers, Google's REST examples the `key` query parameter.
+_NATIVE_KEY_HEADERS = ("HTTP_X_API_KEY", "HTTP_X_GOOG_API_KEY")
+
+
+def presented_native_secret(request: Request) -> str | None:
+    """Like presented_secret, also reading the places native provider clients send keys."""
+    secret = presented_secret(request)
+    if secret is not None:
+        return secret
+    for header in _NATIVE_KEY_HEADERS:
+        value = request.META.get(header)
+        if value is not None:
+            if len(value) > _MAX_HEADER_LENGTH or not value.strip():
+                raise AuthenticationError("Malformed API key header.")
+            return str(value).strip()
+    in_query = request.query_params.get("key")
+    if in_query is not None and 0 < len(in_query) <= _MAX_HEADER_LENGTH:
+        return str(in_query)
+    return None
+
+
+class NativeApiKeyAuthentication(ApiKeyAuthentication):
+    """For passthrough routes: the gateway key wherever the provider's native client sends it."""
+
+    def authenticate(self, request: Request) -> tuple[KeyPrincipal, KeyPrincipal] | None:
+        secret = presented_native_secret(request)
+        if secret is None:
+            return None
+        principal = authenticate_secret(secret)
+        return principal, principal

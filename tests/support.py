@@ -43,9 +43,14 @@ def _answers(url: str) -> bool:
 
 
 class Server(str):
-    """The base URL of a served gunicorn, with the path of its log."""
+    """The base URL of a served gunicorn, with the path of its log and its master's pid."""
 
     log: Path
+    pid: int
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [int(child) for child in children]
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -74,6 +79,7 @@ def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[Server]:
         )
     base = Server(f"http://127.0.0.1:{port}")
     base.log = log
+    base.pid = process.pid
     try:
         wait_for(lambda: process.poll() is not None or _answers(f"{base}/healthz"), what="gunicorn")
         if process.poll() is not None:
@@ -88,6 +94,13 @@ def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[Server]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.unlink(missing_ok=True)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def client_for(secret: str) -> APIClient:

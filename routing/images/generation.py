@@ -33,6 +33,7 @@ from routing.images import conversion, hosting
 from routing.images.fetch import fetch_image
 from routing.images.validation import model_name, parse_image_request
 from routing.models import Deployment
+from routing.providers.auth import auth_for
 from routing.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -70,7 +71,7 @@ def target_for(deployment: Deployment) -> Target:
     return Target(
         provider=credential.provider,
         credential_name=credential.name,
-        base_url=credential.base_url,
+        base_url=(credential.base_url or auth_for(credential.provider).default_base_url),
         secret=credential.secret(),
         upstream_model=deployment.upstream_model,
         timeout_seconds=float(deployment.timeout_seconds),
@@ -102,7 +103,8 @@ def plan_attempts(principal: KeyPrincipal, body: dict[str, Any], alias_name: str
     return attempts
 
 
-def _to_api_error(error: ProviderError) -> ApiError:
+def api_error_for(error: ProviderError) -> ApiError:
+    """The gateway's answer to a failed upstream call."""
     if isinstance(error, UpstreamRejected):
         return InvalidRequest(error.message, param=error.param, code="upstream_rejected")
     if isinstance(error, UpstreamAuthFailed):
@@ -135,7 +137,7 @@ def call_upstream(attempts: list[Attempt]) -> tuple[Attempt, ImageResult]:
             if not error.retryable:
                 break
     assert last_error is not None
-    raise _to_api_error(last_error)
+    raise api_error_for(last_error)
 
 
 def _finish_image(
@@ -223,7 +225,7 @@ def generate_images(
                 _finish_image(image, request, target.provider, url_for) for image in result.images
             ]
         except ProviderError as error:  # downloading or decoding the upstream's image failed
-            raise _to_api_error(error) from None
+            raise api_error_for(error) from None
         usage = result.usage or {}
         meter.images = len(data)
         meter.input_tokens = _token_count(usage.get("input_tokens"))

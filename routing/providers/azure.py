@@ -22,9 +22,6 @@ class AzureProvider(OpenAIProvider):
     def url(self, target: Target) -> str:
         return f"{target.base_url}/openai/deployments/{target.upstream_model}/images/generations"
 
-    def headers(self, target: Target) -> dict[str, str]:
-        return {**target.extra_headers, "api-key": target.secret}
-
     def params(self, target: Target) -> dict[str, str] | None:
         return {"api-version": target.api_version or DEFAULT_API_VERSION}
 

@@ -51,8 +51,11 @@ def send(
     data: Any = None,
     files: Any = None,
     params: dict[str, str] | None = None,
+    stream: bool = False,
 ) -> requests.Response:
-    """One upstream call. Raises UpstreamTimedOut / UpstreamFailed instead of requests' errors."""
+    """One upstream call. Raises UpstreamTimedOut / UpstreamFailed instead of requests' errors.
+
+    With `stream`, the call returns once the headers are in; the caller reads and closes."""
     all_headers = dict(headers or {})
     body = data
     if json_body is not None:
@@ -68,6 +71,7 @@ def send(
             params=params,
             timeout=(settings.UPSTREAM_CONNECT_TIMEOUT, timeout),
             allow_redirects=False,
+            stream=stream,
         )
     except requests.Timeout as exc:
         raise UpstreamTimedOut(provider, f"{provider} did not answer within {timeout:g}s.") from exc

@@ -11,6 +11,7 @@ import binascii
 from typing import Any
 
 from routing.providers import http
+from routing.providers.auth import credential_headers
 from routing.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -95,7 +96,7 @@ class OpenAIProvider(ProviderAdapter):
         return f"{target.base_url}/v1/images/generations"
 
     def headers(self, target: Target) -> dict[str, str]:
-        return {**target.extra_headers, "Authorization": f"Bearer {target.secret}"}
+        return {**target.extra_headers, **credential_headers(self.name, target.secret)}
 
     def params(self, target: Target) -> dict[str, str] | None:
         return None

@@ -12,19 +12,29 @@ def _envelope(response) -> dict:  # type: ignore[no-untyped-def]
     return body["error"]
 
 
-@pytest.mark.parametrize("path", ["/v1/nope", "/api/v1/nothing", "/openai/whatever", "/v1"])
-def test_unknown_api_routes_answer_404_in_the_envelope(db: None, path: str) -> None:
-    response = Client().get(path)
+@pytest.mark.parametrize(
+    "path", ["/v1/nope", "/api/v1/nothing", "/openai/deployments/x/y", "/v1", "/favicon.ico"]
+)
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_unknown_api_routes_answer_404_in_the_envelope(db: None, path: str, method: str) -> None:
+    response = getattr(Client(), method)(path)
     assert response.status_code == 404
     error = _envelope(response)
     assert error["type"] == "invalid_request_error"
     assert error["code"] == "not_found"
 
 
-def test_an_unknown_top_level_route_is_a_404_envelope_too(db: None) -> None:
-    response = Client().get("/definitely-not-here")
+@pytest.mark.parametrize("path", ["/definitely-not-here", "/openai/whatever"])
+def test_an_unknown_provider_route_is_401_without_a_key_and_404_with_one(
+    client: APIClient, path: str
+) -> None:
+    # Any /{name}/... may be a passthrough route: who may ask which names exist needs a key.
+    anonymous = Client().get(path)
+    assert anonymous.status_code == 401
+    assert _envelope(anonymous)["code"] == "missing_api_key"
+    response = client.get(path)
     assert response.status_code == 404
-    assert _envelope(response)["code"] == "not_found"
+    assert _envelope(response)["code"] == "provider_not_found"
 
 
 def test_a_wrong_method_gets_405_in_the_envelope(client: APIClient) -> None:

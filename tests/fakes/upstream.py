@@ -1,8 +1,11 @@
-"""A fake OpenAI / Azure OpenAI images upstream: a real HTTP server on 127.0.0.1.
+"""A fake image-provider upstream: a real HTTP server on 127.0.0.1.
 
-It speaks the real wire formats (providers.md §1, §2), answers with real images at the
-requested size, records every request, and can be told to misbehave for the next requests:
-an error status (with Retry-After), a delay, a malformed body or a reset connection.
+It speaks the real wire formats of OpenAI and Azure OpenAI (providers.md §1, §2), Gemini's
+generateContent (§3) and Stability's multipart generate (for passthrough), answers with real
+images at the requested size, streams server-sent events for `stream: true` (the final
+event can be held back until the test releases it), serves large bodies in chunks, records
+every request byte for byte, and can be told to misbehave for the next requests: an error
+status (with Retry-After), a delay, a malformed body or a reset connection.
 
 In-process: `with FakeUpstream() as fake: fake.url …`. As its own process (benchmarks):
 `python -m tests.fakes.upstream --port 9100 --delay 0.2`; then `POST /_control/delay`.
@@ -34,6 +37,8 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    raw: bytes = b""  # the body exactly as received
+    target: str = ""  # the request line's target exactly as received (path and query)
 
 
 @dataclass
@@ -79,8 +84,33 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing ---------------------------------------------------------------------
     def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self._read_chunked()
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
+
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+
+    def _start_chunked(self, status: int, content_type: str, headers: dict[str, str]) -> None:
+        lines = [
+            f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
+            f"Content-Type: {content_type}",
+            "Transfer-Encoding: chunked",
+        ] + [f"{name}: {value}" for name, value in headers.items()]
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def _send(
         self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None
@@ -110,28 +140,74 @@ class _Handler(BaseHTTPRequestHandler):
             data, content_type = fake.files[path[7:]]
             self._send(200, data, content_type)
             return
-        self._json(404, _error("not found"))
+        self._other("GET")
 
-    def do_POST(self) -> None:
-        fake = self.server.fake
+    def do_PUT(self) -> None:
+        self._other("PUT")
+
+    def do_DELETE(self) -> None:
+        self._other("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._other("PATCH")
+
+    def _record(self, method: str) -> Recorded:
         parts = urlsplit(self.path)
         raw = self._read_body()
-        if parts.path == "/_control/delay":
-            fake.delay = float(json.loads(raw)["delay"])
-            self._json(200, {"delay": fake.delay})
-            return
         try:
             body = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             body = raw.decode("latin-1")
         recorded = Recorded(
-            method="POST",
+            method=method,
             path=parts.path,
             query=parse_qs(parts.query),
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
+            raw=raw,
+            # http.server folds a leading "//" in self.path; the request line has it as sent.
+            target=self.requestline.split(" ")[1],
         )
-        fake.record(recorded)
+        self.server.fake.record(recorded)
+        return recorded
+
+    def _other(self, method: str) -> None:
+        """Routes of any method: an echo, a large body, a redirect."""
+        recorded = self._record(method)
+        path = recorded.path
+        if not self._authorized(recorded):
+            self._json(401, _error("Incorrect API key provided.", code="invalid_api_key"))
+        elif path == "/v1/big":
+            self._big(int(recorded.query["bytes"][0]))
+        elif path == "/v1/redirect":
+            self._send(302, b"", "text/plain", {"Location": recorded.query["to"][0]})
+        else:
+            self._json(
+                200,
+                {"method": method, "target": recorded.target, "bytes": len(recorded.raw)},
+                {"x-upstream-echo": "yes", "Cache-Control": "no-store"},
+            )
+
+    def _big(self, size: int) -> None:
+        """`size` bytes of a repeating pattern, written a megabyte at a time."""
+        block = bytes(range(256)) * 4096
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        self.wfile.write(f"{head}Content-Length: {size}\r\n\r\n".encode())
+        remaining = size
+        while remaining > 0:
+            piece = block[: min(remaining, len(block))]
+            self.wfile.write(piece)
+            remaining -= len(piece)
+
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        parts = urlsplit(self.path)
+        if parts.path == "/_control/delay":
+            fake.delay = float(json.loads(self._read_body())["delay"])
+            self._json(200, {"delay": fake.delay})
+            return
+        recorded = self._record("POST")
+        body = recorded.body
         behaviour = fake.next_behaviour()
         delay = behaviour.delay if behaviour else fake.delay
         if delay:
@@ -155,8 +231,16 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized(recorded):
             self._json(401, _error("Incorrect API key provided.", code="invalid_api_key"))
             return
-        if parts.path == "/v1/images/generations":
+        if parts.path == "/v1/images/generations" and isinstance(body, dict) and body.get("stream"):
+            self._stream(body)
+        elif parts.path == "/v1/images/generations":
             self._generate(body, model=str((body or {}).get("model", "")))
+        elif parts.path == "/v1/images/edits":
+            self._edit(recorded)
+        elif parts.path.startswith("/v1beta/models/") and parts.path.endswith(":generateContent"):
+            self._gemini(body)
+        elif parts.path.startswith("/v2beta/stable-image/generate/"):
+            self._send(200, png(64, 64), "image/png", {"finish-reason": "SUCCESS", "seed": "7"})
         elif parts.path.startswith("/openai/deployments/") and parts.path.endswith(
             "/images/generations"
         ):
@@ -165,15 +249,109 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._generate(body, model=parts.path.split("/")[3])
         else:
-            self._json(404, _error(f"Unknown path {parts.path}"))
+            self._other_post(recorded)
+
+    def _other_post(self, recorded: Recorded) -> None:
+        self._json(
+            200,
+            {"method": "POST", "target": recorded.target, "bytes": len(recorded.raw)},
+            {"x-upstream-echo": "yes"},
+        )
 
     def _authorized(self, recorded: Recorded) -> bool:
         expected = self.server.fake.expected_secret
         if expected is None:
             return True
-        return (
-            recorded.headers.get("authorization") == f"Bearer {expected}"
-            or recorded.headers.get("api-key") == expected
+        return expected in (
+            recorded.headers.get("authorization", "").removeprefix("Bearer "),
+            recorded.headers.get("api-key"),
+            recorded.headers.get("x-goog-api-key"),
+            recorded.headers.get("x-key"),
+        )
+
+    def _stream(self, body: dict[str, Any]) -> None:
+        """OpenAI's image SSE: `partial_images` partial events, then the completed one."""
+        fake = self.server.fake
+        size = body.get("size") or "1024x1024"
+        width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))
+        common = {"size": f"{width}x{height}", "quality": "medium", "background": "opaque"}
+        self._start_chunked(200, "text/event-stream", {"Cache-Control": "no-cache"})
+        for index in range(int(body.get("partial_images") or 0)):
+            event = {
+                "type": "image_generation.partial_image",
+                "b64_json": base64.b64encode(png(32, 32, color=(index, 0, 0))).decode(),
+                "partial_image_index": index,
+                "created_at": int(time.time()),
+                "output_format": "png",
+                **common,
+            }
+            self._chunk(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        fake.final_held.wait(timeout=10)
+        final = {
+            "type": "image_generation.completed",
+            "b64_json": base64.b64encode(png(width, height)).decode(),
+            "created_at": int(time.time()),
+            "output_format": "png",
+            "usage": {
+                "input_tokens": 12,
+                "output_tokens": 1056,
+                "total_tokens": 1068,
+                "input_tokens_details": {"text_tokens": 12, "image_tokens": 0},
+            },
+            **common,
+        }
+        self._chunk(f"event: {final['type']}\ndata: {json.dumps(final)}\n\n".encode())
+        fake.final_sent.set()
+        self._chunk(b"")
+
+    def _edit(self, recorded: Recorded) -> None:
+        """OpenAI's multipart edit: one image back per `n`, at the size asked."""
+        content_type = recorded.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            self._json(400, _error("multipart/form-data is required"))
+            return
+        fields = _form_fields(recorded.raw, content_type)
+        data = png(1024, 1024)
+        items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
+        self._json(200, {"created": int(time.time()), "data": items, "size": "1024x1024"})
+
+    def _gemini(self, body: Any) -> None:
+        """Gemini generateContent with an image part (providers.md §3.2)."""
+        if not isinstance(body, dict) or not body.get("contents"):
+            self._json(
+                400,
+                {
+                    "error": {
+                        "code": 400,
+                        "message": "contents is required",
+                        "status": "INVALID_ARGUMENT",
+                    }
+                },
+            )
+            return
+        image = base64.b64encode(png(64, 64)).decode()
+        self._json(
+            200,
+            {
+                "candidates": [
+                    {
+                        "content": {
+                            "role": "model",
+                            "parts": [
+                                {"text": "Here is your image."},
+                                {"inlineData": {"mimeType": "image/png", "data": image}},
+                            ],
+                        },
+                        "finishReason": "STOP",
+                    }
+                ],
+                "usageMetadata": {
+                    "promptTokenCount": 9,
+                    "candidatesTokenCount": 1290,
+                    "totalTokenCount": 1299,
+                },
+                "modelVersion": "gemini-2.5-flash-image",
+            },
         )
 
     def _generate(self, body: Any, model: str) -> None:
@@ -220,6 +398,10 @@ class FakeUpstream:
         self.delay = delay
         self.requests: list[Recorded] = []
         self.files: dict[str, tuple[bytes, str]] = {}
+        # Streams send their final event once this is set; set unless a test holds it.
+        self.final_held = threading.Event()
+        self.final_held.set()
+        self.final_sent = threading.Event()
         self._script: list[Misbehave] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), _Handler)
@@ -249,6 +431,23 @@ class FakeUpstream:
     def next_behaviour(self) -> Misbehave | None:
         with self._lock:
             return self._script.pop(0) if self._script else None
+
+
+def _form_fields(raw: bytes, content_type: str) -> dict[str, str]:
+    """The text fields of a multipart body (files are left out)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
+    fields = {}
+    for part in message.iter_parts():
+        if part.get_filename() is None:
+            fields[str(part.get_param("name", header="content-disposition"))] = str(
+                part.get_content()
+            )
+    return fields
 
 
 def main() -> None:

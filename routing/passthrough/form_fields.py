@@ -1,0 +1,87 @@
+"""The small text fields of a multipart body, read as the body streams through untouched.
+
+An image edit names its model, n, size and quality in text parts that may come before or
+after megabytes of image parts; the parser sees every chunk once and keeps only text parts
+of at most a kilobyte, so pricing an edit costs no copy of its images.
+"""
+
+from __future__ import annotations
+
+from email.message import Message
+
+from python_multipart.multipart import MultipartParser
+
+MAX_FIELD_BYTES = 1024
+MAX_FIELDS = 64
+
+
+def boundary_of(content_type: str) -> bytes | None:
+    message = Message()
+    message["content-type"] = content_type
+    if message.get_content_type() != "multipart/form-data":
+        return None
+    boundary = message.get_param("boundary")
+    return boundary.encode("latin-1") if isinstance(boundary, str) and boundary else None
+
+
+class FormFieldSniffer:
+    """Feed it the body's chunks; `fields` holds the text parts seen so far."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.fields: dict[str, str] = {}
+        self.failed = False
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._disposition = ""
+        self._value = bytearray()
+        self._too_long = False
+        self._parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value_data,
+                "on_header_end": self._header_end,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
+
+    def feed(self, chunk: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            self._parser.write(chunk)
+        except Exception:  # noqa: BLE001 - a malformed form is the upstream's to judge
+            self.failed = True
+
+    def _part_begin(self) -> None:
+        self._disposition, self._value, self._too_long = "", bytearray(), False
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if bytes(self._header_name).lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value).decode("latin-1")
+        self._header_name, self._header_value = bytearray(), bytearray()
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._too_long:
+            return
+        if len(self._value) + end - start > MAX_FIELD_BYTES:
+            self._too_long, self._value = True, bytearray()
+            return
+        self._value += data[start:end]
+
+    def _part_end(self) -> None:
+        message = Message()
+        message["content-disposition"] = self._disposition
+        name = message.get_param("name", header="content-disposition")
+        is_file = message.get_param("filename", header="content-disposition") is not None
+        keep = isinstance(name, str) and not is_file and not self._too_long
+        if keep and len(self.fields) < MAX_FIELDS:
+            self.fields.setdefault(str(name), bytes(self._value).decode("utf-8", "replace"))

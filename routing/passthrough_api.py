@@ -1,0 +1,94 @@
+"""Passthrough routes: `/{provider}/{path}` relays a native call to a provider, untouched."""
+
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from django.http import StreamingHttpResponse
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
+
+from routing.metered import MeteredView
+from routing.passthrough import headers as header_rules
+from routing.passthrough.service import IncomingBody, ProxiedResponse, proxy
+from tenants.authentication import NativeApiKeyAuthentication
+from tenants.permissions import request_principal
+
+
+class _JsonErrorsOnly(BaseContentNegotiation):
+    """The gateway's own answers are JSON whatever the caller accepts (`Accept: image/*`)."""
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
+
+    def select_parser(self, request: Request, parsers: Iterable[Any]) -> Any:
+        return None
+
+
+def _raw_path_below(request: Request, provider: str) -> str:
+    """The path after /{provider} as the caller wrote it (percent-encodings kept)."""
+    raw_uri = request.META.get("RAW_URI") or request.META.get("REQUEST_URI") or ""
+    raw = urlsplit(raw_uri).path if raw_uri else ""
+    script = request.META.get("SCRIPT_NAME", "")
+    if script and raw.startswith(script):
+        raw = raw[len(script) :]
+    prefix = f"/{provider}"
+    if raw == prefix or raw.startswith(prefix + "/"):
+        return raw[len(prefix) :] or "/"
+    # No raw URI from this server (the development server): re-encode the decoded path.
+    return quote(request.path_info[len(prefix) :] or "/", safe="/:@!$&'()*+,;=-._~")
+
+
+def _incoming_body(request: Request) -> IncomingBody:
+    environ = request._request.META
+    declared = environ.get("CONTENT_LENGTH")
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if declared:
+        length: int | None = int(declared)
+        read = request._request.read  # Django's stream, limited to Content-Length
+    elif chunked:
+        length, read = None, environ["wsgi.input"].read  # the server de-chunks
+    else:
+        length, read = 0, request._request.read
+    return IncomingBody(read=read, length=length, content_type=environ.get("CONTENT_TYPE", ""))
+
+
+def _streaming_response(proxied: ProxiedResponse, credential_name: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(proxied.body, status=proxied.status)
+    del response["Content-Type"]  # only the upstream's, if it sent one
+    for name, value in proxied.headers:
+        if name.lower() == "set-cookie":
+            response.cookies.load(value)
+        elif name.lower() == "x-request-id":
+            response["x-upstream-request-id"] = value  # x-request-id is the gateway's
+        elif name in response:
+            response[name] = f"{response[name]}, {value}"
+        else:
+            response[name] = value
+    response["x-aperture-passthrough"] = credential_name
+    return response
+
+
+class PassthroughView(MeteredView):
+    endpoint = "passthrough"
+    authentication_classes = [NativeApiKeyAuthentication]
+    content_negotiation_class = _JsonErrorsOnly
+
+    def relay(self, request: Request, provider: str, path: str = "") -> StreamingHttpResponse:
+        proxied = proxy(
+            principal=request_principal(request),
+            meter=self.meter,
+            credential_name=provider,
+            method=request.method or "GET",
+            raw_path=_raw_path_below(request, provider),
+            query_string=request.META.get("QUERY_STRING", ""),
+            caller_headers=header_rules.caller_headers(request.META),
+            body=_incoming_body(request),
+        )
+        return _streaming_response(proxied, provider)
+
+    get = post = put = patch = delete = head = options = relay  # type: ignore[assignment]

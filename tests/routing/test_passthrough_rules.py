@@ -1,0 +1,229 @@
+"""Passthrough's pure rules: paths that may not escape, headers that cross, images counted."""
+
+import base64
+import gzip
+import json
+
+import pytest
+
+from aperture.errors import InvalidRequest, PermissionError_
+from routing.passthrough import image_routes
+from routing.passthrough.form_fields import FormFieldSniffer, boundary_of
+from routing.passthrough.headers import caller_response_headers, upstream_request_headers
+from routing.passthrough.paths import check_allowed, forwarded_query, parse_path, upstream_url
+
+BASE = "https://api.example.com"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/v1/../admin",
+        "/..",
+        "/v1/%2e%2e/secrets",
+        "/v1/%2E%2E%2Fsecrets",
+        "/v1/images/..%2F..%2Ffiles",
+        "/./v1",
+        "/v1/%5C..%5Cx",
+        "/v1/a%00b",
+        "/v1/%ff",
+    ],
+)
+def test_paths_that_could_walk_out_of_the_root_are_refused(raw: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse_path(raw)
+    assert refused.value.code == "invalid_path"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("/@evil.example/x", f"{BASE}/@evil.example/x"),
+        ("/http://evil.example/x", f"{BASE}/http://evil.example/x"),
+        ("//evil.example/x", f"{BASE}//evil.example/x"),
+        ("/v1/a%2Fb", f"{BASE}/v1/a%2Fb"),
+        ("/v1beta/models/gemini-2.5-flash-image:generateContent", None),
+        ("/v1/with space", f"{BASE}/v1/with%20space"),
+        ("/v1/a?b", f"{BASE}/v1/a%3Fb"),
+        ("/v1/a#b", f"{BASE}/v1/a%23b"),
+    ],
+)
+def test_tricks_in_the_path_never_change_the_upstream_host(raw: str, expected: str | None) -> None:
+    url = upstream_url(BASE, parse_path(raw), "")
+    assert url == (expected or BASE + raw)
+    assert url.startswith(BASE + "/")
+
+
+def test_the_query_is_forwarded_as_sent_less_the_gateway_key() -> None:
+    assert (
+        forwarded_query("alt=sse&key=apk_x_y&b=%2F&keyword=1&k%65y=z") == "alt=sse&b=%2F&keyword=1"
+    )
+    url = upstream_url(BASE + "/", parse_path("/v1/x"), "a=1&key=secret")
+    assert url == f"{BASE}/v1/x?a=1"
+
+
+def test_allowed_prefixes_match_whole_segments() -> None:
+    prefixes = ["/v1/images/", "/v1beta/models"]
+    for allowed in ("/v1/images/generations", "/v1/images", "/v1beta/models/x:generateContent"):
+        check_allowed(parse_path(allowed), prefixes, "openai")
+    for refused in ("/v1/imagesX", "/v1/files", "/v1beta/modelsX", "//v1/images/x", "/"):
+        with pytest.raises(PermissionError_):
+            check_allowed(parse_path(refused), prefixes, "openai")
+    check_allowed(parse_path("/anything/at/all"), [], "openai")
+
+
+def test_upstream_headers_lose_the_callers_key_and_hop_by_hop_ones() -> None:
+    incoming = [
+        ("Authorization", "Bearer apk_caller"),
+        ("Api-Key", "apk_caller"),
+        ("X-Api-Key", "apk_caller"),
+        ("X-Goog-Api-Key", "apk_caller"),
+        ("Connection", "keep-alive, X-Private"),
+        ("X-Private", "hop"),
+        ("Keep-Alive", "timeout=5"),
+        ("Transfer-Encoding", "chunked"),
+        ("Host", "gateway.example"),
+        ("Cookie", "sessionid=operator"),
+        ("Content-Type", "application/json"),
+        ("Accept", "image/*"),
+        ("X-Custom", "kept"),
+    ]
+    headers = upstream_request_headers(
+        incoming, injected={"x-goog-api-key": "provider-secret", "X-Org": "o1"}
+    )
+    assert headers == {
+        "Content-Type": "application/json",
+        "Accept": "image/*",
+        "X-Custom": "kept",
+        "x-goog-api-key": "provider-secret",
+        "X-Org": "o1",
+    }
+
+
+def test_response_headers_lose_hop_by_hop_ones_only() -> None:
+    upstream = [
+        ("Content-Type", "text/event-stream"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "close"),
+        ("Set-Cookie", "a=1"),
+        ("x-ratelimit-remaining", "9"),
+    ]
+    assert caller_response_headers(upstream) == [
+        ("Content-Type", "text/event-stream"),
+        ("Set-Cookie", "a=1"),
+        ("x-ratelimit-remaining", "9"),
+    ]
+
+
+def test_image_routes_are_recognised_per_provider() -> None:
+    recognise = image_routes.recognise
+    assert recognise("openai", "POST", "/v1/images/edits") == image_routes.ImageRoute(
+        "openai", "openai"
+    )
+    assert recognise("azure", "POST", "/openai/deployments/gpt-image-1/images/generations") == (
+        image_routes.ImageRoute("azure", "openai", path_model="gpt-image-1")
+    )
+    assert recognise("gemini", "POST", "/v1beta/models/gemini-2.5-flash-image:generateContent") == (
+        image_routes.ImageRoute("gemini", "gemini", path_model="gemini-2.5-flash-image")
+    )
+    assert recognise("openai", "GET", "/v1/images/generations") is None
+    assert recognise("openai", "POST", "/v1/chat/completions") is None
+    assert recognise("stability", "POST", "/v1/images/generations") is None
+
+
+def _tally(route: image_routes.ImageRoute, content_type: str, encoding: str = "", cap: int = 10**6):
+    return image_routes.ResponseTally(
+        route=route, content_type=content_type, content_encoding=encoding, cap=cap
+    )
+
+
+def test_a_gzipped_json_response_is_counted_in_any_chunking() -> None:
+    route = image_routes.ImageRoute("openai", "openai")
+    body = json.dumps(
+        {
+            "data": [{"b64_json": "aGk="}, {"b64_json": "aGk="}],
+            "size": "1024x1536",
+            "quality": "high",
+            "usage": {"input_tokens": 3, "output_tokens": 400},
+        }
+    ).encode()
+    packed = gzip.compress(body)
+    tally = _tally(route, "application/json", "gzip")
+    for start in range(0, len(packed), 7):
+        tally.feed(packed[start : start + 7])
+    counted = tally.result()
+    assert counted is not None
+    assert (counted.images, counted.size, counted.quality) == (2, "1024x1536", "high")
+    assert (counted.input_tokens, counted.output_tokens) == (3, 400)
+
+
+def test_an_event_stream_counts_completed_images_not_partials() -> None:
+    route = image_routes.ImageRoute("openai", "openai")
+    partial = {"type": "image_generation.partial_image", "b64_json": "x" * 5000}
+    done = {"type": "image_generation.completed", "b64_json": "y", "usage": {"output_tokens": 7}}
+    stream = (
+        f"event: image_generation.partial_image\ndata: {json.dumps(partial)}\n\n"
+        f"data: {json.dumps(done)}\r\n\r\n"
+        f"event: image_generation.completed\ndata: {json.dumps(done)}\n\n"
+        "data: [DONE]\n\n"
+    ).encode()
+    tally = _tally(route, "text/event-stream; charset=utf-8")
+    for start in range(0, len(stream), 100):
+        tally.feed(stream[start : start + 100])
+    counted = tally.result()
+    assert counted is not None
+    assert (counted.images, counted.output_tokens) == (2, 14)
+
+
+def test_gemini_images_are_the_inline_image_parts() -> None:
+    route = image_routes.ImageRoute("gemini", "gemini", "gemini-2.5-flash-image")
+    image = base64.b64encode(b"png").decode()
+    body = {
+        "candidates": [
+            {
+                "content": {
+                    "parts": [
+                        {"text": "hi"},
+                        {"inlineData": {"mimeType": "image/png", "data": image}},
+                    ]
+                }
+            },
+            {"content": {"parts": [{"inline_data": {"mime_type": "image/jpeg", "data": image}}]}},
+        ],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 1290},
+    }
+    counted = image_routes.count_json_body(route, json.dumps(body).encode())
+    assert counted is not None
+    assert (counted.images, counted.input_tokens, counted.output_tokens) == (2, 5, 1290)
+
+
+def test_a_response_over_the_cap_is_not_measured() -> None:
+    tally = _tally(image_routes.ImageRoute("openai", "openai"), "application/json", cap=10)
+    tally.feed(b'{"data": [{"b64_json": "aGk="}]}')
+    assert tally.result() is None
+    assert (
+        _tally(image_routes.ImageRoute("openai", "openai"), "application/json", "br").result()
+        is None
+    )
+
+
+def test_form_fields_are_read_from_a_multipart_body_in_any_chunking() -> None:
+    boundary = "----b0undary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n{'P' * 5000}\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="n"\r\n\r\n3\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    parsed = boundary_of(f"multipart/form-data; boundary={boundary}")
+    assert parsed == boundary.encode()
+    sniffer = FormFieldSniffer(parsed)
+    for start in range(0, len(body), 13):
+        sniffer.feed(body[start : start + 13])
+    assert sniffer.fields == {"model": "gpt-image-1", "n": "3"}
+    route = image_routes.ImageRoute("openai", "openai")
+    assert image_routes.request_facts(route, sniffer.fields) == image_routes.RequestFacts(
+        model="gpt-image-1", n=3
+    )
+    assert boundary_of("application/json") is None
