@@ -4,8 +4,11 @@ Starts the fake OpenAI upstream and the gateway (gunicorn, gevent workers, Postg
 Redis on 127.0.0.1) as their own processes, then measures on loopback:
   1. p50/p99 latency and requests/s at concurrency 1, 16 and 64 (256x256 image, n=1),
      against the gateway and against the fake upstream directly, in the same run;
-  2. 1,000 concurrent requests against a 5-second upstream: successes, wall time and the
-     gateway's peak memory (RSS of the gunicorn master and workers).
+  2. the billing path and the budget race;
+  3. 1,000 concurrent requests against a 5-second upstream: successes, wall time and the
+     gateway's peak memory (RSS of the gunicorn master and workers);
+  4. passthrough: added latency at concurrency 1 and 64, and a 100 MB response relayed.
+`python -m bench --only passthrough` runs one section.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import requests
 
 from bench.loadgen import run
+from bench.passthrough import run_passthrough
 from bench.seed import RACE_IMAGES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +97,7 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=1000, help="concurrent 5-s requests")
     parser.add_argument("--race", type=int, default=1000, help="concurrent requests in the race")
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
+    parser.add_argument("--only", choices=["core", "passthrough"], help="run one section")
     args = parser.parse_args()
 
     upstream_port, gateway_port = 9741, 9742
@@ -142,138 +148,152 @@ def main() -> None:
         processes.append(gateway)
         _wait(f"{gateway_url}/healthz")
         _wait(f"{upstream_url}/files/none")
-        auth = {"Authorization": f"Bearer {key}"}
 
         print(
             f"# Aperture benchmark — {args.workers} gevent worker(s), 2 cores shared with the "
             "load generator and the fake upstream\n"
         )
-        print("## Latency and throughput (256x256 PNG, n=1)")
-        levels = [(1, 300), (16, 2000), (64, 4000)]
-        if args.quick:
-            levels = [(1, 100), (16, 500), (64, 1000)]
-        figures = {}
-        for concurrency, total in levels:
-            run(
-                f"{gateway_url}/v1/images/generations",
-                BODY,
-                auth,
-                concurrency=concurrency,
-                total=50,
-            )
-            direct = run(
-                f"{upstream_url}/v1/images/generations",
-                DIRECT_BODY,
-                {},
-                concurrency=concurrency,
-                total=total,
-            )
-            via = run(
-                f"{gateway_url}/v1/images/generations",
-                BODY,
-                auth,
-                concurrency=concurrency,
-                total=total,
-            )
-            figures[concurrency] = (direct, via)
-            print(f"c={concurrency:<3} direct : {direct.summary()}")
-            print(f"c={concurrency:<3} gateway: {via.summary()}")
-        direct1, via1 = figures[1]
-        added_p50 = (via1.percentile(50) - direct1.percentile(50)) * 1000
-        added_p99 = (via1.percentile(99) - direct1.percentile(99)) * 1000
-        print(f"\nadded latency at c=1: p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms")
-        via64 = figures[64][1]
-        print(f"gateway throughput at c=64: {len(via64.latencies) / via64.wall:.0f} req/s")
-
-        print(
-            "\n## Billing path: 3 nested budgets (reserve + settle on each) vs none (record only)"
-        )
-        for concurrency, total in levels[::2]:
-            plain = run(
-                f"{gateway_url}/v1/images/generations",
-                BODY,
-                auth,
-                concurrency=concurrency,
-                total=total,
-            )
-            budgeted = run(
-                f"{gateway_url}/v1/images/generations",
-                BODY,
-                {"Authorization": f"Bearer {seeded['budgeted']}"},
-                concurrency=concurrency,
-                total=total,
-            )
-            print(f"c={concurrency:<3} no budget: {plain.summary()}")
-            print(f"c={concurrency:<3} 3 budgets: {budgeted.summary()}")
-            extra = (budgeted.percentile(50) - plain.percentile(50)) * 1000
-            print(f"c={concurrency:<3} budgets add p50 {extra:.2f} ms")
-
-        print(
-            f"\n## The race: {args.race} concurrent requests, budget for {RACE_IMAGES} images, "
-            "upstream 200 ms"
-        )
-        requests.post(f"{upstream_url}/_control/delay", json={"delay": 0.2}, timeout=5)
-        race = run(
-            f"{gateway_url}/v1/images/generations",
-            BODY,
-            {"Authorization": f"Bearer {seeded['race']}"},
-            concurrency=args.race,
-            total=args.race,
-        )
-        with psycopg.connect(env["DATABASE_URL"]) as conn:
-            budget_row = conn.execute(
-                "SELECT used_micro, reserved_micro FROM billing_budget b JOIN tenants_apikey k "
-                "ON b.key_id = k.id WHERE k.name = 'race'"
-            ).fetchone()
-            records_row = conn.execute(
-                "SELECT count(*), coalesce(sum(cost_micro), 0) FROM billing_usagerecord u "
-                "JOIN tenants_apikey k ON u.key_id = k.id WHERE k.name = 'race' AND u.status = 200"
-            ).fetchone()
-        assert budget_row is not None and records_row is not None
-        used, reserved = budget_row
-        records = records_row
-        exact = race.ok == RACE_IMAGES and used == records[1] == RACE_IMAGES * seeded["price_micro"]
-        print(
-            f"served {race.ok}, refused {race.statuses.get(402, 0)}, other {race.statuses}; "
-            f"wall {race.wall:.2f} s"
-        )
-        print(
-            f"budget used {used} µUSD, reserved {reserved}; usage records {records[0]} "
-            f"summing {records[1]} µUSD -> {'EXACT' if exact else 'NOT EXACT'}"
-        )
-
-        print(f"\n## {args.slow} concurrent requests against a 5-second upstream")
-        requests.post(f"{upstream_url}/_control/delay", json={"delay": 5}, timeout=5)
-        peak = [0.0]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], _rss_mb(gateway.pid))
-                time.sleep(0.1)
-
-        before = _rss_mb(gateway.pid)
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        slow = run(
-            f"{gateway_url}/v1/images/generations",
-            BODY,
-            auth,
-            concurrency=args.slow,
-            total=args.slow,
-        )
-        stop.set()
-        sampler.join()
-        print(f"succeeded {slow.ok}/{args.slow}; statuses {slow.statuses}")
-        p50, p99 = slow.percentile(50), slow.percentile(99)
-        print(f"wall time {slow.wall:.2f} s; p50 {p50:.2f} s, p99 {p99:.2f} s")
-        print(f"gateway memory: {before:.0f} MB before, peak {peak[0]:.0f} MB during")
+        if args.only != "passthrough":
+            _core(args, gateway, gateway_url, upstream_url, seeded)
+        if args.only != "core":
+            requests.post(f"{upstream_url}/_control/delay", json={"delay": 0}, timeout=5)
+            run_passthrough(gateway_url, upstream_url, key, quick=args.quick)
     finally:
         for process in processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
         for process in processes:
             process.wait(timeout=30)
+
+
+def _core(
+    args: argparse.Namespace,
+    gateway: subprocess.Popen[bytes],
+    gateway_url: str,
+    upstream_url: str,
+    seeded: dict[str, Any],
+) -> None:
+    """Sections 1-3: the OpenAI-compatible route, billing, the race, slow upstreams."""
+    database_url = f"{PG}/{DB_NAME}"
+    auth = {"Authorization": f"Bearer {seeded['plain']}"}
+    print("## Latency and throughput (256x256 PNG, n=1)")
+    levels = [(1, 300), (16, 2000), (64, 4000)]
+    if args.quick:
+        levels = [(1, 100), (16, 500), (64, 1000)]
+    figures = {}
+    for concurrency, total in levels:
+        run(
+            f"{gateway_url}/v1/images/generations",
+            BODY,
+            auth,
+            concurrency=concurrency,
+            total=50,
+        )
+        direct = run(
+            f"{upstream_url}/v1/images/generations",
+            DIRECT_BODY,
+            {},
+            concurrency=concurrency,
+            total=total,
+        )
+        via = run(
+            f"{gateway_url}/v1/images/generations",
+            BODY,
+            auth,
+            concurrency=concurrency,
+            total=total,
+        )
+        figures[concurrency] = (direct, via)
+        print(f"c={concurrency:<3} direct : {direct.summary()}")
+        print(f"c={concurrency:<3} gateway: {via.summary()}")
+    direct1, via1 = figures[1]
+    added_p50 = (via1.percentile(50) - direct1.percentile(50)) * 1000
+    added_p99 = (via1.percentile(99) - direct1.percentile(99)) * 1000
+    print(f"\nadded latency at c=1: p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms")
+    via64 = figures[64][1]
+    print(f"gateway throughput at c=64: {len(via64.latencies) / via64.wall:.0f} req/s")
+
+    print("\n## Billing path: 3 nested budgets (reserve + settle on each) vs none (record only)")
+    for concurrency, total in levels[::2]:
+        plain = run(
+            f"{gateway_url}/v1/images/generations",
+            BODY,
+            auth,
+            concurrency=concurrency,
+            total=total,
+        )
+        budgeted = run(
+            f"{gateway_url}/v1/images/generations",
+            BODY,
+            {"Authorization": f"Bearer {seeded['budgeted']}"},
+            concurrency=concurrency,
+            total=total,
+        )
+        print(f"c={concurrency:<3} no budget: {plain.summary()}")
+        print(f"c={concurrency:<3} 3 budgets: {budgeted.summary()}")
+        extra = (budgeted.percentile(50) - plain.percentile(50)) * 1000
+        print(f"c={concurrency:<3} budgets add p50 {extra:.2f} ms")
+
+    print(
+        f"\n## The race: {args.race} concurrent requests, budget for {RACE_IMAGES} images, "
+        "upstream 200 ms"
+    )
+    requests.post(f"{upstream_url}/_control/delay", json={"delay": 0.2}, timeout=5)
+    race = run(
+        f"{gateway_url}/v1/images/generations",
+        BODY,
+        {"Authorization": f"Bearer {seeded['race']}"},
+        concurrency=args.race,
+        total=args.race,
+    )
+    with psycopg.connect(database_url) as conn:
+        budget_row = conn.execute(
+            "SELECT used_micro, reserved_micro FROM billing_budget b JOIN tenants_apikey k "
+            "ON b.key_id = k.id WHERE k.name = 'race'"
+        ).fetchone()
+        records_row = conn.execute(
+            "SELECT count(*), coalesce(sum(cost_micro), 0) FROM billing_usagerecord u "
+            "JOIN tenants_apikey k ON u.key_id = k.id WHERE k.name = 'race' AND u.status = 200"
+        ).fetchone()
+    assert budget_row is not None and records_row is not None
+    used, reserved = budget_row
+    records = records_row
+    exact = race.ok == RACE_IMAGES and used == records[1] == RACE_IMAGES * seeded["price_micro"]
+    print(
+        f"served {race.ok}, refused {race.statuses.get(402, 0)}, other {race.statuses}; "
+        f"wall {race.wall:.2f} s"
+    )
+    print(
+        f"budget used {used} µUSD, reserved {reserved}; usage records {records[0]} "
+        f"summing {records[1]} µUSD -> {'EXACT' if exact else 'NOT EXACT'}"
+    )
+
+    print(f"\n## {args.slow} concurrent requests against a 5-second upstream")
+    requests.post(f"{upstream_url}/_control/delay", json={"delay": 5}, timeout=5)
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb(gateway.pid))
+            time.sleep(0.1)
+
+    before = _rss_mb(gateway.pid)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    slow = run(
+        f"{gateway_url}/v1/images/generations",
+        BODY,
+        auth,
+        concurrency=args.slow,
+        total=args.slow,
+    )
+    stop.set()
+    sampler.join()
+    print(f"succeeded {slow.ok}/{args.slow}; statuses {slow.statuses}")
+    p50, p99 = slow.percentile(50), slow.percentile(99)
+    print(f"wall time {slow.wall:.2f} s; p50 {p50:.2f} s, p99 {p99:.2f} s")
+    print(f"gateway memory: {before:.0f} MB before, peak {peak[0]:.0f} MB during")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ def main() -> None:
         provider="openai",
         base_url=upstream,
         secret="sk-bench-upstream",  # noqa: S106 - the fake checks no key
+        passthrough_enabled=True,  # /fake/{path} for the passthrough section
     )
     alias = routing.alias_create(actor=actor, name="bench-image")
     routing.deployment_create(

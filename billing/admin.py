@@ -138,7 +138,7 @@ class UsageRecordAdmin(_ReadOnly):
         "workspace",
         "team",
         "key",
-        "alias",
+        "route",
         "provider",
         "upstream_model",
         "status",
@@ -149,13 +149,18 @@ class UsageRecordAdmin(_ReadOnly):
     ]
     list_filter = ["status", "endpoint", "provider", "workspace", "created_at"]
     list_select_related = ["workspace", "team", "key"]
-    search_fields = ["request_id", "alias", "upstream_model", "key__public_id"]
+    search_fields = ["request_id", "alias", "upstream_model", "key__public_id", "path"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # no COUNT(*) over a big table on every page
 
     @admin.display(description="Cost", ordering="cost_micro")
     def cost(self, obj: UsageRecord) -> str:
         return usd(obj.cost_micro)
+
+    @admin.display(description="Alias or path")
+    def route(self, obj: UsageRecord) -> str:
+        """The alias of an inference call; the native method and path of a passthrough call."""
+        return obj.alias or (f"{obj.method} {obj.path}" if obj.path else "")
 
 
 @admin.register(DailyUsage)

@@ -160,10 +160,11 @@ class Relay:
     def _relay(self) -> Iterator[bytes]:
         try:
             for chunk in _read_chunks(self.upstream):
+                yield chunk
+                # Counted once the server asks for more: only then was this chunk written.
                 self.meter.bytes_out += len(chunk)
                 if self.tally is not None:
                     self.tally.feed(chunk)
-                yield chunk
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             self._outcome = "upstream_stream_broken"
             logger.warning("passthrough stream from upstream broke: %s", type(exc).__name__)

@@ -17,6 +17,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import socket
 import struct
 import threading
@@ -287,9 +288,10 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._chunk(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
         fake.final_held.wait(timeout=10)
+        image = os.urandom(fake.final_bytes) if fake.final_bytes else png(width, height)
         final = {
             "type": "image_generation.completed",
-            "b64_json": base64.b64encode(png(width, height)).decode(),
+            "b64_json": base64.b64encode(image).decode(),
             "created_at": int(time.time()),
             "output_format": "png",
             "usage": {
@@ -402,6 +404,8 @@ class FakeUpstream:
         self.final_held = threading.Event()
         self.final_held.set()
         self.final_sent = threading.Event()
+        # Random bytes as the final image instead of a PNG: more than any socket buffer holds.
+        self.final_bytes = 0
         self._script: list[Misbehave] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), _Handler)

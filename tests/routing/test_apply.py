@@ -271,3 +271,49 @@ def test_bad_tenancy_entries_change_nothing_and_name_the_line(
     assert message.replace("line 2", "line 5") in str(error.value)
     assert not Budget.objects.exists()
     assert not ProviderCredential.objects.exists()
+
+
+PASSTHROUGH = """\
+credentials:
+  - name: gemini
+    provider: gemini
+    secret_env: APPLY_TEST_OPENAI_KEY
+    passthrough: true
+    passthrough_paths: ["/v1beta/models/"]
+  - name: openai-main
+    provider: openai
+    secret_env: APPLY_TEST_OPENAI_KEY
+"""
+
+
+def test_passthrough_and_its_paths_are_set_from_the_file(tmp_path: Path, db: None) -> None:
+    _apply(tmp_path, PASSTHROUGH)
+    rows = ProviderCredential.objects.order_by("name").values_list(
+        "name", "passthrough_enabled", "passthrough_path_prefixes"
+    )
+    assert list(rows) == [("gemini", True, ["/v1beta/models/"]), ("openai-main", False, [])]
+    closed = PASSTHROUGH.replace("passthrough: true", "passthrough: false")
+    assert _apply(tmp_path, closed).splitlines()[-1] == "1 change(s); changed."
+    assert not ProviderCredential.objects.get(name="gemini").passthrough_enabled
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        ('["/v1beta/models/"]', "must start with '/'"),
+        ("passthrough: true", "sets both 'passthrough' and 'passthrough_enabled'"),
+    ],
+)
+def test_bad_passthrough_settings_change_nothing_and_name_the_line(
+    tmp_path: Path, db: None, replace: str, message: str
+) -> None:
+    text = PASSTHROUGH.replace(
+        replace,
+        '["v1beta/models/"]' if replace.startswith("[") else "passthrough: true\n"
+        "    passthrough_enabled: true",
+    )
+    with pytest.raises(CommandError) as error:
+        _apply(tmp_path, text)
+    assert message in str(error.value)
+    assert "line 2" in str(error.value)
+    assert not ProviderCredential.objects.exists()

@@ -111,6 +111,7 @@ def test_a_json_call_reaches_the_upstream_byte_for_byte_with_the_providers_key_o
         body,
     )
     assert call.headers["authorization"] == f"Bearer {UPSTREAM_SECRET}"
+    assert call.headers["host"] == urlsplit(fake_upstream.url).netloc
     assert call.headers["x-custom"] == "kept"
     assert call.headers["content-length"] == str(len(body))
     assert api_key.secret not in repr(call)
@@ -233,6 +234,66 @@ def test_the_official_sdk_streams_through_passthrough_as_events_arrive(
         42_300,
         "",
     )
+
+
+def test_a_client_that_disconnects_mid_stream_frees_the_worker_and_pays_for_what_it_got(
+    gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
+) -> None:
+    open_credential(fake_upstream)
+    fake_upstream.final_held.clear()
+    fake_upstream.final_bytes = 16 * 1024 * 1024  # cannot vanish into socket buffers
+    response = requests.post(
+        f"{gateway}/openai/v1/images/generations",
+        json={"model": "gpt-image-1", "prompt": "a fox", "stream": True, "partial_images": 1},
+        headers=bearer(api_key),
+        stream=True,
+        timeout=30,
+    )
+    first = next(response.iter_lines())
+    assert first == b"event: image_generation.partial_image"
+    response.close()  # the caller goes away before the image is done
+    fake_upstream.final_held.set()
+    record = the_record()
+    assert (record.status, record.error_code, record.images, record.cost_micro) == (
+        200,
+        "client_disconnected",
+        0,
+        0,
+    )
+    assert 0 < record.bytes_out
+    # The worker is free: the next call is served at once.
+    assert requests.get(f"{gateway}/openai/v1/x", headers=bearer(api_key), timeout=10).ok
+
+
+@pytest.mark.parametrize(
+    ("provider", "header", "value"),
+    [
+        (Provider.OPENAI, "authorization", f"Bearer {UPSTREAM_SECRET}"),
+        (Provider.AZURE, "api-key", UPSTREAM_SECRET),
+        (Provider.GEMINI, "x-goog-api-key", UPSTREAM_SECRET),
+        (Provider.SEEDREAM, "authorization", f"Bearer {UPSTREAM_SECRET}"),
+        (Provider.XAI, "authorization", f"Bearer {UPSTREAM_SECRET}"),
+        (Provider.OPENROUTER, "authorization", f"Bearer {UPSTREAM_SECRET}"),
+        (Provider.STABILITY, "authorization", f"Bearer {UPSTREAM_SECRET}"),
+        (Provider.BFL, "x-key", UPSTREAM_SECRET),
+        (Provider.REPLICATE, "authorization", f"Bearer {UPSTREAM_SECRET}"),
+    ],
+)
+def test_each_provider_gets_its_credential_in_its_own_scheme(
+    gateway: Server,
+    api_key: CreatedKey,
+    fake_upstream: FakeUpstream,
+    provider: str,
+    header: str,
+    value: str,
+) -> None:
+    open_credential(fake_upstream, name="up", provider=provider)
+    response = requests.get(f"{gateway}/up/v1/x", headers={"x-api-key": api_key.secret}, timeout=30)
+    assert response.status_code == 200, response.text
+    (call,) = fake_upstream.requests
+    assert call.headers[header] == value
+    credential_headers = {"authorization", "api-key", "x-goog-api-key", "x-key", "x-api-key"}
+    assert set(call.headers) & credential_headers == {header}
 
 
 def test_a_path_outside_the_allowed_prefixes_is_refused_before_the_upstream(
@@ -581,6 +642,16 @@ def test_a_credential_named_after_a_gateway_route_is_refused(name: str) -> None:
         routing_services.credential_create(
             actor=ACTOR, name=name, provider=Provider.OPENAI, secret="sk", passthrough_enabled=True
         )
+
+
+def test_the_local_provider_has_nothing_to_pass_through_to(
+    gateway: Server, api_key: CreatedKey
+) -> None:
+    routing_services.credential_create(
+        actor=ACTOR, name="here", provider=Provider.LOCAL, secret="", passthrough_enabled=True
+    )
+    response = requests.get(f"{gateway}/here/v1/x", headers=bearer(api_key), timeout=30)
+    assert_error(response, 400, "unsupported")
 
 
 def test_path_prefixes_must_be_absolute_paths() -> None:

@@ -184,3 +184,39 @@ def test_the_admin_lists_run_a_bounded_number_of_queries(
     ):
         with django_assert_max_num_queries(12):
             assert admin_client.get(reverse(f"admin:{name}_changelist")).status_code == 200
+
+
+def test_passthrough_and_its_path_prefixes_are_edited_in_the_admin(admin_client: Client) -> None:
+    form = {
+        "name": "gemini",
+        "provider": "gemini",
+        "base_url": "",
+        "secret": "g" * 20,
+        "api_version": "",
+        "extra_headers": "{}",
+        "passthrough_enabled": "on",
+        "passthrough_path_prefixes": '["v1beta/models/"]',
+        "enabled": "on",
+    }
+    add_url = reverse("admin:routing_providercredential_add")
+    refused = admin_client.post(add_url, form)
+    assert refused.status_code == 200
+    assert "must be an absolute path" in refused.content.decode()
+    assert not ProviderCredential.objects.exists()
+
+    saved = admin_client.post(add_url, {**form, "passthrough_path_prefixes": '["/v1beta/"]'})
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    credential = ProviderCredential.objects.get(name="gemini")
+    assert (credential.passthrough_enabled, credential.passthrough_path_prefixes) == (
+        True,
+        ["/v1beta/"],
+    )
+    change_url = reverse("admin:routing_providercredential_change", args=[credential.pk])
+    closed = {**form, "secret": "", "passthrough_path_prefixes": "[]"}
+    del closed["passthrough_enabled"]
+    assert admin_client.post(change_url, closed).status_code == 302
+    credential.refresh_from_db()
+    assert (credential.passthrough_enabled, credential.passthrough_path_prefixes) == (False, [])
+    assert AuditEvent.objects.filter(
+        target_id=credential.public_id, event="credential.updated"
+    ).exists()
