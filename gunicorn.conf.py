@@ -16,7 +16,8 @@ graceful_timeout = 30
 keepalive = 5
 preload_app = False
 accesslog = os.environ.get("APERTURE_ACCESS_LOG", "-")
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+# The path without its query string: native clients may send their gateway key as ?key=.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 # Headers and request lines far above anything legitimate are refused by gunicorn itself.
 limit_request_field_size = 16384

@@ -46,6 +46,7 @@ class Server(str):
     """The base URL of a served gunicorn, with the path of its log and its master's pid."""
 
     log: Path
+    access_log: Path
     pid: int
 
     def worker_pids(self) -> list[int]:
@@ -57,7 +58,9 @@ class Server(str):
 
 
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[Server]:
+def gunicorn(
+    env: dict[str, str], workers: int = 1, access_log: str = "/dev/null"
+) -> Iterator[Server]:
     """Serve aperture.wsgi with the project's gunicorn.conf.py; yields the base URL."""
     port = free_port()
     full_env = {
@@ -65,7 +68,7 @@ def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[Server]:
         **env,
         "PORT": str(port),
         "WEB_CONCURRENCY": str(workers),
-        "APERTURE_ACCESS_LOG": "/dev/null",
+        "APERTURE_ACCESS_LOG": access_log,
     }
     log = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
     with log.open("wb") as log_file:
@@ -80,6 +83,7 @@ def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[Server]:
     base = Server(f"http://127.0.0.1:{port}")
     base.log = log
     base.pid = process.pid
+    base.access_log = Path(access_log)
     try:
         wait_for(lambda: process.poll() is not None or _answers(f"{base}/healthz"), what="gunicorn")
         if process.poll() is not None:

@@ -112,6 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+        if data and self.server.fake.keep_bodies:
+            self.server.fake.streamed += data
 
     def _send(
         self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None
@@ -124,6 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
             f"x-request-id: fake_{uuid.uuid4().hex[:12]}",
         ] + [f"{name}: {value}" for name, value in (headers or {}).items()]
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
+        if self.server.fake.keep_bodies:
+            self.server.fake.sent.append(payload)
 
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(body).encode(), "application/json", headers)
@@ -145,6 +149,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._other("PUT")
+
+    def do_OPTIONS(self) -> None:
+        self._other("OPTIONS")
+
+    def do_HEAD(self) -> None:
+        """The headers a GET would have, and no body."""
+        recorded = self._record("HEAD")
+        head = [
+            "HTTP/1.1 200 OK",
+            "Content-Type: application/json",
+            "Content-Length: 1234",
+            "x-upstream-echo: yes",
+        ]
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        assert recorded.raw == b""
 
     def do_DELETE(self) -> None:
         self._other("DELETE")
@@ -288,6 +307,9 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._chunk(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
         fake.final_held.wait(timeout=10)
+        if fake.break_streams:
+            self._reset()  # the upstream dies before its final event
+            return
         image = os.urandom(fake.final_bytes) if fake.final_bytes else png(width, height)
         final = {
             "type": "image_generation.completed",
@@ -400,12 +422,16 @@ class FakeUpstream:
         self.delay = delay
         self.requests: list[Recorded] = []
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.keep_bodies = True  # off for long benchmarks, whose memory must not grow
+        self.sent: list[bytes] = []  # bodies of the answers sent with a Content-Length
+        self.streamed = bytearray()  # what chunked answers sent, de-chunked
         # Streams send their final event once this is set; set unless a test holds it.
         self.final_held = threading.Event()
         self.final_held.set()
         self.final_sent = threading.Event()
         # Random bytes as the final image instead of a PNG: more than any socket buffer holds.
         self.final_bytes = 0
+        self.break_streams = False
         self._script: list[Misbehave] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), _Handler)
@@ -461,6 +487,7 @@ def main() -> None:
     args = parser.parse_args()
     fake = FakeUpstream(port=args.port, delay=args.delay)
     fake.requests = _Discard()  # a long benchmark must not grow memory
+    fake.keep_bodies = False
     print(f"fake upstream on {fake.url}", flush=True)
     fake._server.serve_forever()
 

@@ -309,8 +309,9 @@ def test_bad_passthrough_settings_change_nothing_and_name_the_line(
 ) -> None:
     text = PASSTHROUGH.replace(
         replace,
-        '["v1beta/models/"]' if replace.startswith("[") else "passthrough: true\n"
-        "    passthrough_enabled: true",
+        '["v1beta/models/"]'
+        if replace.startswith("[")
+        else "passthrough: true\n    passthrough_enabled: true",
     )
     with pytest.raises(CommandError) as error:
         _apply(tmp_path, text)

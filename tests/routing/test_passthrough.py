@@ -5,6 +5,7 @@ What the fake upstream received is checked byte for byte, and so is what the cal
 
 import http.client
 import importlib
+import tempfile
 import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -40,7 +41,14 @@ def gateway(django_db_setup: None, django_db_blocker) -> Iterator[Server]:  # ty
     """One gunicorn for this module, on the test database (rows are committed per test)."""
     with django_db_blocker.unblock():
         database_url = subprocess_database_url()
-    with gunicorn({"DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL}) as server:
+    access_log = tempfile.NamedTemporaryFile(prefix="access-", suffix=".log")  # noqa: SIM115
+    with (
+        access_log,
+        gunicorn(
+            {"DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL},
+            access_log=access_log.name,
+        ) as server,
+    ):
         yield server
 
 
@@ -117,6 +125,8 @@ def test_a_json_call_reaches_the_upstream_byte_for_byte_with_the_providers_key_o
     assert api_key.secret not in repr(call)
     assert UPSTREAM_SECRET not in response.text
     assert UPSTREAM_SECRET not in repr(response.headers)
+    assert response.content == fake_upstream.sent[-1]
+    assert response.headers["Content-Type"] == "application/json"
     assert response.headers["x-aperture-passthrough"] == "openai"
     assert response.headers["x-upstream-request-id"].startswith("fake_")
     assert response.json()["usage"]["total_tokens"] == 1068
@@ -236,6 +246,80 @@ def test_the_official_sdk_streams_through_passthrough_as_events_arrive(
     )
 
 
+def test_server_sent_events_reach_the_caller_byte_for_byte(
+    gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
+) -> None:
+    open_credential(fake_upstream)
+    response = requests.post(
+        f"{gateway}/openai/v1/images/generations",
+        json={"model": "gpt-image-1", "prompt": "a fox", "stream": True, "partial_images": 3},
+        headers=bearer(api_key),
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.content == bytes(fake_upstream.streamed)
+    assert response.content.count(b"event: image_generation.partial_image") == 3
+
+
+def test_an_upstream_that_dies_mid_stream_breaks_the_callers_stream_too(
+    gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
+) -> None:
+    open_credential(fake_upstream)
+    fake_upstream.break_streams = True
+    response = requests.post(
+        f"{gateway}/openai/v1/images/generations",
+        json={"model": "gpt-image-1", "prompt": "a fox", "stream": True, "partial_images": 2},
+        headers=bearer(api_key),
+        stream=True,
+        timeout=30,
+    )
+    received = bytearray()
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):  # not a clean end
+        for chunk in response.iter_content(None):
+            received += chunk
+    assert received.count(b"event: image_generation.partial_image") == 2
+    record = the_record()
+    assert (record.status, record.error_code, record.images, record.cost_micro) == (
+        200,
+        "upstream_stream_broken",
+        0,
+        0,
+    )
+
+
+def test_head_and_options_are_relayed_too(
+    gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
+) -> None:
+    open_credential(fake_upstream)
+    for method in ("HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"):
+        response = requests.request(
+            method, f"{gateway}/openai/v1/things/1", headers=bearer(api_key), timeout=30
+        )
+        assert response.status_code == 200, (method, response.text)
+        assert response.headers["x-upstream-echo"] == "yes"
+    assert [call.method for call in fake_upstream.requests] == [
+        "HEAD",
+        "OPTIONS",
+        "PUT",
+        "PATCH",
+        "DELETE",
+    ]
+
+
+def test_a_gateway_key_in_the_query_string_stays_out_of_the_access_log(
+    gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
+) -> None:
+    open_credential(fake_upstream, name="gemini", provider=Provider.GEMINI)
+    marker = "v1beta/models/logged-call"
+    response = requests.get(f"{gateway}/gemini/{marker}?key={api_key.secret}", timeout=30)
+    assert response.status_code == 200
+    log = gateway.access_log
+    wait_for(lambda: marker in log.read_text(), what="the access log line")
+    assert api_key.secret not in log.read_text()
+
+
 def test_a_client_that_disconnects_mid_stream_frees_the_worker_and_pays_for_what_it_got(
     gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
 ) -> None:
@@ -260,7 +344,7 @@ def test_a_client_that_disconnects_mid_stream_frees_the_worker_and_pays_for_what
         0,
         0,
     )
-    assert 0 < record.bytes_out
+    assert record.bytes_out > 0
     # The worker is free: the next call is served at once.
     assert requests.get(f"{gateway}/openai/v1/x", headers=bearer(api_key), timeout=10).ok
 
