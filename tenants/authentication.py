@@ -32,8 +32,11 @@ def presented_secret(request: Request) -> str | None:
 
 
 class ApiKeyAuthentication(BaseAuthentication):
+    def presented(self, request: Request) -> str | None:
+        return presented_secret(request)
+
     def authenticate(self, request: Request) -> tuple[KeyPrincipal, KeyPrincipal] | None:
-        secret = presented_secret(request)
+        secret = self.presented(request)
         if secret is None:
             return None
         principal = authenticate_secret(secret)
@@ -60,17 +63,15 @@ def presented_native_secret(request: Request) -> str | None:
                 raise AuthenticationError("Malformed API key header.")
             return str(value).strip()
     in_query = request.query_params.get("key")
-    if in_query is not None and 0 < len(in_query) <= _MAX_HEADER_LENGTH:
-        return str(in_query)
-    return None
+    if in_query is None:
+        return None
+    if len(in_query) > _MAX_HEADER_LENGTH or not in_query.strip():
+        raise AuthenticationError("Malformed key query parameter.")
+    return str(in_query).strip()
 
 
 class NativeApiKeyAuthentication(ApiKeyAuthentication):
     """For passthrough routes: the gateway key wherever the provider's native client sends it."""
 
-    def authenticate(self, request: Request) -> tuple[KeyPrincipal, KeyPrincipal] | None:
-        secret = presented_native_secret(request)
-        if secret is None:
-            return None
-        principal = authenticate_secret(secret)
-        return principal, principal
+    def presented(self, request: Request) -> str | None:
+        return presented_native_secret(request)

@@ -624,6 +624,8 @@ def test_no_key_is_401_and_a_key_limited_to_models_may_not_pass_through(
         f"{gateway}/openai/v1/models", headers={"x-api-key": "apk_nope_nope"}, timeout=30
     )
     assert wrong.status_code == 401
+    too_long = requests.get(f"{gateway}/openai/v1/models?key={'k' * 600}", timeout=30)
+    assert_error(too_long, 401, "invalid_api_key")
     limited = services.key_create(actor=ACTOR, team=team, name="l", allowed_aliases=["a"])
     response = requests.get(f"{gateway}/openai/v1/models", headers=bearer(limited), timeout=30)
     assert_error(response, 403, "passthrough_not_allowed")
