@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aperture.errors import InvalidRequest
+from aperture.errors import UpstreamError
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,11 @@ def credential_headers(provider: str, secret: str) -> dict[str, str]:
 
 
 def base_url_for(provider: str, configured: str) -> str:
-    """The credential's base URL, or the provider's default root; 400 if there is neither."""
+    """The credential's base URL, or the provider's default root; 502 if there is neither
+    (the operator's configuration, not the caller's request, is at fault)."""
     base = (configured or auth_for(provider).default_base_url).rstrip("/")
     if not base:
-        raise InvalidRequest(
+        raise UpstreamError(
             f"The {provider} credential has no base URL; an operator must set one.",
             code="credential_misconfigured",
         )

@@ -667,7 +667,9 @@ def test_redirects_are_passed_back_not_followed(
     assert len(fake_upstream.requests) == 1
 
 
-def test_an_unreachable_upstream_is_502(gateway: Server, api_key: CreatedKey) -> None:
+def test_an_unreachable_or_unconfigured_upstream_is_502(
+    gateway: Server, api_key: CreatedKey
+) -> None:
     routing_services.credential_create(
         actor=ACTOR,
         name="gone",
@@ -679,6 +681,15 @@ def test_an_unreachable_upstream_is_502(gateway: Server, api_key: CreatedKey) ->
     response = requests.get(f"{gateway}/gone/v1/models", headers=bearer(api_key), timeout=30)
     assert_error(response, 502, "upstream_error")
     assert the_record().status == 502
+    routing_services.credential_create(
+        actor=ACTOR,
+        name="azure-nowhere",
+        provider=Provider.AZURE,
+        secret="k" * 20,
+        passthrough_enabled=True,
+    )
+    nowhere = requests.get(f"{gateway}/azure-nowhere/openai/x", headers=bearer(api_key), timeout=30)
+    assert_error(nowhere, 502, "credential_misconfigured")
 
 
 def test_a_silent_upstream_is_504(
