@@ -29,7 +29,7 @@ from aperture.offload import run_blocking
 from billing import budgets, pricing, ratelimit
 from billing.metering import Meter
 from routing import route_cache, selectors
-from routing.images import conversion, hosting
+from routing.images import conversion, fanout, hosting
 from routing.images.fetch import fetch_image
 from routing.images.validation import model_name, parse_image_request
 from routing.models import Deployment
@@ -124,7 +124,7 @@ def call_upstream(attempts: list[Attempt]) -> tuple[Attempt, ImageResult]:
         adapter = adapter_for(attempt.target.provider)
         started = time.monotonic()
         try:
-            return attempt, adapter.generate(attempt.request, attempt.target)
+            return attempt, fanout.generate(adapter, attempt.request, attempt.target)
         except ProviderError as error:
             logger.warning(
                 "upstream %s (%s) failed after %.0f ms: %s",
@@ -245,6 +245,8 @@ def generate_images(
             _settle(hold, cost_micro=0, images=0)
     response: dict[str, Any] = {"created": int(time.time()), "data": data}
     metadata = dict(result.metadata)
+    if request.size != "auto":
+        metadata.setdefault("size", request.size)  # the concrete size chosen, always said
     if request.output_format:
         metadata["output_format"] = request.output_format
     for key in ("background", "output_format", "quality", "size"):

@@ -6,12 +6,12 @@ the gateway does not know are kept as `extras` for adapters that forward them un
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aperture.errors import InvalidRequest, Unsupported
+from routing.images.sizing import resolve_size
 from routing.providers.base import ImageRequest
-from routing.providers.capabilities import OUTPUT_FORMATS, ImageCapabilities
+from routing.providers.capabilities import MAX_N, OUTPUT_FORMATS, ImageCapabilities
 
 KNOWN_FIELDS = frozenset(
     {
@@ -30,10 +30,13 @@ KNOWN_FIELDS = frozenset(
         "response_format",
         "stream",
         "partial_images",
+        "resolution",
+        "aspect_ratio",
+        "provider",
+        "allow_partial",
     }
 )
-_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
-MAX_N = 10
+MAX_SEED = 2**32 - 1
 
 
 def _string(body: dict[str, Any], field: str, *, required: bool = False) -> str | None:
@@ -81,39 +84,6 @@ def model_name(body: dict[str, Any]) -> str:
     return name
 
 
-def _size(body: dict[str, Any], caps: ImageCapabilities, model: str) -> str:
-    size = _string(body, "size")
-    if size is None:
-        return "auto"
-    if size == "auto":
-        if not caps.auto_size:
-            raise InvalidRequest(
-                f"The model '{model}' needs an explicit size; supported: "
-                f"{', '.join(caps.sizes or ())}.",
-                param="size",
-            )
-        return size
-    match = _SIZE.match(size)
-    if not match:
-        raise InvalidRequest(
-            f"Invalid 'size' {size!r}: use WIDTHxHEIGHT in pixels (e.g. 1024x1024) or 'auto'.",
-            param="size",
-        )
-    width, height = int(match.group(1)), int(match.group(2))
-    if not caps.accepts_size(width, height):
-        if caps.sizes is not None:
-            allowed = ", ".join(caps.sizes + (("auto",) if caps.auto_size else ()))
-            detail = f"supported: {allowed}"
-        else:
-            detail = f"each side must be {caps.min_side}-{caps.max_side} px"
-            if caps.size_multiple > 1:
-                detail += f" and a multiple of {caps.size_multiple}"
-        raise InvalidRequest(
-            f"Invalid 'size' {size!r} for the model '{model}'; {detail}.", param="size"
-        )
-    return f"{width}x{height}"
-
-
 def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: str) -> ImageRequest:
     """The canonical request for `body`, or InvalidRequest (400) naming the bad field."""
     prompt = _string(body, "prompt", required=True)
@@ -131,10 +101,6 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
     n = 1 if n is None else n
     if not 1 <= n <= MAX_N:
         raise InvalidRequest(f"'n' must be between 1 and {MAX_N}.", param="n")
-    if n > caps.max_n:
-        raise InvalidRequest(
-            f"The model '{model}' makes at most {caps.max_n} image(s) per request.", param="n"
-        )
 
     output_format = _string(body, "output_format")
     if output_format == "jpg":
@@ -175,6 +141,8 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
     seed = _integer(body, "seed")
     if seed is not None and not caps.seed:
         raise Unsupported(f"The model '{model}' does not take a seed.", param="seed")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InvalidRequest(f"'seed' must be between 0 and {MAX_SEED}.", param="seed")
     stream = body.get("stream")
     if stream not in (None, False):
         if stream is not True:
@@ -185,7 +153,13 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
     return ImageRequest(
         prompt=prompt,
         n=n,
-        size=_size(body, caps, model),
+        size=resolve_size(
+            caps,
+            size=_string(body, "size"),
+            resolution=_string(body, "resolution"),
+            aspect_ratio=_string(body, "aspect_ratio"),
+            model=model,
+        ),
         quality=_choice(body, "quality", caps.qualities, model),
         style=_choice(body, "style", caps.styles, model),
         background=background,
@@ -196,4 +170,29 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
         seed=seed,
         response_format=response_format,
         extras={k: v for k, v in body.items() if k not in KNOWN_FIELDS},
+        provider_options=_provider_options(body),
+        allow_partial=_boolean(body, "allow_partial"),
     )
+
+
+def _boolean(body: dict[str, Any], field: str) -> bool:
+    value = body.get(field)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{field}' must be a boolean.", param=field)
+    return value
+
+
+def _provider_options(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`provider`: {"<provider>": {...options...}}; each adapter reads only its own entry."""
+    value = body.get("provider")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise InvalidRequest(
+            "'provider' must be an object of per-provider option objects, e.g. "
+            '{"openai": {"moderation": "low"}}.',
+            param="provider",
+        )
+    return {str(name): dict(options) for name, options in value.items()}

@@ -31,6 +31,13 @@ class ImageRequest:
     seed: int | None = None
     response_format: str = "b64_json"
     extras: dict[str, Any] = field(default_factory=dict)
+    # {"openai": {...}}: options for one provider, passed to its adapter as they are.
+    provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # With n fanned out over several calls: return the images that came if some calls fail.
+    allow_partial: bool = False
+
+    def options_for(self, provider: str) -> dict[str, Any]:
+        return self.provider_options.get(provider, {})
 
     @property
     def dimensions(self) -> tuple[int, int] | None:

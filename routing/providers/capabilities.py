@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+MAX_N = 10  # images per request, whatever one upstream call makes (the rest is fanned out)
 
 
 @dataclass(frozen=True)
@@ -16,7 +18,9 @@ class ImageCapabilities:
     min_side: int = 64
     max_side: int = 4096
     size_multiple: int = 1
+    max_pixels: int | None = None
     default_size: str = "1024x1024"
+    # Images one upstream call makes; the gateway fans out concurrent calls for more.
     max_n: int = 10
     # None: any value is passed through; an empty tuple: the option is not supported.
     qualities: tuple[str, ...] | None = None
@@ -37,6 +41,9 @@ class ImageCapabilities:
         data = asdict(self)
         data["output_formats"] = list(OUTPUT_FORMATS)
         data["response_formats"] = ["url", "b64_json"]
+        data["resolutions"] = ["1K", "2K", "4K"]
+        data["aspect_ratios"] = list(ASPECT_RATIOS)
+        data["max_n_per_call"], data["max_n"] = self.max_n, MAX_N
         return data
 
     def accepts_size(self, width: int, height: int) -> bool:
@@ -47,4 +54,5 @@ class ImageCapabilities:
             and self.min_side <= height <= self.max_side
             and width % self.size_multiple == 0
             and height % self.size_multiple == 0
+            and (self.max_pixels is None or width * height <= self.max_pixels)
         )

@@ -35,9 +35,16 @@ GPT_IMAGE = ImageCapabilities(
     streaming=True,
     max_prompt_chars=32000,
 )
-# gpt-image-2: any WxH, multiples of 16, up to 3840 px on a side.
+# gpt-image-2: any WxH, multiples of 16, up to 3840 px on a side and 3840x2160 in all.
 GPT_IMAGE_2 = ImageCapabilities(
-    **{**GPT_IMAGE.__dict__, "sizes": None, "min_side": 256, "max_side": 3840, "size_multiple": 16}
+    **{
+        **GPT_IMAGE.__dict__,
+        "sizes": None,
+        "min_side": 256,
+        "max_side": 3840,
+        "size_multiple": 16,
+        "max_pixels": 3840 * 2160,
+    }
 )
 DALL_E_3 = ImageCapabilities(
     sizes=("1024x1024", "1792x1024", "1024x1792"),
@@ -105,6 +112,7 @@ class OpenAIProvider(ProviderAdapter):
         caps = self.capabilities(target.upstream_model)
         body: dict[str, Any] = {
             **request.extras,
+            **request.options_for(self.name),
             "model": target.upstream_model,
             "prompt": request.prompt,
             "n": request.n,

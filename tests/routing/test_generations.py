@@ -106,9 +106,52 @@ BAD_BODIES = [
     ({"model": "image-openai", "prompt": "x", "n": "2"}, "n", "'n' must be an integer."),
     ({"model": "image-openai", "prompt": "x", "n": True}, "n", "'n' must be an integer."),
     (
-        {"model": "image-dalle3", "prompt": "x", "n": 2},
-        "n",
-        "The model 'image-dalle3' makes at most 1 image(s) per request.",
+        {"model": "demo-image", "prompt": "x", "size": "1024x1024", "aspect_ratio": "16:9"},
+        "aspect_ratio",
+        "'size' 1024x1024 is not 16:9; send 'size' or 'aspect_ratio', or ones that agree.",
+    ),
+    (
+        {"model": "demo-image", "prompt": "x", "size": "1024x1024", "resolution": "2K"},
+        "resolution",
+        "'size' 1024x1024 is not a 2K size; send 'size' or 'resolution', or ones that agree.",
+    ),
+    (
+        {"model": "demo-image", "prompt": "x", "size": "2K", "resolution": "1K"},
+        "resolution",
+        "'size' 2K and 'resolution' 1K disagree; send one of them.",
+    ),
+    (
+        {"model": "demo-image", "prompt": "x", "resolution": "8K"},
+        "resolution",
+        "Invalid 'resolution' '8K'; supported: 1K, 2K, 4K.",
+    ),
+    (
+        {"model": "demo-image", "prompt": "x", "aspect_ratio": "7:3"},
+        "aspect_ratio",
+        "Invalid 'aspect_ratio' '7:3'; supported: 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, "
+        "16:9, 21:9.",
+    ),
+    (
+        {"model": "demo-image", "prompt": "x", "size": "3K"},
+        "size",
+        "Invalid 'size' '3K': use WIDTHxHEIGHT in pixels (e.g. 1024x1024), a tier (1K, 2K, 4K) "
+        "or 'auto'.",
+    ),
+    (
+        {"model": "demo-image", "prompt": "x", "seed": -1},
+        "seed",
+        "'seed' must be between 0 and 4294967295.",
+    ),
+    (
+        {"model": "demo-image", "prompt": "x", "provider": {"openai": "low"}},
+        "provider",
+        "'provider' must be an object of per-provider option objects, e.g. "
+        '{"openai": {"moderation": "low"}}.',
+    ),
+    (
+        {"model": "demo-image", "prompt": "x", "allow_partial": "yes"},
+        "allow_partial",
+        "'allow_partial' must be a boolean.",
     ),
     (
         {"model": "image-dalle3", "prompt": "x" * 4001},
@@ -118,7 +161,8 @@ BAD_BODIES = [
     (
         {"model": "image-openai", "prompt": "x", "size": "big"},
         "size",
-        "Invalid 'size' 'big': use WIDTHxHEIGHT in pixels (e.g. 1024x1024) or 'auto'.",
+        "Invalid 'size' 'big': use WIDTHxHEIGHT in pixels (e.g. 1024x1024), a tier (1K, 2K, "
+        "4K) or 'auto'.",
     ),
     (
         {"model": "image-openai", "prompt": "x", "size": "512x512"},
