@@ -211,6 +211,9 @@ MAX_BODY_BYTES = env.int("APERTURE_MAX_BODY_BYTES", default=50 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
+# Each image of an edit or a reference image (the whole body is MAX_BODY_BYTES at most).
+EDIT_MAX_IMAGE_BYTES = env.int("APERTURE_EDIT_MAX_IMAGE_BYTES", default=50 * 1024 * 1024)
+
 # --- Django REST framework ------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],

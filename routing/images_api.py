@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from aperture.errors import NotFound, error_response
 from aperture.json_body import read_json_object
 from routing.images import hosting
+from routing.images.edit_form import read_edit_form
 from routing.images.generation import UrlBuilder, generate_images
 from routing.metered import MeteredView
 from tenants.permissions import request_principal
@@ -39,6 +40,28 @@ class ImageGenerationView(MeteredView):
 
 class AzureImageGenerationView(ImageGenerationView):
     """`/openai/deployments/{alias}/images/generations?api-version=…`: the alias is in the path."""
+
+
+class ImageEditView(MeteredView):
+    """POST /v1/images/edits: multipart, as OpenAI takes it (and the SDK's images.edit sends)."""
+
+    endpoint = "images.edits"
+
+    def post(self, request: Request, alias: str | None = None) -> Response:
+        form = read_edit_form(request._request)
+        result = generate_images(
+            principal=request_principal(request),
+            body=form.fields,
+            url_for=_url_builder(request),
+            meter=self.meter,
+            alias_name=alias,
+            edit=form,
+        )
+        return Response(result)
+
+
+class AzureImageEditView(ImageEditView):
+    """`/openai/deployments/{alias}/images/edits?api-version=…`."""
 
 
 def hosted_image(request: HttpRequest, token: str) -> HttpResponseBase:

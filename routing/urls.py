@@ -12,10 +12,16 @@ urlpatterns = [
         images_api.ImageGenerationView.as_view(),
         name="images-generations",
     ),
+    path("v1/images/edits", images_api.ImageEditView.as_view(), name="images-edits"),
     path("v1/images/files/<str:token>", images_api.hosted_image, name="hosted-image"),
     path(
         "openai/deployments/<str:alias>/images/generations",
         images_api.AzureImageGenerationView.as_view(),
         name="azure-images-generations",
+    ),
+    path(
+        "openai/deployments/<str:alias>/images/edits",
+        images_api.AzureImageEditView.as_view(),
+        name="azure-images-edits",
     ),
 ]

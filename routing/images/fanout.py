@@ -42,15 +42,16 @@ def _merged_usage(results: list[ImageResult]) -> dict[str, Any] | None:
 
 def generate(adapter: ProviderAdapter, request: ImageRequest, target: Target) -> ImageResult:
     counts = split(request.n, adapter.capabilities(target.upstream_model).max_n)
+    call = adapter.edit if request.is_edit else adapter.generate
     if len(counts) == 1:
-        return adapter.generate(request, target)
+        return call(request, target)
     requests, first = [], 0
     for count in counts:
         seed = None if request.seed is None else (request.seed + first) % (MAX_SEED + 1)
         requests.append(replace(request, n=count, seed=seed))
         first += count
     with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        futures = [pool.submit(adapter.generate, part, target) for part in requests]
+        futures = [pool.submit(call, part, target) for part in requests]
         outcomes: list[ImageResult | ProviderError] = []
         for future in futures:
             error = future.exception()

@@ -30,8 +30,9 @@ from billing import budgets, pricing, ratelimit
 from billing.metering import Meter
 from routing import route_cache, selectors
 from routing.images import conversion, fanout, hosting
+from routing.images.edit_form import EditForm
 from routing.images.fetch import fetch_image
-from routing.images.validation import model_name, parse_image_request
+from routing.images.validation import model_name, parse_edit_request, parse_image_request
 from routing.models import Deployment
 from routing.providers.auth import auth_for
 from routing.providers.base import (
@@ -80,7 +81,12 @@ def target_for(deployment: Deployment) -> Target:
     )
 
 
-def plan_attempts(principal: KeyPrincipal, body: dict[str, Any], alias_name: str) -> list[Attempt]:
+def plan_attempts(
+    principal: KeyPrincipal,
+    body: dict[str, Any],
+    alias_name: str,
+    edit: EditForm | None = None,
+) -> list[Attempt]:
     """Every deployment able to serve this body, in order; the first one's validation errors win."""
     alias = selectors.alias_resolve(principal, alias_name)
     routes = route_cache.cached(
@@ -94,7 +100,10 @@ def plan_attempts(principal: KeyPrincipal, body: dict[str, Any], alias_name: str
         adapter = adapter_for(deployment.credential.provider)
         caps = adapter.capabilities(deployment.upstream_model)
         try:
-            request = parse_image_request(body, caps, alias_name)
+            if edit is not None:
+                request = parse_edit_request(edit, caps, alias_name)
+            else:
+                request = parse_image_request(body, caps, alias_name)
         except ApiError:
             if position == 0:
                 raise
@@ -187,11 +196,13 @@ def generate_images(
     url_for: UrlBuilder,
     meter: Meter,
     alias_name: str | None = None,
+    edit: EditForm | None = None,
 ) -> dict[str, Any]:
-    """The OpenAI-shaped response body for a generation request, metered and billed."""
+    """The OpenAI-shaped response body for a generation (or, with `edit`, an edit) request,
+    metered and billed."""
     alias_name = alias_name or model_name(body)
     meter.alias = alias_name
-    attempts = plan_attempts(principal, body, alias_name)
+    attempts = plan_attempts(principal, body, alias_name, edit)
     if not attempts:
         raise NoDeployment(f"No deployment of '{alias_name}' can serve this request.")
     first = attempts[0]

@@ -6,9 +6,11 @@ the gateway does not know are kept as `extras` for adapters that forward them un
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from aperture.errors import InvalidRequest, Unsupported
+from routing.images.edit_form import EditForm
 from routing.images.sizing import resolve_size
 from routing.providers.base import ImageRequest
 from routing.providers.capabilities import MAX_N, OUTPUT_FORMATS, ImageCapabilities
@@ -34,6 +36,7 @@ KNOWN_FIELDS = frozenset(
         "aspect_ratio",
         "provider",
         "allow_partial",
+        "input_fidelity",
     }
 )
 MAX_SEED = 2**32 - 1
@@ -196,3 +199,25 @@ def _provider_options(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
             param="provider",
         )
     return {str(name): dict(options) for name, options in value.items()}
+
+
+def parse_edit_request(form: EditForm, caps: ImageCapabilities, model: str) -> ImageRequest:
+    """An edit: the generation rules for its fields, plus what the model's edits accept."""
+    if not caps.edits:
+        raise Unsupported(f"The model '{model}' cannot edit images.", param="model")
+    if len(form.images) > caps.max_edit_images:
+        raise InvalidRequest(
+            f"The model '{model}' edits at most {caps.max_edit_images} image(s) at once; got "
+            f"{len(form.images)}.",
+            param="image",
+        )
+    for name in ("moderation", "style"):
+        if form.fields.get(name) is not None:
+            raise InvalidRequest(f"'{name}' does not apply to edits.", param=name)
+    request = parse_image_request(form.fields, caps, model)
+    fidelity = _choice(form.fields, "input_fidelity", ("high", "low"), model)
+    if fidelity is not None and not caps.input_fidelity:
+        raise Unsupported(
+            f"The model '{model}' does not take 'input_fidelity'.", param="input_fidelity"
+        )
+    return replace(request, images=form.images, mask=form.mask, input_fidelity=fidelity)

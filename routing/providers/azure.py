@@ -22,6 +22,9 @@ class AzureProvider(OpenAIProvider):
     def url(self, target: Target) -> str:
         return f"{target.base_url}/openai/deployments/{target.upstream_model}/images/generations"
 
+    def edit_url(self, target: Target) -> str:
+        return f"{target.base_url}/openai/deployments/{target.upstream_model}/images/edits"
+
     def params(self, target: Target) -> dict[str, str] | None:
         return {"api-version": target.api_version or DEFAULT_API_VERSION}
 

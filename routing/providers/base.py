@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from routing.images.inputs import InputImage
 from routing.providers.capabilities import ImageCapabilities
 
 
@@ -35,6 +36,14 @@ class ImageRequest:
     provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # With n fanned out over several calls: return the images that came if some calls fail.
     allow_partial: bool = False
+    # An edit: the images to change (the first is the one a mask applies to).
+    images: tuple[InputImage, ...] = ()
+    mask: InputImage | None = None
+    input_fidelity: str | None = None
+
+    @property
+    def is_edit(self) -> bool:
+        return bool(self.images)
 
     def options_for(self, provider: str) -> dict[str, Any]:
         return self.provider_options.get(provider, {})
@@ -137,3 +146,7 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
         """Make the images, or raise a ProviderError."""
+
+    def edit(self, request: ImageRequest, target: Target) -> ImageResult:
+        """Change `request.images`; only models whose capabilities say `edits` are asked."""
+        raise UpstreamRejected(self.name, f"{self.name} cannot edit images.", status=400)

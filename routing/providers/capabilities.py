@@ -32,6 +32,8 @@ class ImageCapabilities:
     native_response_formats: tuple[str, ...] = ("b64_json",)
     moderation: bool = False
     edits: bool = False
+    max_edit_images: int = 16
+    input_fidelity: bool = False
     streaming: bool = False
     seed: bool = False
     max_prompt_chars: int = 32000

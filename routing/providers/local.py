@@ -35,6 +35,8 @@ CAPABILITIES = ImageCapabilities(
     native_output_formats=OUTPUT_FORMATS,
     transparent_background=True,
     native_response_formats=("b64_json",),
+    edits=True,
+    streaming=True,
     seed=True,
     max_prompt_chars=32000,
 )
@@ -153,12 +155,48 @@ class LocalProvider(ProviderAdapter):
             )
             for index in range(request.n)
         ]
-        return ImageResult(
-            images=images,
-            metadata={
-                "size": f"{width}x{height}",
-                "output_format": output_format,
-                "background": "transparent" if transparent else "opaque",
-                "quality": request.quality or "auto",
-            },
-        )
+        return ImageResult(images=images, metadata=_metadata(request, width, height))
+
+    def edit(self, request: ImageRequest, target: Target) -> ImageResult:
+        """Paint the prompt's render into the mask's transparent region (or over the whole
+        first image, half-blended, without a mask): deterministic for prompt, seed and index."""
+        first = request.images[0]
+        width, height = request.dimensions or (first.width, first.height)
+        output_format = request.output_format or "png"
+
+        def make(index: int) -> bytes:
+            with first.open() as handle, Image.open(handle) as opened:
+                base = opened.convert("RGBA").resize((width, height))
+            painted = render(
+                prompt=request.prompt,
+                width=width,
+                height=height,
+                seed=request.seed,
+                index=index,
+                quality=request.quality,
+            )
+            if request.mask is None:
+                edited = Image.blend(base, painted, 0.5)
+            else:
+                with request.mask.open() as handle, Image.open(handle) as mask:
+                    alpha = mask.convert("RGBA").getchannel("A").resize((width, height))
+                editable = alpha.point(lambda value: 255 if value == 0 else 0)
+                edited = Image.composite(painted, base, editable)
+            return encode(edited, output_format, request.output_compression)
+
+        images = [
+            GeneratedImage(
+                data=run_blocking(partial(make, index)), media_type=MEDIA_TYPES[output_format]
+            )
+            for index in range(request.n)
+        ]
+        return ImageResult(images=images, metadata=_metadata(request, width, height))
+
+
+def _metadata(request: ImageRequest, width: int, height: int) -> dict[str, str]:
+    return {
+        "size": f"{width}x{height}",
+        "output_format": request.output_format or "png",
+        "background": "transparent" if request.background == "transparent" else "opaque",
+        "quality": request.quality or "auto",
+    }

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from contextlib import ExitStack
 from typing import Any
+
+import orjson
+from requests_toolbelt import MultipartEncoder
 
 from routing.providers import http
 from routing.providers.auth import credential_headers
@@ -32,9 +36,12 @@ GPT_IMAGE = ImageCapabilities(
     native_response_formats=("b64_json",),
     moderation=True,
     edits=True,
+    input_fidelity=True,
     streaming=True,
     max_prompt_chars=32000,
 )
+# gpt-image-1-mini edits, but without input_fidelity.
+GPT_IMAGE_MINI = ImageCapabilities(**{**GPT_IMAGE.__dict__, "input_fidelity": False})
 # gpt-image-2: any WxH, multiples of 16, up to 3840 px on a side and 3840x2160 in all.
 GPT_IMAGE_2 = ImageCapabilities(
     **{
@@ -62,6 +69,7 @@ DALL_E_2 = ImageCapabilities(
     qualities=("standard",),
     native_response_formats=("url", "b64_json"),
     edits=True,
+    max_edit_images=1,
     max_prompt_chars=1000,
 )
 # A model this table does not know yet: validate little, forward everything.
@@ -73,12 +81,16 @@ UNKNOWN_MODEL = ImageCapabilities(
     styles=None,
     native_output_formats=OUTPUT_FORMATS,
     transparent_background=True,
+    edits=True,
+    input_fidelity=True,
 )
 
 
 def model_capabilities(model: str) -> ImageCapabilities:
     if model.startswith("gpt-image-2"):
         return GPT_IMAGE_2
+    if model.startswith("gpt-image-1-mini"):
+        return GPT_IMAGE_MINI
     if model.startswith(("gpt-image-", "chatgpt-image")):
         return GPT_IMAGE
     if model.startswith("dall-e-3"):
@@ -145,6 +157,45 @@ class OpenAIProvider(ProviderAdapter):
         )
         return "url" if passthrough_url else "b64_json"
 
+    def edit_url(self, target: Target) -> str:
+        return f"{target.base_url}/v1/images/edits"
+
+    def edit_fields(self, request: ImageRequest, target: Target) -> dict[str, Any]:
+        fields = self.body(request, target)
+        for name in ("moderation", "style"):  # not taken by edits
+            fields.pop(name, None)
+        if request.input_fidelity:
+            fields["input_fidelity"] = request.input_fidelity
+        return fields
+
+    def edit(self, request: ImageRequest, target: Target) -> ImageResult:
+        """providers.md §1.4: the form rebuilt with the upstream's model; files streamed."""
+        parts: list[tuple[str, Any]] = [
+            (name, _form_value(value)) for name, value in self.edit_fields(request, target).items()
+        ]
+        file_field = "image" if len(request.images) == 1 else "image[]"
+        with ExitStack() as stack:
+            for image in request.images:
+                handle = stack.enter_context(image.open())
+                parts.append((file_field, (image.filename, handle, image.media_type)))
+            if request.mask is not None:
+                mask = request.mask
+                parts.append(
+                    ("mask", (mask.filename, stack.enter_context(mask.open()), mask.media_type))
+                )
+            form = MultipartEncoder(fields=parts)
+            response = http.send(
+                self.name,
+                "POST",
+                self.edit_url(target),
+                timeout=target.timeout_seconds,
+                headers={**self.headers(target), "Content-Type": form.content_type},
+                params=self.params(target),
+                data=form,
+            )
+        http.check_status(self.name, response)
+        return self.parse(http.json_object(self.name, response), request)
+
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
         response = http.send(
             self.name,
@@ -190,3 +241,12 @@ class OpenAIProvider(ProviderAdapter):
         }
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
         return ImageResult(images=images, usage=usage, metadata=metadata)
+
+
+def _form_value(value: Any) -> str:
+    """A JSON field as a multipart text field: true/false, numbers, objects as JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)

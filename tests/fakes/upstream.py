@@ -255,7 +255,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(body)
         elif parts.path == "/v1/images/generations":
             self._generate(body, model=str((body or {}).get("model", "")))
-        elif parts.path == "/v1/images/edits":
+        elif parts.path == "/v1/images/edits" or (
+            parts.path.startswith("/openai/deployments/") and parts.path.endswith("/images/edits")
+        ):
             self._edit(recorded)
         elif parts.path.startswith("/v1beta/models/") and parts.path.endswith(":generateContent"):
             self._gemini(body)
@@ -335,9 +337,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, _error("multipart/form-data is required"))
             return
         fields = _form_fields(recorded.raw, content_type)
-        data = png(1024, 1024)
+        if not any(part.name in ("image", "image[]") for part in form_parts(recorded)):
+            self._json(400, _error("image is required", code="missing_image"))
+            return
+        size = fields.get("size") or "1024x1024"
+        width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))
+        data = png(width, height, fields.get("output_format", "png"))
         items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
-        self._json(200, {"created": int(time.time()), "data": items, "size": "1024x1024"})
+        self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
 
     def _gemini(self, body: Any) -> None:
         """Gemini generateContent with an image part (providers.md §3.2)."""
@@ -461,6 +468,34 @@ class FakeUpstream:
     def next_behaviour(self) -> Misbehave | None:
         with self._lock:
             return self._script.pop(0) if self._script else None
+
+
+@dataclass(frozen=True)
+class FormPart:
+    name: str
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+def form_parts(recorded: Recorded) -> list[FormPart]:
+    """Every part of a recorded multipart body, in order, files included."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    content_type = recorded.headers.get("content-type", "")
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + recorded.raw
+    )
+    return [
+        FormPart(
+            name=str(part.get_param("name", header="content-disposition")),
+            filename=part.get_filename(),
+            content_type=part.get_content_type(),
+            data=part.get_payload(decode=True) or b"",
+        )
+        for part in message.iter_parts()
+    ]
 
 
 def _form_fields(raw: bytes, content_type: str) -> dict[str, str]:

@@ -1,0 +1,149 @@
+"""Images a caller sends in: edit uploads, masks and reference images, checked before use.
+
+An input image is read from wherever it already is (an upload spooled to disk stays on
+disk) and can be opened any number of times, so it streams to an upstream without another
+copy in memory. Each is checked to be a PNG, JPEG or WebP that decodes, under the size cap
+and Pillow's decompression-bomb limit; a mask must be a PNG of the first image's size.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from PIL import Image, UnidentifiedImageError
+
+from aperture.errors import InvalidRequest, PayloadTooLarge
+
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+)?(;[a-z0-9=.-]+)*;base64,", re.IGNORECASE)
+
+
+@dataclass(frozen=True, eq=False)
+class InputImage:
+    """One checked image: its bytes in memory or a file on disk, its format and size."""
+
+    filename: str
+    media_type: str
+    width: int
+    height: int
+    size_bytes: int
+    data: bytes | None = None
+    path: str | None = None
+
+    @contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        """A fresh handle at the start of the image, however many are open at once."""
+        if self.data is not None:
+            yield io.BytesIO(self.data)
+            return
+        assert self.path is not None
+        with open(self.path, "rb") as handle:
+            yield handle
+
+    def read(self) -> bytes:
+        with self.open() as handle:
+            return handle.read()
+
+
+def _inspect(handle: BinaryIO, param: str) -> tuple[str, int, int]:
+    """(format, width, height), decoding the whole image with the bomb guard on."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(handle) as image:
+                image_format = image.format or ""
+                if image_format not in FORMATS:
+                    raise InvalidRequest(
+                        f"'{param}' must be a PNG, JPEG or WebP image, not {image_format}.",
+                        param=param,
+                    )
+                width, height = image.size
+                image.load()  # a truncated or corrupt file fails here, not upstream
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidRequest(
+            f"'{param}' has too many pixels to be decoded safely.", param=param
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InvalidRequest(
+            f"'{param}' is not a decodable PNG, JPEG or WebP image.", param=param
+        ) from None
+    return image_format, width, height
+
+
+def _check_size(size: int, param: str) -> None:
+    limit = settings.EDIT_MAX_IMAGE_BYTES
+    if size > limit:
+        raise PayloadTooLarge(
+            f"'{param}' is {size} bytes; each image may be at most {limit} bytes.", param=param
+        )
+
+
+def from_upload(upload: UploadedFile, param: str) -> InputImage:
+    size = int(upload.size or 0)
+    _check_size(size, param)
+    path = getattr(upload, "temporary_file_path", None)
+    if path is not None:  # spooled to disk by Django: stays there
+        with open(path(), "rb") as handle:
+            image_format, width, height = _inspect(handle, param)
+        return InputImage(
+            filename=upload.name or "image",
+            media_type=FORMATS[image_format],
+            width=width,
+            height=height,
+            size_bytes=size,
+            path=path(),
+        )
+    upload.seek(0)
+    return from_bytes(upload.read(), param, filename=upload.name or "image")
+
+
+def from_bytes(data: bytes, param: str, *, filename: str = "image") -> InputImage:
+    _check_size(len(data), param)
+    image_format, width, height = _inspect(io.BytesIO(data), param)
+    extension = image_format.lower().replace("jpeg", "jpg")
+    if "." not in filename:
+        filename = f"{filename}.{extension}"
+    return InputImage(
+        filename=filename,
+        media_type=FORMATS[image_format],
+        width=width,
+        height=height,
+        size_bytes=len(data),
+        data=data,
+    )
+
+
+def decode_data_url(value: str, param: str) -> bytes:
+    match = _DATA_URL.match(value)
+    if not match:
+        raise InvalidRequest(f"'{param}' is not a base64 data URL.", param=param)
+    payload = value[match.end() :]
+    if len(payload) * 3 // 4 > settings.EDIT_MAX_IMAGE_BYTES:
+        _check_size(len(payload) * 3 // 4, param)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"'{param}' is not valid base64.", param=param) from None
+
+
+def check_mask(mask: InputImage, first: InputImage) -> None:
+    if mask.media_type != "image/png":
+        raise InvalidRequest(
+            "'mask' must be a PNG (its transparent pixels mark the edit).", param="mask"
+        )
+    if (mask.width, mask.height) != (first.width, first.height):
+        raise InvalidRequest(
+            f"'mask' is {mask.width}x{mask.height} but the image is "
+            f"{first.width}x{first.height}; they must be the same size.",
+            param="mask",
+        )
