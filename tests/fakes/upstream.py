@@ -492,7 +492,7 @@ def form_parts(recorded: Recorded) -> list[FormPart]:
             name=str(part.get_param("name", header="content-disposition")),
             filename=part.get_filename(),
             content_type=part.get_content_type(),
-            data=part.get_payload(decode=True) or b"",
+            data=bytes(part.get_payload(decode=True) or b""),  # type: ignore[arg-type]
         )
         for part in message.iter_parts()
     ]
