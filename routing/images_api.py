@@ -1,7 +1,9 @@
 """Image endpoints: OpenAI's /v1/images/generations, the Azure-style route, hosted files."""
 
+from typing import Any
+
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpRequest
+from django.http import FileResponse, HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import reverse
 from rest_framework.request import Request
@@ -13,7 +15,18 @@ from routing.images import hosting
 from routing.images.edit_form import read_edit_form
 from routing.images.generation import UrlBuilder, generate_images
 from routing.metered import MeteredView
+from routing.relay import Relay
 from tenants.permissions import request_principal
+
+
+def _answer(result: dict[str, Any] | Relay) -> HttpResponseBase:
+    """A JSON body, or a stream of server-sent events that settles when it closes."""
+    if isinstance(result, Relay):
+        response = StreamingHttpResponse(result, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # proxies must not hold events back
+        return response
+    return Response(result)
 
 
 def _url_builder(request: Request) -> UrlBuilder:
@@ -26,7 +39,7 @@ def _url_builder(request: Request) -> UrlBuilder:
 class ImageGenerationView(MeteredView):
     endpoint = "images.generations"
 
-    def post(self, request: Request, alias: str | None = None) -> Response:
+    def post(self, request: Request, alias: str | None = None) -> HttpResponseBase:
         body = read_json_object(request._request)
         result = generate_images(
             principal=request_principal(request),
@@ -35,7 +48,7 @@ class ImageGenerationView(MeteredView):
             meter=self.meter,
             alias_name=alias,
         )
-        return Response(result)
+        return _answer(result)
 
 
 class AzureImageGenerationView(ImageGenerationView):
@@ -47,7 +60,7 @@ class ImageEditView(MeteredView):
 
     endpoint = "images.edits"
 
-    def post(self, request: Request, alias: str | None = None) -> Response:
+    def post(self, request: Request, alias: str | None = None) -> HttpResponseBase:
         form = read_edit_form(request._request)
         result = generate_images(
             principal=request_principal(request),
@@ -57,7 +70,7 @@ class ImageEditView(MeteredView):
             alias_name=alias,
             edit=form,
         )
-        return Response(result)
+        return _answer(result)
 
 
 class AzureImageEditView(ImageEditView):

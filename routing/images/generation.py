@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 
 from aperture.errors import (
@@ -34,6 +35,7 @@ from routing.images.edit_form import EditForm
 from routing.images.fetch import fetch_image
 from routing.images.validation import model_name, parse_edit_request, parse_image_request
 from routing.models import Deployment
+from routing.passthrough import image_routes
 from routing.providers.auth import auth_for
 from routing.providers.base import (
     GeneratedImage,
@@ -47,6 +49,7 @@ from routing.providers.base import (
     UpstreamTimedOut,
 )
 from routing.providers.registry import adapter_for
+from routing.relay import Relay
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -197,9 +200,9 @@ def generate_images(
     meter: Meter,
     alias_name: str | None = None,
     edit: EditForm | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Relay:
     """The OpenAI-shaped response body for a generation (or, with `edit`, an edit) request,
-    metered and billed."""
+    metered and billed; for `stream: true`, its server-sent events as a Relay."""
     alias_name = alias_name or model_name(body)
     meter.alias = alias_name
     attempts = plan_attempts(principal, body, alias_name, edit)
@@ -220,6 +223,12 @@ def generate_images(
         amount_micro=_estimate_micro(attempts),
         images=first.request.n,
     )
+    if first.request.stream:
+        try:
+            return open_event_stream(attempts, meter, hold)
+        except BaseException:
+            _settle(hold, cost_micro=0, images=0)
+            raise
     settled = False
     try:
         release_database_connection()
@@ -266,6 +275,53 @@ def generate_images(
     if result.usage:
         response["usage"] = result.usage
     return response
+
+
+def open_event_stream(attempts: list[Attempt], meter: Meter, hold: budgets.Hold) -> Relay:
+    """The first streaming deployment that answers; its events go to the caller as they
+    come and are counted as they pass. Falling back works as for buffered calls, until the
+    first byte: once a stream has begun it is this deployment's."""
+    release_database_connection()
+    last_error: ProviderError | None = None
+    for attempt in attempts:
+        if not attempt.request.stream:
+            continue  # a fallback that cannot stream is not mixed into a stream
+        target, request = attempt.target, attempt.request
+        started = time.monotonic()
+        try:
+            source = adapter_for(target.provider).stream(request, target)
+        except ProviderError as error:
+            logger.warning("upstream %s stream failed: %s", target.credential_name, error.message)
+            last_error = error
+            if not error.retryable:
+                break
+            continue
+        meter.upstream_ms = int((time.monotonic() - started) * 1000)
+        meter.deployment_id = attempt.deployment.pk
+        meter.provider, meter.upstream_model = target.provider, target.upstream_model
+        route = image_routes.ImageRoute(target.provider, "openai", path_model=target.upstream_model)
+        return Relay(
+            source=source.chunks,
+            close_source=source.close,
+            status=200,
+            meter=meter,
+            hold=hold,
+            route=route,
+            facts=image_routes.RequestFacts(
+                model=target.upstream_model,
+                n=request.n,
+                size=None if request.size == "auto" else request.size,
+                quality=request.quality,
+            ),
+            tally=image_routes.ResponseTally(
+                route=route,
+                content_type="text/event-stream",
+                content_encoding="",
+                cap=settings.PASSTHROUGH_METER_MAX_BYTES,
+            ),
+        )
+    assert last_error is not None
+    raise api_error_for(last_error)
 
 
 def _token_count(value: Any) -> int:

@@ -40,6 +40,7 @@ KNOWN_FIELDS = frozenset(
     }
 )
 MAX_SEED = 2**32 - 1
+MAX_PARTIAL_IMAGES = 3
 
 
 def _string(body: dict[str, Any], field: str, *, required: bool = False) -> str | None:
@@ -146,12 +147,12 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
         raise Unsupported(f"The model '{model}' does not take a seed.", param="seed")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InvalidRequest(f"'seed' must be between 0 and {MAX_SEED}.", param="seed")
-    stream = body.get("stream")
-    if stream not in (None, False):
-        if stream is not True:
-            raise InvalidRequest("'stream' must be a boolean.", param="stream")
-        raise Unsupported("Streaming image generation is not available yet.", param="stream")
-    _integer(body, "partial_images")
+    stream = _boolean(body, "stream")
+    partial_images = _integer(body, "partial_images")
+    if partial_images is not None and not 0 <= partial_images <= MAX_PARTIAL_IMAGES:
+        raise InvalidRequest(
+            f"'partial_images' must be between 0 and {MAX_PARTIAL_IMAGES}.", param="partial_images"
+        )
 
     return ImageRequest(
         prompt=prompt,
@@ -175,6 +176,9 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
         extras={k: v for k, v in body.items() if k not in KNOWN_FIELDS},
         provider_options=_provider_options(body),
         allow_partial=_boolean(body, "allow_partial"),
+        # A model that cannot stream answers the buffered response instead.
+        stream=stream and caps.streaming,
+        partial_images=partial_images or 0,
     )
 
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
-import requests
-import urllib3
 from django.conf import settings
 
 from aperture.errors import InvalidRequest, PayloadTooLarge, PermissionError_
@@ -31,6 +29,7 @@ from routing.passthrough.paths import check_allowed, parse_path, upstream_url
 from routing.providers import http
 from routing.providers.auth import base_url_for, credential_headers
 from routing.providers.base import ProviderError
+from routing.relay import Relay, read_chunks
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -141,93 +140,6 @@ def _read_exactly(body: IncomingBody, length: int) -> bytes:
 
 
 @dataclass
-class Relay:
-    """The upstream's response body on its way to the caller; closing it settles the call."""
-
-    upstream: requests.Response
-    meter: Meter
-    hold: budgets.Hold
-    plan: PlannedCall
-    tally: image_routes.ResponseTally | None
-    _outcome: str = "client_disconnected"
-    _closed: bool = False
-    _chunks: Iterator[bytes] | None = field(default=None, repr=False)
-
-    def __iter__(self) -> Iterator[bytes]:
-        self._chunks = self._relay()
-        return self._chunks
-
-    def _relay(self) -> Iterator[bytes]:
-        try:
-            for chunk in _read_chunks(self.upstream):
-                yield chunk
-                # Counted once the server asks for more: only then was this chunk written.
-                self.meter.bytes_out += len(chunk)
-                if self.tally is not None:
-                    self.tally.feed(chunk)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            self._outcome = "upstream_stream_broken"
-            logger.warning("passthrough stream from upstream broke: %s", type(exc).__name__)
-            # Re-raised so the server drops the connection: a clean end would look complete.
-            raise
-        self._outcome = ""
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._chunks is not None:
-            self._chunks.close()  # type: ignore[attr-defined]
-        self.upstream.close()
-        try:
-            self._settle()
-        except Exception:
-            logger.exception("could not settle passthrough call %s", self.meter.request_id)
-
-    def _settle(self) -> None:
-        meter, plan = self.meter, self.plan
-        meter.error_code = self._outcome
-        meter.finish()
-        cost, images = 0, 0
-        if plan.route is not None and 200 <= self.upstream.status_code < 300:
-            facts = plan.facts or image_routes.RequestFacts(model="")
-            if plan.sniffer is not None and plan.sniffer.fields:
-                facts = image_routes.request_facts(plan.route, plan.sniffer.fields)
-            meter.upstream_model = facts.model
-            counted = self._counted()
-            if counted is None:  # complete, but too large or encoded past reading
-                cost = max(h.amount_micro for h in self.hold.holds) if self.hold.holds else 0
-                images = facts.n
-                meter.error_code = meter.error_code or "unmetered_response"
-            else:
-                cost, images = counted.cost_micro(plan.route, facts), counted.images
-                meter.input_tokens, meter.output_tokens = (
-                    counted.input_tokens,
-                    counted.output_tokens,
-                )
-        meter.cost_micro, meter.images = cost, images
-        budgets.settle(self.hold, cost_micro=cost, images=images)
-
-    def _counted(self) -> image_routes.Counted | None:
-        tally = self.tally
-        if tally is None:
-            return image_routes.Counted()
-        if self._outcome:  # cut short: only events already delivered count
-            return tally.counted if tally.streaming else image_routes.Counted()
-        return tally.result()
-
-
-def _read_chunks(upstream: requests.Response) -> Iterator[bytes]:
-    """The body as it arrives, still encoded: each chunk is passed on as soon as it is read."""
-    raw = upstream.raw
-    if raw.chunked and raw.supports_chunked_reads():
-        yield from raw.read_chunked(CHUNK_BYTES, decode_content=False)
-        return
-    while chunk := raw.read1(CHUNK_BYTES, decode_content=False):
-        yield chunk
-
-
-@dataclass
 class ProxiedResponse:
     status: int
     headers: list[tuple[str, str]]
@@ -322,5 +234,15 @@ def proxy(
     return ProxiedResponse(
         status=upstream.status_code,
         headers=header_rules.caller_response_headers(upstream.raw.headers.items()),
-        body=Relay(upstream=upstream, meter=meter, hold=hold, plan=plan, tally=tally),
+        body=Relay(
+            source=read_chunks(upstream),
+            close_source=upstream.close,
+            status=upstream.status_code,
+            meter=meter,
+            hold=hold,
+            route=route,
+            facts=plan.facts,
+            sniffer=plan.sniffer,
+            tally=tally,
+        ),
     )

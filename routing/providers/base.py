@@ -8,6 +8,7 @@ the deployment's adapter with a `Target` (where and as whom to call), and gets b
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,13 @@ class ImageRequest:
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
     input_fidelity: str | None = None
+    # Server-sent events: `partial_images` previews, then each final image.
+    stream: bool = False
+    partial_images: int = 0
+
+    @property
+    def event_prefix(self) -> str:
+        return "image_edit" if self.is_edit else "image_generation"
 
     @property
     def is_edit(self) -> bool:
@@ -150,3 +158,16 @@ class ProviderAdapter(ABC):
     def edit(self, request: ImageRequest, target: Target) -> ImageResult:
         """Change `request.images`; only models whose capabilities say `edits` are asked."""
         raise UpstreamRejected(self.name, f"{self.name} cannot edit images.", status=400)
+
+    def stream(self, request: ImageRequest, target: Target) -> EventSource:
+        """OpenAI-shaped server-sent events for `request` (generation or edit); only models
+        whose capabilities say `streaming` are asked."""
+        raise UpstreamRejected(self.name, f"{self.name} cannot stream images.", status=400)
+
+
+@dataclass
+class EventSource:
+    """An opened stream: its chunks (already OpenAI-shaped SSE bytes) and how to close it."""
+
+    chunks: Iterator[bytes]
+    close: Callable[[], None]

@@ -7,6 +7,7 @@ to fall back to another deployment), and redirects are not followed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from routing.providers.base import (
 )
 
 _session: requests.Session | None = None
+CHUNK_BYTES = 64 * 1024
 
 
 def session() -> requests.Session:
@@ -129,4 +131,15 @@ def json_object(provider: str, response: requests.Response) -> dict[str, Any]:
     return body
 
 
-__all__ = ["ProviderError", "check_status", "json_object", "send", "session"]
+def read_chunks(upstream: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives, still encoded: each chunk is passed on as soon as it is read
+    (a stream's events are not held back to fill a buffer)."""
+    raw = upstream.raw
+    if raw.chunked and raw.supports_chunked_reads():
+        yield from raw.read_chunked(CHUNK_BYTES, decode_content=False)
+        return
+    while chunk := raw.read1(CHUNK_BYTES, decode_content=False):
+        yield chunk
+
+
+__all__ = ["ProviderError", "check_status", "json_object", "read_chunks", "send", "session"]

@@ -7,16 +7,22 @@ the embedded default's upstream and what demos and tests use; no network is invo
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import random
 import textwrap
+import time
+from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
+import orjson
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from aperture.offload import run_blocking
 from routing.providers.base import (
+    EventSource,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -133,64 +139,105 @@ class LocalProvider(ProviderAdapter):
         return CAPABILITIES
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
-        width, height = request.dimensions or (1024, 1024)
-        output_format = request.output_format or "png"
-        transparent = request.background == "transparent"
-
-        def make(index: int) -> bytes:
-            image = render(
-                prompt=request.prompt,
-                width=width,
-                height=height,
-                seed=request.seed,
-                index=index,
-                transparent=transparent,
-                quality=request.quality,
-            )
-            return encode(image, output_format, request.output_compression)
-
-        images = [
-            GeneratedImage(
-                data=run_blocking(partial(make, index)), media_type=MEDIA_TYPES[output_format]
-            )
-            for index in range(request.n)
-        ]
-        return ImageResult(images=images, metadata=_metadata(request, width, height))
+        return self._result(request)
 
     def edit(self, request: ImageRequest, target: Target) -> ImageResult:
-        """Paint the prompt's render into the mask's transparent region (or over the whole
-        first image, half-blended, without a mask): deterministic for prompt, seed and index."""
-        first = request.images[0]
-        width, height = request.dimensions or (first.width, first.height)
+        return self._result(request)
+
+    def stream(self, request: ImageRequest, target: Target) -> EventSource:
+        """Each image as `partial_images` ever finer previews (the final render pixelated
+        less and less), then the image itself: OpenAI's event shapes."""
+        return EventSource(chunks=self._events(request), close=lambda: None)
+
+    def _result(self, request: ImageRequest) -> ImageResult:
+        width, height = _output_size(request)
         output_format = request.output_format or "png"
-
-        def make(index: int) -> bytes:
-            with first.open() as handle, Image.open(handle) as opened:
-                base = opened.convert("RGBA").resize((width, height))
-            painted = render(
-                prompt=request.prompt,
-                width=width,
-                height=height,
-                seed=request.seed,
-                index=index,
-                quality=request.quality,
-            )
-            if request.mask is None:
-                edited = Image.blend(base, painted, 0.5)
-            else:
-                with request.mask.open() as handle, Image.open(handle) as mask:
-                    alpha = mask.convert("RGBA").getchannel("A").resize((width, height))
-                editable = alpha.point(lambda value: 255 if value == 0 else 0)
-                edited = Image.composite(painted, base, editable)
-            return encode(edited, output_format, request.output_compression)
-
         images = [
             GeneratedImage(
-                data=run_blocking(partial(make, index)), media_type=MEDIA_TYPES[output_format]
+                data=run_blocking(partial(_encoded, request, index)),
+                media_type=MEDIA_TYPES[output_format],
             )
             for index in range(request.n)
         ]
         return ImageResult(images=images, metadata=_metadata(request, width, height))
+
+    def _events(self, request: ImageRequest) -> Iterator[bytes]:
+        width, height = _output_size(request)
+        common = {**_metadata(request, width, height)}
+        prefix = request.event_prefix
+        for index in range(request.n):
+            final = run_blocking(partial(_image, request, index))
+            output_format = request.output_format or "png"
+            for step in range(request.partial_images):
+                factor = 2 ** (request.partial_images - step + 1)
+                preview = run_blocking(partial(_pixelated, final, factor, output_format))
+                yield _event(
+                    f"{prefix}.partial_image",
+                    {"b64_json": preview, "partial_image_index": step, **common},
+                )
+            data = run_blocking(partial(encode, final, output_format, request.output_compression))
+            yield _event(
+                f"{prefix}.completed",
+                {"b64_json": base64.b64encode(data).decode(), "usage": _NO_USAGE, **common},
+            )
+
+
+_NO_USAGE = {
+    "input_tokens": 0,
+    "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+    "output_tokens": 0,
+    "total_tokens": 0,
+}
+
+
+def _event(kind: str, fields: dict[str, Any]) -> bytes:
+    body = {"type": kind, "created_at": int(time.time()), **fields}
+    return f"event: {kind}\ndata: ".encode() + orjson.dumps(body) + b"\n\n"
+
+
+def _pixelated(image: Image.Image, factor: int, output_format: str) -> str:
+    small = image.resize((max(1, image.width // factor), max(1, image.height // factor)))
+    coarse = small.resize(image.size, Image.Resampling.NEAREST)
+    return base64.b64encode(encode(coarse, output_format)).decode()
+
+
+def _output_size(request: ImageRequest) -> tuple[int, int]:
+    if request.dimensions:
+        return request.dimensions
+    if request.images:
+        return request.images[0].width, request.images[0].height
+    return 1024, 1024
+
+
+def _encoded(request: ImageRequest, index: int) -> bytes:
+    return encode(
+        _image(request, index), request.output_format or "png", request.output_compression
+    )
+
+
+def _image(request: ImageRequest, index: int) -> Image.Image:
+    """Image `index` of the request: a render, or for an edit the render painted into the
+    mask's transparent region (or half-blended over the whole first image without a mask)."""
+    width, height = _output_size(request)
+    painted = render(
+        prompt=request.prompt,
+        width=width,
+        height=height,
+        seed=request.seed,
+        index=index,
+        transparent=request.background == "transparent" and not request.images,
+        quality=request.quality,
+    )
+    if not request.images:
+        return painted
+    with request.images[0].open() as handle, Image.open(handle) as opened:
+        base = opened.convert("RGBA").resize((width, height))
+    if request.mask is None:
+        return Image.blend(base, painted, 0.5)
+    with request.mask.open() as handle, Image.open(handle) as mask:
+        alpha = mask.convert("RGBA").getchannel("A").resize((width, height))
+    editable = alpha.point(lambda value: 255 if value == 0 else 0)
+    return Image.composite(painted, base, editable)
 
 
 def _metadata(request: ImageRequest, width: int, height: int) -> dict[str, str]:

@@ -12,15 +12,18 @@ from contextlib import ExitStack
 from typing import Any
 
 import orjson
+import requests
 from requests_toolbelt import MultipartEncoder
 
 from routing.providers import http
 from routing.providers.auth import credential_headers
 from routing.providers.base import (
+    EventSource,
     GeneratedImage,
     ImageRequest,
     ImageResult,
     ProviderAdapter,
+    ProviderError,
     Target,
     UpstreamFailed,
 )
@@ -170,8 +173,43 @@ class OpenAIProvider(ProviderAdapter):
 
     def edit(self, request: ImageRequest, target: Target) -> ImageResult:
         """providers.md §1.4: the form rebuilt with the upstream's model; files streamed."""
+        response = self._send_edit(request, target, self.edit_fields(request, target))
+        http.check_status(self.name, response)
+        return self.parse(http.json_object(self.name, response), request)
+
+    def stream(self, request: ImageRequest, target: Target) -> EventSource:
+        """providers.md §1.7: the upstream's events, relayed as they come (already OpenAI's)."""
+        options = {"stream": True, "partial_images": request.partial_images}
+        if request.is_edit:
+            fields = {**self.edit_fields(request, target), **options}
+            response = self._send_edit(request, target, fields, stream=True)
+        else:
+            response = http.send(
+                self.name,
+                "POST",
+                self.url(target),
+                timeout=target.timeout_seconds,
+                headers=self.headers(target),
+                params=self.params(target),
+                json_body={**self.body(request, target), **options},
+                stream=True,
+            )
+        try:
+            http.check_status(self.name, response)
+        except ProviderError:
+            response.close()
+            raise
+        return EventSource(chunks=http.read_chunks(response), close=response.close)
+
+    def _send_edit(
+        self,
+        request: ImageRequest,
+        target: Target,
+        fields: dict[str, Any],
+        stream: bool = False,
+    ) -> requests.Response:
         parts: list[tuple[str, Any]] = [
-            (name, _form_value(value)) for name, value in self.edit_fields(request, target).items()
+            (name, _form_value(value)) for name, value in fields.items()
         ]
         file_field = "image" if len(request.images) == 1 else "image[]"
         with ExitStack() as stack:
@@ -180,11 +218,10 @@ class OpenAIProvider(ProviderAdapter):
                 parts.append((file_field, (image.filename, handle, image.media_type)))
             if request.mask is not None:
                 mask = request.mask
-                parts.append(
-                    ("mask", (mask.filename, stack.enter_context(mask.open()), mask.media_type))
-                )
+                handle = stack.enter_context(mask.open())
+                parts.append(("mask", (mask.filename, handle, mask.media_type)))
             form = MultipartEncoder(fields=parts)
-            response = http.send(
+            return http.send(
                 self.name,
                 "POST",
                 self.edit_url(target),
@@ -192,9 +229,8 @@ class OpenAIProvider(ProviderAdapter):
                 headers={**self.headers(target), "Content-Type": form.content_type},
                 params=self.params(target),
                 data=form,
+                stream=stream,
             )
-        http.check_status(self.name, response)
-        return self.parse(http.json_object(self.name, response), request)
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
         response = http.send(

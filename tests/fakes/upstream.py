@@ -269,6 +269,9 @@ class _Handler(BaseHTTPRequestHandler):
             if "api-version" not in recorded.query:
                 self._json(404, _error("Resource not found"))
                 return
+            if isinstance(body, dict) and body.get("stream"):
+                self._stream(body)
+                return
             self._generate(body, model=parts.path.split("/")[3])
         else:
             self._other_post(recorded)
@@ -291,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
             recorded.headers.get("x-key"),
         )
 
-    def _stream(self, body: dict[str, Any]) -> None:
+    def _stream(self, body: dict[str, Any], prefix: str = "image_generation") -> None:
         """OpenAI's image SSE: `partial_images` partial events, then the completed one."""
         fake = self.server.fake
         size = body.get("size") or "1024x1024"
@@ -300,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._start_chunked(200, "text/event-stream", {"Cache-Control": "no-cache"})
         for index in range(int(body.get("partial_images") or 0)):
             event = {
-                "type": "image_generation.partial_image",
+                "type": f"{prefix}.partial_image",
                 "b64_json": base64.b64encode(png(32, 32, color=(index, 0, 0))).decode(),
                 "partial_image_index": index,
                 "created_at": int(time.time()),
@@ -314,7 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         image = os.urandom(fake.final_bytes) if fake.final_bytes else png(width, height)
         final = {
-            "type": "image_generation.completed",
+            "type": f"{prefix}.completed",
             "b64_json": base64.b64encode(image).decode(),
             "created_at": int(time.time()),
             "output_format": "png",
@@ -339,6 +342,11 @@ class _Handler(BaseHTTPRequestHandler):
         fields = _form_fields(recorded.raw, content_type)
         if not any(part.name in ("image", "image[]") for part in form_parts(recorded)):
             self._json(400, _error("image is required", code="missing_image"))
+            return
+        if fields.get("stream") == "true":
+            self._stream(
+                {**fields, "partial_images": int(fields.get("partial_images", 0))}, "image_edit"
+            )
             return
         size = fields.get("size") or "1024x1024"
         width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))

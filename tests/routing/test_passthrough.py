@@ -4,16 +4,11 @@ What the fake upstream received is checked byte for byte, and so is what the cal
 """
 
 import http.client
-import importlib
-import tempfile
 import threading
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 import requests
-from django.apps import apps
-from django.conf import settings
 from openai import OpenAI
 
 from billing.models import Budget, UsageRecord
@@ -27,35 +22,16 @@ from tests.fakes.upstream import FakeUpstream, Misbehave, png
 from tests.support import (
     Server,
     free_port,
-    gunicorn,
     rss_bytes,
-    subprocess_database_url,
     wait_for,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(scope="module")
-def gateway(django_db_setup: None, django_db_blocker) -> Iterator[Server]:  # type: ignore[no-untyped-def]
-    """One gunicorn for this module, on the test database (rows are committed per test)."""
-    with django_db_blocker.unblock():
-        database_url = subprocess_database_url()
-    access_log = tempfile.NamedTemporaryFile(prefix="access-", suffix=".log")  # noqa: SIM115
-    with (
-        access_log,
-        gunicorn(
-            {"DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL},
-            access_log=access_log.name,
-        ) as server,
-    ):
-        yield server
-
-
 @pytest.fixture(autouse=True)
-def list_prices(transactional_db: None) -> None:
-    """The seeded list prices (a transactional test's flush removes the migration's rows)."""
-    importlib.import_module("billing.migrations.0002_seed_list_prices").seed(apps, None)
+def _prices(list_prices: None) -> None:
+    """Priced calls need the seeded list prices."""
 
 
 def open_credential(

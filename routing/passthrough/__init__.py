@@ -1,0 +1,1 @@
+"""Passthrough: a provider's native API relayed raw, authenticated, limited and metered."""

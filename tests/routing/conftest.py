@@ -1,0 +1,34 @@
+"""Routing fixtures: the gateway served by gunicorn on the test database."""
+
+import importlib
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from django.apps import apps
+from django.conf import settings
+
+from tests.support import Server, gunicorn, subprocess_database_url
+
+
+@pytest.fixture(scope="module")
+def gateway(django_db_setup: None, django_db_blocker) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+    """One gunicorn (gevent) per module, on the test database; tests that use it commit their
+    rows (`django_db(transaction=True)`). Its access log is kept for tests to read."""
+    with django_db_blocker.unblock():
+        database_url = subprocess_database_url()
+    access_log = tempfile.NamedTemporaryFile(prefix="access-", suffix=".log")  # noqa: SIM115
+    with (
+        access_log,
+        gunicorn(
+            {"DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL},
+            access_log=access_log.name,
+        ) as server,
+    ):
+        yield server
+
+
+@pytest.fixture
+def list_prices(transactional_db: None) -> None:
+    """The seeded list prices (a transactional test's flush removes the migration's rows)."""
+    importlib.import_module("billing.migrations.0002_seed_list_prices").seed(apps, None)
