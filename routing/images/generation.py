@@ -12,7 +12,7 @@ import base64
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -33,6 +33,7 @@ from routing import route_cache, selectors
 from routing.images import conversion, fanout, hosting
 from routing.images.edit_form import EditForm
 from routing.images.fetch import fetch_image
+from routing.images.references import load_references
 from routing.images.validation import model_name, parse_edit_request, parse_image_request
 from routing.models import Deployment
 from routing.passthrough import image_routes
@@ -208,6 +209,8 @@ def generate_images(
     attempts = plan_attempts(principal, body, alias_name, edit)
     if not attempts:
         raise NoDeployment(f"No deployment of '{alias_name}' can serve this request.")
+    if attempts[0].request.references and not attempts[0].request.is_edit:
+        attempts = _with_references(attempts)
     first = attempts[0]
     meter.provider, meter.upstream_model = first.target.provider, first.target.upstream_model
     meter.size, meter.quality = first.request.size, first.request.quality or ""
@@ -322,6 +325,17 @@ def open_event_stream(attempts: list[Attempt], meter: Meter, hold: budgets.Hold)
         )
     assert last_error is not None
     raise api_error_for(last_error)
+
+
+def _with_references(attempts: list[Attempt]) -> list[Attempt]:
+    """Fetch the reference images once (no database connection held meanwhile); each
+    deployment then serves the request as an edit of them."""
+    release_database_connection()
+    images = load_references(attempts[0].request.references)
+    return [
+        Attempt(deployment=a.deployment, request=replace(a.request, images=images), target=a.target)
+        for a in attempts
+    ]
 
 
 def _token_count(value: Any) -> int:

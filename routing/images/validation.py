@@ -11,6 +11,7 @@ from typing import Any
 
 from aperture.errors import InvalidRequest, Unsupported
 from routing.images.edit_form import EditForm
+from routing.images.references import parse_references
 from routing.images.sizing import resolve_size
 from routing.providers.base import ImageRequest
 from routing.providers.capabilities import MAX_N, OUTPUT_FORMATS, ImageCapabilities
@@ -37,6 +38,7 @@ KNOWN_FIELDS = frozenset(
         "provider",
         "allow_partial",
         "input_fidelity",
+        "input_references",
     }
 )
 MAX_SEED = 2**32 - 1
@@ -147,6 +149,11 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
         raise Unsupported(f"The model '{model}' does not take a seed.", param="seed")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InvalidRequest(f"'seed' must be between 0 and {MAX_SEED}.", param="seed")
+    references = parse_references(body)
+    if references and not caps.edits:
+        raise Unsupported(
+            f"The model '{model}' does not take reference images.", param="input_references"
+        )
     stream = _boolean(body, "stream")
     partial_images = _integer(body, "partial_images")
     if partial_images is not None and not 0 <= partial_images <= MAX_PARTIAL_IMAGES:
@@ -179,6 +186,7 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
         # A model that cannot stream answers the buffered response instead.
         stream=stream and caps.streaming,
         partial_images=partial_images or 0,
+        references=references,
     )
 
 
@@ -218,6 +226,11 @@ def parse_edit_request(form: EditForm, caps: ImageCapabilities, model: str) -> I
     for name in ("moderation", "style"):
         if form.fields.get(name) is not None:
             raise InvalidRequest(f"'{name}' does not apply to edits.", param=name)
+    if form.fields.get("input_references") is not None:
+        raise InvalidRequest(
+            "An edit takes its images as 'image' / 'image[]' files, not 'input_references'.",
+            param="input_references",
+        )
     request = parse_image_request(form.fields, caps, model)
     fidelity = _choice(form.fields, "input_fidelity", ("high", "low"), model)
     if fidelity is not None and not caps.input_fidelity:

@@ -41,6 +41,8 @@ class ImageRequest:
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
     input_fidelity: str | None = None
+    # Reference images as the caller gave them (data or http(s) URLs); fetched into `images`.
+    references: tuple[str, ...] = ()
     # Server-sent events: `partial_images` previews, then each final image.
     stream: bool = False
     partial_images: int = 0

@@ -1,0 +1,80 @@
+"""`input_references`: reference images for image-to-image, as data URLs or http(s) URLs.
+
+URLs are fetched by the guarded fetcher (time limit, size cap, never a private, loopback or
+link-local address unless an operator allowlists it), must answer an image content type,
+and must decode like any uploaded image. A reference the gateway cannot use is the caller's
+400, before anything is reserved or sent upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from aperture.errors import InvalidRequest
+from routing.images import inputs
+from routing.images.fetch import FetchRefused, fetch_image
+from routing.providers.base import UpstreamFailed, UpstreamTimedOut
+
+MAX_REFERENCES = 16
+FIELD = "input_references"
+
+
+def parse_references(body: dict[str, Any]) -> tuple[str, ...]:
+    """The field's shape only; nothing is fetched here."""
+    value = body.get(FIELD)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidRequest(f"'{FIELD}' must be a list of data URLs or http(s) URLs.", param=FIELD)
+    if len(value) > MAX_REFERENCES:
+        raise InvalidRequest(
+            f"At most {MAX_REFERENCES} reference images; got {len(value)}.", param=FIELD
+        )
+    for index, item in enumerate(value):
+        if not item.startswith(("data:", "http://", "https://")):
+            raise InvalidRequest(
+                f"'{FIELD}[{index}]' must be a base64 data URL or an http(s) URL.",
+                param=f"{FIELD}[{index}]",
+            )
+    return tuple(value)
+
+
+def _download(url: str, param: str) -> bytes:
+    try:
+        data, content_type = fetch_image("reference", url)
+    except FetchRefused:
+        raise InvalidRequest(
+            f"'{param}' is not fetched: its host is a private, loopback or link-local address "
+            "(or does not resolve).",
+            param=param,
+        ) from None
+    except UpstreamTimedOut:
+        raise InvalidRequest(
+            f"'{param}' could not be downloaded within {settings.FETCH_TIMEOUT_SECONDS:g} s.",
+            param=param,
+        ) from None
+    except UpstreamFailed as error:
+        raise InvalidRequest(
+            f"'{param}' could not be downloaded: {error.message}", param=param
+        ) from None
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if not media_type.startswith("image/"):
+        raise InvalidRequest(
+            f"'{param}' answered {media_type or 'no content type'}, not an image.", param=param
+        )
+    return data
+
+
+def load_references(references: tuple[str, ...]) -> tuple[inputs.InputImage, ...]:
+    """Each reference decoded and checked, in order."""
+    images = []
+    for index, reference in enumerate(references):
+        param = f"{FIELD}[{index}]"
+        if reference.startswith("data:"):
+            data = inputs.decode_data_url(reference, param)
+        else:
+            data = _download(reference, param)
+        images.append(inputs.from_bytes(data, param, filename=f"reference-{index}"))
+    return tuple(images)
