@@ -7,8 +7,10 @@ Redis on 127.0.0.1) as their own processes, then measures on loopback:
   2. the billing path and the budget race;
   3. 1,000 concurrent requests against a 5-second upstream: successes, wall time and the
      gateway's peak memory (RSS of the gunicorn master and workers);
-  4. passthrough: added latency at concurrency 1 and 64, and a 100 MB response relayed.
-`python -m bench --only passthrough` runs one section.
+  4. passthrough: added latency at concurrency 1 and 64, and a 100 MB response relayed;
+  5. images: peak memory under 20 concurrent 20 MB edits and 20 concurrent n=4 x 4 MB
+     generations, and a stream's time to its first partial image, gateway vs direct.
+`python -m bench --only passthrough` (or core, images) runs one section.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import psycopg
 import requests
 
+from bench.images import run_images
 from bench.loadgen import run
 from bench.passthrough import run_passthrough
 from bench.seed import RACE_IMAGES
@@ -97,7 +100,7 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=1000, help="concurrent 5-s requests")
     parser.add_argument("--race", type=int, default=1000, help="concurrent requests in the race")
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
-    parser.add_argument("--only", choices=["core", "passthrough"], help="run one section")
+    parser.add_argument("--only", choices=["core", "passthrough", "images"], help="run one section")
     args = parser.parse_args()
 
     upstream_port, gateway_port = 9741, 9742
@@ -153,11 +156,13 @@ def main() -> None:
             f"# Aperture benchmark — {args.workers} gevent worker(s), 2 cores shared with the "
             "load generator and the fake upstream\n"
         )
-        if args.only != "passthrough":
+        if args.only in (None, "core"):
             _core(args, gateway, gateway_url, upstream_url, seeded)
-        if args.only != "core":
-            requests.post(f"{upstream_url}/_control/delay", json={"delay": 0}, timeout=5)
+        requests.post(f"{upstream_url}/_control/delay", json={"delay": 0}, timeout=5)
+        if args.only in (None, "passthrough"):
             run_passthrough(gateway_url, upstream_url, key, quick=args.quick)
+        if args.only in (None, "images"):
+            run_images(gateway_url, upstream_url, key, lambda: _rss_mb(gateway.pid))
     finally:
         for process in processes:
             with contextlib.suppress(ProcessLookupError):

@@ -39,6 +39,14 @@ def main() -> None:
         upstream_model="dall-e-2",
         timeout_seconds=60,
     )
+    gpt = routing.alias_create(actor=actor, name="bench-gpt")
+    routing.deployment_create(
+        actor=actor,
+        alias=gpt,
+        credential=credential,
+        upstream_model="gpt-image-1",
+        timeout_seconds=120,
+    )
     price = pricing.per_image_estimate("openai", "dall-e-2", "256x256", None)
     keys: dict[str, str | int] = {}
     for name in ("plain", "budgeted", "race"):

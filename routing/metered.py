@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aperture.renderers import ORJSONRenderer
 from aperture.request_context import current_request_id
 from billing.metering import Meter, record_usage
 from tenants.key_auth import KeyPrincipal
@@ -18,6 +19,7 @@ class MeteredView(APIView):
     """An inference view whose every authenticated request leaves one usage record."""
 
     permission_classes = [ImagesScope]
+    renderer_classes = [ORJSONRenderer]
     endpoint = ""
     meter: Meter
 

@@ -159,6 +159,13 @@ def _finish_image(
     """One entry of `data`: in the requested response_format and output_format."""
     data, media_type = image.data, image.media_type
     wanted_format = request.output_format
+    if image.b64 is not None:
+        head = base64.b64decode(image.b64[:64])  # enough to tell PNG, JPEG and WebP apart
+        actual = conversion.sniff_format(head)
+        unchanged = actual is not None and wanted_format in (None, actual)
+        if unchanged and request.response_format == "b64_json":
+            return _entry({"b64_json": image.b64}, image)  # no decode, no re-encode
+        data = image.content()
     if data is None and image.url is not None:
         if request.response_format == "url" and wanted_format in (None, "png"):
             return _entry({"url": image.url}, image)

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import BinaryIO
 
 from django.conf import settings
@@ -23,6 +24,7 @@ from django.core.files.uploadedfile import UploadedFile
 from PIL import Image, UnidentifiedImageError
 
 from aperture.errors import InvalidRequest, PayloadTooLarge
+from aperture.offload import run_blocking
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+)?(;[a-z0-9=.-]+)*;base64,", re.IGNORECASE)
@@ -94,7 +96,7 @@ def from_upload(upload: UploadedFile, param: str) -> InputImage:
     path = getattr(upload, "temporary_file_path", None)
     if path is not None:  # spooled to disk by Django: stays there
         with open(path(), "rb") as handle:
-            image_format, width, height = _inspect(handle, param)
+            image_format, width, height = run_blocking(partial(_inspect, handle, param))
         return InputImage(
             filename=upload.name or "image",
             media_type=FORMATS[image_format],
@@ -109,7 +111,7 @@ def from_upload(upload: UploadedFile, param: str) -> InputImage:
 
 def from_bytes(data: bytes, param: str, *, filename: str = "image") -> InputImage:
     _check_size(len(data), param)
-    image_format, width, height = _inspect(io.BytesIO(data), param)
+    image_format, width, height = run_blocking(partial(_inspect, io.BytesIO(data), param))
     extension = image_format.lower().replace("jpeg", "jpg")
     if "." not in filename:
         filename = f"{filename}.{extension}"

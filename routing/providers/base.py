@@ -7,6 +7,7 @@ the deployment's adapter with a `Target` (where and as whom to call), and gets b
 
 from __future__ import annotations
 
+import base64
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -68,12 +69,20 @@ class ImageRequest:
 
 @dataclass(frozen=True)
 class GeneratedImage:
-    """One image: bytes (with their media type) or a URL the upstream hosts."""
+    """One image: bytes (with their media type), the upstream's base64 of them as it came
+    (kept so that an image passed on unchanged is not decoded and encoded again), or a URL
+    the upstream hosts."""
 
     data: bytes | None = None
     media_type: str | None = None
     url: str | None = None
     revised_prompt: str | None = None
+    b64: str | None = None
+
+    def content(self) -> bytes | None:
+        if self.data is None and self.b64 is not None:
+            return base64.b64decode(self.b64)
+        return self.data
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,10 @@ class _Handler(BaseHTTPRequestHandler):
             fake.delay = float(json.loads(self._read_body())["delay"])
             self._json(200, {"delay": fake.delay})
             return
+        if parts.path == "/_control/image_bytes":
+            fake.set_image_bytes(int(json.loads(self._read_body())["bytes"]))
+            self._json(200, {"bytes": len(fake.big_image or b"")})
+            return
         recorded = self._record("POST")
         body = recorded.body
         behaviour = fake.next_behaviour()
@@ -400,7 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
         size = body.get("size") or "1024x1024"
         width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))
         fmt = body.get("output_format", "png")
-        data = png(width, height, fmt)
+        data = self.server.fake.big_image or png(width, height, fmt)
         dall_e = model.startswith("dall-e")
         items = []
         for _ in range(int(body.get("n", 1))):
@@ -437,6 +441,7 @@ class FakeUpstream:
         self.delay = delay
         self.requests: list[Recorded] = []
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.big_image: bytes | None = None  # every generated image, when a test sets one
         self.keep_bodies = True  # off for long benchmarks, whose memory must not grow
         self.sent: list[bytes] = []  # bodies of the answers sent with a Content-Length
         self.streamed = bytearray()  # what chunked answers sent, de-chunked
@@ -463,6 +468,17 @@ class FakeUpstream:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def set_image_bytes(self, size: int) -> None:
+        """From now on every generated image is one noise PNG of about `size` bytes (0: off)."""
+        if not size:
+            self.big_image = None
+            return
+        side = int((size / 3) ** 0.5)  # noise does not compress: ~3 bytes a pixel
+        noise = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+        buffer = io.BytesIO()
+        noise.save(buffer, "PNG", compress_level=1)
+        self.big_image = buffer.getvalue()
 
     def record(self, recorded: Recorded) -> None:
         with self._lock:
