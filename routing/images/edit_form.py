@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest
 from django.http.multipartparser import MultiPartParserError
 
@@ -62,6 +63,8 @@ def read_edit_form(request: HttpRequest) -> EditForm:
         form, files = request.POST, request.FILES
     except MultiPartParserError as exc:
         raise InvalidRequest(f"Could not parse the multipart body: {exc}.") from None
+    except (TooManyFieldsSent, TooManyFilesSent) as exc:
+        raise InvalidRequest(f"The multipart body has too many parts: {exc}.") from None
     uploads = files.getlist("image") + files.getlist("image[]")
     if not uploads:
         raise InvalidRequest(

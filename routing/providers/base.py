@@ -50,7 +50,8 @@ class ImageRequest:
 
     @property
     def event_prefix(self) -> str:
-        return "image_edit" if self.is_edit else "image_generation"
+        """A generation with reference images is still a generation to its caller."""
+        return "image_edit" if self.is_edit and not self.references else "image_generation"
 
     @property
     def is_edit(self) -> bool:

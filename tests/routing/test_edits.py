@@ -121,7 +121,14 @@ def test_the_sdk_edits_through_openai_and_azure_with_files_and_fields_rebuilt(
         max_retries=0,
     )
     azure_result = azure.images.edit(
-        model="image-azure", image=("one.png", one, "image/png"), prompt="a hat"
+        model="image-azure",
+        image=[
+            ("one.png", one, "image/png"),
+            ("two.png", two, "image/png"),
+            ("three.jpg", three, "image/jpeg"),
+        ],
+        mask=("mask.png", _mask(64, 64), "image/png"),
+        prompt="a hat",
     )
     assert len(azure_result.data or []) == 1
 
@@ -150,6 +157,12 @@ def test_the_sdk_edits_through_openai_and_azure_with_files_and_fields_rebuilt(
     assert third.query == {"api-version": ["2025-04-01-preview"]}
     assert third.headers["api-key"] == UPSTREAM_SECRET
     assert "model" not in {p.name for p in form_parts(third)}
+    assert [(p.name, p.filename) for p in form_parts(third) if p.filename] == [
+        ("image[]", "one.png"),
+        ("image[]", "two.png"),
+        ("image[]", "three.jpg"),
+        ("mask", "mask.png"),
+    ]
     for call in (first, second, third):
         assert api_key.secret not in str(call.headers) and api_key.secret.encode() not in call.raw
 
@@ -340,3 +353,13 @@ def test_a_decompression_bomb_is_refused_before_decoding(
     assert response.json()["error"]["message"] == (
         "'image' has too many pixels to be decoded safely."
     )
+
+
+def test_a_form_with_too_many_parts_is_a_400_not_a_500(
+    client: APIClient, platform_alias: ModelAlias, settings
+) -> None:  # type: ignore[no-untyped-def]
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    images = [_upload(f"{i}.png", png(8, 8)) for i in range(5)]
+    response = _edit(client, {"model": "demo-image", "prompt": "x", "image[]": images})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("The multipart body has too many parts")

@@ -219,3 +219,23 @@ def test_a_bad_stream_option_is_a_400(
         )
         assert response.status_code == 400
         assert response.json()["error"]["param"] == param
+
+
+def test_a_generation_with_references_streams_generation_events(
+    gateway: Server, api_key: CreatedKey, platform_alias: ModelAlias
+) -> None:
+    reference = "data:image/png;base64," + base64.b64encode(png(40, 30)).decode()
+    events = list(
+        _sdk(gateway, api_key).images.generate(
+            model="demo-image",
+            prompt="in this style",
+            stream=True,
+            partial_images=1,
+            extra_body={"input_references": [reference]},
+        )
+    )
+    assert [e.type for e in events] == [
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert _size(events[-1].b64_json) == (40, 30)
