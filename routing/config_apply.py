@@ -103,6 +103,7 @@ class _Planner:
             "base_url": item.base_url,
             "api_version": item.api_version,
             "extra_headers": item.extra_headers,
+            "options": item.options,
             "passthrough_enabled": item.passthrough_enabled,
             "passthrough_path_prefixes": item.passthrough_path_prefixes,
             "enabled": item.enabled,

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from routing.models import Provider
+from routing.providers.auth import auth_for
 from routing.services import RESERVED_CREDENTIAL_NAMES
 
 LINE = "__line__"
@@ -51,6 +52,7 @@ class CredentialSpec:
     secret: str
     api_version: str
     extra_headers: dict[str, str]
+    options: dict[str, Any]
     passthrough_enabled: bool
     passthrough_path_prefixes: list[str]
     enabled: bool
@@ -181,6 +183,7 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
             "secret_env",
             "api_version",
             "extra_headers",
+            "options",
             "passthrough",
             "passthrough_paths",
             # The model's field names, accepted too (files written before the short names).
@@ -209,6 +212,7 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
         raise ConfigError(line, f"'{name}' is a route of the gateway itself; choose another name")
     headers = _get(item, "extra_headers", dict, {}, what)
     headers.pop(LINE, None)
+    options = _without_lines(_get(item, "options", dict, {}, what))
     passthrough = _either(item, "passthrough", "passthrough_enabled", bool, False, what)
     prefixes = _either(item, "passthrough_paths", "passthrough_path_prefixes", list, [], what)
     for prefix in prefixes:
@@ -219,11 +223,14 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
         name=name,
         provider=provider,
         workspace=_get(item, "workspace", str, None, what),
-        base_url=_get(item, "base_url", str, "", what).rstrip("/"),
+        base_url=(
+            _get(item, "base_url", str, "", what) or auth_for(provider).default_base_url
+        ).rstrip("/"),
         secret_env=secret_env,
         secret=secret,
         api_version=_get(item, "api_version", str, "", what),
         extra_headers={str(k): str(v) for k, v in headers.items()},
+        options=options,
         passthrough_enabled=passthrough,
         passthrough_path_prefixes=[str(p) for p in prefixes],
         enabled=_get(item, "enabled", bool, True, what),
@@ -406,3 +413,12 @@ def parse_config(text: str) -> ConfigSpec:
     _no_duplicates(spec.credentials, "credential")
     _no_duplicates(spec.aliases, "alias")
     return spec
+
+
+def _without_lines(value: Any) -> Any:
+    """A mapping from the file as plain data: the loader's line markers removed."""
+    if isinstance(value, dict):
+        return {k: _without_lines(v) for k, v in value.items() if k != LINE}
+    if isinstance(value, list):
+        return [_without_lines(v) for v in value]
+    return value

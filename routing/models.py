@@ -48,6 +48,11 @@ class ProviderCredential(models.Model):
     secret_hint = models.CharField(max_length=4, blank=True, editable=False)
     api_version = models.CharField(max_length=64, blank=True, help_text="Azure: api-version.")
     extra_headers = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Provider options sent with every call, e.g. {"watermark": true} for Seedream.',
+    )
     passthrough_enabled = models.BooleanField(
         default=False, help_text="Allow tenants to call /<name>/<path> raw. Off by default."
     )

@@ -8,6 +8,7 @@ from django.db.models import Model
 
 from aperture import crypto
 from routing.models import Deployment, ModelAlias, Provider, ProviderCredential
+from routing.providers.auth import auth_for
 from tenants.audit import audit_record
 from tenants.models import Workspace
 
@@ -18,6 +19,7 @@ CREDENTIAL_FIELDS = {
     "base_url",
     "api_version",
     "extra_headers",
+    "options",
     "passthrough_enabled",
     "passthrough_path_prefixes",
     "enabled",
@@ -76,6 +78,7 @@ def credential_create(
     workspace: Workspace | None = None,
     api_version: str = "",
     extra_headers: dict[str, str] | None = None,
+    options: dict[str, Any] | None = None,
     passthrough_enabled: bool = False,
     passthrough_path_prefixes: list[str] | None = None,
     enabled: bool = True,
@@ -86,9 +89,10 @@ def credential_create(
         workspace=workspace,
         name=name,
         provider=provider,
-        base_url=base_url.rstrip("/"),
+        base_url=(base_url or auth_for(provider).default_base_url).rstrip("/"),
         api_version=api_version,
         extra_headers=extra_headers or {},
+        options=options or {},
         passthrough_enabled=passthrough_enabled,
         passthrough_path_prefixes=clean_passthrough_prefixes(passthrough_path_prefixes or []),
         enabled=enabled,

@@ -45,9 +45,12 @@ from routing.providers.base import (
     ProviderError,
     Target,
     UpstreamAuthFailed,
+    UpstreamFailed,
+    UpstreamModerated,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimedOut,
+    is_base64,
 )
 from routing.providers.registry import adapter_for
 from routing.relay import Relay
@@ -82,6 +85,7 @@ def target_for(deployment: Deployment) -> Target:
         timeout_seconds=float(deployment.timeout_seconds),
         api_version=credential.api_version,
         extra_headers=dict(credential.extra_headers or {}),
+        options=dict(credential.options or {}),
     )
 
 
@@ -118,6 +122,8 @@ def plan_attempts(
 
 def api_error_for(error: ProviderError) -> ApiError:
     """The gateway's answer to a failed upstream call."""
+    if isinstance(error, UpstreamModerated):
+        return InvalidRequest(error.message, code="content_policy_violation")
     if isinstance(error, UpstreamRejected):
         return InvalidRequest(error.message, param=error.param, code="upstream_rejected")
     if isinstance(error, UpstreamAuthFailed):
@@ -160,6 +166,8 @@ def _finish_image(
     data, media_type = image.data, image.media_type
     wanted_format = request.output_format
     if image.b64 is not None:
+        if not is_base64(image.b64):
+            raise UpstreamFailed(provider, f"{provider} returned an image in invalid base64.")
         head = base64.b64decode(image.b64[:64])  # enough to tell PNG, JPEG and WebP apart
         actual = conversion.sniff_format(head)
         unchanged = actual is not None and wanted_format in (None, actual)

@@ -53,6 +53,8 @@ def nearest_size(caps: ImageCapabilities, tier: str, ratio: float) -> str:
     if caps.max_pixels:
         scale = min(scale, math.sqrt(caps.max_pixels / (width * height)))
     scale = max(scale, caps.min_side / min(width, height))
+    if caps.min_pixels:
+        scale = max(scale, math.sqrt(caps.min_pixels / (width * height)))
     step = max(caps.size_multiple, 1)
 
     def fit(value: float) -> int:
@@ -67,6 +69,11 @@ def nearest_size(caps: ImageCapabilities, tier: str, ratio: float) -> str:
             w -= step
         else:
             h -= step
+    while caps.min_pixels and w * h < caps.min_pixels and max(w, h) + step <= caps.max_side:
+        if w <= h:
+            w += step
+        else:
+            h += step
     return f"{w}x{h}"
 
 
@@ -157,6 +164,8 @@ def check_pixels(caps: ImageCapabilities, size: str | None, model: str) -> str:
                 detail += f" and a multiple of {caps.size_multiple}"
             if caps.max_pixels:
                 detail += f", at most {caps.max_pixels} pixels"
+            if caps.min_pixels:
+                detail += f", at least {caps.min_pixels} pixels"
         raise InvalidRequest(
             f"Invalid 'size' {size!r} for the model '{model}'; {detail}.", param="size"
         )

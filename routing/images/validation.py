@@ -217,6 +217,8 @@ def parse_edit_request(form: EditForm, caps: ImageCapabilities, model: str) -> I
     """An edit: the generation rules for its fields, plus what the model's edits accept."""
     if not caps.edits:
         raise Unsupported(f"The model '{model}' cannot edit images.", param="model")
+    if form.mask is not None and not caps.mask:
+        raise Unsupported(f"The model '{model}' does not take a mask.", param="mask")
     if len(form.images) > caps.max_edit_images:
         raise InvalidRequest(
             f"The model '{model}' edits at most {caps.max_edit_images} image(s) at once; got "

@@ -8,6 +8,7 @@ the deployment's adapter with a `Target` (where and as whom to call), and gets b
 from __future__ import annotations
 
 import base64
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -106,6 +107,11 @@ class Target:
     timeout_seconds: float
     api_version: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # The operator's provider options (the credential's); a caller's `provider` options win.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def merged_options(self, request: ImageRequest) -> dict[str, Any]:
+        return {**self.options, **request.options_for(self.provider)}
 
 
 class ProviderError(Exception):
@@ -126,6 +132,18 @@ class UpstreamRejected(ProviderError):
         super().__init__(provider, message)
         self.status = status
         self.param = param
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def is_base64(text: str) -> bool:
+    """Well-formed base64, checked without decoding (images are passed on as they came)."""
+    return len(text) % 4 == 0 and _BASE64.fullmatch(text) is not None
+
+
+class UpstreamModerated(ProviderError):
+    """The upstream's safety system refused the prompt, the input or every output."""
 
 
 class UpstreamAuthFailed(ProviderError):

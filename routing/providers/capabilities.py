@@ -19,6 +19,7 @@ class ImageCapabilities:
     max_side: int = 4096
     size_multiple: int = 1
     max_pixels: int | None = None
+    min_pixels: int | None = None
     default_size: str = "1024x1024"
     # Images one upstream call makes; the gateway fans out concurrent calls for more.
     max_n: int = 10
@@ -33,6 +34,7 @@ class ImageCapabilities:
     moderation: bool = False
     edits: bool = False
     max_edit_images: int = 16
+    mask: bool = True  # an edit may carry a mask
     input_fidelity: bool = False
     streaming: bool = False
     seed: bool = False
@@ -57,4 +59,5 @@ class ImageCapabilities:
             and width % self.size_multiple == 0
             and height % self.size_multiple == 0
             and (self.max_pixels is None or width * height <= self.max_pixels)
+            and (self.min_pixels is None or width * height >= self.min_pixels)
         )

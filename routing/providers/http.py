@@ -90,14 +90,25 @@ def _upstream_message(response: requests.Response) -> tuple[str, str | None]:
     except orjson.JSONDecodeError:
         text = response.text.strip()[:500]
         return (text or response.reason or "no message"), None
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
+    if not isinstance(body, dict):
+        return response.text.strip()[:500], None
+    error = body.get("error")
+    if isinstance(error, dict):  # OpenAI, Google, OpenRouter, Ark
         return str(error.get("message") or error.get("code") or "no message")[:2000], (
             error.get("param") if isinstance(error.get("param"), str) else None
         )
-    if isinstance(error, str):
+    if isinstance(error, str):  # xAI's flat {"code", "error"}
         return error[:2000], None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors:  # Stability: {"name", "errors": [...]}
+        return "; ".join(str(e) for e in errors)[:2000], None
+    detail = body.get("detail")
+    if isinstance(detail, list) and detail:  # FastAPI validation (BFL, fal)
+        messages = [str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail]
+        return "; ".join(messages)[:2000], None
+    if isinstance(detail, str):
+        return detail[:2000], None
+    if isinstance(body.get("message"), str):
         return body["message"][:2000], None
     return response.text.strip()[:500], None
 
@@ -114,6 +125,8 @@ def check_status(provider: str, response: requests.Response) -> None:
         raise UpstreamRateLimited(
             provider, f"{provider} rate limit: {message}", response.headers.get("Retry-After")
         )
+    if status == 402:  # the operator's account is out of credit: not the caller's doing
+        raise UpstreamFailed(provider, f"{provider} refused for lack of credit: {message}")
     if 400 <= status < 500:
         raise UpstreamRejected(provider, f"{provider}: {message}", status=status, param=param)
     if 300 <= status < 400:

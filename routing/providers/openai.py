@@ -6,7 +6,6 @@ and unknown extra fields pass through unchanged so new upstream options keep wor
 
 from __future__ import annotations
 
-import re
 from contextlib import ExitStack
 from typing import Any
 
@@ -25,6 +24,7 @@ from routing.providers.base import (
     ProviderError,
     Target,
     UpstreamFailed,
+    is_base64,
 )
 from routing.providers.capabilities import OUTPUT_FORMATS, ImageCapabilities
 
@@ -257,7 +257,7 @@ class OpenAIProvider(ProviderAdapter):
             revised = item.get("revised_prompt")
             if item.get("b64_json"):
                 encoded = item["b64_json"]
-                if not isinstance(encoded, str) or not _is_base64(encoded):
+                if not isinstance(encoded, str) or not is_base64(encoded):
                     raise UpstreamFailed(self.name, f"{self.name} returned invalid base64.")
                 images.append(
                     GeneratedImage(b64=encoded, media_type=media_type, revised_prompt=revised)
@@ -282,11 +282,3 @@ def _form_value(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return orjson.dumps(value).decode()
     return str(value)
-
-
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-
-
-def _is_base64(text: str) -> bool:
-    """Well-formed base64, checked without decoding (images are passed on as they came)."""
-    return len(text) % 4 == 0 and _BASE64.fullmatch(text) is not None

@@ -5,11 +5,13 @@ from __future__ import annotations
 from aperture.errors import Unsupported
 from routing.providers.azure import AzureProvider
 from routing.providers.base import ProviderAdapter
+from routing.providers.gemini import GeminiProvider
 from routing.providers.local import LocalProvider
 from routing.providers.openai import OpenAIProvider
 
 ADAPTERS: dict[str, ProviderAdapter] = {
-    adapter.name: adapter for adapter in (LocalProvider(), OpenAIProvider(), AzureProvider())
+    adapter.name: adapter
+    for adapter in (LocalProvider(), OpenAIProvider(), AzureProvider(), GeminiProvider())
 }
 
 

@@ -265,6 +265,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._edit(recorded)
         elif parts.path.startswith("/v1beta/models/") and parts.path.endswith(":generateContent"):
             self._gemini(body)
+        elif parts.path.startswith("/v1beta/models/") and parts.path.endswith(":predict"):
+            self._imagen(body)
         elif parts.path.startswith("/v2beta/stable-image/generate/"):
             self._send(200, png(64, 64), "image/png", {"finish-reason": "SUCCESS", "seed": "7"})
         elif parts.path.startswith("/openai/deployments/") and parts.path.endswith(
@@ -357,6 +359,19 @@ class _Handler(BaseHTTPRequestHandler):
         data = png(width, height, fields.get("output_format", "png"))
         items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
         self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
+
+    def _imagen(self, body: Any) -> None:
+        """Imagen :predict (providers.md §3.3): sampleCount images at the aspect ratio."""
+        parameters = (body or {}).get("parameters") or {}
+        ratio = parameters.get("aspectRatio", "1:1")
+        width, height = {"1:1": (64, 64), "16:9": (112, 63), "9:16": (63, 112)}.get(ratio, (64, 48))
+        mime = (parameters.get("outputOptions") or {}).get("mimeType", "image/png")
+        data = png(width, height, "jpeg" if mime == "image/jpeg" else "png")
+        predictions = [
+            {"bytesBase64Encoded": base64.b64encode(data).decode(), "mimeType": mime}
+            for _ in range(int(parameters.get("sampleCount", 4)))
+        ]
+        self._json(200, {"predictions": predictions})
 
     def _gemini(self, body: Any) -> None:
         """Gemini generateContent with an image part (providers.md §3.2)."""
