@@ -141,7 +141,7 @@ def test_options_the_gateway_cannot_honour_are_refused_before_the_call(
     alias_on("gemini", "gemini-2.5-flash-image", name="flash")
     for extra in ({"quality": "high"}, {"size": "512x512"}, {"style": "vivid"}):
         with pytest.raises(openai.BadRequestError):
-            sdk.images.generate(model="flash", prompt="x", **extra)  # type: ignore[arg-type]
+            sdk.images.generate(model="flash", prompt="x", extra_body=extra)
     assert fake_upstream.requests == []
 
 
