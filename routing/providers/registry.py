@@ -8,10 +8,17 @@ from routing.providers.base import ProviderAdapter
 from routing.providers.gemini import GeminiProvider
 from routing.providers.local import LocalProvider
 from routing.providers.openai import OpenAIProvider
+from routing.providers.xai import XAIProvider
 
 ADAPTERS: dict[str, ProviderAdapter] = {
     adapter.name: adapter
-    for adapter in (LocalProvider(), OpenAIProvider(), AzureProvider(), GeminiProvider())
+    for adapter in (
+        LocalProvider(),
+        OpenAIProvider(),
+        AzureProvider(),
+        GeminiProvider(),
+        XAIProvider(),
+    )
 }
 
 

@@ -255,7 +255,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized(recorded):
             self._json(401, _error("Incorrect API key provided.", code="invalid_api_key"))
             return
-        if parts.path == "/v1/images/generations" and isinstance(body, dict) and body.get("stream"):
+        if isinstance(body, dict) and str(body.get("model", "")).startswith("grok"):
+            self._xai(body)
+        elif (
+            parts.path == "/v1/images/generations" and isinstance(body, dict) and body.get("stream")
+        ):
             self._stream(body)
         elif parts.path == "/v1/images/generations":
             self._generate(body, model=str((body or {}).get("model", "")))
@@ -359,6 +363,31 @@ class _Handler(BaseHTTPRequestHandler):
         data = png(width, height, fields.get("output_format", "png"))
         items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
         self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
+
+    def _xai(self, body: dict[str, Any]) -> None:
+        """xAI (providers.md §5): JPEGs at aspect_ratio and resolution; size, style and seed
+        are refused as the real API refuses them."""
+        for field_name in ("size", "style", "seed"):
+            if field_name in body:
+                self._json(
+                    400,
+                    {
+                        "code": "Client specified an invalid argument",
+                        "error": f"Argument not supported: {field_name}",
+                    },
+                )
+                return
+        ratio = body.get("aspect_ratio", "1:1")
+        across, _, down = ratio.partition(":")
+        side = 2048 if body.get("resolution") == "2k" else 1024
+        aspect = float(across) / float(down or 1)
+        width, height = round(side * aspect**0.5), round(side / aspect**0.5)
+        item = {
+            "b64_json": base64.b64encode(png(width, height, "jpeg")).decode(),
+            "mime_type": "image/jpeg",
+            "revised_prompt": f"revised: {body.get('prompt')}",
+        }
+        self._json(200, {"created": int(time.time()), "data": [item] * int(body.get("n", 1))})
 
     def _imagen(self, body: Any) -> None:
         """Imagen :predict (providers.md §3.3): sampleCount images at the aspect ratio."""

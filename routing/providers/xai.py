@@ -1,0 +1,158 @@
+"""xAI image generation (grok-imagine, grok-2-image). providers.md §5.
+
+OpenAI's route and auth, but not its fields: xAI refuses `size`, `style` and `seed`, and
+takes `aspect_ratio` and `resolution` (`1k`, `2k`) instead. The gateway translates the
+caller's size into the nearest of xAI's ratios and a resolution, refuses style and seed
+with a 400 before the call (the capability table says so), and sends edits as JSON with
+the image as a data URL (one image, no mask). Moderation is silent: blocked images are
+simply missing from `data`; the caller gets the images that came and pays for those only,
+and none at all is a 400 `content_policy_violation`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Any
+
+from PIL import Image
+
+from routing.images.sizing import tier_of
+from routing.providers import http
+from routing.providers.auth import credential_headers
+from routing.providers.base import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ProviderAdapter,
+    Target,
+    UpstreamFailed,
+    UpstreamModerated,
+    is_base64,
+)
+from routing.providers.capabilities import ImageCapabilities
+
+# xAI's aspect ratios (grok-imagine), as width / height.
+RATIOS = {
+    "1:1": 1.0,
+    "3:4": 3 / 4,
+    "4:3": 4 / 3,
+    "9:16": 9 / 16,
+    "16:9": 16 / 9,
+    "2:3": 2 / 3,
+    "3:2": 3 / 2,
+    "9:19.5": 9 / 19.5,
+    "19.5:9": 19.5 / 9,
+    "9:20": 9 / 20,
+    "20:9": 20 / 9,
+    "1:2": 1 / 2,
+    "2:1": 2.0,
+}
+GROK_IMAGINE = ImageCapabilities(
+    sizes=None,
+    min_side=256,
+    max_side=4096,
+    max_pixels=2048 * 2048 * 5 // 4,  # up to the 2k resolution; xAI answers 503 to 4k
+    max_n=10,
+    qualities=(),
+    styles=(),
+    native_output_formats=("jpeg",),
+    native_response_formats=("url", "b64_json"),
+    edits=True,
+    mask=False,
+    max_edit_images=1,
+    max_prompt_chars=8000,
+)
+GROK_IMAGINE_2 = ImageCapabilities(
+    **{**GROK_IMAGINE.__dict__, "qualities": ("low", "medium", "high")}
+)
+GROK_2 = ImageCapabilities(**{**GROK_IMAGINE.__dict__, "edits": False, "max_pixels": 1024 * 1024})
+
+
+def nearest_ratio(width: int, height: int) -> str:
+    wanted = math.log(width / height)
+    return min(RATIOS, key=lambda name: abs(math.log(RATIOS[name]) - wanted))
+
+
+class XAIProvider(ProviderAdapter):
+    name = "xai"
+
+    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+        if upstream_model.startswith("grok-2-image"):
+            return GROK_2
+        if upstream_model.startswith("grok-imagine-image-2"):
+            return GROK_IMAGINE_2
+        return GROK_IMAGINE
+
+    def body(self, request: ImageRequest, target: Target) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            **target.merged_options(request),
+            "model": target.upstream_model,
+            "prompt": request.prompt,
+            "n": request.n,
+            "response_format": "b64_json",  # the gateway hosts a URL itself when asked
+        }
+        dimensions = request.dimensions
+        if dimensions and not target.upstream_model.startswith("grok-2-image"):
+            width, height = dimensions
+            body["aspect_ratio"] = nearest_ratio(width, height)
+            body["resolution"] = "2k" if tier_of(width, height) != "1K" else "1k"
+        if request.quality:
+            body["quality"] = request.quality
+        if request.user:
+            body["user"] = request.user
+        if request.images:
+            image = request.images[0]
+            data = base64.b64encode(image.read()).decode()
+            body["image"] = {"url": f"data:{image.media_type};base64,{data}", "type": "image_url"}
+        return body
+
+    def generate(self, request: ImageRequest, target: Target) -> ImageResult:
+        path = "/v1/images/edits" if request.images else "/v1/images/generations"
+        response = http.send(
+            self.name,
+            "POST",
+            f"{target.base_url}{path}",
+            timeout=target.timeout_seconds,
+            headers={**target.extra_headers, **credential_headers(self.name, target.secret)},
+            json_body=self.body(request, target),
+        )
+        http.check_status(self.name, response)
+        return self.parse(http.json_object(self.name, response), request)
+
+    def edit(self, request: ImageRequest, target: Target) -> ImageResult:
+        return self.generate(request, target)
+
+    def parse(self, body: dict[str, Any], request: ImageRequest) -> ImageResult:
+        items = body.get("data")
+        if not isinstance(items, list):
+            raise UpstreamFailed(self.name, "xai returned an unexpected body.")
+        images = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            mime = str(item.get("mime_type") or "image/jpeg")
+            encoded, url = item.get("b64_json"), item.get("url")
+            if isinstance(encoded, str) and encoded and is_base64(encoded):
+                images.append(
+                    GeneratedImage(
+                        b64=encoded, media_type=mime, revised_prompt=item.get("revised_prompt")
+                    )
+                )
+            elif isinstance(url, str) and url:
+                images.append(GeneratedImage(url=url, revised_prompt=item.get("revised_prompt")))
+        if not images:  # xAI's moderation answers 200 with the blocked images left out
+            raise UpstreamModerated(
+                self.name, "xai returned no image: its moderation withheld every image."
+            )
+        metadata: dict[str, Any] = {}
+        first = images[0]
+        if first.b64 is not None:
+            try:
+                with Image.open(io.BytesIO(base64.b64decode(first.b64))) as opened:
+                    metadata["size"] = f"{opened.width}x{opened.height}"  # what xAI made
+            except (OSError, ValueError):
+                raise UpstreamFailed(self.name, "xai returned an unreadable image.") from None
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        return ImageResult(images=images, usage=usage, metadata=metadata)
