@@ -257,6 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if isinstance(body, dict) and str(body.get("model", "")).startswith("grok"):
             self._xai(body)
+        elif parts.path == "/api/v3/images/generations":
+            self._seedream(body)
         elif (
             parts.path == "/v1/images/generations" and isinstance(body, dict) and body.get("stream")
         ):
@@ -363,6 +365,39 @@ class _Handler(BaseHTTPRequestHandler):
         data = png(width, height, fields.get("output_format", "png"))
         items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
         self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
+
+    def _seedream(self, body: Any) -> None:
+        """Ark (providers.md §4): one JPEG per call unless sequential generation is on."""
+        if not isinstance(body, dict) or "watermark" not in body:
+            self._json(
+                400,
+                {
+                    "error": {
+                        "code": "InvalidParameter",
+                        "message": "the fake wants watermark said explicitly",
+                    }
+                },
+            )
+            return
+        size = body.get("size") or "2048x2048"
+        width, height = map(int, size.split("x"))
+        data = png(width // 16, height // 16, "jpeg")  # small stand-ins for the real pixels
+        item: dict[str, Any] = {"size": size}
+        if body.get("response_format", "url") == "url":
+            file_id = f"{uuid.uuid4().hex}.jpeg"
+            self.server.fake.files[file_id] = (data, "image/jpeg")
+            item["url"] = f"{self.server.fake.url}/files/{file_id}"
+        else:
+            item["b64_json"] = base64.b64encode(data).decode()
+        self._json(
+            200,
+            {
+                "model": body.get("model"),
+                "created": int(time.time()),
+                "data": [item],
+                "usage": {"generated_images": 1, "output_tokens": 16280, "total_tokens": 16280},
+            },
+        )
 
     def _xai(self, body: dict[str, Any]) -> None:
         """xAI (providers.md §5): JPEGs at aspect_ratio and resolution; size, style and seed
