@@ -8,6 +8,7 @@ from routing.providers.base import ProviderAdapter
 from routing.providers.gemini import GeminiProvider
 from routing.providers.local import LocalProvider
 from routing.providers.openai import OpenAIProvider
+from routing.providers.openrouter import OpenRouterProvider
 from routing.providers.seedream import SeedreamProvider
 from routing.providers.xai import XAIProvider
 
@@ -20,6 +21,7 @@ ADAPTERS: dict[str, ProviderAdapter] = {
         GeminiProvider(),
         XAIProvider(),
         SeedreamProvider(),
+        OpenRouterProvider(),
     )
 }
 

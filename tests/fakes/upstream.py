@@ -259,6 +259,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._xai(body)
         elif parts.path == "/api/v3/images/generations":
             self._seedream(body)
+        elif parts.path == "/api/v1/chat/completions":
+            self._openrouter(body)
         elif (
             parts.path == "/v1/images/generations" and isinstance(body, dict) and body.get("stream")
         ):
@@ -365,6 +367,34 @@ class _Handler(BaseHTTPRequestHandler):
         data = png(width, height, fields.get("output_format", "png"))
         items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
         self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
+
+    def _openrouter(self, body: Any) -> None:
+        """OpenRouter chat completions with image output (providers.md §6)."""
+        if not isinstance(body, dict) or "image" not in (body.get("modalities") or []):
+            self._json(400, {"error": {"code": 400, "message": "modalities must include image"}})
+            return
+        data = base64.b64encode(png(64, 36)).decode()
+        message = {
+            "role": "assistant",
+            "content": "",
+            "images": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+            ],
+        }
+        self._json(
+            200,
+            {
+                "id": "gen-1",
+                "model": body.get("model"),
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": 8,
+                    "completion_tokens": 1290,
+                    "total_tokens": 1298,
+                    "cost": 0.0387,
+                },
+            },
+        )
 
     def _seedream(self, body: Any) -> None:
         """Ark (providers.md §4): one JPEG per call unless sequential generation is on."""

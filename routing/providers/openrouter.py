@@ -1,0 +1,123 @@
+"""OpenRouter's image models through chat completions. providers.md §6.
+
+`POST {root}/api/v1/chat/completions` with `modalities` and an `image_config` (aspect ratio,
+and a size tier where the model has tiers); images come back as data URLs in
+`choices[0].message.images`. One image per call: `n` is fanned out. Edits and reference
+images are `image_url` parts of the user message. An operator can set `modalities` (e.g.
+`["image"]` for image-only models) in the credential's options.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from routing.providers import http
+from routing.providers.auth import credential_headers
+from routing.providers.base import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ProviderAdapter,
+    Target,
+    UpstreamFailed,
+    UpstreamModerated,
+    is_base64,
+)
+from routing.providers.capabilities import ImageCapabilities
+from routing.providers.gemini import PRO_SIZES
+
+_DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+);base64,(.*)$", re.IGNORECASE | re.DOTALL)
+
+OPENROUTER = ImageCapabilities(
+    sizes=tuple(PRO_SIZES),  # the normalized aspect ratios at 1K, 2K and 4K
+    max_n=1,
+    qualities=(),
+    styles=(),
+    native_output_formats=("png",),
+    edits=True,
+    mask=False,
+    max_edit_images=14,
+    max_prompt_chars=32000,
+)
+
+
+class OpenRouterProvider(ProviderAdapter):
+    name = "openrouter"
+
+    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+        return OPENROUTER
+
+    def body(self, request: ImageRequest, target: Target) -> dict[str, Any]:
+        content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
+        for image in request.images:
+            data = base64.b64encode(image.read()).decode()
+            content.append(
+                {
+                    "type": "image_url",
+                    "image_url": {"url": f"data:{image.media_type};base64,{data}"},
+                }
+            )
+        body: dict[str, Any] = {
+            "model": target.upstream_model,
+            "messages": [{"role": "user", "content": content}],
+            "modalities": ["image", "text"],
+        }
+        if request.size in PRO_SIZES:
+            ratio, tier = PRO_SIZES[request.size]
+            body["image_config"] = {"aspect_ratio": ratio}
+            if tier != "1K":
+                body["image_config"]["image_size"] = tier
+        if request.user:
+            body["user"] = request.user
+        body.update(target.merged_options(request))
+        return body
+
+    def generate(self, request: ImageRequest, target: Target) -> ImageResult:
+        response = http.send(
+            self.name,
+            "POST",
+            f"{target.base_url}/api/v1/chat/completions",
+            timeout=target.timeout_seconds,
+            headers={**target.extra_headers, **credential_headers(self.name, target.secret)},
+            json_body=self.body(request, target),
+        )
+        http.check_status(self.name, response)
+        return self.parse(http.json_object(self.name, response), request)
+
+    def edit(self, request: ImageRequest, target: Target) -> ImageResult:
+        return self.generate(request, target)
+
+    def parse(self, body: dict[str, Any], request: ImageRequest) -> ImageResult:
+        choices = body.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else {}
+        message = choice.get("message") if isinstance(choice, dict) else None
+        images = []
+        for item in (message or {}).get("images") or []:
+            url = (
+                ((item or {}).get("image_url") or {}).get("url") if isinstance(item, dict) else None
+            )
+            match = _DATA_URL.match(url) if isinstance(url, str) else None
+            if match and is_base64(match.group(2)):
+                images.append(GeneratedImage(b64=match.group(2), media_type=match.group(1)))
+            elif isinstance(url, str) and url.startswith(("http://", "https://")):
+                images.append(GeneratedImage(url=url))
+        if not images:
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if reason == "content_filter":
+                raise UpstreamModerated(self.name, "openrouter's model refused the image.")
+            raise UpstreamFailed(self.name, f"openrouter returned no image ({reason or 'none'}).")
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        return ImageResult(
+            images=images,
+            usage={
+                "input_tokens": usage.get("prompt_tokens", 0),
+                "output_tokens": usage.get("completion_tokens", 0),
+                "total_tokens": usage.get("total_tokens", 0),
+                **({"cost": usage["cost"]} if "cost" in usage else {}),
+            }
+            if usage
+            else None,
+            metadata={"size": request.size} if request.size != "auto" else {},
+        )
