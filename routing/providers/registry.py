@@ -10,6 +10,7 @@ from routing.providers.local import LocalProvider
 from routing.providers.openai import OpenAIProvider
 from routing.providers.openrouter import OpenRouterProvider
 from routing.providers.seedream import SeedreamProvider
+from routing.providers.stability import StabilityProvider
 from routing.providers.xai import XAIProvider
 
 ADAPTERS: dict[str, ProviderAdapter] = {
@@ -22,6 +23,7 @@ ADAPTERS: dict[str, ProviderAdapter] = {
         XAIProvider(),
         SeedreamProvider(),
         OpenRouterProvider(),
+        StabilityProvider(),
     )
 }
 

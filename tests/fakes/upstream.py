@@ -276,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts.path.startswith("/v1beta/models/") and parts.path.endswith(":predict"):
             self._imagen(body)
         elif parts.path.startswith("/v2beta/stable-image/generate/"):
-            self._send(200, png(64, 64), "image/png", {"finish-reason": "SUCCESS", "seed": "7"})
+            self._stability(recorded)
         elif parts.path.startswith("/openai/deployments/") and parts.path.endswith(
             "/images/generations"
         ):
@@ -367,6 +367,30 @@ class _Handler(BaseHTTPRequestHandler):
         data = png(width, height, fields.get("output_format", "png"))
         items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
         self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
+
+    def _stability(self, recorded: Recorded) -> None:
+        """Stability v2beta (providers.md §7): multipart in; bytes or JSON out by Accept."""
+        content_type = recorded.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            self._json(400, {"name": "bad_request", "errors": ["multipart/form-data required"]})
+            return
+        fields = _form_fields(recorded.raw, content_type)
+        if not fields.get("prompt"):
+            self._json(400, {"name": "bad_request", "errors": ["prompt: is required"]})
+            return
+        fmt = fields.get("output_format", "png")
+        data = png(64, 64, fmt)
+        if recorded.headers.get("accept") == "application/json":
+            self._json(
+                200,
+                {
+                    "image": base64.b64encode(data).decode(),
+                    "finish_reason": "SUCCESS",
+                    "seed": int(fields.get("seed", 42)),
+                },
+            )
+            return
+        self._send(200, data, f"image/{fmt}", {"finish-reason": "SUCCESS", "seed": "7"})
 
     def _openrouter(self, body: Any) -> None:
         """OpenRouter chat completions with image output (providers.md §6)."""

@@ -1,0 +1,142 @@
+"""Stability AI Stable Image (ultra, core, sd3). providers.md §7.
+
+`POST {root}/v2beta/stable-image/generate/{ultra|core|sd3}` takes multipart/form-data even
+without a file; the gateway asks `Accept: application/json` so that the image comes back as
+base64 beside its `finish_reason` and `seed`. The deployment's model id picks the endpoint:
+`ultra`, `core`, or an SD 3.5 model (`sd3.5-large`, …) sent to `sd3` as `model`. Sizes are
+aspect ratios; one image per call (`n` is fanned out). Ultra and sd3 also edit (image to
+image, one image, no mask). `CONTENT_FILTERED`, even with a 200, and a 403
+`content_moderation` are 400 `content_policy_violation`. Error bodies are
+`{"name", "errors": [...]}` (not confirmed live: providers.md marks them L).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+import orjson
+import requests
+from requests_toolbelt import MultipartEncoder
+
+from routing.providers import http
+from routing.providers.auth import credential_headers
+from routing.providers.base import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ProviderAdapter,
+    Target,
+    UpstreamFailed,
+    UpstreamModerated,
+    is_base64,
+)
+from routing.providers.capabilities import OUTPUT_FORMATS, ImageCapabilities
+
+# The aspect ratios Stability takes, at the ~1 MP sizes it renders them.
+SIZES = {
+    "1024x1024": "1:1",
+    "1344x768": "16:9",
+    "768x1344": "9:16",
+    "1536x640": "21:9",
+    "640x1536": "9:21",
+    "1216x832": "3:2",
+    "832x1216": "2:3",
+    "1088x896": "5:4",
+    "896x1088": "4:5",
+}
+CORE = ImageCapabilities(
+    sizes=tuple(SIZES),
+    max_n=1,
+    qualities=(),
+    styles=(),
+    native_output_formats=OUTPUT_FORMATS,
+    seed=True,
+    max_prompt_chars=10000,
+)
+# Ultra and SD 3.5 also turn one image into another (no mask).
+ULTRA = ImageCapabilities(**{**CORE.__dict__, "edits": True, "mask": False, "max_edit_images": 1})
+SD3 = ImageCapabilities(**{**ULTRA.__dict__, "native_output_formats": ("png", "jpeg")})
+MAX_SEED = 4294967294
+
+
+def endpoint_for(model: str) -> str:
+    return model if model in ("ultra", "core") else "sd3"
+
+
+class StabilityProvider(ProviderAdapter):
+    name = "stability"
+
+    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+        endpoint = endpoint_for(upstream_model)
+        return {"ultra": ULTRA, "core": CORE}.get(endpoint, SD3)
+
+    def fields(self, request: ImageRequest, target: Target) -> dict[str, str]:
+        fields: dict[str, Any] = {"prompt": request.prompt, **target.merged_options(request)}
+        if request.size in SIZES and not request.images:
+            fields["aspect_ratio"] = SIZES[request.size]
+        if request.seed is not None:
+            fields["seed"] = min(request.seed, MAX_SEED)
+        if request.output_format:
+            fields["output_format"] = request.output_format
+        if endpoint_for(target.upstream_model) == "sd3":
+            fields["model"] = target.upstream_model
+            if request.images:
+                fields["mode"] = "image-to-image"
+        if request.images:
+            fields.setdefault("strength", "0.7")
+        return {name: str(value) for name, value in fields.items()}
+
+    def generate(self, request: ImageRequest, target: Target) -> ImageResult:
+        parts: list[tuple[str, Any]] = list(self.fields(request, target).items())
+        endpoint = endpoint_for(target.upstream_model)
+        with ExitStack() as stack:
+            for image in request.images:
+                handle = stack.enter_context(image.open())
+                parts.append(("image", (image.filename, handle, image.media_type)))
+            form = MultipartEncoder(fields=parts)
+            response = http.send(
+                self.name,
+                "POST",
+                f"{target.base_url}/v2beta/stable-image/generate/{endpoint}",
+                timeout=target.timeout_seconds,
+                headers={
+                    **target.extra_headers,
+                    **credential_headers(self.name, target.secret),
+                    "Accept": "application/json",
+                    "Content-Type": form.content_type,
+                },
+                data=form,
+            )
+        self._raise_for_moderation(response)
+        http.check_status(self.name, response)
+        return self.parse(http.json_object(self.name, response), request)
+
+    def edit(self, request: ImageRequest, target: Target) -> ImageResult:
+        return self.generate(request, target)
+
+    def _raise_for_moderation(self, response: requests.Response) -> None:
+        if response.status_code != 403:
+            return
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(body, dict) and body.get("name") == "content_moderation":
+            errors = body.get("errors") or ["the request was flagged"]
+            raise UpstreamModerated(self.name, f"stability refused: {errors[0]}")
+
+    def parse(self, body: dict[str, Any], request: ImageRequest) -> ImageResult:
+        if body.get("finish_reason") == "CONTENT_FILTERED":
+            raise UpstreamModerated(self.name, "stability filtered the image (CONTENT_FILTERED).")
+        encoded = body.get("image")
+        if not isinstance(encoded, str) or not encoded or not is_base64(encoded):
+            raise UpstreamFailed(self.name, "stability returned no image.")
+        output_format = request.output_format or "png"
+        metadata = {"size": request.size} if request.size != "auto" else {}
+        if isinstance(body.get("seed"), int):
+            metadata["seed"] = str(body["seed"])
+        return ImageResult(
+            images=[GeneratedImage(b64=encoded, media_type=f"image/{output_format}")],
+            metadata=metadata,
+        )
