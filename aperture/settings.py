@@ -261,6 +261,9 @@ IMAGE_URL_TTL_SECONDS = env.int("APERTURE_IMAGE_URL_TTL_SECONDS", default=3600)
 FETCH_TIMEOUT_SECONDS = env.float("APERTURE_FETCH_TIMEOUT_SECONDS", default=30.0)
 FETCH_MAX_BYTES = env.int("APERTURE_FETCH_MAX_BYTES", default=50 * 1024 * 1024)
 FETCH_ALLOWED_HOSTS = env.list("APERTURE_FETCH_ALLOWED_HOSTS", default=[])
+# Asynchronous upstreams (Black Forest Labs, Replicate): the first wait between polls; it
+# grows by half each time, up to 1.5 s, within the deployment's timeout.
+UPSTREAM_POLL_INTERVAL_SECONDS = env.float("APERTURE_UPSTREAM_POLL_INTERVAL_SECONDS", default=0.5)
 # Passthrough: the longest wait for the upstream's next bytes (not the whole call), and how
 # much of an image route's response is kept to count its images (above: charged at the
 # reserved estimate).

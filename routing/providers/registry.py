@@ -5,6 +5,7 @@ from __future__ import annotations
 from aperture.errors import Unsupported
 from routing.providers.azure import AzureProvider
 from routing.providers.base import ProviderAdapter
+from routing.providers.bfl import BFLProvider
 from routing.providers.gemini import GeminiProvider
 from routing.providers.local import LocalProvider
 from routing.providers.openai import OpenAIProvider
@@ -24,6 +25,7 @@ ADAPTERS: dict[str, ProviderAdapter] = {
         SeedreamProvider(),
         OpenRouterProvider(),
         StabilityProvider(),
+        BFLProvider(),
     )
 }
 

@@ -201,6 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(401, _error("Incorrect API key provided.", code="invalid_api_key"))
         elif path == "/v1/big":
             self._big(int(recorded.query["bytes"][0]))
+        elif path == "/v1/get_result":
+            self._bfl_result(recorded.query["id"][0])
         else:
             self._json(
                 200,
@@ -261,6 +263,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._seedream(body)
         elif parts.path == "/api/v1/chat/completions":
             self._openrouter(body)
+        elif parts.path.startswith("/v1/flux"):
+            self._bfl_submit(body)
         elif (
             parts.path == "/v1/images/generations" and isinstance(body, dict) and body.get("stream")
         ):
@@ -367,6 +371,43 @@ class _Handler(BaseHTTPRequestHandler):
         data = png(width, height, fields.get("output_format", "png"))
         items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
         self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
+
+    def _bfl_submit(self, body: Any) -> None:
+        """BFL (providers.md §8): a task id and its polling URL; the work happens later."""
+        fake = self.server.fake
+        task = uuid.uuid4().hex
+        fake.bfl_tasks[task] = [fake.bfl_pending, dict(body or {})]
+        self._json(200, {"id": task, "polling_url": f"{fake.url}/v1/get_result?id={task}"})
+
+    def _bfl_result(self, task: str) -> None:
+        fake = self.server.fake
+        if task not in fake.bfl_tasks:
+            self._json(200, {"id": task, "status": "Task not found"})
+            return
+        state = fake.bfl_tasks[task]
+        if state[0] > 0:
+            state[0] -= 1
+            self._json(200, {"id": task, "status": "Pending", "result": None, "progress": 0.5})
+            return
+        if fake.bfl_outcome != "Ready":
+            self._json(200, {"id": task, "status": fake.bfl_outcome, "result": None})
+            return
+        body = state[1]
+        fmt = body.get("output_format", "jpeg")
+        width, height = body.get("width", 64), body.get("height", 48)
+        fake.files[f"{task}.{fmt}"] = (png(width, height, fmt), f"image/{fmt}")
+        self._json(
+            200,
+            {
+                "id": task,
+                "status": "Ready",
+                "result": {
+                    "sample": f"{fake.url}/files/{task}.{fmt}",
+                    "seed": body.get("seed", 1),
+                    "prompt": body.get("prompt"),
+                },
+            },
+        )
 
     def _stability(self, recorded: Recorded) -> None:
         """Stability v2beta (providers.md §7): multipart in; bytes or JSON out by Accept."""
@@ -575,6 +616,10 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.files: dict[str, tuple[bytes, str]] = {}
         self.big_image: bytes | None = None  # every generated image, when a test sets one
+        # Black Forest Labs: tasks (polls left before ready, request), and how they end.
+        self.bfl_tasks: dict[str, list[Any]] = {}
+        self.bfl_pending = 2
+        self.bfl_outcome = "Ready"
         self.keep_bodies = True  # off for long benchmarks, whose memory must not grow
         self.sent: list[bytes] = []  # bodies of the answers sent with a Content-Length
         self.streamed = bytearray()  # what chunked answers sent, de-chunked

@@ -1,0 +1,163 @@
+"""Black Forest Labs FLUX: an asynchronous upstream behind a synchronous answer. providers.md §8.
+
+Submit `POST {root}/v1/{model}` (`x-key`), then poll the returned `polling_url` with a
+growing interval until `Ready`, and download `result.sample` at once (a signed URL that
+lives about ten minutes). Under gevent the waits are cooperative sleeps: no worker thread
+is blocked, and the database connection was handed back before the upstream call. The
+credential is only ever sent to the credential's own host or to `*.bfl.ai` / `*.bfl.ml`
+(BFL polls from regional hosts); any other polling URL is replaced by `/v1/get_result`.
+`Request Moderated` and `Content Moderated` are 400 `content_policy_violation`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import time
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from django.conf import settings
+from PIL import Image
+
+from routing.images.fetch import fetch_image
+from routing.providers import http
+from routing.providers.auth import credential_headers
+from routing.providers.base import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ProviderAdapter,
+    Target,
+    UpstreamFailed,
+    UpstreamModerated,
+    UpstreamTimedOut,
+)
+from routing.providers.capabilities import ImageCapabilities
+
+# width/height models (FLUX1.1 [pro], [dev]): 256-1440 px, multiples of 32.
+FLUX_SIZED = ImageCapabilities(
+    sizes=None,
+    min_side=256,
+    max_side=1440,
+    size_multiple=32,
+    max_n=1,
+    qualities=(),
+    styles=(),
+    native_output_formats=("jpeg", "png"),
+    seed=True,
+    max_prompt_chars=10000,
+)
+# aspect-ratio models (Ultra, Kontext): the size's shape is sent as a ratio.
+FLUX_RATIO = ImageCapabilities(**{**FLUX_SIZED.__dict__, "max_side": 4096, "size_multiple": 1})
+FLUX_KONTEXT = ImageCapabilities(
+    **{**FLUX_RATIO.__dict__, "edits": True, "mask": False, "max_edit_images": 1}
+)
+RATIOS = ("21:9", "16:9", "3:2", "4:3", "1:1", "3:4", "2:3", "9:16", "9:21")
+MODERATED = frozenset({"Request Moderated", "Content Moderated"})
+FAILED = frozenset({"Error", "Failed", "Task not found"})
+_TRUSTED_SUFFIXES = (".bfl.ai", ".bfl.ml")
+
+
+def _nearest_ratio(width: int, height: int) -> str:
+    wanted = math.log(width / height)
+
+    def distance(ratio: str) -> float:
+        across, _, down = ratio.partition(":")
+        return abs(math.log(int(across) / int(down)) - wanted)
+
+    return min(RATIOS, key=distance)
+
+
+def _by_ratio(model: str) -> bool:
+    return "ultra" in model or "kontext" in model
+
+
+class BFLProvider(ProviderAdapter):
+    name = "bfl"
+
+    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+        if "kontext" in upstream_model:
+            return FLUX_KONTEXT
+        return FLUX_RATIO if _by_ratio(upstream_model) else FLUX_SIZED
+
+    def body(self, request: ImageRequest, target: Target) -> dict[str, Any]:
+        body: dict[str, Any] = {**target.merged_options(request), "prompt": request.prompt}
+        if request.dimensions:
+            width, height = request.dimensions
+            if _by_ratio(target.upstream_model):
+                body["aspect_ratio"] = _nearest_ratio(width, height)
+            else:
+                body["width"], body["height"] = width, height
+        if request.seed is not None:
+            body["seed"] = request.seed
+        body["output_format"] = "png" if request.output_format in ("png", "webp") else "jpeg"
+        if request.images:
+            body["input_image"] = base64.b64encode(request.images[0].read()).decode()
+        return body
+
+    def _headers(self, target: Target) -> dict[str, str]:
+        return {**target.extra_headers, **credential_headers(self.name, target.secret)}
+
+    def generate(self, request: ImageRequest, target: Target) -> ImageResult:
+        deadline = time.monotonic() + target.timeout_seconds
+        submitted = http.send(
+            self.name,
+            "POST",
+            f"{target.base_url}/v1/{target.upstream_model}",
+            timeout=target.timeout_seconds,
+            headers=self._headers(target),
+            json_body=self.body(request, target),
+        )
+        http.check_status(self.name, submitted)
+        task = http.json_object(self.name, submitted)
+        if not isinstance(task.get("id"), str):
+            raise UpstreamFailed(self.name, "bfl accepted the task without an id.")
+        sample = self._wait_for_sample(task, target, deadline)
+        data, media_type = fetch_image(self.name, sample)
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                size, image_format = f"{opened.width}x{opened.height}", opened.format or "JPEG"
+        except (OSError, ValueError):
+            raise UpstreamFailed(self.name, "bfl's result is not a readable image.") from None
+        media = media_type or f"image/{image_format.lower()}"
+        return ImageResult(
+            images=[GeneratedImage(data=data, media_type=media)], metadata={"size": size}
+        )
+
+    def edit(self, request: ImageRequest, target: Target) -> ImageResult:
+        return self.generate(request, target)
+
+    def polling_url(self, task: dict[str, Any], target: Target) -> str:
+        """The task's polling URL if the credential may go there, else /v1/get_result."""
+        offered = task.get("polling_url")
+        if isinstance(offered, str):
+            parts, own = urlsplit(offered), urlsplit(target.base_url)
+            host = parts.hostname or ""
+            same = (parts.scheme, host, parts.port) == (own.scheme, own.hostname, own.port)
+            if same or (parts.scheme == "https" and host.endswith(_TRUSTED_SUFFIXES)):
+                return offered
+        return f"{target.base_url}/v1/get_result?{urlencode({'id': task['id']})}"
+
+    def _wait_for_sample(self, task: dict[str, Any], target: Target, deadline: float) -> str:
+        url = self.polling_url(task, target)
+        interval = settings.UPSTREAM_POLL_INTERVAL_SECONDS
+        while True:
+            if time.monotonic() + interval > deadline:
+                raise UpstreamTimedOut(self.name, f"bfl's task {task['id']} was not ready in time.")
+            time.sleep(interval)  # cooperative under gevent
+            interval = min(interval * 1.5, 1.5)
+            polled = http.send(self.name, "GET", url, timeout=30, headers=self._headers(target))
+            http.check_status(self.name, polled)
+            state = http.json_object(self.name, polled)
+            status = str(state.get("status"))
+            if status == "Ready":
+                sample = (state.get("result") or {}).get("sample")
+                if not isinstance(sample, str):
+                    raise UpstreamFailed(self.name, "bfl's ready task has no sample.")
+                return sample
+            if status in MODERATED:
+                raise UpstreamModerated(self.name, f"bfl refused the task ({status}).")
+            if status in FAILED:
+                raise UpstreamFailed(self.name, f"bfl's task failed ({status}).")
