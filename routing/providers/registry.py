@@ -10,6 +10,7 @@ from routing.providers.gemini import GeminiProvider
 from routing.providers.local import LocalProvider
 from routing.providers.openai import OpenAIProvider
 from routing.providers.openrouter import OpenRouterProvider
+from routing.providers.replicate import ReplicateProvider
 from routing.providers.seedream import SeedreamProvider
 from routing.providers.stability import StabilityProvider
 from routing.providers.xai import XAIProvider
@@ -26,6 +27,7 @@ ADAPTERS: dict[str, ProviderAdapter] = {
         OpenRouterProvider(),
         StabilityProvider(),
         BFLProvider(),
+        ReplicateProvider(),
     )
 }
 

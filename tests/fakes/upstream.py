@@ -203,6 +203,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._big(int(recorded.query["bytes"][0]))
         elif path == "/v1/get_result":
             self._bfl_result(recorded.query["id"][0])
+        elif path.startswith("/v1/predictions/"):
+            self._replicate_state(path.rsplit("/", 1)[1])
         else:
             self._json(
                 200,
@@ -265,6 +267,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._openrouter(body)
         elif parts.path.startswith("/v1/flux"):
             self._bfl_submit(body)
+        elif parts.path == "/v1/predictions" or (
+            parts.path.startswith("/v1/models/") and parts.path.endswith("/predictions")
+        ):
+            self._replicate_create(recorded)
         elif (
             parts.path == "/v1/images/generations" and isinstance(body, dict) and body.get("stream")
         ):
@@ -371,6 +377,49 @@ class _Handler(BaseHTTPRequestHandler):
         data = png(width, height, fields.get("output_format", "png"))
         items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
         self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
+
+    def _replicate_create(self, recorded: Recorded) -> None:
+        """Replicate (providers.md §9.1): done at once under `Prefer: wait` unless the test
+        makes the prediction slower than the wait."""
+        fake = self.server.fake
+        prediction = uuid.uuid4().hex
+        fake.replicate_predictions[prediction] = [fake.replicate_processing, recorded.body]
+        self._replicate_state(prediction)
+
+    def _replicate_state(self, prediction: str) -> None:
+        fake = self.server.fake
+        state = fake.replicate_predictions[prediction]
+        urls = {"get": f"{fake.url}/v1/predictions/{prediction}"}
+        if state[0] > 0:
+            state[0] -= 1
+            self._json(
+                201, {"id": prediction, "status": "processing", "output": None, "urls": urls}
+            )
+            return
+        if fake.replicate_error:
+            self._json(
+                200,
+                {
+                    "id": prediction,
+                    "status": "failed",
+                    "output": None,
+                    "error": fake.replicate_error,
+                    "urls": urls,
+                },
+            )
+            return
+        fmt = ((state[1] or {}).get("input") or {}).get("output_format", "webp")
+        fmt = "jpeg" if fmt == "jpg" else fmt
+        fake.files[f"{prediction}.{fmt}"] = (png(40, 40, fmt), f"image/{fmt}")
+        self._json(
+            201,
+            {
+                "id": prediction,
+                "status": "succeeded",
+                "urls": urls,
+                "output": [f"{fake.url}/files/{prediction}.{fmt}"],
+            },
+        )
 
     def _bfl_submit(self, body: Any) -> None:
         """BFL (providers.md §8): a task id and its polling URL; the work happens later."""
@@ -620,6 +669,10 @@ class FakeUpstream:
         self.bfl_tasks: dict[str, list[Any]] = {}
         self.bfl_pending = 2
         self.bfl_outcome = "Ready"
+        # Replicate: predictions (polls left while processing, request), and a failure.
+        self.replicate_predictions: dict[str, list[Any]] = {}
+        self.replicate_processing = 0
+        self.replicate_error = ""
         self.keep_bodies = True  # off for long benchmarks, whose memory must not grow
         self.sent: list[bytes] = []  # bodies of the answers sent with a Content-Length
         self.streamed = bytearray()  # what chunked answers sent, de-chunked
