@@ -1,5 +1,6 @@
 """Operator admin for routing: credentials (write-only secrets), aliases with their deployments."""
 
+import json
 from typing import Any
 
 from django import forms
@@ -11,6 +12,7 @@ from django.http import HttpRequest
 from billing import pricing
 from routing import services
 from routing.models import Deployment, ModelAlias, ProviderCredential
+from routing.providers.auth import AUTH, auth_for
 from tenants.audit import audit_record, operator_actor
 
 
@@ -23,11 +25,17 @@ def _scope(obj: ProviderCredential | ModelAlias) -> str:
     return obj.workspace.slug if obj.workspace_id and obj.workspace else "platform"
 
 
+def _default_roots() -> str:
+    return json.dumps({name: a.default_base_url for name, a in AUTH.items() if a.default_base_url})
+
+
 class CredentialForm(forms.ModelForm):
     base_url = forms.URLField(
         required=False,
         assume_scheme="https",
-        help_text=ProviderCredential._meta.get_field("base_url").help_text,
+        help_text="The provider's root (adapters add the versioned path). Prefilled with the "
+        "provider's default; empty saves the default (Azure has none: give your resource's).",
+        widget=forms.URLInput(attrs={"data-defaults": _default_roots(), "size": 60}),
     )
     secret = forms.CharField(
         required=False,
@@ -66,6 +74,17 @@ class CredentialForm(forms.ModelForm):
             return services.clean_passthrough_prefixes(prefixes)
         except ValidationError as exc:
             raise ValidationError(exc.message_dict["passthrough_path_prefixes"]) from exc
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        provider = data.get("provider")
+        needs_root = isinstance(provider, str) and provider not in ("", "local")
+        if needs_root and not data.get("base_url") and not auth_for(str(provider)).default_base_url:
+            self.add_error("base_url", f"The {provider} provider has no default root; give one.")
+        return data
+
+    class Media:
+        js = ("routing/credential_defaults.js",)
 
 
 @admin.register(ProviderCredential)

@@ -19,6 +19,7 @@ from routing.providers.base import (
     ProviderError,
     UpstreamAuthFailed,
     UpstreamFailed,
+    UpstreamModerated,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimedOut,
@@ -113,6 +114,19 @@ def _upstream_message(response: requests.Response) -> tuple[str, str | None]:
     return response.text.strip()[:500], None
 
 
+# OpenAI-style error codes of a safety refusal (providers.md §1.8).
+MODERATION_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
+
+
+def _error_code(response: requests.Response) -> str:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("code") or "") if isinstance(error, dict) else ""
+
+
 def check_status(provider: str, response: requests.Response) -> None:
     """Map an upstream's error status to a ProviderError; return for 2xx."""
     status = response.status_code
@@ -127,6 +141,8 @@ def check_status(provider: str, response: requests.Response) -> None:
         )
     if status == 402:  # the operator's account is out of credit: not the caller's doing
         raise UpstreamFailed(provider, f"{provider} refused for lack of credit: {message}")
+    if status == 400 and _error_code(response) in MODERATION_CODES:
+        raise UpstreamModerated(provider, f"{provider}: {message}")
     if 400 <= status < 500:
         raise UpstreamRejected(provider, f"{provider}: {message}", status=status, param=param)
     if 300 <= status < 400:

@@ -110,10 +110,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
     def _chunk(self, data: bytes) -> None:
+        if data and self.server.fake.keep_bodies:  # recorded first, as in _send
+            self.server.fake.streamed += data
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
-        if data and self.server.fake.keep_bodies:
-            self.server.fake.streamed += data
 
     def _send(
         self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None
@@ -125,9 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
             f"Content-Length: {len(payload)}",
             f"x-request-id: fake_{uuid.uuid4().hex[:12]}",
         ] + [f"{name}: {value}" for name, value in (headers or {}).items()]
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
-        if self.server.fake.keep_bodies:
+        if self.server.fake.keep_bodies:  # recorded first: the caller may read it at once
             self.server.fake.sent.append(payload)
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
 
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(body).encode(), "application/json", headers)

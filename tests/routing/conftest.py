@@ -31,4 +31,5 @@ def gateway(django_db_setup: None, django_db_blocker) -> Iterator[Server]:  # ty
 @pytest.fixture
 def list_prices(transactional_db: None) -> None:
     """The seeded list prices (a transactional test's flush removes the migration's rows)."""
-    importlib.import_module("billing.migrations.0002_seed_list_prices").seed(apps, None)
+    for migration in ("0002_seed_list_prices", "0005_seed_more_prices"):
+        importlib.import_module(f"billing.migrations.{migration}").seed(apps, None)

@@ -424,7 +424,7 @@ def test_gpt_image_upstreams_never_get_response_format(
                 },
             ),
             400,
-            "upstream_rejected",
+            "content_policy_violation",
             "openai: Your prompt was rejected.",
         ),
         (

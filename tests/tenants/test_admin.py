@@ -220,3 +220,27 @@ def test_passthrough_and_its_path_prefixes_are_edited_in_the_admin(admin_client:
     assert AuditEvent.objects.filter(
         target_id=credential.public_id, event="credential.updated"
     ).exists()
+
+
+def test_a_new_credential_gets_its_providers_default_root(admin_client: Client) -> None:
+    add_url = reverse("admin:routing_providercredential_add")
+    page = admin_client.get(add_url).content.decode()
+    assert "generativelanguage.googleapis.com" in page  # the prefill map for the script
+    assert "routing/credential_defaults.js" in page
+    form = {
+        "name": "gemini",
+        "provider": "gemini",
+        "base_url": "",
+        "secret": "g" * 20,
+        "api_version": "",
+        "extra_headers": "{}",
+        "options": "{}",
+        "passthrough_path_prefixes": "[]",
+        "enabled": "on",
+    }
+    assert admin_client.post(add_url, form).status_code == 302
+    saved = ProviderCredential.objects.get(name="gemini")
+    assert saved.base_url == "https://generativelanguage.googleapis.com"
+    azure = admin_client.post(add_url, {**form, "name": "azure", "provider": "azure"})
+    assert azure.status_code == 200
+    assert "The azure provider has no default root" in azure.content.decode()
