@@ -153,3 +153,43 @@ def test_the_key_goes_only_to_bfl_hosts() -> None:
         assert adapter.polling_url({"id": "1", "polling_url": hostile}, target) == (
             "https://api.bfl.ai/v1/get_result?id=1"
         )
+
+
+def test_polling_leaves_the_worker_free_for_other_requests(
+    fake_upstream: FakeUpstream,
+    api_key,
+    alias_on: AliasMaker,  # type: ignore[no-untyped-def]
+) -> None:
+    """One gevent worker: while a task is polled, the same worker answers another call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    from django.conf import settings as django_settings
+
+    from tests.support import gunicorn, subprocess_database_url, wait_for
+
+    alias_on("bfl", "flux-pro-1.1", name="flux")
+    fake_upstream.bfl_pending = 10_000  # polled until the test lets it finish
+    env = {
+        "DATABASE_URL": subprocess_database_url(),
+        "REDIS_URL": django_settings.REDIS_URL,
+        "APERTURE_UPSTREAM_POLL_INTERVAL_SECONDS": "0.05",
+        "APERTURE_FETCH_ALLOWED_HOSTS": "127.0.0.1",
+    }
+    headers = {"Authorization": f"Bearer {api_key.secret}"}
+    with gunicorn(env, workers=1) as server, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            requests.post,
+            f"{server}/v1/images/generations",
+            json={"model": "flux", "prompt": "a fox"},
+            headers=headers,
+            timeout=60,
+        )
+        polls = lambda: sum(c.method == "GET" for c in fake_upstream.requests)  # noqa: E731
+        wait_for(lambda: polls() >= 2, what="the task being polled")
+        other = requests.get(f"{server}/v1/models", headers=headers, timeout=10)
+        assert other.status_code == 200
+        assert not pending.done(), "the generation is still being polled meanwhile"
+        for state in fake_upstream.bfl_tasks.values():
+            state[0] = 0  # the task is ready at the next poll
+        assert pending.result(timeout=30).status_code == 200
