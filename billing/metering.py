@@ -36,6 +36,7 @@ class Meter:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_micro: int = 0
+    upstream_cost_micro: int | None = None
     upstream_ms: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     total_ms: int | None = None
@@ -86,6 +87,7 @@ _COLUMNS = (
     "bytes_out",
     "method",
     "path",
+    "upstream_cost_micro",
 )
 # One plain INSERT: the ORM's model machinery costs more CPU than the statement itself.
 _INSERT = (
@@ -124,6 +126,7 @@ def _insert(
         bytes_out,
         meter.method[:16],
         meter.path[:500],
+        meter.upstream_cost_micro,
     )
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, values)

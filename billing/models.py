@@ -185,6 +185,9 @@ class UsageRecord(models.Model):
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     cost_micro = models.BigIntegerField(default=0)
+    upstream_cost_micro = models.BigIntegerField(
+        null=True, blank=True, help_text="What the upstream said the call cost it (OpenRouter)."
+    )
     total_ms = models.PositiveIntegerField(default=0)
     upstream_ms = models.PositiveIntegerField(default=0)
     bytes_in = models.PositiveBigIntegerField(default=0)

@@ -152,6 +152,7 @@ class DeploymentForm(forms.ModelForm):
             "priority",
             "weight",
             "timeout_seconds",
+            "options",
             "enabled",
         ]
 

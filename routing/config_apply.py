@@ -184,6 +184,7 @@ class _Planner:
             "weight": spec.weight,
             "timeout_seconds": spec.timeout_seconds,
             "enabled": spec.enabled,
+            "options": spec.options,
         }
         diff = {k: v for k, v in wanted.items() if getattr(row, k) != v}
         if diff:
@@ -226,6 +227,7 @@ class _Planner:
             weight=spec.weight,
             timeout_seconds=spec.timeout_seconds,
             enabled=spec.enabled,
+            options=spec.options,
         )
 
     # --- workspaces and teams -----------------------------------------------------------

@@ -67,6 +67,7 @@ class DeploymentSpec:
     weight: int
     timeout_seconds: int
     enabled: bool
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,9 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
 def _deployment(item: dict[str, Any]) -> DeploymentSpec:
     what = "a deployment"
     _check_keys(
-        item, {"credential", "model", "priority", "weight", "timeout_seconds", "enabled"}, what
+        item,
+        {"credential", "model", "priority", "weight", "timeout_seconds", "enabled", "options"},
+        what,
     )
     spec = DeploymentSpec(
         line=item[LINE],
@@ -250,6 +253,7 @@ def _deployment(item: dict[str, Any]) -> DeploymentSpec:
         weight=_get(item, "weight", int, 1, what),
         timeout_seconds=_get(item, "timeout_seconds", int, 120, what),
         enabled=_get(item, "enabled", bool, True, what),
+        options=_without_lines(_get(item, "options", dict, {}, what)),
     )
     if spec.weight < 1:
         raise ConfigError(spec.line, "'weight' must be at least 1")

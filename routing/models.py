@@ -19,6 +19,7 @@ class Provider(models.TextChoices):
     STABILITY = "stability", "Stability AI"
     BFL = "bfl", "Black Forest Labs"
     REPLICATE = "replicate", "Replicate"
+    ZAI = "zai", "Z.AI / Zhipu (CogView, GLM-Image)"
 
 
 def _mask(hint: str) -> str:
@@ -151,6 +152,12 @@ class Deployment(models.Model):
     priority = models.IntegerField(default=0, help_text="Lower is tried first; fallback order.")
     weight = models.PositiveIntegerField(default=1, help_text="Load share among equal priority.")
     timeout_seconds = models.PositiveIntegerField(default=120)
+    options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Provider options for this deployment (over the credential's), e.g. "
+        '{"api": "images"} for OpenRouter\'s Image API.',
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -23,7 +23,10 @@ def model_object(alias: ModelAlias, deployment: Deployment | None) -> dict[str, 
         aperture = {
             "available": True,
             "provider": deployment.credential.provider,
-            "capabilities": adapter.capabilities(deployment.upstream_model).describe(),
+            "capabilities": adapter.capabilities(
+                deployment.upstream_model,
+                {**(deployment.credential.options or {}), **(deployment.options or {})},
+            ).describe(),
         }
     if alias.description:
         aperture["description"] = alias.description

@@ -197,6 +197,7 @@ def deployment_create(
     weight: int = 1,
     timeout_seconds: int = 120,
     enabled: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> Deployment:
     check_deployment_scope(alias, credential)
     deployment = Deployment.objects.create(
@@ -207,6 +208,7 @@ def deployment_create(
         weight=weight,
         timeout_seconds=timeout_seconds,
         enabled=enabled,
+        options=options or {},
     )
     audit_record(
         actor=actor,
@@ -258,7 +260,7 @@ def alias_delete(*, actor: str, alias: ModelAlias) -> None:
 
 @transaction.atomic
 def deployment_update(*, actor: str, deployment: Deployment, fields: dict[str, Any]) -> Deployment:
-    _assign(deployment, fields, {"priority", "weight", "timeout_seconds", "enabled"})
+    _assign(deployment, fields, {"priority", "weight", "timeout_seconds", "enabled", "options"})
     deployment.save()
     audit_record(
         actor=actor,

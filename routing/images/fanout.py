@@ -41,7 +41,7 @@ def _merged_usage(results: list[ImageResult]) -> dict[str, Any] | None:
 
 
 def generate(adapter: ProviderAdapter, request: ImageRequest, target: Target) -> ImageResult:
-    counts = split(request.n, adapter.capabilities(target.upstream_model).max_n)
+    counts = split(request.n, adapter.capabilities(target.upstream_model, target.options).max_n)
     call = adapter.edit if request.is_edit else adapter.generate
     if len(counts) == 1:
         return call(request, target)

@@ -85,7 +85,7 @@ def target_for(deployment: Deployment) -> Target:
         timeout_seconds=float(deployment.timeout_seconds),
         api_version=credential.api_version,
         extra_headers=dict(credential.extra_headers or {}),
-        options=dict(credential.options or {}),
+        options={**(credential.options or {}), **(deployment.options or {})},
     )
 
 
@@ -106,7 +106,7 @@ def plan_attempts(
     attempts = []
     for position, (deployment, target) in enumerate(routes):
         adapter = adapter_for(deployment.credential.provider)
-        caps = adapter.capabilities(deployment.upstream_model)
+        caps = adapter.capabilities(deployment.upstream_model, target.options)
         try:
             if edit is not None:
                 request = parse_edit_request(edit, caps, alias_name)
@@ -160,7 +160,11 @@ def call_upstream(attempts: list[Attempt]) -> tuple[Attempt, ImageResult]:
 
 
 def _finish_image(
-    image: GeneratedImage, request: ImageRequest, provider: str, url_for: UrlBuilder
+    image: GeneratedImage,
+    request: ImageRequest,
+    provider: str,
+    url_for: UrlBuilder,
+    lasting_urls: bool = True,
 ) -> dict[str, Any]:
     """One entry of `data`: in the requested response_format and output_format."""
     data, media_type = image.data, image.media_type
@@ -175,7 +179,7 @@ def _finish_image(
             return _entry({"b64_json": image.b64}, image)  # no decode, no re-encode
         data = image.content()
     if data is None and image.url is not None:
-        if request.response_format == "url" and wanted_format in (None, "png"):
+        if request.response_format == "url" and wanted_format in (None, "png") and lasting_urls:
             return _entry({"url": image.url}, image)
         data, media_type = fetch_image(provider, image.url)
     assert data is not None
@@ -259,8 +263,10 @@ def generate_images(
         meter.deployment_id = attempt.deployment.pk
         meter.provider, meter.upstream_model = target.provider, target.upstream_model
         try:
+            caps = adapter_for(target.provider).capabilities(target.upstream_model, target.options)
             data = [
-                _finish_image(image, request, target.provider, url_for) for image in result.images
+                _finish_image(image, request, target.provider, url_for, caps.lasting_urls)
+                for image in result.images
             ]
         except ProviderError as error:  # downloading or decoding the upstream's image failed
             raise api_error_for(error) from None
@@ -268,6 +274,7 @@ def generate_images(
         meter.images = len(data)
         meter.input_tokens = _token_count(usage.get("input_tokens"))
         meter.output_tokens = _token_count(usage.get("output_tokens"))
+        meter.upstream_cost_micro = _upstream_cost(usage.get("cost"))
         meter.cost_micro = pricing.actual_cost(
             target.provider,
             target.upstream_model,
@@ -351,6 +358,13 @@ def _with_references(attempts: list[Attempt]) -> list[Attempt]:
         Attempt(deployment=a.deployment, request=replace(a.request, images=images), target=a.target)
         for a in attempts
     ]
+
+
+def _upstream_cost(value: Any) -> int | None:
+    """An upstream's own reported cost in USD (OpenRouter's usage.cost), in micro-USD."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return round(value * 1_000_000)
 
 
 def _token_count(value: Any) -> int:

@@ -187,6 +187,8 @@ def parse_image_request(body: dict[str, Any], caps: ImageCapabilities, model: st
         stream=stream and caps.streaming,
         partial_images=partial_images or 0,
         references=references,
+        resolution=_string(body, "resolution"),
+        aspect_ratio=_string(body, "aspect_ratio"),
     )
 
 

@@ -40,6 +40,8 @@ AUTH: dict[str, ProviderAuth] = {
     "stability": ProviderAuth("Authorization", _BEARER, "https://api.stability.ai"),
     "bfl": ProviderAuth("x-key", default_base_url="https://api.bfl.ai"),
     "replicate": ProviderAuth("Authorization", _BEARER, "https://api.replicate.com"),
+    # Mainland root; the international one is https://api.z.ai (same paths).
+    "zai": ProviderAuth("Authorization", _BEARER, "https://open.bigmodel.cn"),
 }
 
 

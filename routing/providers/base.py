@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,9 @@ class ImageRequest:
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
     input_fidelity: str | None = None
+    # The caller's own normalized options, kept for upstreams that take them as they are.
+    resolution: str | None = None
+    aspect_ratio: str | None = None
     # Reference images as the caller gave them (data or http(s) URLs); fetched into `images`.
     references: tuple[str, ...] = ()
     # Server-sent events: `partial_images` previews, then each final image.
@@ -178,8 +181,11 @@ class ProviderAdapter(ABC):
     name: str
 
     @abstractmethod
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
-        """What this upstream model accepts; drives validation and /v1/models."""
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
+        """What this upstream model accepts (with the deployment's options, where they choose
+        an API); drives validation and /v1/models."""
 
     @abstractmethod
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:

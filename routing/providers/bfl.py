@@ -15,6 +15,7 @@ import base64
 import io
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -77,7 +78,9 @@ def _by_ratio(model: str) -> bool:
 class BFLProvider(ProviderAdapter):
     name = "bfl"
 
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
         if "kontext" in upstream_model:
             return FLUX_KONTEXT
         return FLUX_RATIO if _by_ratio(upstream_model) else FLUX_SIZED

@@ -31,6 +31,8 @@ class ImageCapabilities:
     transparent_background: bool = False
     # What the upstream returns natively: bytes ("b64_json") and/or hosted URLs ("url").
     native_response_formats: tuple[str, ...] = ("b64_json",)
+    # Whether the upstream's image URLs last long enough to hand to callers (else re-hosted).
+    lasting_urls: bool = True
     moderation: bool = False
     edits: bool = False
     max_edit_images: int = 16

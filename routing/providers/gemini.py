@@ -10,6 +10,7 @@ parts. A prompt or output the safety system blocked is a 400 `content_policy_vio
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
@@ -134,7 +135,9 @@ def _imagen_sizes(model: str) -> dict[str, tuple[str, str]]:
 class GeminiProvider(ProviderAdapter):
     name = "gemini"
 
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
         if _is_imagen(upstream_model):
             return IMAGEN_2K if _imagen_sizes(upstream_model) is IMAGEN_2K_SIZES else IMAGEN
         if upstream_model.startswith(("gemini-3", "gemini-3.1")):

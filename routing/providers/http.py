@@ -115,7 +115,8 @@ def _upstream_message(response: requests.Response) -> tuple[str, str | None]:
 
 
 # OpenAI-style error codes of a safety refusal (providers.md §1.8).
-MODERATION_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
+# Zhipu / Z.AI's is "1301" (its content-safety page).
+MODERATION_CODES = frozenset({"moderation_blocked", "content_policy_violation", "1301"})
 
 
 def _error_code(response: requests.Response) -> str:

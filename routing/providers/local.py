@@ -13,7 +13,7 @@ import io
 import random
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -135,7 +135,9 @@ def encode(image: Image.Image, output_format: str, compression: int | None = Non
 class LocalProvider(ProviderAdapter):
     name = "local"
 
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
         return CAPABILITIES
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:

@@ -6,6 +6,7 @@ and unknown extra fields pass through unchanged so new upstream options keep wor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
 
@@ -109,7 +110,9 @@ def is_gpt_image(caps: ImageCapabilities) -> bool:
 class OpenAIProvider(ProviderAdapter):
     name = "openai"
 
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
         return model_capabilities(upstream_model)
 
     # --- the native call ------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
@@ -43,11 +44,100 @@ OPENROUTER = ImageCapabilities(
 )
 
 
+# OpenRouter's dedicated Image API (POST /api/v1/images) takes the gateway's normalized
+# options natively: any size, n, seed, quality, background, formats, references.
+OPENROUTER_IMAGES = ImageCapabilities(
+    sizes=None,
+    min_side=64,
+    max_side=4096,
+    max_n=10,
+    qualities=None,
+    styles=(),
+    native_output_formats=("png", "jpeg", "webp"),
+    transparent_background=True,
+    seed=True,
+    edits=True,
+    mask=False,
+    max_edit_images=14,
+    max_prompt_chars=32000,
+)
+
+
+def _uses_image_api(options: Mapping[str, Any] | None) -> bool:
+    return (options or {}).get("api") == "images"
+
+
 class OpenRouterProvider(ProviderAdapter):
     name = "openrouter"
 
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
-        return OPENROUTER
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
+        return OPENROUTER_IMAGES if _uses_image_api(options) else OPENROUTER
+
+    def images_body(self, request: ImageRequest, target: Target) -> dict[str, Any]:
+        """The Image API's body: the caller's normalized options as they are."""
+        body: dict[str, Any] = {
+            "model": target.upstream_model,
+            "prompt": request.prompt,
+            "n": request.n,
+        }
+        if request.resolution or request.aspect_ratio:
+            body["resolution"] = request.resolution
+            body["aspect_ratio"] = request.aspect_ratio
+        elif request.size != "auto":
+            body["size"] = request.size
+        optional = {
+            "seed": request.seed,
+            "quality": request.quality,
+            "background": request.background,
+            "output_format": request.output_format,
+            "output_compression": request.output_compression,
+            "user": request.user,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if request.images:
+            body["input_references"] = [
+                {
+                    "type": "image_url",
+                    "image_url": {
+                        "url": f"data:{i.media_type};base64,{base64.b64encode(i.read()).decode()}"
+                    },
+                }
+                for i in request.images
+            ]
+        options = {k: v for k, v in target.merged_options(request).items() if k != "api"}
+        body.update(options)
+        return {k: v for k, v in body.items() if v is not None}
+
+    def _generate_with_image_api(self, request: ImageRequest, target: Target) -> ImageResult:
+        response = http.send(
+            self.name,
+            "POST",
+            f"{target.base_url}/api/v1/images",
+            timeout=target.timeout_seconds,
+            headers={**target.extra_headers, **credential_headers(self.name, target.secret)},
+            json_body=self.images_body(request, target),
+        )
+        http.check_status(self.name, response)
+        body = http.json_object(self.name, response)
+        images = []
+        for item in body.get("data") or []:
+            if not isinstance(item, dict):
+                continue
+            if isinstance(item.get("b64_json"), str) and is_base64(item["b64_json"]):
+                images.append(
+                    GeneratedImage(
+                        b64=item["b64_json"], media_type=f"image/{request.output_format or 'png'}"
+                    )
+                )
+            elif isinstance(item.get("url"), str):
+                images.append(GeneratedImage(url=item["url"]))
+        if not images:
+            raise UpstreamFailed(self.name, "openrouter's image API returned no image.")
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        metadata = {"size": request.size} if request.size != "auto" else {}
+        return ImageResult(images=images, usage=usage, metadata=metadata)
 
     def body(self, request: ImageRequest, target: Target) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
@@ -71,10 +161,12 @@ class OpenRouterProvider(ProviderAdapter):
                 body["image_config"]["image_size"] = tier
         if request.user:
             body["user"] = request.user
-        body.update(target.merged_options(request))
+        body.update({k: v for k, v in target.merged_options(request).items() if k != "api"})
         return body
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
+        if _uses_image_api(target.options):
+            return self._generate_with_image_api(request, target)
         response = http.send(
             self.name,
             "POST",

@@ -14,6 +14,7 @@ from routing.providers.replicate import ReplicateProvider
 from routing.providers.seedream import SeedreamProvider
 from routing.providers.stability import StabilityProvider
 from routing.providers.xai import XAIProvider
+from routing.providers.zai import ZAIProvider
 
 ADAPTERS: dict[str, ProviderAdapter] = {
     adapter.name: adapter
@@ -28,6 +29,7 @@ ADAPTERS: dict[str, ProviderAdapter] = {
         StabilityProvider(),
         BFLProvider(),
         ReplicateProvider(),
+        ZAIProvider(),
     )
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,7 +62,9 @@ def _nearest_ratio(width: int, height: int) -> str:
 class ReplicateProvider(ProviderAdapter):
     name = "replicate"
 
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
         return REPLICATE
 
     def create_url_and_body(

@@ -13,6 +13,7 @@ honoured: moderated images are left out, and none left is a 400.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
@@ -63,7 +64,9 @@ _MODERATION_CODES = ("Sensitive", "Moderation", "Risk")
 class SeedreamProvider(ProviderAdapter):
     name = "seedream"
 
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
         if "seedream-3" in upstream_model or "seededit" in upstream_model:
             return SEEDREAM_3
         if "seedream-4-0" in upstream_model:

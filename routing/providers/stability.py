@@ -12,6 +12,7 @@ image, one image, no mask). `CONTENT_FILTERED`, even with a 200, and a 403
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
 
@@ -67,7 +68,9 @@ def endpoint_for(model: str) -> str:
 class StabilityProvider(ProviderAdapter):
     name = "stability"
 
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
         endpoint = endpoint_for(upstream_model)
         return {"ultra": ULTRA, "core": CORE}.get(endpoint, SD3)
 

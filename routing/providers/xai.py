@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from PIL import Image
@@ -78,7 +79,9 @@ def nearest_ratio(width: int, height: int) -> str:
 class XAIProvider(ProviderAdapter):
     name = "xai"
 
-    def capabilities(self, upstream_model: str) -> ImageCapabilities:
+    def capabilities(
+        self, upstream_model: str, options: Mapping[str, Any] | None = None
+    ) -> ImageCapabilities:
         if upstream_model.startswith("grok-2-image"):
             return GROK_2
         if upstream_model.startswith("grok-imagine-image-2"):

@@ -265,6 +265,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._seedream(body)
         elif parts.path == "/api/v1/chat/completions":
             self._openrouter(body)
+        elif parts.path == "/api/v1/images":
+            self._openrouter_images(body)
+        elif parts.path == "/api/paas/v4/images/generations":
+            self._zai(body)
         elif parts.path.startswith("/v1/flux"):
             self._bfl_submit(body)
         elif parts.path == "/v1/predictions" or (
@@ -481,6 +485,48 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         self._send(200, data, f"image/{fmt}", {"finish-reason": "SUCCESS", "seed": "7"})
+
+    def _zai(self, body: Any) -> None:
+        """Z.AI CogView (docs.z.ai): one image URL; sizes and user_id checked as documented."""
+        body = body if isinstance(body, dict) else {}
+        width, height = map(int, str(body.get("size", "1024x1024")).split("x"))
+        if not (
+            512 <= width <= 2048
+            and 512 <= height <= 2048
+            and width % 16 == 0
+            and height % 16 == 0
+            and width * height <= 2**21
+        ):
+            self._json(400, {"error": {"code": "1214", "message": "size is invalid"}})
+            return
+        if "user_id" in body and not 6 <= len(body["user_id"]) <= 128:
+            self._json(400, {"error": {"code": "1214", "message": "user_id length invalid"}})
+            return
+        file_id = f"{uuid.uuid4().hex}.png"
+        self.server.fake.files[file_id] = (png(width // 16, height // 16), "image/png")
+        self._json(
+            200,
+            {
+                "created": int(time.time()),
+                "data": [{"url": f"{self.server.fake.url}/files/{file_id}"}],
+                "content_filter": [{"role": "assistant", "level": 3}],
+            },
+        )
+
+    def _openrouter_images(self, body: Any) -> None:
+        """OpenRouter's Image API (POST /api/v1/images): n images and the cost in usage."""
+        body = body if isinstance(body, dict) else {}
+        fmt = body.get("output_format", "png")
+        item = {"b64_json": base64.b64encode(png(48, 48, fmt)).decode()}
+        n = int(body.get("n", 1))
+        self._json(
+            200,
+            {
+                "created": int(time.time()),
+                "data": [item] * n,
+                "usage": {"cost": round(0.039 * n, 6)},
+            },
+        )
 
     def _openrouter(self, body: Any) -> None:
         """OpenRouter chat completions with image output (providers.md §6)."""
