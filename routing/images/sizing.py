@@ -10,6 +10,7 @@ say different things (1024x1024 with 16:9, a 2K size with resolution 1K) are a 4
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from aperture.errors import InvalidRequest
 from routing.providers.capabilities import ASPECT_RATIOS, ImageCapabilities
@@ -23,6 +24,17 @@ _RATIO_TOLERANCE = 0.03
 def ratio_of(aspect_ratio: str) -> float:
     width, _, height = aspect_ratio.partition(":")
     return int(width) / int(height)
+
+
+def nearest_ratio(width: int, height: int, ratios: Iterable[str]) -> str:
+    """Of an upstream's aspect ratios ("16:9", "9:19.5", …), the one nearest width:height."""
+    wanted = math.log(width / height)
+
+    def distance(ratio: str) -> float:
+        across, _, down = ratio.partition(":")
+        return abs(math.log(float(across) / float(down)) - wanted)
+
+    return min(ratios, key=distance)
 
 
 def tier_of(width: int, height: int) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +22,7 @@ from django.conf import settings
 from PIL import Image
 
 from routing.images.fetch import fetch_image
+from routing.images.sizing import nearest_ratio
 from routing.providers import http
 from routing.providers.auth import credential_headers
 from routing.providers.base import (
@@ -61,16 +61,6 @@ FAILED = frozenset({"Error", "Failed", "Task not found"})
 _TRUSTED_SUFFIXES = (".bfl.ai", ".bfl.ml")
 
 
-def _nearest_ratio(width: int, height: int) -> str:
-    wanted = math.log(width / height)
-
-    def distance(ratio: str) -> float:
-        across, _, down = ratio.partition(":")
-        return abs(math.log(int(across) / int(down)) - wanted)
-
-    return min(RATIOS, key=distance)
-
-
 def _by_ratio(model: str) -> bool:
     return "ultra" in model or "kontext" in model
 
@@ -90,7 +80,7 @@ class BFLProvider(ProviderAdapter):
         if request.dimensions:
             width, height = request.dimensions
             if _by_ratio(target.upstream_model):
-                body["aspect_ratio"] = _nearest_ratio(width, height)
+                body["aspect_ratio"] = nearest_ratio(width, height, RATIOS)
             else:
                 body["width"], body["height"] = width, height
         if request.seed is not None:

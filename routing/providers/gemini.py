@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
-from routing.providers.auth import credential_headers
 from routing.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -147,20 +146,8 @@ class GeminiProvider(ProviderAdapter):
     def _url(self, target: Target, method: str) -> str:
         return f"{target.base_url}/v1beta/models/{target.upstream_model}:{method}"
 
-    def _headers(self, target: Target) -> dict[str, str]:
-        return {**target.extra_headers, **credential_headers(self.name, target.secret)}
-
     def _post(self, target: Target, method: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = http.send(
-            self.name,
-            "POST",
-            self._url(target, method),
-            timeout=target.timeout_seconds,
-            headers=self._headers(target),
-            json_body=body,
-        )
-        http.check_status(self.name, response)
-        return http.json_object(self.name, response)
+        return http.post_json(target, self._url(target, method), body)
 
     # --- Gemini generateContent -------------------------------------------------------
     def content_body(self, request: ImageRequest, target: Target) -> dict[str, Any]:

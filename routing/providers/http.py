@@ -15,8 +15,10 @@ import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
+from routing.providers.auth import credential_headers
 from routing.providers.base import (
     ProviderError,
+    Target,
     UpstreamAuthFailed,
     UpstreamFailed,
     UpstreamModerated,
@@ -161,6 +163,21 @@ def json_object(provider: str, response: requests.Response) -> dict[str, Any]:
     return body
 
 
+def post_json(target: Target, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a JSON body as the target's credential; the JSON object answered, or the mapped
+    ProviderError. The shape of most upstreams' image calls."""
+    response = send(
+        target.provider,
+        "POST",
+        url,
+        timeout=target.timeout_seconds,
+        headers={**target.extra_headers, **credential_headers(target.provider, target.secret)},
+        json_body=body,
+    )
+    check_status(target.provider, response)
+    return json_object(target.provider, response)
+
+
 def read_chunks(upstream: requests.Response) -> Iterator[bytes]:
     """The body as it arrives, still encoded: each chunk is passed on as soon as it is read
     (a stream's events are not held back to fill a buffer)."""
@@ -172,4 +189,12 @@ def read_chunks(upstream: requests.Response) -> Iterator[bytes]:
         yield chunk
 
 
-__all__ = ["ProviderError", "check_status", "json_object", "read_chunks", "send", "session"]
+__all__ = [
+    "ProviderError",
+    "check_status",
+    "json_object",
+    "post_json",
+    "read_chunks",
+    "send",
+    "session",
+]

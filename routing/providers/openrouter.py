@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
-from routing.providers.auth import credential_headers
 from routing.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -111,16 +110,9 @@ class OpenRouterProvider(ProviderAdapter):
         return {k: v for k, v in body.items() if v is not None}
 
     def _generate_with_image_api(self, request: ImageRequest, target: Target) -> ImageResult:
-        response = http.send(
-            self.name,
-            "POST",
-            f"{target.base_url}/api/v1/images",
-            timeout=target.timeout_seconds,
-            headers={**target.extra_headers, **credential_headers(self.name, target.secret)},
-            json_body=self.images_body(request, target),
+        body = http.post_json(
+            target, f"{target.base_url}/api/v1/images", self.images_body(request, target)
         )
-        http.check_status(self.name, response)
-        body = http.json_object(self.name, response)
         images = []
         for item in body.get("data") or []:
             if not isinstance(item, dict):
@@ -167,16 +159,8 @@ class OpenRouterProvider(ProviderAdapter):
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
         if _uses_image_api(target.options):
             return self._generate_with_image_api(request, target)
-        response = http.send(
-            self.name,
-            "POST",
-            f"{target.base_url}/api/v1/chat/completions",
-            timeout=target.timeout_seconds,
-            headers={**target.extra_headers, **credential_headers(self.name, target.secret)},
-            json_body=self.body(request, target),
-        )
-        http.check_status(self.name, response)
-        return self.parse(http.json_object(self.name, response), request)
+        url = f"{target.base_url}/api/v1/chat/completions"
+        return self.parse(http.post_json(target, url, self.body(request, target)), request)
 
     def edit(self, request: ImageRequest, target: Target) -> ImageResult:
         return self.generate(request, target)

@@ -11,7 +11,6 @@ Inputs vary per model; the common ones are set (`prompt`, `aspect_ratio`, `seed`
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from routing.images.fetch import fetch_image
+from routing.images.sizing import nearest_ratio
 from routing.providers import http
 from routing.providers.auth import credential_headers
 from routing.providers.base import (
@@ -49,16 +49,6 @@ RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16
 DONE = frozenset({"succeeded", "failed", "canceled"})
 
 
-def _nearest_ratio(width: int, height: int) -> str:
-    wanted = math.log(width / height)
-
-    def distance(ratio: str) -> float:
-        across, _, down = ratio.partition(":")
-        return abs(math.log(int(across) / int(down)) - wanted)
-
-    return min(RATIOS, key=distance)
-
-
 class ReplicateProvider(ProviderAdapter):
     name = "replicate"
 
@@ -72,7 +62,7 @@ class ReplicateProvider(ProviderAdapter):
     ) -> tuple[str, dict[str, Any]]:
         inputs: dict[str, Any] = {"prompt": request.prompt}
         if request.dimensions:
-            inputs["aspect_ratio"] = _nearest_ratio(*request.dimensions)
+            inputs["aspect_ratio"] = nearest_ratio(*request.dimensions, RATIOS)
         if request.seed is not None:
             inputs["seed"] = request.seed
         if request.output_format:

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
-from routing.providers.auth import credential_headers
 from routing.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -96,16 +95,8 @@ class SeedreamProvider(ProviderAdapter):
         return body
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
-        response = http.send(
-            self.name,
-            "POST",
-            f"{target.base_url}/api/v3/images/generations",
-            timeout=target.timeout_seconds,
-            headers={**target.extra_headers, **credential_headers(self.name, target.secret)},
-            json_body=self.body(request, target),
-        )
-        http.check_status(self.name, response)
-        return self.parse(http.json_object(self.name, response))
+        url = f"{target.base_url}/api/v3/images/generations"
+        return self.parse(http.post_json(target, url, self.body(request, target)))
 
     def edit(self, request: ImageRequest, target: Target) -> ImageResult:
         return self.generate(request, target)

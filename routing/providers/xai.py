@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from PIL import Image
 
-from routing.images.sizing import tier_of
+from routing.images.sizing import nearest_ratio, tier_of
 from routing.providers import http
-from routing.providers.auth import credential_headers
 from routing.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -34,22 +32,22 @@ from routing.providers.base import (
 )
 from routing.providers.capabilities import ImageCapabilities
 
-# xAI's aspect ratios (grok-imagine), as width / height.
-RATIOS = {
-    "1:1": 1.0,
-    "3:4": 3 / 4,
-    "4:3": 4 / 3,
-    "9:16": 9 / 16,
-    "16:9": 16 / 9,
-    "2:3": 2 / 3,
-    "3:2": 3 / 2,
-    "9:19.5": 9 / 19.5,
-    "19.5:9": 19.5 / 9,
-    "9:20": 9 / 20,
-    "20:9": 20 / 9,
-    "1:2": 1 / 2,
-    "2:1": 2.0,
-}
+# xAI's aspect ratios (grok-imagine).
+RATIOS = (
+    "1:1",
+    "3:4",
+    "4:3",
+    "9:16",
+    "16:9",
+    "2:3",
+    "3:2",
+    "9:19.5",
+    "19.5:9",
+    "9:20",
+    "20:9",
+    "1:2",
+    "2:1",
+)
 GROK_IMAGINE = ImageCapabilities(
     sizes=None,
     min_side=256,
@@ -69,11 +67,6 @@ GROK_IMAGINE_2 = ImageCapabilities(
     **{**GROK_IMAGINE.__dict__, "qualities": ("low", "medium", "high")}
 )
 GROK_2 = ImageCapabilities(**{**GROK_IMAGINE.__dict__, "edits": False, "max_pixels": 1024 * 1024})
-
-
-def nearest_ratio(width: int, height: int) -> str:
-    wanted = math.log(width / height)
-    return min(RATIOS, key=lambda name: abs(math.log(RATIOS[name]) - wanted))
 
 
 class XAIProvider(ProviderAdapter):
@@ -99,7 +92,7 @@ class XAIProvider(ProviderAdapter):
         dimensions = request.dimensions
         if dimensions and not target.upstream_model.startswith("grok-2-image"):
             width, height = dimensions
-            body["aspect_ratio"] = nearest_ratio(width, height)
+            body["aspect_ratio"] = nearest_ratio(width, height, RATIOS)
             body["resolution"] = "2k" if tier_of(width, height) != "1K" else "1k"
         if request.quality:
             body["quality"] = request.quality
@@ -113,16 +106,8 @@ class XAIProvider(ProviderAdapter):
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
         path = "/v1/images/edits" if request.images else "/v1/images/generations"
-        response = http.send(
-            self.name,
-            "POST",
-            f"{target.base_url}{path}",
-            timeout=target.timeout_seconds,
-            headers={**target.extra_headers, **credential_headers(self.name, target.secret)},
-            json_body=self.body(request, target),
-        )
-        http.check_status(self.name, response)
-        return self.parse(http.json_object(self.name, response), request)
+        body = http.post_json(target, f"{target.base_url}{path}", self.body(request, target))
+        return self.parse(body, request)
 
     def edit(self, request: ImageRequest, target: Target) -> ImageResult:
         return self.generate(request, target)

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
-from routing.providers.auth import credential_headers
 from routing.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -79,16 +78,8 @@ class ZAIProvider(ProviderAdapter):
         return body
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
-        response = http.send(
-            self.name,
-            "POST",
-            f"{target.base_url}/api/paas/v4/images/generations",
-            timeout=target.timeout_seconds,
-            headers={**target.extra_headers, **credential_headers(self.name, target.secret)},
-            json_body=self.body(request, target),
-        )
-        http.check_status(self.name, response)
-        body = http.json_object(self.name, response)
+        url = f"{target.base_url}/api/paas/v4/images/generations"
+        body = http.post_json(target, url, self.body(request, target))
         items = body.get("data") if isinstance(body.get("data"), list) else None
         urls = [
             i["url"] for i in items or [] if isinstance(i, dict) and isinstance(i.get("url"), str)
