@@ -92,3 +92,8 @@ class PassthroughView(MeteredView):
         return _streaming_response(proxied, provider)
 
     get = post = put = patch = delete = head = options = relay  # type: ignore[assignment]
+
+    @property
+    def default_response_headers(self) -> dict[str, str]:
+        """None of DRF's own (Allow, Vary): the upstream's headers reach the caller as sent."""
+        return {}

@@ -209,7 +209,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(
                 200,
                 {"method": method, "target": recorded.target, "bytes": len(recorded.raw)},
-                {"x-upstream-echo": "yes", "Cache-Control": "no-store"},
+                {
+                    "x-upstream-echo": "yes",
+                    "Cache-Control": "no-store",
+                    "Allow": "GET",
+                    "Vary": "Origin",
+                },
             )
 
     def _big(self, size: int) -> None:

@@ -275,6 +275,8 @@ def test_head_and_options_are_relayed_too(
         )
         assert response.status_code == 200, (method, response.text)
         assert response.headers["x-upstream-echo"] == "yes"
+        if method != "HEAD":  # the upstream's own Allow and Vary, not the gateway's
+            assert (response.headers["Allow"], response.headers["Vary"]) == ("GET", "Origin")
     assert [call.method for call in fake_upstream.requests] == [
         "HEAD",
         "OPTIONS",
