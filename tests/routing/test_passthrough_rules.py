@@ -227,3 +227,21 @@ def test_form_fields_are_read_from_a_multipart_body_in_any_chunking() -> None:
         model="gpt-image-1", n=3
     )
     assert boundary_of("application/json") is None
+
+
+def test_a_chunked_upload_is_cut_off_at_the_body_limit(settings) -> None:  # type: ignore[no-untyped-def]
+    from aperture.errors import PayloadTooLarge
+    from billing.metering import Meter
+    from routing.passthrough.service import IncomingBody, UploadStream
+
+    settings.MAX_BODY_BYTES = 250_000
+    pieces = iter([b"x" * 100_000] * 5)
+    body = IncomingBody(read=lambda _n: next(pieces, b""), length=None, content_type="")
+    meter = Meter(request_id="r", endpoint="passthrough")
+    upload = UploadStream(body, meter, sniffer=None)
+    sent = []
+    with pytest.raises(PayloadTooLarge):
+        for chunk in upload:
+            sent.append(chunk)
+    assert sum(map(len, sent)) == 200_000  # the third chunk crossed the limit: not sent
+    assert meter.bytes_in == 300_000
