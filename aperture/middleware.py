@@ -8,7 +8,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from aperture.errors import PayloadTooLarge, error_response
+from aperture.errors import InvalidRequest, PayloadTooLarge, error_response
 from aperture.request_context import current_request_id, set_request_id
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -38,10 +38,12 @@ class BodySizeLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            declared = 0
+        raw = str(request.META.get("CONTENT_LENGTH") or "0").strip()
+        if not raw.isdigit():  # Django itself would fail on it later, as a 500
+            return error_response(
+                InvalidRequest("Content-Length is not a number.", code="invalid_content_length")
+            )
+        declared = int(raw)
         if declared > settings.MAX_BODY_BYTES:
             return error_response(
                 PayloadTooLarge(

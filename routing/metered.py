@@ -24,10 +24,11 @@ class MeteredView(APIView):
     meter: Meter
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        declared = str(request.META.get("CONTENT_LENGTH") or "0")
         self.meter = Meter(
             request_id=current_request_id(),
             endpoint=self.endpoint,
-            bytes_in=int(request.META.get("CONTENT_LENGTH") or 0),
+            bytes_in=int(declared) if declared.isdigit() else 0,  # a bad header is no 500
         )
         super().initial(request, *args, **kwargs)
 

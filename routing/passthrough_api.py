@@ -9,6 +9,7 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
+from aperture.errors import InvalidRequest
 from routing.metered import MeteredView
 from routing.passthrough import headers as header_rules
 from routing.passthrough.service import IncomingBody, ProxiedResponse, proxy
@@ -48,6 +49,8 @@ def _incoming_body(request: Request) -> IncomingBody:
     declared = environ.get("CONTENT_LENGTH")
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     if declared:
+        if not declared.isdigit():
+            raise InvalidRequest("Content-Length is not a number.", code="invalid_content_length")
         length: int | None = int(declared)
         read = request._request.read  # Django's stream, limited to Content-Length
     elif chunked:

@@ -146,6 +146,14 @@ class ProxiedResponse:
     body: Relay
 
 
+def _release_quietly(hold: budgets.Hold) -> None:
+    """Free the hold of a call that failed; a hold left behind is freed by the reaper."""
+    try:
+        budgets.release(hold)
+    except Exception:
+        logger.exception("could not release the budget hold of a failed passthrough call")
+
+
 def _check_key_may_pass_through(principal: KeyPrincipal) -> None:
     if principal.allowed_aliases:
         raise PermissionError_(
@@ -212,10 +220,10 @@ def proxy(
         )
         meter.upstream_ms = int((time.monotonic() - started) * 1000)
     except ProviderError as error:
-        budgets.release(hold)
+        _release_quietly(hold)
         raise api_error_for(error) from None
     except BaseException:
-        budgets.release(hold)
+        _release_quietly(hold)
         raise
     if upstream.status_code in (401, 403):
         logger.warning(

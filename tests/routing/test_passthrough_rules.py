@@ -245,3 +245,19 @@ def test_a_chunked_upload_is_cut_off_at_the_body_limit(settings) -> None:  # typ
             sent.append(chunk)
     assert sum(map(len, sent)) == 200_000  # the third chunk crossed the limit: not sent
     assert meter.bytes_in == 300_000
+
+
+def test_a_malformed_content_length_is_a_400_not_a_500(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.generic(
+        "POST", "/openai/v1/x", b"{}", CONTENT_LENGTH="12abc", content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_content_length"
+
+
+def test_a_malformed_content_length_on_an_image_route_is_a_400_too(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.generic(
+        "POST", "/v1/images/generations", b"{}", CONTENT_LENGTH="x", content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_content_length"
