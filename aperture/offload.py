@@ -18,4 +18,17 @@ def run_blocking(function: Callable[[], T]) -> T:
         return function()
     if not monkey.is_module_patched("socket"):
         return function()
-    return get_hub().threadpool.apply(function)  # type: ignore[no-any-return]
+
+    def captured() -> tuple[bool, T | BaseException]:
+        # Returned, not raised: gevent's pool prints a traceback for anything raised in it,
+        # and a caller's undecodable upload is not an operator's stack trace.
+        try:
+            return True, function()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller
+            return False, exc
+
+    succeeded, value = get_hub().threadpool.apply(captured)
+    if not succeeded:
+        assert isinstance(value, BaseException)
+        raise value
+    return value  # type: ignore[return-value]
