@@ -43,6 +43,9 @@ def recognise(provider: str, method: str, path: str) -> ImageRoute | None:
     return None
 
 
+OPENAI_DEFAULT_MODEL = "dall-e-2"
+
+
 @dataclass(frozen=True)
 class RequestFacts:
     """What the caller asked for, as far as its body says."""
@@ -68,9 +71,13 @@ def request_facts(route: ImageRoute, fields: Mapping[str, Any]) -> RequestFacts:
         count = config.get("candidateCount") if isinstance(config, dict) else None
         return RequestFacts(model=route.path_model or "", n=_positive_int(count, 1))
     model = route.path_model or fields.get("model")
+    if not isinstance(model, str) or not model:
+        # OpenAI's documented default when no model is sent (providers.md §1.3): priced as
+        # that rather than as nothing.
+        model = OPENAI_DEFAULT_MODEL
     size, quality = fields.get("size"), fields.get("quality")
     return RequestFacts(
-        model=model if isinstance(model, str) else "",
+        model=model,
         n=_positive_int(fields.get("n"), 1),
         size=size if isinstance(size, str) else None,
         quality=quality if isinstance(quality, str) else None,

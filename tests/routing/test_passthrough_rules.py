@@ -261,3 +261,9 @@ def test_a_malformed_content_length_on_an_image_route_is_a_400_too(client) -> No
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_content_length"
+
+
+def test_an_openai_image_call_without_a_model_is_priced_as_openais_default() -> None:
+    route = image_routes.ImageRoute("openai", "openai")
+    assert image_routes.request_facts(route, {"prompt": "x"}).model == "dall-e-2"
+    assert image_routes.request_facts(route, {"model": ""}).model == "dall-e-2"
