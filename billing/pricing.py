@@ -45,6 +45,11 @@ def _warn_unpriced(provider: str, model: str) -> None:
         logger.warning("no price for %s model %s: its requests cost 0", provider, model)
 
 
+def token_count(value: Any) -> int:
+    """A token count from an upstream's usage; anything odd counts as 0, never a 500."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def has_price(provider: str, model: str) -> bool:
     return bool(_candidates(provider, model))
 

@@ -272,8 +272,8 @@ def generate_images(
             raise api_error_for(error) from None
         usage = result.usage or {}
         meter.images = len(data)
-        meter.input_tokens = _token_count(usage.get("input_tokens"))
-        meter.output_tokens = _token_count(usage.get("output_tokens"))
+        meter.input_tokens = pricing.token_count(usage.get("input_tokens"))
+        meter.output_tokens = pricing.token_count(usage.get("output_tokens"))
         meter.upstream_cost_micro = _upstream_cost(usage.get("cost"))
         meter.cost_micro = pricing.actual_cost(
             target.provider,
@@ -365,11 +365,6 @@ def _upstream_cost(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         return None
     return round(value * 1_000_000)
-
-
-def _token_count(value: Any) -> int:
-    """A token count from the upstream's usage; anything odd counts as 0, never a 500."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _settle(hold: budgets.Hold, *, cost_micro: int, images: int) -> None:

@@ -113,25 +113,21 @@ class Counted:
         )
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def _add_openai_usage(counted: Counted, usage: Any) -> None:
     if not isinstance(usage, dict):
         return
-    counted.input_tokens += _count(usage.get("input_tokens"))
-    counted.output_tokens += _count(usage.get("output_tokens"))
+    counted.input_tokens += pricing.token_count(usage.get("input_tokens"))
+    counted.output_tokens += pricing.token_count(usage.get("output_tokens"))
     if counted.usage is None:
         counted.usage = dict(usage)
         return
     # Several completed events: their token counts add up.
     total = counted.usage
     for name in ("input_tokens", "output_tokens", "total_tokens"):
-        total[name] = _count(total.get(name)) + _count(usage.get(name))
+        total[name] = pricing.token_count(total.get(name)) + pricing.token_count(usage.get(name))
     details = dict(total.get("input_tokens_details") or {})
     for name, value in (usage.get("input_tokens_details") or {}).items():
-        details[name] = _count(details.get(name)) + _count(value)
+        details[name] = pricing.token_count(details.get(name)) + pricing.token_count(value)
     total["input_tokens_details"] = details
 
 
@@ -158,8 +154,8 @@ def _take_gemini(counted: Counted, body: dict[str, Any]) -> None:
     counted.images += _gemini_images(body)
     usage = body.get("usageMetadata")
     if isinstance(usage, dict):  # streamed chunks repeat the running totals: keep the last
-        counted.input_tokens = _count(usage.get("promptTokenCount"))
-        counted.output_tokens = _count(usage.get("candidatesTokenCount"))
+        counted.input_tokens = pricing.token_count(usage.get("promptTokenCount"))
+        counted.output_tokens = pricing.token_count(usage.get("candidatesTokenCount"))
 
 
 def count_json_body(route: ImageRoute, raw: bytes) -> Counted | None:

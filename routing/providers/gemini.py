@@ -223,7 +223,6 @@ class GeminiProvider(ProviderAdapter):
             }
             if usage
             else None,
-            metadata={"size": request.size} if request.size != "auto" else {},
         )
 
     # --- Imagen :predict --------------------------------------------------------------
@@ -255,5 +254,4 @@ class GeminiProvider(ProviderAdapter):
             reasons = [p.get("raiFilteredReason") for p in predictions if isinstance(p, dict)]
             reason = next((r for r in reasons if r), "every image was filtered")
             raise UpstreamModerated(self.name, f"imagen returned no image: {reason}")
-        metadata = {"size": request.size} if request.size != "auto" else {}
-        return ImageResult(images=images, metadata=metadata)
+        return ImageResult(images=images)

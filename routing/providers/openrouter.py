@@ -128,8 +128,7 @@ class OpenRouterProvider(ProviderAdapter):
         if not images:
             raise UpstreamFailed(self.name, "openrouter's image API returned no image.")
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        metadata = {"size": request.size} if request.size != "auto" else {}
-        return ImageResult(images=images, usage=usage, metadata=metadata)
+        return ImageResult(images=images, usage=usage)
 
     def body(self, request: ImageRequest, target: Target) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
@@ -195,5 +194,4 @@ class OpenRouterProvider(ProviderAdapter):
             }
             if usage
             else None,
-            metadata={"size": request.size} if request.size != "auto" else {},
         )

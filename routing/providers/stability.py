@@ -136,7 +136,7 @@ class StabilityProvider(ProviderAdapter):
         if not isinstance(encoded, str) or not encoded or not is_base64(encoded):
             raise UpstreamFailed(self.name, "stability returned no image.")
         output_format = request.output_format or "png"
-        metadata = {"size": request.size} if request.size != "auto" else {}
+        metadata = {}
         if isinstance(body.get("seed"), int):
             metadata["seed"] = str(body["seed"])
         return ImageResult(

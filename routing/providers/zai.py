@@ -86,5 +86,4 @@ class ZAIProvider(ProviderAdapter):
         ]
         if not urls:
             raise UpstreamFailed(self.name, "zai returned no image.")
-        metadata = {"size": request.size} if request.size != "auto" else {}
-        return ImageResult(images=[GeneratedImage(url=url) for url in urls], metadata=metadata)
+        return ImageResult(images=[GeneratedImage(url=url) for url in urls])
