@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
@@ -86,6 +87,13 @@ class MethodNotAllowed(ApiError):
     code = "method_not_allowed"
 
 
+class Conflict(ApiError):
+    """The change clashes with the current state (a name in use, an object still in use)."""
+
+    status = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"
@@ -147,6 +155,10 @@ def _translate(exc: Exception) -> ApiError | None:
         return PayloadTooLarge("Request body is too large.")
     if isinstance(exc, drf.ValidationError):
         param, message = _first_validation_error(exc.detail)
+        return InvalidRequest(message, param=param)
+    if isinstance(exc, DjangoValidationError):  # a service's refusal of a value
+        detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        param, message = _first_validation_error(detail)
         return InvalidRequest(message, param=param)
     if isinstance(exc, drf.ParseError):
         return InvalidRequest(f"Could not parse the request body: {exc.detail}")

@@ -59,6 +59,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "tenants",
     "routing",
     "billing",
@@ -222,6 +224,34 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "aperture.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # `?format=csv` is read by the usage views themselves; errors always answer JSON.
+    "URL_FORMAT_OVERRIDE": None,
+}
+
+# --- OpenAPI schema (/api/schema/) and interactive docs (/api/docs/) --------------------
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Aperture API",
+    "DESCRIPTION": (
+        "The OpenAI-compatible image routes and the management API of an Aperture gateway. "
+        "Authorize with an API key (`apk_…`). Errors are OpenAI's envelope: "
+        '`{"error": {"message", "type", "param", "code"}}`.'
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["aperture.openapi.only_gateway_routes"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "aperture.openapi.error_envelope",
+    ],
+    # Swagger UI's files ship with the server (drf-spectacular-sidecar): no CDN needed.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayOperationId": False},
 }
 
 # --- Security -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("", include("routing.urls")),
+    path("", include("aperture.api_urls")),
     # Unknown routes under the gateway's own prefixes answer in the OpenAI error envelope.
     re_path(r"^(?:v1|api|openai/deployments)(?:/.*)?$", errors.not_found_view),
     # Everything else names a provider credential: /{provider}/{native path}.

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from django.db import models
 from django.db.models import F, Q
 
+from aperture.ids import public_id
 from tenants.models import ApiKey, Team, Workspace
 
 LIFETIME_START = datetime(1970, 1, 1, tzinfo=UTC)
@@ -80,6 +81,7 @@ class Budget(models.Model):
         MONTH = "month", "Calendar month (UTC)"
         LIFETIME = "lifetime", "Lifetime"
 
+    public_id = models.CharField(max_length=32, unique=True, default=public_id, editable=False)
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="budgets")
     team = models.ForeignKey(
         Team, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"

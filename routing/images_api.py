@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from aperture.errors import NotFound, error_response
 from aperture.json_body import read_json_object
+from routing.api.inference_schema import edit_schema, generation_schema
 from routing.images import hosting
 from routing.images.edit_form import read_edit_form
 from routing.images.generation import UrlBuilder, generate_images
@@ -39,6 +40,7 @@ def _url_builder(request: Request) -> UrlBuilder:
 class ImageGenerationView(MeteredView):
     endpoint = "images.generations"
 
+    @generation_schema
     def post(self, request: Request, alias: str | None = None) -> HttpResponseBase:
         body = read_json_object(request._request)
         result = generate_images(
@@ -60,6 +62,7 @@ class ImageEditView(MeteredView):
 
     endpoint = "images.edits"
 
+    @edit_schema
     def post(self, request: Request, alias: str | None = None) -> HttpResponseBase:
         form = read_edit_form(request._request)
         result = generate_images(

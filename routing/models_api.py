@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from routing import selectors
+from routing.api.inference_schema import model_detail_schema, model_list_schema
 from routing.models import Deployment, ModelAlias
 from routing.providers.registry import ADAPTERS
 from tenants.permissions import ImagesScope, request_principal
@@ -42,6 +43,7 @@ def model_object(alias: ModelAlias, deployment: Deployment | None) -> dict[str, 
 class ModelListView(APIView):
     permission_classes = [ImagesScope]
 
+    @model_list_schema
     def get(self, request: Request) -> Response:
         aliases = selectors.aliases_visible(request_principal(request))
         first = selectors.first_deployments([alias.pk for alias in aliases])
@@ -52,6 +54,7 @@ class ModelListView(APIView):
 class ModelDetailView(APIView):
     permission_classes = [ImagesScope]
 
+    @model_detail_schema
     def get(self, request: Request, model: str) -> Response:
         alias = selectors.alias_resolve(request_principal(request), model)
         deployment = selectors.first_deployments([alias.pk]).get(alias.pk)

@@ -120,3 +120,57 @@ def passthrough_target(principal: KeyPrincipal, name: str) -> PassthroughTarget:
             code="provider_not_found",
         )
     return target
+
+
+def unknown_alias_names(workspace_id: int, names: list[str]) -> list[str]:
+    """Those of `names` that are no alias this workspace can see (for a key's allowed list)."""
+    known = set(
+        ModelAlias.objects.filter(Q(workspace_id=workspace_id) | Q(workspace__isnull=True))
+        .filter(name__in=names)
+        .values_list("name", flat=True)
+    )
+    return sorted(set(names) - known)
+
+
+def aliases_of_workspace(workspace_id: int) -> list[ModelAlias]:
+    """Every alias a workspace has: its own (disabled too) and the platform's it does not
+    shadow, by name."""
+    chosen: dict[str, ModelAlias] = {}
+    rows = ModelAlias.objects.filter(
+        Q(workspace_id=workspace_id) | Q(workspace__isnull=True, enabled=True)
+    )
+    for alias in rows:
+        if alias.name not in chosen or alias.workspace_id is not None:
+            chosen[alias.name] = alias
+    return [chosen[name] for name in sorted(chosen)]
+
+
+def alias_of_workspace(workspace_id: int, public_id: str) -> ModelAlias:
+    alias = next((a for a in aliases_of_workspace(workspace_id) if a.public_id == public_id), None)
+    if alias is None:
+        raise NotFound(f"No alias '{public_id}' in this workspace.")
+    return alias
+
+
+def deployments_of(alias_ids: list[int]) -> dict[int, list[Deployment]]:
+    """Every deployment of these aliases with its credential, in fallback order (one query)."""
+    found: dict[int, list[Deployment]] = {}
+    rows = (
+        Deployment.objects.filter(alias_id__in=alias_ids)
+        .select_related("credential")
+        .order_by("alias_id", "priority", "id")
+    )
+    for deployment in rows:
+        found.setdefault(deployment.alias_id, []).append(deployment)
+    return found
+
+
+def credentials_of_workspace(workspace_id: int) -> QuerySet[ProviderCredential]:
+    return ProviderCredential.objects.filter(workspace_id=workspace_id)
+
+
+def credential_of_workspace(workspace_id: int, public_id: str) -> ProviderCredential:
+    credential = credentials_of_workspace(workspace_id).filter(public_id=public_id).first()
+    if credential is None:
+        raise NotFound(f"No credential '{public_id}' in this workspace.")
+    return credential

@@ -33,6 +33,7 @@ class KeyPrincipal:
     allowed_aliases: tuple[str, ...]
     rpm_limit: int | None
     ipm_limit: int | None
+    expires_at: datetime | None = None
 
     is_authenticated = True
     is_anonymous = False
@@ -45,7 +46,7 @@ class KeyPrincipal:
 
 
 def _cache_key(public_id: str) -> str:
-    return f"apikey:v1:{public_id}"
+    return f"apikey:v2:{public_id}"
 
 
 def _load(public_id: str) -> dict[str, Any] | None:
@@ -56,6 +57,8 @@ def _load(public_id: str) -> dict[str, Any] | None:
             "id",
             "public_id",
             "secret_hash",
+            "previous_secret_hash",
+            "previous_secret_expires_at",
             "team_id",
             "workspace_id",
             "scopes",
@@ -75,6 +78,8 @@ def _load(public_id: str) -> dict[str, Any] | None:
         "id": key.pk,
         "public_id": key.public_id,
         "secret_hash": key.secret_hash,
+        "previous_secret_hash": key.previous_secret_hash,
+        "previous_secret_expires_at": key.previous_secret_expires_at,
         "team_id": key.team_id,
         "workspace_id": key.workspace_id,
         "scopes": tuple(key.scopes),
@@ -115,15 +120,23 @@ def _refused(now: datetime, entry: dict[str, Any]) -> str | None:
     return None
 
 
+def _secret_accepted(secret: str, entry: dict[str, Any], now: datetime) -> bool:
+    """The current secret, or the one a rotation replaced while its grace period lasts."""
+    if secret_matches(secret, entry["secret_hash"]):
+        return True
+    previous, until = entry["previous_secret_hash"], entry["previous_secret_expires_at"]
+    return bool(previous) and until is not None and now < until and secret_matches(secret, previous)
+
+
 def authenticate_secret(secret: str) -> KeyPrincipal:
     """The principal for a presented secret; AuthenticationError (401) or PermissionError_ (403)."""
     public_id = parse_public_id(secret)
     if public_id is None:
         raise AuthenticationError("Malformed API key. Keys look like apk_<id>_<secret>.")
     entry = _lookup(public_id)
-    if entry is None or not secret_matches(secret, entry["secret_hash"]):
-        raise AuthenticationError("Incorrect API key provided.")
     now = timezone.now()
+    if entry is None or not _secret_accepted(secret, entry, now):
+        raise AuthenticationError("Incorrect API key provided.")
     reason = _refused(now, entry)
     if reason:
         raise AuthenticationError(reason)
@@ -139,6 +152,7 @@ def authenticate_secret(secret: str) -> KeyPrincipal:
         allowed_aliases=entry["allowed_aliases"],
         rpm_limit=entry["rpm_limit"],
         ipm_limit=entry["ipm_limit"],
+        expires_at=entry["expires_at"],
     )
 
 

@@ -88,6 +88,15 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(
         null=True, blank=True, editable=False, help_text="Updated at most once a minute."
     )
+    # Rotation: the secret a rotation replaced keeps working until its grace period ends.
+    previous_secret_hash = models.CharField(max_length=64, blank=True, editable=False)
+    previous_secret_expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The secret replaced by the last rotation is accepted until then.",
+    )
+    rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_by = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -112,6 +121,15 @@ class ApiKey(models.Model):
     @property
     def prefix(self) -> str:
         return f"apk_{self.public_id}"
+
+    def status(self, now: datetime | None = None) -> str:
+        """active, revoked or expired, as the management API reports it."""
+        now = now or timezone.now()
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
 
     def is_usable(self, now: datetime | None = None) -> bool:
         now = now or timezone.now()

@@ -41,3 +41,33 @@ class ManageTeamScope(_ScopeRequired):
 
 class ManageWorkspaceScope(_ScopeRequired):
     scope = "manage:workspace"
+
+
+class ManageScope(BasePermission):
+    """Either management scope; what the key then sees is narrowed by tenants/selectors.py."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        principal = request.user
+        if not isinstance(principal, KeyPrincipal):
+            return False
+        if not (principal.has_scope("manage:team") or principal.has_scope("manage:workspace")):
+            raise PermissionError_(
+                "This API key lacks a management scope ('manage:team' or 'manage:workspace').",
+                code="missing_scope",
+            )
+        return True
+
+
+class ManageWorkspaceForWrites(ManageScope):
+    """Reads with either management scope; writes only with `manage:workspace`."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if not super().has_permission(request, view):
+            return False
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return True
+        if not request.user.has_scope("manage:workspace"):
+            raise PermissionError_(
+                "This API key lacks the 'manage:workspace' scope.", code="missing_scope"
+            )
+        return True

@@ -2,18 +2,27 @@
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from aperture.errors import Conflict
 from tenants import key_auth
 from tenants.audit import audit_record
+from tenants.grants import Grant, check_grant, check_may_manage
+from tenants.key_auth import KeyPrincipal
 from tenants.keys import generate_secret
 from tenants.models import ApiKey, Team, Workspace
 
 VALID_SCOPES = frozenset(ApiKey.Scope.values)
+MAX_ROTATION_GRACE_SECONDS = 24 * 3600
+# What key_change may set; scopes and team are fixed for a key's life.
+KEY_CHANGEABLE_FIELDS = frozenset(
+    {"name", "allowed_aliases", "rpm_limit", "ipm_limit", "expires_at"}
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ def team_rename(*, actor: str, team: Team, name: str) -> Team:
 
 @transaction.atomic
 def team_create(*, actor: str, workspace: Workspace, slug: str, name: str) -> Team:
+    if Team.objects.filter(workspace=workspace, slug=slug).exists():
+        raise Conflict(f"The workspace already has a team '{slug}'.", param="slug")
     team = Team.objects.create(workspace=workspace, slug=slug, name=name)
     audit_record(actor=actor, event="team.created", target=team, workspace=workspace)
     return team
@@ -76,6 +87,8 @@ def team_create(*, actor: str, workspace: Workspace, slug: str, name: str) -> Te
 
 @transaction.atomic
 def team_archive(*, actor: str, team: Team) -> Team:
+    if team.archived_at is not None:
+        return team
     team.archived_at = timezone.now()
     team.save(update_fields=["archived_at", "updated_at"])
     audit_record(actor=actor, event="team.archived", target=team, workspace=team.workspace)
@@ -170,6 +183,71 @@ def key_update(
 
 
 @transaction.atomic
+def key_change(*, actor: str, key: ApiKey, fields: dict[str, Any]) -> ApiKey:
+    """Set exactly the given fields (None clears a limit or the expiry)."""
+    unknown = set(fields) - KEY_CHANGEABLE_FIELDS
+    if unknown:
+        raise ValidationError(f"Cannot change {sorted(unknown)} on a key.")
+    if key.revoked_at is not None:
+        raise Conflict("This key is revoked; create a new one instead.", code="key_revoked")
+    changes = dict(fields)
+    if "allowed_aliases" in changes:
+        changes["allowed_aliases"] = sorted(set(changes["allowed_aliases"]))
+    for field, value in changes.items():
+        setattr(key, field, value)
+    key.save(update_fields=[*sorted(changes), "updated_at"])
+    audit_record(
+        actor=actor,
+        event="key.updated",
+        target=key,
+        workspace=key.workspace,
+        data={"fields": sorted(changes)},
+    )
+    forget_cached_keys([key.public_id])
+    return key
+
+
+@transaction.atomic
+def key_rotate(*, actor: str, key: ApiKey, grace_seconds: int) -> CreatedKey:
+    """A new secret for the same key; the old one works `grace_seconds` more (0: stops now).
+
+    Only the secret this rotation replaces gets a grace period: one replaced earlier stops.
+    """
+    if not 0 <= grace_seconds <= MAX_ROTATION_GRACE_SECONDS:
+        raise ValidationError(
+            {"grace_period_seconds": f"Must be from 0 to {MAX_ROTATION_GRACE_SECONDS}."}
+        )
+    if key.revoked_at is not None:
+        raise Conflict("This key is revoked; create a new one instead.", code="key_revoked")
+    now = timezone.now()
+    new = generate_secret(public_id=key.public_id)
+    key.previous_secret_hash = key.secret_hash if grace_seconds else ""
+    key.previous_secret_expires_at = (
+        now + timedelta(seconds=grace_seconds) if grace_seconds else None
+    )
+    key.secret_hash = new.secret_hash
+    key.rotated_at = now
+    key.save(
+        update_fields=[
+            "previous_secret_hash",
+            "previous_secret_expires_at",
+            "secret_hash",
+            "rotated_at",
+            "updated_at",
+        ]
+    )
+    audit_record(
+        actor=actor,
+        event="key.rotated",
+        target=key,
+        workspace=key.workspace,
+        data={"grace_seconds": grace_seconds},
+    )
+    forget_cached_keys([key.public_id])
+    return CreatedKey(key=key, secret=new.secret)
+
+
+@transaction.atomic
 def key_set_rate_limits(
     *, actor: str, key: ApiKey, rpm_limit: int | None, ipm_limit: int | None
 ) -> ApiKey:
@@ -191,7 +269,16 @@ def key_set_rate_limits(
 def key_revoke(*, actor: str, key: ApiKey) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at", "updated_at"])
+        # A secret still in its rotation grace period goes with the key.
+        key.previous_secret_hash, key.previous_secret_expires_at = "", None
+        key.save(
+            update_fields=[
+                "revoked_at",
+                "previous_secret_hash",
+                "previous_secret_expires_at",
+                "updated_at",
+            ]
+        )
         audit_record(actor=actor, event="key.revoked", target=key, workspace=key.workspace)
     forget_cached_keys([key.public_id])
     return key
@@ -206,3 +293,84 @@ def forget_cached_keys(public_ids: Iterable[str]) -> None:
     if ids:
         key_auth.forget(ids)
         transaction.on_commit(lambda: key_auth.forget(ids))
+
+
+# --- On behalf of a management key: the grant rules apply (tenants/grants.py) -------------
+
+
+def actor_for(principal: KeyPrincipal) -> str:
+    return f"key:{principal.public_id}"
+
+
+def key_issue(
+    *,
+    grantor: KeyPrincipal,
+    team: Team,
+    name: str,
+    scopes: Iterable[str],
+    allowed_aliases: Iterable[str] = (),
+    rpm_limit: int | None = None,
+    ipm_limit: int | None = None,
+    expires_at: datetime | None = None,
+) -> CreatedKey:
+    """A key minted by another key: never holding more than the grantor does."""
+    scopes, allowed_aliases = _clean_scopes(scopes), sorted(set(allowed_aliases))
+    if team.archived_at is not None:
+        raise Conflict(f"The team '{team.slug}' is archived.", param="team", code="team_archived")
+    check_grant(
+        grantor,
+        Grant(tuple(scopes), tuple(allowed_aliases), rpm_limit, ipm_limit, expires_at),
+    )
+    return key_create(
+        actor=actor_for(grantor),
+        team=team,
+        name=name,
+        scopes=scopes,
+        allowed_aliases=allowed_aliases,
+        rpm_limit=rpm_limit,
+        ipm_limit=ipm_limit,
+        expires_at=expires_at,
+    )
+
+
+def key_edit(*, grantor: KeyPrincipal, key: ApiKey, fields: dict[str, Any]) -> ApiKey:
+    """key_change by another key: the key must be one it may manage, and stay within grant."""
+    check_may_manage(grantor, key.scopes)
+    after = {
+        "allowed_aliases": key.allowed_aliases,
+        "rpm_limit": key.rpm_limit,
+        "ipm_limit": key.ipm_limit,
+        "expires_at": key.expires_at,
+        **fields,
+    }
+    check_grant(
+        grantor,
+        Grant(
+            tuple(key.scopes),
+            tuple(after["allowed_aliases"]),
+            after["rpm_limit"],
+            after["ipm_limit"],
+            after["expires_at"],
+        ),
+    )
+    return key_change(actor=actor_for(grantor), key=key, fields=fields)
+
+
+def key_rotate_by(*, grantor: KeyPrincipal, key: ApiKey, grace_seconds: int) -> CreatedKey:
+    check_may_manage(grantor, key.scopes)
+    return key_rotate(actor=actor_for(grantor), key=key, grace_seconds=grace_seconds)
+
+
+def key_revoke_by(*, grantor: KeyPrincipal, key: ApiKey) -> ApiKey:
+    check_may_manage(grantor, key.scopes)
+    return key_revoke(actor=actor_for(grantor), key=key)
+
+
+def team_archive_by(*, grantor: KeyPrincipal, team: Team) -> Team:
+    if team.pk == grantor.team_id:
+        raise Conflict(
+            "This key belongs to that team; archiving it would lock this key out. "
+            "Use a key of another team.",
+            code="own_team",
+        )
+    return team_archive(actor=actor_for(grantor), team=team)

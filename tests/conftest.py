@@ -15,6 +15,7 @@ from tenants.models import Team, Workspace
 from tenants.services import CreatedKey
 from tests.factories import TeamFactory, WorkspaceFactory
 from tests.fakes.upstream import FakeUpstream
+from tests.openapi_check import SchemaCheckedClient, checked_client_for
 from tests.support import client_for
 
 ACTOR = "system:tests"
@@ -62,6 +63,48 @@ def api_key(team: Team) -> CreatedKey:
 @pytest.fixture
 def client(api_key: CreatedKey) -> APIClient:
     return client_for(api_key.secret)
+
+
+@pytest.fixture
+def admin_key(team: Team) -> CreatedKey:
+    """A `manage:workspace` key of acme (in the design team)."""
+    return services.key_create(
+        actor=ACTOR, team=team, name="workspace admin", scopes=["manage:workspace"]
+    )
+
+
+@pytest.fixture
+def admin(admin_key: CreatedKey) -> SchemaCheckedClient:
+    return checked_client_for(admin_key.secret)
+
+
+@pytest.fixture
+def manager_key(team: Team) -> CreatedKey:
+    """A `manage:team` key of acme's design team."""
+    return services.key_create(actor=ACTOR, team=team, name="design lead", scopes=["manage:team"])
+
+
+@pytest.fixture
+def manager(manager_key: CreatedKey) -> SchemaCheckedClient:
+    return checked_client_for(manager_key.secret)
+
+
+@pytest.fixture
+def other_team(workspace: Workspace) -> Team:
+    """A second team of acme, which a design `manage:team` key must not reach."""
+    return TeamFactory.create(workspace=workspace, slug="research", name="Research")
+
+
+@pytest.fixture
+def outsider_admin(db: None) -> SchemaCheckedClient:
+    """A `manage:workspace` key of another workspace (globex)."""
+    other = TeamFactory.create(
+        workspace=WorkspaceFactory.create(slug="initech", name="Initech"), slug="it"
+    )
+    created = services.key_create(
+        actor=ACTOR, team=other, name="initech admin", scopes=["manage:workspace"]
+    )
+    return checked_client_for(created.secret)
 
 
 @pytest.fixture

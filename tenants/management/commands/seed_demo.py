@@ -1,4 +1,5 @@
-"""Seed the embedded default's demo: an operator, a workspace, a key and the local provider.
+"""Seed the embedded default's demo: an operator, a workspace, an images key, a
+`manage:workspace` admin key and the local provider.
 
 Idempotent: a second run reuses everything and prints the same key and login, which are
 kept under var/ (the key's secret exists nowhere else; only its hash is in the database).
@@ -70,6 +71,14 @@ class Command(BaseCommand):
         if not _key_still_valid(state.get("api_key")):
             created = services.key_create(actor=ACTOR, team=team, name="demo images key")
             state["api_key"] = created.secret
+        if not _key_still_valid(state.get("admin_key")):
+            created = services.key_create(
+                actor=ACTOR,
+                team=team,
+                name="demo workspace admin key",
+                scopes=[ApiKey.Scope.MANAGE_WORKSPACE],
+            )
+            state["admin_key"] = created.secret
         state["operator_username"] = "admin"
         state["operator_password"] = password
         _write_state(state)
@@ -115,6 +124,7 @@ class Command(BaseCommand):
             "open('image.png','wb').write(base64.b64decode(json.load(sys.stdin)['data'][0]['b64_json']))\""
         )
         self.stdout.write(f"API key: {key}")
+        self.stdout.write(f"Admin key: {state['admin_key']}")
         self.stdout.write(
             f"Operator login: {base}/admin/  user: {state['operator_username']}  "
             f"password: {state['operator_password']}"
@@ -123,4 +133,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"curl -s {base}/v1/images/generations -H 'Authorization: Bearer {key}' "
             f"-H 'Content-Type: application/json' -d '{body}' | {save_png}"
+        )
+        self.stdout.write(
+            f"Manage keys, budgets and usage: {base}/api/docs/ (authorize with the admin key)"
         )

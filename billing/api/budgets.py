@@ -1,0 +1,110 @@
+"""Budgets: `/api/v1/budgets[/{id}]`. Everyone with a management scope reads those in
+scope; `manage:workspace` sets team and key budgets, never above the workspace's."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from aperture.api_fields import micro_from_usd
+from aperture.errors import PermissionError_
+from aperture.openapi import listed
+from billing import selectors as billing_selectors
+from billing import services
+from billing.api.serializers import BudgetCreateIn, BudgetOut, BudgetUpdateIn
+from billing.models import Budget
+from tenants import selectors
+from tenants.key_auth import KeyPrincipal
+from tenants.permissions import ManageWorkspaceForWrites, request_principal
+from tenants.services import actor_for
+
+TAGS = ["Budgets"]
+
+
+def _out(budget: Budget) -> dict[str, object]:
+    return dict(BudgetOut(billing_selectors.budget_status(budget)).data)
+
+
+class BudgetListView(APIView):
+    permission_classes = [ManageWorkspaceForWrites]
+
+    @extend_schema(
+        tags=TAGS,
+        responses=listed("BudgetList", BudgetOut),
+        operation_id="budgets_list",
+        summary="Budgets in scope, with this period's spend and what remains",
+    )
+    def get(self, request: Request) -> Response:
+        budgets = billing_selectors.budgets_visible(request_principal(request)).order_by("id")
+        return Response({"data": [_out(b) for b in budgets]})
+
+    @extend_schema(
+        tags=TAGS,
+        request=BudgetCreateIn,
+        responses={201: BudgetOut},
+        summary="Set a team's or a key's budget (manage:workspace)",
+    )
+    def post(self, request: Request) -> Response:
+        principal = request_principal(request)
+        data = BudgetCreateIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        f = data.validated_data
+        team = selectors.team_get(principal, f["team"], param="team") if "team" in f else None
+        key = selectors.key_get(principal, f["key"], param="key") if "key" in f else None
+        budget = services.budget_create(
+            actor=actor_for(principal),
+            workspace=selectors.workspace_of(principal),
+            team=team,
+            key=key,
+            period=f["period"],
+            limit_micro=micro_from_usd(f["limit_usd"]),
+            limit_images=f["limit_images"],
+        )
+        return Response(_out(budget), status=201)
+
+
+class BudgetDetailView(APIView):
+    permission_classes = [ManageWorkspaceForWrites]
+
+    @extend_schema(tags=TAGS, responses=BudgetOut, summary="Retrieve a budget")
+    def get(self, request: Request, budget_id: str) -> Response:
+        return Response(_out(billing_selectors.budget_get(request_principal(request), budget_id)))
+
+    @extend_schema(
+        tags=TAGS,
+        request=BudgetUpdateIn,
+        responses=BudgetOut,
+        summary="Change a team's or key's limits (null removes one)",
+    )
+    def patch(self, request: Request, budget_id: str) -> Response:
+        principal = request_principal(request)
+        budget = _tenant_budget(principal, budget_id)
+        data = BudgetUpdateIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields: dict[str, int | None] = {}
+        if "limit_usd" in data.validated_data:
+            fields["limit_micro"] = micro_from_usd(data.validated_data["limit_usd"])
+        if "limit_images" in data.validated_data:
+            fields["limit_images"] = data.validated_data["limit_images"]
+        budget = services.budget_change_limits(
+            actor=actor_for(principal), budget=budget, fields=fields
+        )
+        return Response(_out(budget))
+
+    @extend_schema(tags=TAGS, responses={204: None}, summary="Delete a team's or key's budget")
+    def delete(self, request: Request, budget_id: str) -> Response:
+        principal = request_principal(request)
+        services.budget_delete(
+            actor=actor_for(principal), budget=_tenant_budget(principal, budget_id)
+        )
+        return Response(status=204)
+
+
+def _tenant_budget(principal: KeyPrincipal, budget_id: str) -> Budget:
+    budget = billing_selectors.budget_get(principal, budget_id)
+    if budget.scope == "workspace":
+        raise PermissionError_(
+            "The workspace's own budget is set by the gateway's operators.",
+            code="operator_only",
+        )
+    return budget

@@ -1,0 +1,199 @@
+"""Input and output shapes of the usage and budget routes."""
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from aperture.api_fields import StrictSerializer, UsdField, usd
+from billing.models import Budget, UsageRecord
+from billing.selectors import BudgetStatus
+from billing.usage_reports import GROUPS
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class DateOrDateTimeField(serializers.Field):
+    """`2026-12-01` (a whole UTC day) or an ISO 8601 date-time."""
+
+    def __init__(self, *, end_of_day: bool = False, **kwargs: Any) -> None:
+        self.end_of_day = end_of_day
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> datetime:
+        text = str(data).strip()
+        if "T" in text:
+            text = text.replace(" ", "+")  # an unencoded "+01:00" arrives as " 01:00"
+        moment = parse_datetime(text) if "T" in text else None
+        if moment is not None:
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        day = parse_date(text) if moment is None else None
+        if not isinstance(day, date):
+            raise serializers.ValidationError(
+                "Expected a date (2026-12-01) or an ISO 8601 date-time."
+            )
+        midnight = datetime.combine(day, time.min, tzinfo=UTC)
+        return midnight + timedelta(days=1) if self.end_of_day else midnight
+
+    def to_representation(self, value: Any) -> str:
+        return str(value)
+
+
+class UsageFilterIn(StrictSerializer):
+    start = DateOrDateTimeField(required=False, help_text="From (a date: that day, inclusive).")
+    end = DateOrDateTimeField(
+        required=False,
+        end_of_day=True,
+        help_text="Until (a date: to the end of that day; a date-time: exclusive).",
+    )
+    team = serializers.CharField(required=False, max_length=32, help_text="Team id.")
+    key = serializers.CharField(required=False, max_length=32, help_text="Key id.")
+    alias = serializers.CharField(required=False, max_length=128)
+    status = serializers.RegexField(
+        r"^(success|error|[1-5][0-9][0-9])$",
+        required=False,
+        help_text="An HTTP status (402), `success` (< 400) or `error` (>= 400).",
+    )
+    format = serializers.ChoiceField(
+        choices=["json", "csv"], default="json", help_text="csv: the same data as a CSV file."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "start" in attrs and "end" in attrs and attrs["start"] >= attrs["end"]:
+            raise serializers.ValidationError({"end": ["Must be after start."]})
+        return attrs
+
+
+class UsageRecordFilterIn(UsageFilterIn):
+    cursor = serializers.CharField(required=False)
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+
+class UsageSummaryFilterIn(UsageFilterIn):
+    group_by = serializers.ChoiceField(choices=list(GROUPS), default="day")
+
+
+class UsageRecordOut(serializers.Serializer):
+    request_id = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    team = serializers.CharField(source="team.public_id")
+    key = serializers.CharField(source="key.public_id")
+    alias = serializers.CharField()
+    provider = serializers.CharField()
+    upstream_model = serializers.CharField()
+    endpoint = serializers.CharField()
+    method = serializers.CharField()
+    path = serializers.CharField()
+    status = serializers.IntegerField()
+    error_code = serializers.CharField()
+    images = serializers.IntegerField()
+    size = serializers.CharField()
+    quality = serializers.CharField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_micro = serializers.IntegerField()
+    cost_usd = serializers.SerializerMethodField()
+    total_ms = serializers.IntegerField()
+    upstream_ms = serializers.IntegerField()
+    bytes_in = serializers.IntegerField()
+    bytes_out = serializers.IntegerField()
+
+    def get_cost_usd(self, record: UsageRecord) -> str:
+        return usd(record.cost_micro) or "0.000000"
+
+
+USAGE_RECORD_COLUMNS = list(UsageRecordOut().fields)
+
+
+class SummaryRowOut(serializers.Serializer):
+    group = serializers.CharField(help_text="The day, alias, key id or team id.")
+    label = serializers.CharField(help_text="The key's name or team's slug; else the group.")
+    requests = serializers.IntegerField()
+    images = serializers.IntegerField()
+    errors = serializers.IntegerField(help_text="Requests answered with a status of 400 or more.")
+    cost_micro = serializers.IntegerField()
+    cost_usd = serializers.SerializerMethodField()
+
+    def get_cost_usd(self, row: Any) -> str:
+        return usd(row.cost_micro) or "0.000000"
+
+
+SUMMARY_COLUMNS = list(SummaryRowOut().fields)
+
+
+class TotalsOut(serializers.Serializer):
+    requests = serializers.IntegerField()
+    images = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    cost_micro = serializers.IntegerField()
+    cost_usd = serializers.CharField()
+
+
+class BudgetOut(serializers.Serializer):
+    id = serializers.CharField(source="budget.public_id")
+    scope = serializers.ChoiceField(choices=Budget.Scope.choices, source="budget.scope")
+    team = serializers.SerializerMethodField()
+    key = serializers.SerializerMethodField()
+    period = serializers.ChoiceField(choices=Budget.Period.choices, source="budget.period")
+    limit_micro = serializers.IntegerField(source="budget.limit_micro", allow_null=True)
+    limit_usd = serializers.SerializerMethodField()
+    limit_images = serializers.IntegerField(source="budget.limit_images", allow_null=True)
+    period_start = serializers.DateTimeField()
+    resets_at = serializers.DateTimeField(allow_null=True)
+    spent_micro = serializers.IntegerField()
+    spent_usd = serializers.SerializerMethodField()
+    reserved_micro = serializers.IntegerField(help_text="Held by requests in flight.")
+    remaining_micro = serializers.IntegerField(allow_null=True)
+    remaining_usd = serializers.SerializerMethodField()
+    spent_images = serializers.IntegerField()
+    reserved_images = serializers.IntegerField()
+    remaining_images = serializers.IntegerField(allow_null=True)
+
+    def get_team(self, status: BudgetStatus) -> str | None:
+        budget = status.budget
+        return budget.team.public_id if budget.scope == "team" and budget.team else None
+
+    def get_key(self, status: BudgetStatus) -> str | None:
+        return status.budget.key.public_id if status.budget.key else None
+
+    def get_limit_usd(self, status: BudgetStatus) -> str | None:
+        return usd(status.budget.limit_micro)
+
+    def get_spent_usd(self, status: BudgetStatus) -> str:
+        return usd(status.spent_micro) or "0.000000"
+
+    def get_remaining_usd(self, status: BudgetStatus) -> str | None:
+        return usd(status.remaining_micro)
+
+
+class BudgetCreateIn(StrictSerializer):
+    team = serializers.CharField(required=False, max_length=32, help_text="A team id…")
+    key = serializers.CharField(required=False, max_length=32, help_text="…or a key id.")
+    period = serializers.ChoiceField(choices=Budget.Period.choices, default="month")
+    limit_usd = UsdField(required=False, allow_null=True, default=None)
+    limit_images = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=0
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("team" in attrs) == ("key" in attrs):
+            raise serializers.ValidationError(
+                {
+                    "team": [
+                        "Give exactly one of team or key (workspace budgets are set by operators)."
+                    ]
+                }
+            )
+        return attrs
+
+
+class BudgetUpdateIn(StrictSerializer):
+    limit_usd = UsdField(required=False, allow_null=True)
+    limit_images = serializers.IntegerField(required=False, allow_null=True, min_value=0)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError("Nothing to change.")
+        return attrs

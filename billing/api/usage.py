@@ -1,0 +1,159 @@
+"""Usage: `GET /api/v1/usage` (records) and `GET /api/v1/usage/summary` (aggregates).
+
+Both take the same filters, and `format=csv` for the same data as a CSV file: the
+records' CSV is every matching record (streamed, not paginated), the summary's its rows.
+"""
+
+import csv
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from aperture.api_fields import usd
+from aperture.openapi import paginated
+from aperture.pagination import NewestFirst
+from billing import selectors as billing_selectors
+from billing.api.serializers import (
+    SUMMARY_COLUMNS,
+    USAGE_RECORD_COLUMNS,
+    BudgetOut,
+    SummaryRowOut,
+    TotalsOut,
+    UsageRecordFilterIn,
+    UsageRecordOut,
+    UsageSummaryFilterIn,
+)
+from billing.usage_reports import UsageQuery, totals, usage_records, usage_summary
+from tenants import selectors
+from tenants.key_auth import KeyPrincipal
+from tenants.permissions import ManageScope, request_principal
+
+TAGS = ["Usage"]
+
+
+def usage_query(principal: KeyPrincipal, f: dict[str, Any]) -> UsageQuery:
+    """The filters as a query, within what the key may see (foreign ids are a 404)."""
+    team_id = selectors.team_scope(principal)
+    if "team" in f:
+        team_id = selectors.team_get(principal, f["team"], param="team").pk
+    key_id = selectors.key_get(principal, f["key"], param="key").pk if "key" in f else None
+    return UsageQuery(
+        workspace_id=principal.workspace_id,
+        team_id=team_id,
+        key_id=key_id,
+        alias=f.get("alias"),
+        status=f.get("status"),
+        start=f.get("start"),
+        end=f.get("end"),
+    )
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_response(filename: str, header: list[str], rows: Iterable[list[Any]]) -> Any:
+    """A CSV download written as it streams: a large export is never held whole."""
+    writer = csv.writer(_Echo())
+
+    def lines() -> Iterator[str]:
+        yield writer.writerow(header)
+        for row in rows:
+            yield writer.writerow(row)
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+_CSV = {(200, "text/csv"): OpenApiTypes.STR}
+
+
+class UsageRecordListView(APIView):
+    permission_classes = [ManageScope]
+
+    @extend_schema(
+        tags=TAGS,
+        parameters=[UsageRecordFilterIn],
+        responses={
+            (200, "application/json"): paginated("PaginatedUsageRecords", UsageRecordOut),
+            **_CSV,
+        },
+        operation_id="usage_list",
+        summary="Usage records, newest first",
+    )
+    def get(self, request: Request) -> Any:
+        f = UsageRecordFilterIn(data=request.query_params)
+        f.is_valid(raise_exception=True)
+        query = usage_query(request_principal(request), f.validated_data)
+        records = usage_records(query).select_related("team", "key")
+        if f.validated_data["format"] == "csv":
+            ordered = records.order_by("created_at", "id").iterator(chunk_size=2000)
+            return csv_response(
+                "usage.csv",
+                USAGE_RECORD_COLUMNS,
+                ([row[c] for c in USAGE_RECORD_COLUMNS] for row in _as_rows(ordered)),
+            )
+        paginator = NewestFirst()
+        page = paginator.paginate_queryset(records, request, view=self)
+        return paginator.get_paginated_response(UsageRecordOut(page, many=True).data)
+
+
+def _as_rows(records: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    for record in records:
+        yield UsageRecordOut(record).data
+
+
+class UsageSummaryView(APIView):
+    permission_classes = [ManageScope]
+
+    @extend_schema(
+        tags=TAGS,
+        parameters=[UsageSummaryFilterIn],
+        responses={
+            (200, "application/json"): inline_serializer(
+                "UsageSummary",
+                {
+                    "group_by": serializers.CharField(),
+                    "data": SummaryRowOut(many=True),
+                    "total": TotalsOut(),
+                    "budgets": BudgetOut(many=True),
+                },
+            ),
+            **_CSV,
+        },
+        summary="Requests, images, errors and cost by day, alias, key or team; budgets",
+    )
+    def get(self, request: Request) -> Any:
+        f = UsageSummaryFilterIn(data=request.query_params)
+        f.is_valid(raise_exception=True)
+        principal = request_principal(request)
+        group_by = f.validated_data["group_by"]
+        rows = usage_summary(usage_query(principal, f.validated_data), group_by)
+        data = SummaryRowOut(rows, many=True).data
+        if f.validated_data["format"] == "csv":
+            return csv_response(
+                f"usage-by-{group_by}.csv",
+                SUMMARY_COLUMNS,
+                ([row[c] for c in SUMMARY_COLUMNS] for row in data),
+            )
+        total = totals(rows)
+        budgets = [
+            billing_selectors.budget_status(b) for b in billing_selectors.budgets_visible(principal)
+        ]
+        return Response(
+            {
+                "group_by": group_by,
+                "data": data,
+                "total": {**total, "cost_usd": usd(total["cost_micro"])},
+                "budgets": BudgetOut(budgets, many=True).data,
+            }
+        )

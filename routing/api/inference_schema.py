@@ -1,0 +1,104 @@
+"""OpenAPI descriptions of the inference routes, which read their bodies themselves.
+
+These serializers only document (the views validate against each model's capabilities);
+the test suite checks real responses against them.
+"""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+
+IMAGE_TAGS = ["Images (OpenAI-compatible)"]
+
+
+class ImageGenerationDoc(serializers.Serializer):
+    model = serializers.CharField(help_text="An alias (GET /v1/models).")
+    prompt = serializers.CharField()
+    n = serializers.IntegerField(required=False, min_value=1)
+    size = serializers.CharField(required=False, help_text="WxH, 1K/2K/4K or auto.")
+    quality = serializers.CharField(required=False)
+    style = serializers.CharField(required=False)
+    background = serializers.CharField(required=False)
+    output_format = serializers.ChoiceField(choices=["png", "jpeg", "webp"], required=False)
+    output_compression = serializers.IntegerField(required=False, min_value=0, max_value=100)
+    moderation = serializers.CharField(required=False)
+    response_format = serializers.ChoiceField(choices=["b64_json", "url"], required=False)
+    user = serializers.CharField(required=False)
+    seed = serializers.IntegerField(required=False, min_value=0)
+    stream = serializers.BooleanField(required=False)
+    partial_images = serializers.IntegerField(required=False, min_value=0, max_value=3)
+    resolution = serializers.ChoiceField(choices=["1K", "2K", "4K"], required=False)
+    aspect_ratio = serializers.CharField(required=False, help_text="e.g. 16:9")
+    input_references = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Data URLs or http(s) URLs."
+    )
+    provider = serializers.DictField(required=False, help_text="Per-provider options.")
+    allow_partial = serializers.BooleanField(required=False)
+
+
+class ImageEditDoc(serializers.Serializer):
+    image = serializers.FileField(help_text="Or image[] (up to 16 files).")
+    mask = serializers.FileField(required=False)
+    prompt = serializers.CharField()
+    model = serializers.CharField(required=False)
+    n = serializers.IntegerField(required=False)
+    size = serializers.CharField(required=False)
+    quality = serializers.CharField(required=False)
+    response_format = serializers.ChoiceField(choices=["b64_json", "url"], required=False)
+    output_format = serializers.CharField(required=False)
+    stream = serializers.BooleanField(required=False)
+
+
+class ImageDataDoc(serializers.Serializer):
+    b64_json = serializers.CharField(required=False)
+    url = serializers.CharField(required=False)
+    revised_prompt = serializers.CharField(required=False)
+
+
+class ImagesResponseDoc(serializers.Serializer):
+    created = serializers.IntegerField()
+    data = ImageDataDoc(many=True)
+    size = serializers.CharField(required=False)
+    quality = serializers.CharField(required=False)
+    output_format = serializers.CharField(required=False)
+    background = serializers.CharField(required=False)
+    usage = serializers.DictField(required=False)
+
+
+class ModelDoc(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+    aperture = serializers.DictField(help_text="Provider and capabilities.")
+
+
+_EVENTS = {
+    (200, "text/event-stream"): OpenApiResponse(
+        OpenApiTypes.STR, description="With stream: true, OpenAI's image events."
+    )
+}
+
+generation_schema = extend_schema(
+    tags=IMAGE_TAGS,
+    request=ImageGenerationDoc,
+    responses={(200, "application/json"): ImagesResponseDoc, **_EVENTS},
+    summary="Generate images",
+)
+edit_schema = extend_schema(
+    tags=IMAGE_TAGS,
+    request={"multipart/form-data": ImageEditDoc},
+    responses={(200, "application/json"): ImagesResponseDoc, **_EVENTS},
+    summary="Edit images",
+)
+model_list_schema = extend_schema(
+    tags=IMAGE_TAGS,
+    responses=inline_serializer(
+        "ModelList", {"object": serializers.CharField(), "data": ModelDoc(many=True)}
+    ),
+    summary="The aliases this key may use",
+    operation_id="v1_models_list",
+)
+model_detail_schema = extend_schema(
+    tags=IMAGE_TAGS, responses=ModelDoc, summary="One alias and its capabilities"
+)

@@ -1,0 +1,95 @@
+"""One cheap call that tells whether a credential works: a listing that costs nothing.
+
+Used by the management API's credential test. The answer is the provider's own verdict
+(its status and message), never the secret: an upstream that echoes the key has it masked.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import requests
+
+from aperture.errors import Unsupported
+from routing.images.fetch import PrivateAddress, _caused_by, guarded_session
+from routing.models import ProviderCredential
+from routing.providers.auth import base_url_for, credential_headers
+from routing.providers.http import _upstream_message
+
+CHECK_TIMEOUT_SECONDS = 10.0
+
+# The free, read-only call of each provider that needs a valid key (providers.md; the
+# providers' API references). Seedream (Ark), Black Forest Labs and Z.AI have none known
+# that is free, so they cannot be tested without spending.
+CHECK_PATHS: dict[str, str] = {
+    "openai": "/v1/models",
+    "azure": "/openai/models",
+    "gemini": "/v1beta/models",
+    "xai": "/v1/models",
+    "openrouter": "/api/v1/key",
+    "stability": "/v1/user/account",
+    "replicate": "/v1/account",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    provider: str
+    url: str
+    status: int | None
+    message: str
+    latency_ms: int
+
+
+def _masked(text: str, secret: str) -> str:
+    return text.replace(secret, "••••") if secret else text
+
+
+def check_credential(credential: ProviderCredential) -> CheckResult:
+    """Call the provider once with this credential; never raises for the provider's answer."""
+    provider = credential.provider
+    if provider not in CHECK_PATHS:
+        raise Unsupported(
+            f"No free call is known that tests a {provider} credential; the first request "
+            "through it will tell.",
+        )
+    url = base_url_for(provider, credential.base_url) + CHECK_PATHS[provider]
+    params = {"api-version": credential.api_version} if provider == "azure" else None
+    secret = credential.secret()
+    headers = {
+        **{str(k): str(v) for k, v in (credential.extra_headers or {}).items()},
+        **credential_headers(provider, secret),
+    }
+    started = time.monotonic()
+
+    def result(ok: bool, status: int | None, message: str) -> CheckResult:
+        return CheckResult(
+            ok=ok,
+            provider=provider,
+            url=url,
+            status=status,
+            message=_masked(message, secret),
+            latency_ms=int((time.monotonic() - started) * 1000),
+        )
+
+    try:
+        response = guarded_session().get(
+            url,
+            headers=headers,
+            params=params,
+            timeout=(CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS),
+            allow_redirects=False,
+        )
+    except requests.Timeout:
+        return result(False, None, f"{provider} did not answer within {CHECK_TIMEOUT_SECONDS:g}s.")
+    except requests.RequestException as exc:
+        if _caused_by(exc, PrivateAddress):
+            return result(False, None, "The base URL resolves to a private address; not called.")
+        return result(False, None, f"{provider} could not be reached ({type(exc).__name__}).")
+    with response:
+        if 200 <= response.status_code < 300:
+            return result(True, response.status_code, "The provider accepted the credential.")
+        message, _ = _upstream_message(response)
+        return result(False, response.status_code, f"{provider}: {message}")

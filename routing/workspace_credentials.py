@@ -1,0 +1,106 @@
+"""Bring-your-own-key: credentials a workspace adds for itself through the management API.
+
+A tenant's base URL is hostile input: it must be https (http only for an allowlisted host),
+carry no user info, and name a host that resolves only to public addresses unless an
+operator allowlists it (APERTURE_FETCH_ALLOWED_HOSTS). The gateway's own calls on such a
+credential are checked again when they connect (routing/images/fetch.py).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from aperture.errors import Conflict
+from routing import services
+from routing.images.fetch import PrivateAddress, allowed_address
+from routing.models import Provider, ProviderCredential
+from routing.providers.auth import auth_for
+from tenants.models import Workspace
+
+BYOK_PROVIDERS = sorted(p for p in Provider.values if p != Provider.LOCAL)
+
+
+def _invalid(message: str) -> ValidationError:
+    return ValidationError({"base_url": message})
+
+
+def check_base_url(provider: str, base_url: str) -> str:
+    """The provider root to store (its default if empty), or a 400 naming the problem."""
+    url = (base_url or auth_for(provider).default_base_url).rstrip("/")
+    if not url:
+        raise _invalid(f"A {provider} credential needs a base_url (the resource's endpoint).")
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or not host:
+        raise _invalid("Must be an https:// URL with a host name.")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise _invalid("Must not carry user info, a query or a fragment.")
+    if parts.scheme == "http" and host not in settings.FETCH_ALLOWED_HOSTS:
+        raise _invalid("Must be https:// (plain http only for hosts an operator allowlists).")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        allowed_address(host, port)
+    except ValueError as exc:
+        raise _invalid("Has an invalid port.") from exc
+    except (socket.gaierror, UnicodeError) as exc:
+        raise _invalid(f"The host {host} does not resolve.") from exc
+    except PrivateAddress as exc:
+        raise _invalid(
+            f"The host {host} resolves to a private, loopback or link-local address; "
+            "the gateway does not call those for a workspace."
+        ) from exc
+    return url
+
+
+def _check_name(workspace: Workspace, name: str) -> None:
+    services.check_credential_name(name)
+    if ProviderCredential.objects.filter(workspace=workspace, name=name).exists():
+        raise Conflict(f"The workspace already has a credential '{name}'.", param="name")
+
+
+@transaction.atomic
+def workspace_credential_create(
+    *,
+    actor: str,
+    workspace: Workspace,
+    name: str,
+    provider: str,
+    secret: str,
+    base_url: str = "",
+    api_version: str = "",
+    options: dict[str, Any] | None = None,
+) -> ProviderCredential:
+    if provider not in BYOK_PROVIDERS:
+        raise ValidationError({"provider": f"Must be one of {BYOK_PROVIDERS}."})
+    _check_name(workspace, name)
+    if provider == Provider.AZURE and not api_version:
+        raise ValidationError({"api_version": "An Azure credential needs an api_version."})
+    return services.credential_create(
+        actor=actor,
+        workspace=workspace,
+        name=name,
+        provider=provider,
+        secret=secret,
+        base_url=check_base_url(provider, base_url),
+        api_version=api_version,
+        options=options or {},
+    )
+
+
+@transaction.atomic
+def workspace_credential_delete(*, actor: str, credential: ProviderCredential) -> None:
+    """Delete a credential no alias uses (409 naming the aliases that still do)."""
+    in_use = sorted(set(credential.deployments.values_list("alias__name", flat=True)))
+    if in_use:
+        raise Conflict(
+            f"The aliases {in_use} still use this credential; delete them or their "
+            "deployments first.",
+            code="credential_in_use",
+        )
+    services.credential_delete(actor=actor, credential=credential)

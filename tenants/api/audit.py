@@ -1,0 +1,39 @@
+"""`GET /api/v1/audit-events`: who changed what in this workspace, newest first."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from aperture.openapi import paginated
+from aperture.pagination import NewestFirst
+from tenants import selectors
+from tenants.api.serializers import AuditEventOut, AuditFilterIn
+from tenants.permissions import ManageWorkspaceScope, request_principal
+
+
+class AuditEventListView(APIView):
+    permission_classes = [ManageWorkspaceScope]
+
+    @extend_schema(
+        tags=["Audit"],
+        parameters=[AuditFilterIn],
+        responses=paginated("PaginatedAuditEvents", AuditEventOut),
+        operation_id="audit_events_list",
+        summary="The workspace's audit trail (manage:workspace)",
+    )
+    def get(self, request: Request) -> Response:
+        f = AuditFilterIn(data=request.query_params)
+        f.is_valid(raise_exception=True)
+        events = selectors.audit_events(request_principal(request))
+        filters = f.validated_data
+        for field in ("event", "actor", "target_id"):
+            if field in filters:
+                events = events.filter(**{field: filters[field]})
+        if "since" in filters:
+            events = events.filter(created_at__gte=filters["since"])
+        if "until" in filters:
+            events = events.filter(created_at__lt=filters["until"])
+        paginator = NewestFirst()
+        page = paginator.paginate_queryset(events, request, view=self)
+        return paginator.get_paginated_response(AuditEventOut(page, many=True).data)

@@ -1,0 +1,89 @@
+"""The workspace and its teams: `GET /api/v1/workspace`, `/api/v1/teams[/{id}[/archive]]`."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from aperture.openapi import paginated
+from aperture.pagination import OldestFirst
+from tenants import selectors, services
+from tenants.api.serializers import TeamCreateIn, TeamOut, TeamUpdateIn, WorkspaceOut
+from tenants.permissions import ManageScope, ManageWorkspaceForWrites, request_principal
+
+TAGS = ["Workspace and teams"]
+
+
+class WorkspaceView(APIView):
+    permission_classes = [ManageScope]
+
+    @extend_schema(tags=TAGS, responses=WorkspaceOut, summary="The caller's workspace")
+    def get(self, request: Request) -> Response:
+        workspace = selectors.workspace_of(request_principal(request))
+        return Response(WorkspaceOut(workspace).data)
+
+
+class TeamListView(APIView):
+    permission_classes = [ManageWorkspaceForWrites]
+
+    @extend_schema(
+        tags=TAGS,
+        responses=paginated("PaginatedTeams", TeamOut),
+        operation_id="teams_list",
+        summary="List teams (a manage:team key sees its own)",
+    )
+    def get(self, request: Request) -> Response:
+        paginator = OldestFirst()
+        teams = selectors.teams_visible(request_principal(request))
+        page = paginator.paginate_queryset(teams, request, view=self)
+        return paginator.get_paginated_response(TeamOut(page, many=True).data)
+
+    @extend_schema(
+        tags=TAGS, request=TeamCreateIn, responses={201: TeamOut}, summary="Create a team"
+    )
+    def post(self, request: Request) -> Response:
+        principal = request_principal(request)
+        data = TeamCreateIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        team = services.team_create(
+            actor=services.actor_for(principal),
+            workspace=selectors.workspace_of(principal),
+            **data.validated_data,
+        )
+        return Response(TeamOut(team).data, status=201)
+
+
+class TeamDetailView(APIView):
+    permission_classes = [ManageWorkspaceForWrites]
+
+    @extend_schema(tags=TAGS, responses=TeamOut, summary="Retrieve a team")
+    def get(self, request: Request, team_id: str) -> Response:
+        team = selectors.team_get(request_principal(request), team_id)
+        return Response(TeamOut(team).data)
+
+    @extend_schema(tags=TAGS, request=TeamUpdateIn, responses=TeamOut, summary="Rename a team")
+    def patch(self, request: Request, team_id: str) -> Response:
+        principal = request_principal(request)
+        team = selectors.team_get(principal, team_id)
+        data = TeamUpdateIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        team = services.team_rename(
+            actor=services.actor_for(principal), team=team, name=data.validated_data["name"]
+        )
+        return Response(TeamOut(team).data)
+
+
+class TeamArchiveView(APIView):
+    permission_classes = [ManageWorkspaceForWrites]
+
+    @extend_schema(
+        tags=TAGS,
+        request=None,
+        responses=TeamOut,
+        summary="Archive a team: its keys are refused from the next request on",
+    )
+    def post(self, request: Request, team_id: str) -> Response:
+        principal = request_principal(request)
+        team = selectors.team_get(principal, team_id)
+        team = services.team_archive_by(grantor=principal, team=team)
+        return Response(TeamOut(team).data)
