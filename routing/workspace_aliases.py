@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from aperture.errors import Conflict, InvalidRequest, PermissionError_
+from aperture.errors import Conflict, NotFound, PermissionError_
 from routing import services
 from routing.models import ModelAlias, ProviderCredential
 from tenants.models import Workspace
@@ -40,7 +40,7 @@ def workspace_alias_create(
     }
     for position, spec in enumerate(deployments):
         if spec.credential_id not in credentials:
-            raise InvalidRequest(
+            raise NotFound(
                 f"No credential '{spec.credential_id}' in this workspace: a workspace alias "
                 "uses the workspace's own credentials (GET /api/v1/credentials).",
                 param=f"deployments.{position}.credential",
