@@ -171,7 +171,7 @@ def budget_change_limits(*, actor: str, budget: Budget, fields: dict[str, int | 
     if budget.scope != Budget.Scope.WORKSPACE:
         check_within_enclosing(
             workspace_id=budget.workspace_id,
-            team_id=budget.team_id if budget.scope == Budget.Scope.KEY else None,
+            team_id=budget.key.team_id if budget.key is not None else None,
             limit_micro=limit_micro,
             limit_images=limit_images,
             exclude_id=budget.pk,
