@@ -73,12 +73,64 @@ def test_make_run_serves_the_demo_and_prints_a_working_key(tmp_path: Path) -> No
         assert admin.status_code == 200
         css = re.search(r'href="(/static/admin/css/[^"]+)"', admin.text)
         assert css and requests.get(base + css.group(1), timeout=5).status_code == 200
+        admin_key = re.search(r"^Admin key: (apk_\S+)$", output, re.M)
+        assert admin_key, output
+        _walk_through_the_management_api(base, admin_key.group(1))
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
         reader.join(timeout=5)
         assert process.stdout is not None
         process.stdout.close()
+
+
+def _walk_through_the_management_api(base: str, admin_key: str) -> None:
+    """The issue's "done when": mint a teammate's key, cap its spend, see it, revoke it."""
+    docs = requests.get(f"{base}/api/docs/", timeout=5)
+    assert docs.status_code == 200
+    bundle = re.search(r'src="(/static/drf_spectacular_sidecar/[^"]+bundle[^"]*\.js)"', docs.text)
+    assert bundle and requests.get(base + bundle.group(1), timeout=5).status_code == 200
+    assert requests.get(f"{base}/api/schema/", timeout=5).status_code == 200
+    admin = requests.Session()
+    admin.headers["Authorization"] = f"Bearer {admin_key}"
+    minted = admin.post(
+        f"{base}/api/v1/keys", json={"name": "teammate", "scopes": ["images"]}, timeout=5
+    )
+    assert minted.status_code == 201, minted.text
+    teammate = minted.json()
+    capped = admin.post(
+        f"{base}/api/v1/budgets",
+        json={"key": teammate["id"], "period": "month", "limit_usd": "0.02"},
+        timeout=5,
+    )
+    assert capped.status_code == 201, capped.text
+    body = '{"model": "demo-image", "prompt": "a lighthouse", "size": "256x256"}'
+    statuses = [
+        requests.post(
+            f"{base}/v1/images/generations",
+            headers={"Authorization": f"Bearer {teammate['secret']}"},
+            data=body,
+            timeout=30,
+        ).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 402]
+    summary = admin.get(f"{base}/api/v1/usage/summary?group_by=key", timeout=5).json()
+    spent = {row["group"]: row for row in summary["data"]}[teammate["id"]]
+    assert (spent["requests"], spent["images"], spent["errors"], spent["cost_usd"]) == (
+        3,
+        2,
+        1,
+        "0.020000",
+    )
+    budget = {b["key"]: b for b in summary["budgets"]}[teammate["id"]]
+    assert (budget["spent_usd"], budget["remaining_usd"]) == ("0.020000", "0.000000")
+    revoked = admin.post(f"{base}/api/v1/keys/{teammate['id']}/revoke", timeout=5)
+    assert revoked.json()["status"] == "revoked"
+    refused = requests.get(
+        f"{base}/v1/models", headers={"Authorization": f"Bearer {teammate['secret']}"}, timeout=5
+    )
+    assert refused.status_code == 401
 
 
 @pytest.mark.django_db
@@ -100,8 +152,12 @@ def test_seed_demo_is_idempotent_and_prints_the_same_key(tmp_path: Path, setting
     assert outputs[0] == outputs[1]
     key = re.search(r"^API key: (apk_\S+)$", outputs[0], re.M)
     assert key
+    admin_key = re.search(r"^Admin key: (apk_\S+)$", outputs[0], re.M)
+    assert admin_key
     assert Workspace.objects.filter(slug="demo").count() == 1
-    assert ApiKey.objects.count() == 1
+    assert sorted(k.scopes for k in ApiKey.objects.all()) == [["images"], ["manage:workspace"]]
+    assert client_for(admin_key.group(1)).get("/api/v1/workspace").json()["slug"] == "demo"
+    assert client_for(admin_key.group(1)).get("/v1/models").status_code == 403
     assert ProviderCredential.objects.filter(name="local", workspace=None).count() == 1
     assert ModelAlias.objects.filter(name="demo-image", workspace=None).count() == 1
     assert Deployment.objects.count() == 1

@@ -16,6 +16,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from billing import services as billing_services
+from billing.models import Price
 from routing import services as routing_services
 from routing.models import Deployment, ModelAlias, Provider, ProviderCredential
 from tenants import services
@@ -25,6 +27,7 @@ from tenants.models import ApiKey, Team, Workspace
 ACTOR = "system:seed_demo"
 DEMO_ALIAS = "demo-image"
 LOCAL_MODEL = "local-image"
+DEMO_PRICE_MICRO = 10_000  # $0.01 an image
 
 
 def _state_path() -> Path:
@@ -111,6 +114,16 @@ class Command(BaseCommand):
         if not Deployment.objects.filter(alias=alias).exists():
             routing_services.deployment_create(
                 actor=ACTOR, alias=alias, credential=credential, upstream_model=LOCAL_MODEL
+            )
+        # A demo price, so that budgets and usage in the demo show money moving.
+        if not Price.objects.filter(provider=Provider.LOCAL, model_pattern=LOCAL_MODEL).exists():
+            billing_services.price_set(
+                actor=ACTOR,
+                provider=Provider.LOCAL,
+                model_pattern=LOCAL_MODEL,
+                size="",
+                quality="",
+                amounts={"per_image_micro": DEMO_PRICE_MICRO},
             )
 
     def _print(self, state: dict[str, str], port: str) -> None:
