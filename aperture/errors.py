@@ -157,7 +157,7 @@ def _translate(exc: Exception) -> ApiError | None:
         param, message = _first_validation_error(exc.detail)
         return InvalidRequest(message, param=param)
     if isinstance(exc, DjangoValidationError):  # a service's refusal of a value
-        detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        detail: Any = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         param, message = _first_validation_error(detail)
         return InvalidRequest(message, param=param)
     if isinstance(exc, drf.ParseError):

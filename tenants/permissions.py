@@ -66,7 +66,7 @@ class ManageWorkspaceForWrites(ManageScope):
             return False
         if request.method in ("GET", "HEAD", "OPTIONS"):
             return True
-        if not request.user.has_scope("manage:workspace"):
+        if not request_principal(request).has_scope("manage:workspace"):
             raise PermissionError_(
                 "This API key lacks the 'manage:workspace' scope.", code="missing_scope"
             )

@@ -109,10 +109,14 @@ USAGE_RECORD_COLUMNS = list(UsageRecordOut().fields)
 
 class SummaryRowOut(serializers.Serializer):
     group = serializers.CharField(help_text="The day, alias, key id or team id.")
-    label = serializers.CharField(help_text="The key's name or team's slug; else the group.")
+    label = serializers.CharField(  # type: ignore[assignment]
+        help_text="The key's name or team's slug; else the group."
+    )
     requests = serializers.IntegerField()
     images = serializers.IntegerField()
-    errors = serializers.IntegerField(help_text="Requests answered with a status of 400 or more.")
+    errors = serializers.IntegerField(  # type: ignore[assignment]
+        help_text="Requests answered with a status of 400 or more."
+    )
     cost_micro = serializers.IntegerField()
     cost_usd = serializers.SerializerMethodField()
 
@@ -126,7 +130,7 @@ SUMMARY_COLUMNS = list(SummaryRowOut().fields)
 class TotalsOut(serializers.Serializer):
     requests = serializers.IntegerField()
     images = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    errors = serializers.IntegerField()  # type: ignore[assignment]
     cost_micro = serializers.IntegerField()
     cost_usd = serializers.CharField()
 

@@ -17,7 +17,7 @@ class ImageGenerationDoc(serializers.Serializer):
     n = serializers.IntegerField(required=False, min_value=1)
     size = serializers.CharField(required=False, help_text="WxH, 1K/2K/4K or auto.")
     quality = serializers.CharField(required=False)
-    style = serializers.CharField(required=False)
+    style = serializers.CharField(required=False)  # type: ignore[assignment]
     background = serializers.CharField(required=False)
     output_format = serializers.ChoiceField(choices=["png", "jpeg", "webp"], required=False)
     output_compression = serializers.IntegerField(required=False, min_value=0, max_value=100)
@@ -57,7 +57,7 @@ class ImageDataDoc(serializers.Serializer):
 
 class ImagesResponseDoc(serializers.Serializer):
     created = serializers.IntegerField()
-    data = ImageDataDoc(many=True)
+    data = ImageDataDoc(many=True)  # type: ignore[assignment]
     size = serializers.CharField(required=False)
     quality = serializers.CharField(required=False)
     output_format = serializers.CharField(required=False)

@@ -97,4 +97,4 @@ class AliasCreateIn(StrictSerializer):
     description = serializers.CharField(
         max_length=300, required=False, default="", allow_blank=True
     )
-    deployments = DeploymentIn(many=True, min_length=1, max_length=20)
+    deployments = DeploymentIn(many=True, min_length=1, max_length=20)  # type: ignore[call-arg]

@@ -83,7 +83,7 @@ class KeyListView(APIView):
         keys = _filtered(selectors.keys_visible(principal), principal, f.validated_data)
         paginator = NewestFirst()
         page = paginator.paginate_queryset(keys.select_related("team"), request, view=self)
-        return paginator.get_paginated_response([_key_out(k) for k in page])
+        return paginator.get_paginated_response([_key_out(k) for k in page or []])
 
     @extend_schema(
         tags=TAGS,

@@ -77,7 +77,8 @@ class KeyWithSecretOut(KeyOut):
     )
 
 
-_LIMIT = {"min_value": 1, "max_value": 10_000_000, "allow_null": True}
+def _limit(**kwargs: Any) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=10_000_000, allow_null=True, **kwargs)
 
 
 def _future(value: datetime | None) -> datetime | None:
@@ -99,8 +100,8 @@ class KeyCreateIn(StrictSerializer):
     allowed_aliases = serializers.ListField(
         child=serializers.CharField(max_length=128), default=list, max_length=200
     )
-    rpm_limit = serializers.IntegerField(required=False, default=None, **_LIMIT)
-    ipm_limit = serializers.IntegerField(required=False, default=None, **_LIMIT)
+    rpm_limit = _limit(required=False, default=None)
+    ipm_limit = _limit(required=False, default=None)
     expires_at = serializers.DateTimeField(required=False, default=None, allow_null=True)
 
     def validate_expires_at(self, value: datetime | None) -> datetime | None:
@@ -112,8 +113,8 @@ class KeyUpdateIn(StrictSerializer):
     allowed_aliases = serializers.ListField(
         child=serializers.CharField(max_length=128), required=False, max_length=200
     )
-    rpm_limit = serializers.IntegerField(required=False, **_LIMIT)
-    ipm_limit = serializers.IntegerField(required=False, **_LIMIT)
+    rpm_limit = _limit(required=False)
+    ipm_limit = _limit(required=False)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     def validate_expires_at(self, value: datetime | None) -> datetime | None:
@@ -147,7 +148,7 @@ class AuditEventOut(serializers.Serializer):
     event = serializers.CharField()
     target_type = serializers.CharField()
     target_id = serializers.CharField()
-    data = serializers.DictField()
+    data = serializers.DictField()  # type: ignore[assignment]
     created_at = serializers.DateTimeField()
 
 

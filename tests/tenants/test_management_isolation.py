@@ -6,6 +6,7 @@ filters are checked the same way.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from django.urls import reverse
@@ -51,7 +52,7 @@ def research(workspace: Workspace, other_team: Team) -> Objects:
 
 
 # (method, url name, the object kind in the path, body)
-ROUTES = [
+ROUTES: list[tuple[str, str, str, Any]] = [
     ("get", "api-team", "team", None),
     ("patch", "api-team", "team", {"name": "Taken"}),
     ("post", "api-team-archive", "team", None),
@@ -70,7 +71,7 @@ ROUTES = [
     ("post", "api-credential-test", "credential", None),
 ]
 # (method, path, body or query, the object kind whose id it names)
-REFERENCES = [
+REFERENCES: list[tuple[str, str, dict[str, Any]]] = [
     ("get", "/api/v1/keys", {"team": "team"}),
     ("get", "/api/v1/usage", {"team": "team"}),
     ("get", "/api/v1/usage", {"key": "key"}),
@@ -103,7 +104,7 @@ def _fill(spec: dict[str, object], objects: Objects) -> dict[str, object]:
     return filled
 
 
-def _call(client: SchemaCheckedClient, method: str, path: str, body: object) -> object:
+def _call(client: SchemaCheckedClient, method: str, path: str, body: Any) -> Any:
     if method == "get":
         return client.get(path, body or {})
     return getattr(client, method)(path, body, format="json")
