@@ -40,3 +40,10 @@ class UsdField(serializers.DecimalField):
         kwargs.setdefault("decimal_places", 6)
         kwargs.setdefault("min_value", Decimal(0))
         super().__init__(**kwargs)
+
+
+def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    """`data` checked by an input serializer: its validated fields, or a 400 naming the field."""
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import requests
 
 from aperture.errors import Unsupported
-from routing.images.fetch import PrivateAddress, _caused_by, guarded_session
+from routing.images.fetch import PrivateAddress, caused_by, guarded_session
 from routing.models import ProviderCredential
 from routing.providers.auth import base_url_for, credential_headers
 from routing.providers.http import _upstream_message
@@ -85,7 +85,7 @@ def check_credential(credential: ProviderCredential) -> CheckResult:
     except requests.Timeout:
         return result(False, None, f"{provider} did not answer within {CHECK_TIMEOUT_SECONDS:g}s.")
     except requests.RequestException as exc:
-        if _caused_by(exc, PrivateAddress):
+        if caused_by(exc, PrivateAddress):
             return result(False, None, "The base URL resolves to a private address; not called.")
         return result(False, None, f"{provider} could not be reached ({type(exc).__name__}).")
     with response:

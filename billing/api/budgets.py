@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aperture.api_fields import micro_from_usd
+from aperture.api_fields import micro_from_usd, validated
 from aperture.errors import PermissionError_
 from aperture.openapi import listed
 from billing import selectors as billing_selectors
@@ -46,9 +46,7 @@ class BudgetListView(APIView):
     )
     def post(self, request: Request) -> Response:
         principal = request_principal(request)
-        data = BudgetCreateIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        f = data.validated_data
+        f = validated(BudgetCreateIn, request.data)
         team = selectors.team_get(principal, f["team"], param="team") if "team" in f else None
         key = selectors.key_get(principal, f["key"], param="key") if "key" in f else None
         budget = services.budget_create(
@@ -79,13 +77,12 @@ class BudgetDetailView(APIView):
     def patch(self, request: Request, budget_id: str) -> Response:
         principal = request_principal(request)
         budget = _tenant_budget(principal, budget_id)
-        data = BudgetUpdateIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(BudgetUpdateIn, request.data)
         fields: dict[str, int | None] = {}
-        if "limit_usd" in data.validated_data:
-            fields["limit_micro"] = micro_from_usd(data.validated_data["limit_usd"])
-        if "limit_images" in data.validated_data:
-            fields["limit_images"] = data.validated_data["limit_images"]
+        if "limit_usd" in data:
+            fields["limit_micro"] = micro_from_usd(data["limit_usd"])
+        if "limit_images" in data:
+            fields["limit_images"] = data["limit_images"]
         budget = services.budget_change_limits(
             actor=actor_for(principal), budget=budget, fields=fields
         )

@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aperture.api_fields import usd
+from aperture.api_fields import usd, validated
 from aperture.openapi import paginated
 from aperture.pagination import NewestFirst
 from billing import selectors as billing_selectors
@@ -91,11 +91,10 @@ class UsageRecordListView(APIView):
         summary="Usage records, newest first",
     )
     def get(self, request: Request) -> Any:
-        f = UsageRecordFilterIn(data=request.query_params)
-        f.is_valid(raise_exception=True)
-        query = usage_query(request_principal(request), f.validated_data)
+        f = validated(UsageRecordFilterIn, request.query_params)
+        query = usage_query(request_principal(request), f)
         records = usage_records(query).select_related("team", "key")
-        if f.validated_data["format"] == "csv":
+        if f["format"] == "csv":
             ordered = records.order_by("created_at", "id").iterator(chunk_size=2000)
             return csv_response(
                 "usage.csv",
@@ -133,13 +132,12 @@ class UsageSummaryView(APIView):
         summary="Requests, images, errors and cost by day, alias, key or team; budgets",
     )
     def get(self, request: Request) -> Any:
-        f = UsageSummaryFilterIn(data=request.query_params)
-        f.is_valid(raise_exception=True)
+        f = validated(UsageSummaryFilterIn, request.query_params)
         principal = request_principal(request)
-        group_by = f.validated_data["group_by"]
-        rows = usage_summary(usage_query(principal, f.validated_data), group_by)
+        group_by = f["group_by"]
+        rows = usage_summary(usage_query(principal, f), group_by)
         data = SummaryRowOut(rows, many=True).data
-        if f.validated_data["format"] == "csv":
+        if f["format"] == "csv":
             return csv_response(
                 f"usage-by-{group_by}.csv",
                 SUMMARY_COLUMNS,

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aperture.api_fields import validated
 from aperture.openapi import listed
 from routing import selectors
 from routing.api.serializers import AliasCreateIn, AliasOut
@@ -69,9 +70,7 @@ class AliasListView(APIView):
     )
     def post(self, request: Request) -> Response:
         principal = request_principal(request)
-        data = AliasCreateIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        f = data.validated_data
+        f = validated(AliasCreateIn, request.data)
         alias = workspace_alias_create(
             actor=actor_for(principal),
             workspace=workspace_of(principal),

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aperture.api_fields import validated
 from aperture.openapi import paginated
 from aperture.pagination import OldestFirst
 from routing import selectors, services
@@ -53,12 +54,11 @@ class CredentialListView(APIView):
     )
     def post(self, request: Request) -> Response:
         principal = request_principal(request)
-        data = CredentialCreateIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(CredentialCreateIn, request.data)
         credential = workspace_credential_create(
             actor=actor_for(principal),
             workspace=workspace_of(principal),
-            **data.validated_data,
+            **data,
         )
         return Response(CredentialOut(credential).data, status=201)
 
@@ -92,10 +92,9 @@ class CredentialRotateView(APIView):
     def post(self, request: Request, credential_id: str) -> Response:
         principal = request_principal(request)
         credential = selectors.credential_of_workspace(principal.workspace_id, credential_id)
-        data = CredentialRotateIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(CredentialRotateIn, request.data)
         credential = services.credential_rotate_secret(
-            actor=actor_for(principal), credential=credential, secret=data.validated_data["secret"]
+            actor=actor_for(principal), credential=credential, secret=data["secret"]
         )
         return Response(CredentialOut(credential).data)
 

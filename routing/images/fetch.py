@@ -136,7 +136,7 @@ def fetch_image(provider: str, url: str) -> tuple[bytes, str | None]:
         except requests.Timeout as exc:
             raise UpstreamTimedOut(provider, f"Downloading {provider}'s image timed out.") from exc
         except requests.RequestException as exc:
-            if _caused_by(exc, PrivateAddress):
+            if caused_by(exc, PrivateAddress):
                 raise FetchRefused(
                     provider, f"{provider}'s image URL resolved to a private address."
                 ) from exc
@@ -164,7 +164,7 @@ def fetch_image(provider: str, url: str) -> tuple[bytes, str | None]:
     raise UpstreamFailed(provider, f"{provider}'s image URL redirected too many times.")
 
 
-def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     """Whether `kind` is anywhere in the chain requests and urllib3 wrap errors in."""
     pending: list[BaseException] = [error]
     seen: set[int] = set()

@@ -86,6 +86,7 @@ def target_for(deployment: Deployment) -> Target:
         api_version=credential.api_version,
         extra_headers=dict(credential.extra_headers or {}),
         options={**(credential.options or {}), **(deployment.options or {})},
+        guarded=credential.workspace_id is not None,
     )
 
 

@@ -112,6 +112,9 @@ class Target:
     extra_headers: dict[str, str] = field(default_factory=dict)
     # The operator's provider options (the credential's); a caller's `provider` options win.
     options: dict[str, Any] = field(default_factory=dict)
+    # A workspace's own (BYOK) credential: its base URL is the tenant's, so every connection
+    # is checked against private addresses.
+    guarded: bool = False
 
     def merged_options(self, request: ImageRequest) -> dict[str, Any]:
         return {**self.options, **request.options_for(self.provider)}

@@ -100,6 +100,7 @@ class BFLProvider(ProviderAdapter):
             "POST",
             f"{target.base_url}/v1/{target.upstream_model}",
             timeout=target.timeout_seconds,
+            guarded=target.guarded,
             headers=self._headers(target),
             json_body=self.body(request, target),
         )
@@ -141,7 +142,14 @@ class BFLProvider(ProviderAdapter):
                 raise UpstreamTimedOut(self.name, f"bfl's task {task['id']} was not ready in time.")
             time.sleep(interval)  # cooperative under gevent
             interval = min(interval * 1.5, 1.5)
-            polled = http.send(self.name, "GET", url, timeout=30, headers=self._headers(target))
+            polled = http.send(
+                self.name,
+                "GET",
+                url,
+                timeout=30,
+                guarded=target.guarded,
+                headers=self._headers(target),
+            )
             http.check_status(self.name, polled)
             state = http.json_object(self.name, polled)
             status = str(state.get("status"))

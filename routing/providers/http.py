@@ -15,6 +15,7 @@ import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
+from routing.images.fetch import PrivateAddress, caused_by, guarded_session
 from routing.providers.auth import credential_headers
 from routing.providers.base import (
     ProviderError,
@@ -57,17 +58,20 @@ def send(
     files: Any = None,
     params: dict[str, str] | None = None,
     stream: bool = False,
+    guarded: bool = False,
 ) -> requests.Response:
     """One upstream call. Raises UpstreamTimedOut / UpstreamFailed instead of requests' errors.
 
-    With `stream`, the call returns once the headers are in; the caller reads and closes."""
+    With `stream`, the call returns once the headers are in; the caller reads and closes.
+    `guarded` (a workspace's own credential) refuses, on the address it connects to, any
+    host that resolves privately (routing/images/fetch.py)."""
     all_headers = dict(headers or {})
     body = data
     if json_body is not None:
         body = orjson.dumps(json_body)
         all_headers.setdefault("Content-Type", "application/json")
     try:
-        return session().request(
+        return (guarded_session() if guarded else session()).request(
             method,
             url,
             headers=all_headers,
@@ -81,6 +85,10 @@ def send(
     except requests.Timeout as exc:
         raise UpstreamTimedOut(provider, f"{provider} did not answer within {timeout:g}s.") from exc
     except requests.RequestException as exc:
+        if guarded and caused_by(exc, PrivateAddress):
+            raise UpstreamFailed(
+                provider, f"{provider}'s base URL resolves to a private address; not called."
+            ) from exc
         raise UpstreamFailed(
             provider, f"{provider} could not be reached ({type(exc).__name__})."
         ) from exc
@@ -171,6 +179,7 @@ def post_json(target: Target, url: str, body: dict[str, Any]) -> dict[str, Any]:
         "POST",
         url,
         timeout=target.timeout_seconds,
+        guarded=target.guarded,
         headers={**target.extra_headers, **credential_headers(target.provider, target.secret)},
         json_body=body,
     )

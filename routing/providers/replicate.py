@@ -87,6 +87,7 @@ class ReplicateProvider(ProviderAdapter):
             "POST",
             url,
             timeout=target.timeout_seconds,
+            guarded=target.guarded,
             headers={**self._headers(target), "Prefer": f"wait={wait}"},
             json_body=body,
         )
@@ -119,6 +120,7 @@ class ReplicateProvider(ProviderAdapter):
                 "GET",
                 self.poll_url(prediction, target),
                 timeout=30,
+                guarded=target.guarded,
                 headers=self._headers(target),
             )
             http.check_status(self.name, polled)

@@ -103,6 +103,7 @@ class StabilityProvider(ProviderAdapter):
                 "POST",
                 f"{target.base_url}/v2beta/stable-image/generate/{endpoint}",
                 timeout=target.timeout_seconds,
+                guarded=target.guarded,
                 headers={
                     **target.extra_headers,
                     **credential_headers(self.name, target.secret),

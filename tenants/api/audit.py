@@ -5,6 +5,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aperture.api_fields import validated
 from aperture.openapi import paginated
 from aperture.pagination import NewestFirst
 from tenants import selectors
@@ -23,10 +24,9 @@ class AuditEventListView(APIView):
         summary="The workspace's audit trail (manage:workspace)",
     )
     def get(self, request: Request) -> Response:
-        f = AuditFilterIn(data=request.query_params)
-        f.is_valid(raise_exception=True)
+        f = validated(AuditFilterIn, request.query_params)
         events = selectors.audit_events(request_principal(request))
-        filters = f.validated_data
+        filters = f
         for field in ("event", "actor", "target_id"):
             if field in filters:
                 events = events.filter(**{field: filters[field]})

@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aperture.api_fields import validated
 from aperture.errors import InvalidRequest
 from aperture.openapi import paginated
 from aperture.pagination import NewestFirst
@@ -78,9 +79,8 @@ class KeyListView(APIView):
     )
     def get(self, request: Request) -> Response:
         principal = request_principal(request)
-        f = KeyFilterIn(data=request.query_params)
-        f.is_valid(raise_exception=True)
-        keys = _filtered(selectors.keys_visible(principal), principal, f.validated_data)
+        f = validated(KeyFilterIn, request.query_params)
+        keys = _filtered(selectors.keys_visible(principal), principal, f)
         paginator = NewestFirst()
         page = paginator.paginate_queryset(keys.select_related("team"), request, view=self)
         return paginator.get_paginated_response([_key_out(k) for k in page or []])
@@ -93,9 +93,8 @@ class KeyListView(APIView):
     )
     def post(self, request: Request) -> Response:
         principal = request_principal(request)
-        data = KeyCreateIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        fields = dict(data.validated_data)
+        data = validated(KeyCreateIn, request.data)
+        fields = dict(data)
         team_id = fields.pop("team", None)
         team = (
             selectors.team_get(principal, team_id, param="team")
@@ -123,11 +122,10 @@ class KeyDetailView(APIView):
     def patch(self, request: Request, key_id: str) -> Response:
         principal = request_principal(request)
         key = selectors.key_get(principal, key_id)
-        data = KeyUpdateIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        if "allowed_aliases" in data.validated_data:
-            _check_aliases(principal, data.validated_data["allowed_aliases"])
-        key = services.key_edit(grantor=principal, key=key, fields=dict(data.validated_data))
+        data = validated(KeyUpdateIn, request.data)
+        if "allowed_aliases" in data:
+            _check_aliases(principal, data["allowed_aliases"])
+        key = services.key_edit(grantor=principal, key=key, fields=dict(data))
         return Response(_key_out(key))
 
 
@@ -143,10 +141,9 @@ class KeyRotateView(APIView):
     def post(self, request: Request, key_id: str) -> Response:
         principal = request_principal(request)
         key = selectors.key_get(principal, key_id)
-        data = KeyRotateIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(KeyRotateIn, request.data)
         rotated = services.key_rotate_by(
-            grantor=principal, key=key, grace_seconds=data.validated_data["grace_period_seconds"]
+            grantor=principal, key=key, grace_seconds=data["grace_period_seconds"]
         )
         return Response(_key_out(rotated.key, rotated.secret))
 

@@ -5,6 +5,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aperture.api_fields import validated
 from aperture.openapi import paginated
 from aperture.pagination import OldestFirst
 from tenants import selectors, services
@@ -43,12 +44,11 @@ class TeamListView(APIView):
     )
     def post(self, request: Request) -> Response:
         principal = request_principal(request)
-        data = TeamCreateIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(TeamCreateIn, request.data)
         team = services.team_create(
             actor=services.actor_for(principal),
             workspace=selectors.workspace_of(principal),
-            **data.validated_data,
+            **data,
         )
         return Response(TeamOut(team).data, status=201)
 
@@ -65,10 +65,9 @@ class TeamDetailView(APIView):
     def patch(self, request: Request, team_id: str) -> Response:
         principal = request_principal(request)
         team = selectors.team_get(principal, team_id)
-        data = TeamUpdateIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(TeamUpdateIn, request.data)
         team = services.team_rename(
-            actor=services.actor_for(principal), team=team, name=data.validated_data["name"]
+            actor=services.actor_for(principal), team=team, name=data["name"]
         )
         return Response(TeamOut(team).data)
 

@@ -285,3 +285,29 @@ def test_a_workspace_alias_cannot_use_a_platform_credential(
 def test_credentials_need_manage_workspace(manager: SchemaCheckedClient) -> None:
     response = manager.get("/api/v1/credentials")
     assert response.status_code == 403
+
+
+def test_a_workspace_credential_that_now_resolves_privately_is_not_called(
+    admin: SchemaCheckedClient,
+    fake_upstream: FakeUpstream,
+    settings: SettingsWrapper,
+    client: APIClient,
+) -> None:
+    settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]
+    created = _add(admin, fake_upstream.url).json()
+    admin.post(
+        "/api/v1/aliases",
+        {
+            "name": "acme-image",
+            "deployments": [{"credential": created["id"], "upstream_model": "gpt-image-1"}],
+        },
+        format="json",
+    )
+    body = json.dumps({"model": "acme-image", "prompt": "x", "size": "1024x1024"})
+    # DNS rebinding: the host was public when it was added, it answers privately now.
+    settings.FETCH_ALLOWED_HOSTS = []
+    calls = len(fake_upstream.requests)
+    refused = client.post("/v1/images/generations", body, content_type="application/json")
+    assert refused.status_code == 502
+    assert "private address" in refused.json()["error"]["message"]
+    assert len(fake_upstream.requests) == calls
