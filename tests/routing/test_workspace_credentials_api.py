@@ -311,3 +311,41 @@ def test_a_workspace_credential_that_now_resolves_privately_is_not_called(
     assert refused.status_code == 502
     assert "private address" in refused.json()["error"]["message"]
     assert len(fake_upstream.requests) == calls
+
+
+def test_every_change_is_in_the_audit_trail_with_the_acting_key(
+    admin: SchemaCheckedClient,
+    admin_key: object,
+    fake_upstream: FakeUpstream,
+    loopback_allowed: None,
+) -> None:
+    credential = _add(admin, fake_upstream.url).json()
+    alias = admin.post(
+        "/api/v1/aliases",
+        {
+            "name": "acme-image",
+            "deployments": [{"credential": credential["id"], "upstream_model": "gpt-image-1"}],
+        },
+        format="json",
+    ).json()
+    admin.post(
+        f"/api/v1/credentials/{credential['id']}/rotate",
+        {"secret": "sk-new-00000000"},
+        format="json",
+    )
+    admin.delete(f"/api/v1/aliases/{alias['id']}")
+    admin.delete(f"/api/v1/credentials/{credential['id']}")
+    actor = f"key:{admin_key.key.public_id}"  # type: ignore[attr-defined]
+    events = admin.get(f"/api/v1/audit-events?actor={actor}&limit=500").json()["results"]
+    assert [e["event"] for e in reversed(events)] == [
+        "credential.created",
+        "alias.created",
+        "deployment.created",
+        "credential.rotated",
+        "alias.deleted",
+        "credential.deleted",
+    ]
+    assert {e["actor"] for e in events} == {actor}
+    only_rotations = admin.get("/api/v1/audit-events?event=credential.rotated").json()["results"]
+    assert [e["target_id"] for e in only_rotations] == [credential["id"]]
+    assert "sk-new-00000000" not in json.dumps(events)
