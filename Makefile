@@ -9,7 +9,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/aperture
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install run test serve lint bench migrate
+.PHONY: install run test serve lint bench migrate browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,14 @@ run: install
 		$(PY) manage.py seed_demo --port $(PORT) && \
 		PORT=$(PORT) WEB_CONCURRENCY=1 exec $(VENV)/bin/gunicorn -c gunicorn.conf.py aperture.wsgi'
 
+# Debian's Chromium and ChromeDriver, for the browser checks of /admin/ and /api/docs/.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; }
+
 # The whole suite, against PostgreSQL and Redis on 127.0.0.1 (DATABASE_URL / REDIS_URL override).
-test: install
+test: install browser
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		$(VENV)/bin/pytest -n $${PYTEST_WORKERS:-auto} -p no:cacheprovider
 
