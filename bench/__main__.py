@@ -9,8 +9,9 @@ Redis on 127.0.0.1) as their own processes, then measures on loopback:
      gateway's peak memory (RSS of the gunicorn master and workers);
   4. passthrough: added latency at concurrency 1 and 64, and a 100 MB response relayed;
   5. images: peak memory under 20 concurrent 20 MB edits and 20 concurrent n=4 x 4 MB
-     generations, and a stream's time to its first partial image, gateway vs direct.
-`python -m bench --only passthrough` (or core, images) runs one section.
+     generations, and a stream's time to its first partial image, gateway vs direct;
+  6. management: usage aggregates and the CSV export over 200,000 usage records.
+`python -m bench --only passthrough` (or core, images, management) runs one section.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import requests
 
 from bench.images import run_images
 from bench.loadgen import run
+from bench.management import run_management
 from bench.passthrough import run_passthrough
 from bench.seed import RACE_IMAGES
 
@@ -100,7 +102,14 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=1000, help="concurrent 5-s requests")
     parser.add_argument("--race", type=int, default=1000, help="concurrent requests in the race")
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
-    parser.add_argument("--only", choices=["core", "passthrough", "images"], help="run one section")
+    parser.add_argument(
+        "--usage-records", type=int, default=200_000, help="usage records for the management run"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["core", "passthrough", "images", "management"],
+        help="run one section",
+    )
     args = parser.parse_args()
 
     upstream_port, gateway_port = 9741, 9742
@@ -163,6 +172,22 @@ def main() -> None:
             run_passthrough(gateway_url, upstream_url, key, quick=args.quick)
         if args.only in (None, "images"):
             run_images(gateway_url, upstream_url, key, lambda: _rss_mb(gateway.pid))
+        if args.only in (None, "management"):
+            usage = json.loads(
+                subprocess.run(
+                    [sys.executable, "-m", "bench.seed_usage", str(args.usage_records)],
+                    cwd=ROOT,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            run_management(
+                gateway_url, usage["admin"], usage["records"], lambda: _rss_mb(gateway.pid)
+            )
     finally:
         for process in processes:
             with contextlib.suppress(ProcessLookupError):

@@ -6,14 +6,17 @@ last request (the daily rollup serves the operators' dashboards).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from billing.models import UsageRecord
+from tenants.models import ApiKey, Team
 
 GROUPS = ("day", "alias", "key", "team")
 
@@ -67,23 +70,34 @@ def usage_records(query: UsageQuery) -> QuerySet[UsageRecord]:
     return records
 
 
-_GROUP_COLUMNS: dict[str, tuple[Any, Any]] = {
-    # group → (the grouped value, its human label)
-    "day": (TruncDate("created_at", tzinfo=UTC), None),
-    "alias": (F("alias"), None),
-    "key": (F("key__public_id"), F("key__name")),
-    "team": (F("team__public_id"), F("team__slug")),
+# group → the grouped column; keys and teams group on their integer id (no join), then
+# are named with one query.
+_GROUP_COLUMNS: dict[str, Any] = {
+    "day": TruncDate("created_at", tzinfo=UTC),
+    "alias": F("alias"),
+    "key": F("key_id"),
+    "team": F("team_id"),
 }
+
+
+def _names(group_by: str, ids: list[Any]) -> dict[Any, tuple[str, str]]:
+    """id → (public id, label) for the key or team groups."""
+    rows: Iterable[tuple[Any, str, str]]
+    if group_by == "key":
+        rows = ApiKey.objects.filter(pk__in=ids).values_list("pk", "public_id", "name")
+    elif group_by == "team":
+        rows = Team.objects.filter(pk__in=ids).values_list("pk", "public_id", "slug")
+    else:
+        return {value: (str(value), str(value)) for value in ids}
+    return {pk: (public_id, label) for pk, public_id, label in rows}
 
 
 def usage_summary(query: UsageQuery, group_by: str) -> list[SummaryRow]:
     """Requests, images, errors (status ≥ 400) and cost per day, alias, key or team."""
-    value, label = _GROUP_COLUMNS[group_by]
-    annotations = {"group": value, **({"label": label} if label is not None else {})}
-    rows = (
+    rows = list(
         usage_records(query)
-        .annotate(**annotations)
-        .values(*annotations)
+        .annotate(group=_GROUP_COLUMNS[group_by])
+        .values("group")
         .annotate(
             requests=Count("id"),
             images=Sum("images"),
@@ -92,10 +106,11 @@ def usage_summary(query: UsageQuery, group_by: str) -> list[SummaryRow]:
         )
         .order_by("group")
     )
-    return [
+    names = _names(group_by, [row["group"] for row in rows])
+    summary = [
         SummaryRow(
-            group=str(row["group"]),
-            label=str(row.get("label", row["group"])),
+            group=names[row["group"]][0],
+            label=names[row["group"]][1],
             requests=row["requests"],
             images=row["images"] or 0,
             errors=row["errors"],
@@ -103,6 +118,48 @@ def usage_summary(query: UsageQuery, group_by: str) -> list[SummaryRow]:
         )
         for row in rows
     ]
+    return sorted(summary, key=lambda row: row.group)
+
+
+# The records' CSV: the JSON record's fields, read as plain tuples (no serializer per row).
+RECORD_COLUMNS = (
+    "request_id",
+    "created_at",
+    "team",
+    "key",
+    "alias",
+    "provider",
+    "upstream_model",
+    "endpoint",
+    "method",
+    "path",
+    "status",
+    "error_code",
+    "images",
+    "size",
+    "quality",
+    "input_tokens",
+    "output_tokens",
+    "cost_micro",
+    "cost_usd",
+    "total_ms",
+    "upstream_ms",
+    "bytes_in",
+    "bytes_out",
+)
+_SOURCE = {"team": "team__public_id", "key": "key__public_id", "cost_usd": "cost_micro"}
+
+
+def record_rows(query: UsageQuery, chunk_size: int = 5000) -> Iterator[list[Any]]:
+    """Every matching record, oldest first, as rows of RECORD_COLUMNS."""
+    fields = [_SOURCE.get(column, column) for column in RECORD_COLUMNS]
+    created, cost = RECORD_COLUMNS.index("created_at"), RECORD_COLUMNS.index("cost_usd")
+    ordered = usage_records(query).order_by("created_at", "id").values_list(*fields)
+    for values in ordered.iterator(chunk_size=chunk_size):
+        row = list(values)
+        row[created] = row[created].isoformat().replace("+00:00", "Z")
+        row[cost] = f"{Decimal(row[cost]) / 1_000_000:.6f}"
+        yield row
 
 
 def totals(rows: list[SummaryRow]) -> dict[str, int]:

@@ -104,9 +104,6 @@ class UsageRecordOut(serializers.Serializer):
         return usd(record.cost_micro) or "0.000000"
 
 
-USAGE_RECORD_COLUMNS = list(UsageRecordOut().fields)
-
-
 class SummaryRowOut(serializers.Serializer):
     group = serializers.CharField(help_text="The day, alias, key id or team id.")
     label = serializers.CharField(  # type: ignore[assignment]

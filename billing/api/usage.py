@@ -22,7 +22,6 @@ from aperture.pagination import NewestFirst
 from billing import selectors as billing_selectors
 from billing.api.serializers import (
     SUMMARY_COLUMNS,
-    USAGE_RECORD_COLUMNS,
     BudgetOut,
     SummaryRowOut,
     TotalsOut,
@@ -30,7 +29,14 @@ from billing.api.serializers import (
     UsageRecordOut,
     UsageSummaryFilterIn,
 )
-from billing.usage_reports import UsageQuery, totals, usage_records, usage_summary
+from billing.usage_reports import (
+    RECORD_COLUMNS,
+    UsageQuery,
+    record_rows,
+    totals,
+    usage_records,
+    usage_summary,
+)
 from tenants import selectors
 from tenants.key_auth import KeyPrincipal
 from tenants.permissions import ManageScope, request_principal
@@ -95,20 +101,10 @@ class UsageRecordListView(APIView):
         query = usage_query(request_principal(request), f)
         records = usage_records(query).select_related("team", "key")
         if f["format"] == "csv":
-            ordered = records.order_by("created_at", "id").iterator(chunk_size=2000)
-            return csv_response(
-                "usage.csv",
-                USAGE_RECORD_COLUMNS,
-                ([row[c] for c in USAGE_RECORD_COLUMNS] for row in _as_rows(ordered)),
-            )
+            return csv_response("usage.csv", list(RECORD_COLUMNS), record_rows(query))
         paginator = NewestFirst()
         page = paginator.paginate_queryset(records, request, view=self)
         return paginator.get_paginated_response(UsageRecordOut(page, many=True).data)
-
-
-def _as_rows(records: Iterable[Any]) -> Iterator[dict[str, Any]]:
-    for record in records:
-        yield UsageRecordOut(record).data
 
 
 class UsageSummaryView(APIView):

@@ -149,8 +149,7 @@ def test_the_records_csv_is_every_matching_record(
     assert sorted(r["request_id"] for r in exported) == sorted(r["request_id"] for r in records)
     by_id = {r["request_id"]: r for r in records}
     for row in exported:
-        assert row["cost_micro"] == str(by_id[row["request_id"]]["cost_micro"])
-        assert row["key"] == by_id[row["request_id"]]["key"]
+        assert row == {field: str(value) for field, value in by_id[row["request_id"]].items()}
 
 
 @pytest.mark.parametrize(
