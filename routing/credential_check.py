@@ -15,7 +15,7 @@ from aperture.errors import Unsupported
 from routing.images.fetch import PrivateAddress, caused_by, guarded_session
 from routing.models import ProviderCredential
 from routing.providers.auth import base_url_for, credential_headers
-from routing.providers.http import _upstream_message
+from routing.providers.http import upstream_message
 
 CHECK_TIMEOUT_SECONDS = 10.0
 
@@ -91,5 +91,5 @@ def check_credential(credential: ProviderCredential) -> CheckResult:
     with response:
         if 200 <= response.status_code < 300:
             return result(True, response.status_code, "The provider accepted the credential.")
-        message, _ = _upstream_message(response)
+        message, _ = upstream_message(response)
         return result(False, response.status_code, f"{provider}: {message}")

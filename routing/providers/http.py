@@ -94,7 +94,7 @@ def send(
         ) from exc
 
 
-def _upstream_message(response: requests.Response) -> tuple[str, str | None]:
+def upstream_message(response: requests.Response) -> tuple[str, str | None]:
     """The upstream's own error message and param, from an OpenAI-style envelope or text."""
     try:
         body = orjson.loads(response.content)
@@ -145,7 +145,7 @@ def check_status(provider: str, response: requests.Response) -> None:
         return
     if status in (401, 403):
         raise UpstreamAuthFailed(provider, status)
-    message, param = _upstream_message(response)
+    message, param = upstream_message(response)
     if status == 429:
         raise UpstreamRateLimited(
             provider, f"{provider} rate limit: {message}", response.headers.get("Retry-After")

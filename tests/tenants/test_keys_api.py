@@ -85,6 +85,18 @@ def test_keys_are_filtered_by_status_team_and_scope(
     assert admin.get("/api/v1/keys?status=bogus").status_code == 400
 
 
+def test_a_forged_cursor_and_a_body_that_is_no_object_are_400s(
+    admin: SchemaCheckedClient,
+) -> None:
+    forged = admin.get("/api/v1/keys?cursor=%E2%9C%97")
+    assert forged.status_code == 400
+    assert forged.json()["error"]["param"] == "cursor"
+    for body in ("[1, 2]", '"a key"', "null"):
+        response = admin.post("/api/v1/keys", body, content_type="application/json")
+        assert response.status_code == 400, body
+        assert response.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_keys_are_paginated_with_a_cursor(admin: SchemaCheckedClient) -> None:
     made = {_create(admin, name=f"k{i}")["id"] for i in range(5)}
     seen: list[str] = []
