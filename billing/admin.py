@@ -2,12 +2,16 @@
 
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils import timezone
 
+from aperture.errors import ApiError
+from billing import services
 from billing.budgets import period_start
 from billing.models import Budget, DailyUsage, Price, UsageRecord
+from billing.selectors import budget_status
 from tenants.audit import audit_record, operator_actor
 
 
@@ -54,8 +58,35 @@ class PriceAdmin(admin.ModelAdmin):
         )
 
 
+LIMIT_FIELDS = ("limit_micro", "limit_images")
+
+
+class BudgetForm(forms.ModelForm):
+    class Meta:
+        model = Budget
+        fields = ["workspace", "team", "key", "scope", "period", "limit_micro", "limit_images"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.instance.pk:  # a friendly error first; the save's conditional UPDATE decides
+            status = budget_status(Budget.objects.get(pk=self.instance.pk))
+            committed = {
+                "limit_micro": status.spent_micro + status.reserved_micro,
+                "limit_images": status.spent_images + status.reserved_images,
+            }
+            for field, spent in committed.items():
+                new = data.get(field)
+                if new is not None and new < spent:
+                    self.add_error(
+                        field,
+                        f"This period has already spent or holds more than that limit ({spent}).",
+                    )
+        return data
+
+
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
+    form = BudgetForm
     list_display = [
         "__str__",
         "workspace",
@@ -109,14 +140,42 @@ class BudgetAdmin(admin.ModelAdmin):
         return f"{obj.used_images} (+{obj.reserved_images})"
 
     def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        audit_record(
-            actor=operator_actor(request.user.get_username()),
-            event="budget.updated" if change else "budget.created",
-            target=obj,
-            workspace=obj.workspace,
-            data={"fields": form.changed_data},
-        )
+        """A new budget is saved whole; a change writes only what changed, never the
+        counters (requests move them meanwhile), and limits through the conditional UPDATE."""
+        actor = operator_actor(request.user.get_username())
+        if not change:
+            super().save_model(request, obj, form, change)
+            audit_record(
+                actor=actor,
+                event="budget.created",
+                target=obj,
+                workspace=obj.workspace,
+                data={"fields": form.changed_data},
+            )
+            return
+        limits = {f: form.cleaned_data[f] for f in LIMIT_FIELDS if f in form.changed_data}
+        others = [f for f in form.changed_data if f not in LIMIT_FIELDS]
+        if others:
+            Budget.objects.filter(pk=obj.pk).update(
+                **{f: getattr(obj, f) for f in others}, updated_at=timezone.now()
+            )
+            audit_record(
+                actor=actor,
+                event="budget.updated",
+                target=obj,
+                workspace=obj.workspace,
+                data={"fields": others},
+            )
+        if limits:
+            try:
+                services.budget_change_limits(
+                    actor=actor,
+                    budget=Budget.objects.get(pk=obj.pk),
+                    fields=limits,
+                    within_enclosing=False,
+                )
+            except ApiError as refused:  # spend moved past the limit since the form's check
+                messages.error(request, refused.message)
 
 
 class _ReadOnly(admin.ModelAdmin):

@@ -158,8 +158,15 @@ def budget_create(
 
 
 @transaction.atomic
-def budget_change_limits(*, actor: str, budget: Budget, fields: dict[str, int | None]) -> Budget:
-    """Set `limit_micro` and/or `limit_images` (None removes that limit).
+def budget_change_limits(
+    *,
+    actor: str,
+    budget: Budget,
+    fields: dict[str, int | None],
+    within_enclosing: bool = True,
+) -> Budget:
+    """Set `limit_micro` and/or `limit_images` (None removes that limit); a tenant's change
+    stays `within_enclosing` budgets, an operator's need not.
 
     One conditional UPDATE: it also starts a new period if the stored one is over, and
     changes nothing if the current period has already spent or holds more than the new
@@ -168,7 +175,7 @@ def budget_change_limits(*, actor: str, budget: Budget, fields: dict[str, int | 
     limit_micro = fields.get("limit_micro", budget.limit_micro)
     limit_images = fields.get("limit_images", budget.limit_images)
     _needs_a_limit(limit_micro, limit_images)
-    if budget.scope != Budget.Scope.WORKSPACE:
+    if within_enclosing and budget.scope != Budget.Scope.WORKSPACE:
         check_within_enclosing(
             workspace_id=budget.workspace_id,
             team_id=budget.key.team_id if budget.key is not None else None,

@@ -1,0 +1,54 @@
+"""Operators change budgets in the admin without a 500 and without touching the counters."""
+
+from django.test import Client
+
+from billing.models import Budget
+from tenants.models import AuditEvent, Workspace
+from tests.billing.conftest import budget
+
+
+def _form(b: Budget, **changes: object) -> dict[str, object]:
+    data = {
+        "workspace": b.workspace_id,
+        "team": "",
+        "key": "",
+        "scope": b.scope,
+        "period": b.period,
+        "limit_micro": b.limit_micro or "",
+        "limit_images": b.limit_images or "",
+    }
+    return {**data, **changes}
+
+
+def _spent(b: Budget, micro: int) -> None:
+    Budget.objects.filter(pk=b.pk).update(
+        used_micro=micro, reserved_micro=5_000, period_start=b.period_start
+    )
+
+
+def test_an_operator_cannot_lower_a_limit_below_this_periods_spend(
+    admin_client: Client, workspace: Workspace
+) -> None:
+    b = budget(workspace=workspace, period="lifetime", limit_micro=50_000)
+    _spent(b, 30_000)
+    url = f"/admin/billing/budget/{b.pk}/change/"
+    response = admin_client.post(url, _form(b, limit_micro=20_000))
+    assert response.status_code == 200  # the form again, with the reason
+    assert "already spent or holds more than that limit" in response.content.decode()
+    b.refresh_from_db()
+    assert (b.limit_micro, b.used_micro, b.reserved_micro) == (50_000, 30_000, 5_000)
+
+
+def test_an_operators_limit_change_keeps_the_counters_and_is_audited(
+    admin_client: Client, workspace: Workspace
+) -> None:
+    b = budget(workspace=workspace, period="lifetime", limit_micro=50_000)
+    _spent(b, 30_000)
+    response = admin_client.post(
+        f"/admin/billing/budget/{b.pk}/change/", _form(b, limit_micro=40_000)
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    b.refresh_from_db()
+    assert (b.limit_micro, b.used_micro, b.reserved_micro) == (40_000, 30_000, 5_000)
+    event = AuditEvent.objects.filter(event="budget.updated", target_id=b.public_id).get()
+    assert event.actor.startswith("operator:")
