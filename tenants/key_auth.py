@@ -163,7 +163,8 @@ _touched_here: dict[int, float] = {}
 def _touch_last_used(key_id: int, now: datetime) -> None:
     """At most one UPDATE per key per minute, however many requests and processes."""
     moment = now.timestamp()
-    if moment - _touched_here.get(key_id, float("-inf")) < LAST_USED_EVERY_SECONDS:
+    # A clock that went back (or a test's travel) must not silence the key for the gap.
+    if 0 <= moment - _touched_here.get(key_id, float("-inf")) < LAST_USED_EVERY_SECONDS:
         return
     if len(_touched_here) > 100_000:
         _touched_here.clear()

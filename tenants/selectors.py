@@ -5,8 +5,11 @@ Anything outside that scope does not exist for the caller: a 404, never a 403 th
 confirm the id.
 """
 
+from datetime import datetime
+
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from aperture.errors import NotFound
 from tenants.key_auth import KeyPrincipal
@@ -66,5 +69,46 @@ def keys_with_scope(keys: QuerySet[ApiKey], scope: str) -> QuerySet[ApiKey]:
     return keys.filter(pk__in=[k.pk for k in keys.only("pk", "scopes") if scope in k.scopes])
 
 
-def audit_events(principal: KeyPrincipal) -> QuerySet[AuditEvent]:
-    return AuditEvent.objects.filter(workspace_id=principal.workspace_id)
+def keys_filtered(
+    principal: KeyPrincipal,
+    *,
+    team_id: str | None = None,
+    scope: str | None = None,
+    status: str | None = None,
+) -> QuerySet[ApiKey]:
+    """The keys the caller sees, of one team (404 if not visible), holding a scope, and in a
+    status: active, revoked or expired."""
+    keys = keys_visible(principal)
+    if team_id is not None:
+        keys = keys.filter(team=team_get(principal, team_id, param="team"))
+    if scope is not None:
+        keys = keys_with_scope(keys, scope)
+    now = timezone.now()
+    not_revoked = Q(revoked_at__isnull=True) | Q(revoked_at__gt=now)
+    if status == "revoked":
+        keys = keys.filter(revoked_at__lte=now)
+    elif status == "expired":
+        keys = keys.filter(not_revoked, expires_at__lte=now)
+    elif status == "active":
+        keys = keys.filter(not_revoked).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+    return keys
+
+
+def audit_events(
+    principal: KeyPrincipal,
+    *,
+    event: str | None = None,
+    actor: str | None = None,
+    target_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> QuerySet[AuditEvent]:
+    """The workspace's audit rows, by event, actor or target, in [since, until)."""
+    events = AuditEvent.objects.filter(workspace_id=principal.workspace_id)
+    exact = {"event": event, "actor": actor, "target_id": target_id}
+    events = events.filter(**{field: value for field, value in exact.items() if value is not None})
+    if since is not None:
+        events = events.filter(created_at__gte=since)
+    if until is not None:
+        events = events.filter(created_at__lt=until)
+    return events

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from routing import services as routing_services
 from routing.models import ModelAlias, Provider, ProviderCredential
-from tenants import services
+from tenants import key_auth, services
 from tenants.models import Team, Workspace
 from tenants.services import CreatedKey
 from tests.factories import TeamFactory, WorkspaceFactory
@@ -41,6 +41,7 @@ def _clear_shared_state() -> None:
 @pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
     _clear_shared_state()
+    key_auth._touched_here.clear()  # keyed by row id, which SQLite reuses between tests
     yield
     _clear_shared_state()
 

@@ -25,15 +25,14 @@ class AuditEventListView(APIView):
     )
     def get(self, request: Request) -> Response:
         f = validated(AuditFilterIn, request.query_params)
-        events = selectors.audit_events(request_principal(request))
-        filters = f
-        for field in ("event", "actor", "target_id"):
-            if field in filters:
-                events = events.filter(**{field: filters[field]})
-        if "since" in filters:
-            events = events.filter(created_at__gte=filters["since"])
-        if "until" in filters:
-            events = events.filter(created_at__lt=filters["until"])
+        events = selectors.audit_events(
+            request_principal(request),
+            event=f.get("event"),
+            actor=f.get("actor"),
+            target_id=f.get("target_id"),
+            since=f.get("since"),
+            until=f.get("until"),
+        )
         paginator = NewestFirst()
         page = paginator.paginate_queryset(events, request, view=self)
         return paginator.get_paginated_response(AuditEventOut(page, many=True).data)
