@@ -51,8 +51,19 @@ def budget_set(
     limit_micro: int | None,
     limit_images: int | None,
 ) -> Budget:
-    """Create the budget of this target and period, or change its limits."""
+    """Create the budget of this target and period, or change its limits (through the
+    conditional UPDATE: never below what the current period has spent and holds)."""
     scope = "key" if key else "team" if team else "workspace"
+    existing = Budget.objects.filter(
+        workspace=workspace, team=team, key=key, scope=scope, period=period
+    ).first()
+    if existing is not None:
+        return budget_change_limits(
+            actor=actor,
+            budget=existing,
+            fields={"limit_micro": limit_micro, "limit_images": limit_images},
+            within_enclosing=False,
+        )
     budget, created = Budget.objects.update_or_create(
         workspace=workspace,
         team=team,

@@ -17,6 +17,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import ProtectedError
 
+from aperture.errors import ApiError
 from billing import services as billing_services
 from billing.models import Budget, Price
 from routing import services
@@ -426,3 +427,5 @@ def apply(changes: list[Change]) -> None:
             f"cannot delete a credential still used by {len(exc.protected_objects)} "
             "deployment(s) the file does not remove",
         ) from None
+    except ApiError as exc:  # a service's refusal, e.g. a budget below what it has spent
+        raise ConfigError(None, exc.message) from None

@@ -318,3 +318,30 @@ def test_bad_passthrough_settings_change_nothing_and_name_the_line(
     assert message in str(error.value)
     assert "line 2" in str(error.value)
     assert not ProviderCredential.objects.exists()
+
+
+def test_a_budget_limit_below_what_the_period_spent_is_refused_and_nothing_changes(
+    tmp_path: Path, api_key
+) -> None:  # type: ignore[no-untyped-def]
+    from billing.models import Budget
+
+    text = TENANCY.format(key=api_key.key.public_id)
+    _apply(tmp_path, text)
+    spent = Budget.objects.get(scope="key")
+    Budget.objects.filter(pk=spent.pk).update(used_images=6)  # six of its seven images used
+    lowered = text.replace("limit_images: 7", "limit_images: 5").replace("rpm: 60", "rpm: 30")
+    with pytest.raises(CommandError, match="already spent or holds more than that limit"):
+        _apply(tmp_path, lowered)
+    spent.refresh_from_db()
+    assert (spent.limit_images, spent.used_images) == (7, 6)
+    assert _rpm_of(api_key) == 60  # the whole file is one transaction
+    raised = text.replace("limit_images: 7", "limit_images: 9")
+    _apply(tmp_path, raised)
+    spent.refresh_from_db()
+    assert (spent.limit_images, spent.used_images) == (9, 6)
+
+
+def _rpm_of(api_key) -> int | None:  # type: ignore[no-untyped-def]
+    from tenants.models import ApiKey
+
+    return ApiKey.objects.get(pk=api_key.key.pk).rpm_limit
