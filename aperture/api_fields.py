@@ -1,13 +1,19 @@
 """Serializer pieces shared by the management API's apps."""
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from rest_framework import serializers
 
 MICRO_PER_USD = 1_000_000
 
 
+@overload
+def usd(micro: int) -> str: ...
+@overload
+def usd(micro: None) -> None: ...
+@overload
+def usd(micro: int | None) -> str | None: ...
 def usd(micro: int | None) -> str | None:
     """Micro-USD as a decimal string ("0.042000"): money never goes through a float."""
     if micro is None:

@@ -9,7 +9,6 @@ from django.utils import timezone
 
 from aperture.errors import ApiError
 from billing import services
-from billing.budgets import period_start
 from billing.models import Budget, DailyUsage, Price, UsageRecord
 from billing.selectors import budget_status
 from tenants.audit import audit_record, operator_actor
@@ -110,9 +109,6 @@ class BudgetAdmin(admin.ModelAdmin):
         "reserved_images",
     ]
 
-    def _current(self, obj: Budget) -> bool:
-        return obj.period_start == period_start(obj.period, timezone.now())
-
     @admin.display(description="Limit")
     def limit(self, obj: Budget) -> str:
         parts = [usd(obj.limit_micro)] if obj.limit_micro is not None else []
@@ -122,22 +118,21 @@ class BudgetAdmin(admin.ModelAdmin):
 
     @admin.display(description="Spent (+ held)")
     def spent_this_period(self, obj: Budget) -> str:
-        if not self._current(obj):
+        status = budget_status(obj)
+        if status.period_start != obj.period_start:
             return usd(0)
-        return f"{usd(obj.used_micro)} (+{usd(obj.reserved_micro)})"
+        return f"{usd(status.spent_micro)} (+{usd(status.reserved_micro)})"
 
     @admin.display(description="Remaining")
     def remaining(self, obj: Budget) -> str:
-        if obj.limit_micro is None:
-            return "—"
-        used = obj.used_micro + obj.reserved_micro if self._current(obj) else 0
-        return usd(obj.limit_micro - used)
+        return usd(budget_status(obj).remaining_micro)
 
     @admin.display(description="Images (+ held)")
     def images_this_period(self, obj: Budget) -> str:
-        if not self._current(obj):
+        status = budget_status(obj)
+        if status.period_start != obj.period_start:
             return "0"
-        return f"{obj.used_images} (+{obj.reserved_images})"
+        return f"{status.spent_images} (+{status.reserved_images})"
 
     def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
         """A new budget is saved whole; a change writes only what changed, never the

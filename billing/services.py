@@ -64,17 +64,39 @@ def budget_set(
             fields={"limit_micro": limit_micro, "limit_images": limit_images},
             within_enclosing=False,
         )
-    budget, created = Budget.objects.update_or_create(
+    return _budget_insert(
+        actor=actor,
         workspace=workspace,
         team=team,
         key=key,
-        scope=scope,
         period=period,
-        defaults={"limit_micro": limit_micro, "limit_images": limit_images},
+        limit_micro=limit_micro,
+        limit_images=limit_images,
+    )
+
+
+def _budget_insert(
+    *,
+    actor: str,
+    workspace: Workspace,
+    team: Team | None,
+    key: ApiKey | None,
+    period: str,
+    limit_micro: int | None,
+    limit_images: int | None,
+) -> Budget:
+    budget = Budget.objects.create(
+        workspace=workspace,
+        team=team,
+        key=key,
+        scope="key" if key else "team" if team else "workspace",
+        period=period,
+        limit_micro=limit_micro,
+        limit_images=limit_images,
     )
     audit_record(
         actor=actor,
-        event="budget.created" if created else "budget.updated",
+        event="budget.created",
         target=budget,
         workspace=workspace,
         data={"period": period, "limit_micro": limit_micro, "limit_images": limit_images},
@@ -157,7 +179,7 @@ def budget_create(
         limit_micro=limit_micro,
         limit_images=limit_images,
     )
-    return budget_set(
+    return _budget_insert(
         actor=actor,
         workspace=workspace,
         team=team,

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
+from aperture.api_fields import usd
 from billing.models import UsageRecord
 from tenants.models import ApiKey, Team
 
@@ -104,7 +104,7 @@ def usage_summary(query: UsageQuery, group_by: str) -> list[SummaryRow]:
             errors=Count("id", filter=Q(status__gte=400)),
             cost=Sum("cost_micro"),
         )
-        .order_by("group")
+        .order_by()
     )
     names = _names(group_by, [row["group"] for row in rows])
     summary = [
@@ -158,7 +158,7 @@ def record_rows(query: UsageQuery, chunk_size: int = 5000) -> Iterator[list[Any]
     for values in ordered.iterator(chunk_size=chunk_size):
         row = list(values)
         row[created] = row[created].isoformat().replace("+00:00", "Z")
-        row[cost] = f"{Decimal(row[cost]) / 1_000_000:.6f}"
+        row[cost] = usd(row[cost])
         yield row
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import requests
-
 from aperture.errors import Unsupported
-from routing.images.fetch import PrivateAddress, caused_by, guarded_session
 from routing.models import ProviderCredential
+from routing.providers import http
 from routing.providers.auth import base_url_for, credential_headers
-from routing.providers.http import upstream_message
+from routing.providers.base import ProviderError
 
 CHECK_TIMEOUT_SECONDS = 10.0
 
@@ -75,21 +73,20 @@ def check_credential(credential: ProviderCredential) -> CheckResult:
         )
 
     try:
-        response = guarded_session().get(
+        # A workspace's base URL: connected through the private-address guard.
+        response = http.send(
+            provider,
+            "GET",
             url,
+            timeout=CHECK_TIMEOUT_SECONDS,
             headers=headers,
             params=params,
-            timeout=(CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS),
-            allow_redirects=False,
+            guarded=True,
         )
-    except requests.Timeout:
-        return result(False, None, f"{provider} did not answer within {CHECK_TIMEOUT_SECONDS:g}s.")
-    except requests.RequestException as exc:
-        if caused_by(exc, PrivateAddress):
-            return result(False, None, "The base URL resolves to a private address; not called.")
-        return result(False, None, f"{provider} could not be reached ({type(exc).__name__}).")
+    except ProviderError as unreachable:  # timed out, refused, or a private address
+        return result(False, None, str(unreachable))
     with response:
         if 200 <= response.status_code < 300:
             return result(True, response.status_code, "The provider accepted the credential.")
-        message, _ = upstream_message(response)
+        message, _ = http.upstream_message(response)
         return result(False, response.status_code, f"{provider}: {message}")

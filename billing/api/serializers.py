@@ -11,7 +11,7 @@ from rest_framework import serializers
 from aperture.api_fields import StrictSerializer, UsdField, usd
 from billing.models import Budget, UsageRecord
 from billing.selectors import BudgetStatus
-from billing.usage_reports import GROUPS
+from billing.usage_reports import GROUPS, SummaryRow
 
 
 @extend_schema_field(OpenApiTypes.STR)
@@ -101,7 +101,7 @@ class UsageRecordOut(serializers.Serializer):
     bytes_out = serializers.IntegerField()
 
     def get_cost_usd(self, record: UsageRecord) -> str:
-        return usd(record.cost_micro) or "0.000000"
+        return usd(record.cost_micro)
 
 
 class SummaryRowOut(serializers.Serializer):
@@ -117,8 +117,8 @@ class SummaryRowOut(serializers.Serializer):
     cost_micro = serializers.IntegerField()
     cost_usd = serializers.SerializerMethodField()
 
-    def get_cost_usd(self, row: Any) -> str:
-        return usd(row.cost_micro) or "0.000000"
+    def get_cost_usd(self, row: SummaryRow) -> str:
+        return usd(row.cost_micro)
 
 
 SUMMARY_COLUMNS = list(SummaryRowOut().fields)
@@ -163,7 +163,7 @@ class BudgetOut(serializers.Serializer):
         return usd(status.budget.limit_micro)
 
     def get_spent_usd(self, status: BudgetStatus) -> str:
-        return usd(status.spent_micro) or "0.000000"
+        return usd(status.spent_micro)
 
     def get_remaining_usd(self, status: BudgetStatus) -> str | None:
         return usd(status.remaining_micro)
