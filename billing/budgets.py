@@ -18,9 +18,9 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from aperture import config_cache
 from aperture.errors import InsufficientQuota
 from billing.models import LIFETIME_START, Budget, Reservation
-from routing import route_cache
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def budgets_in_scope(principal: KeyPrincipal) -> list[BudgetRef]:
         )
         return [BudgetRef(*row) for row in rows]
 
-    return route_cache.cached(("budgets", principal.key_id), load)
+    return config_cache.cached(("budgets", principal.key_id), load)
 
 
 def _refusal(ref: BudgetRef, now: datetime) -> InsufficientQuota:

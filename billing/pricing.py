@@ -11,15 +11,15 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from aperture import config_cache
 from billing.models import Price
-from routing import route_cache
 
 logger = logging.getLogger(__name__)
 _warned: set[tuple[str, str]] = set()
 
 
 def _prices(provider: str) -> list[Price]:
-    return route_cache.cached(
+    return config_cache.cached(
         ("prices", provider), lambda: list(Price.objects.filter(provider=provider))
     )
 

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
+from aperture import config_cache
 from aperture.errors import ModelNotFound, NotFound, PermissionError_
-from routing import route_cache
 from routing.models import Deployment, ModelAlias, ProviderCredential
 from tenants.key_auth import KeyPrincipal
 
@@ -37,7 +37,7 @@ def _find_alias(workspace_id: int, name: str) -> ModelAlias | None:
 def alias_resolve(principal: KeyPrincipal, name: str) -> ModelAlias:
     """The alias `name` as this key sees it: 404 if it does not exist, 403 if not allowed."""
     workspace_id = principal.workspace_id
-    alias = route_cache.cached(
+    alias = config_cache.cached(
         ("alias", workspace_id, name), lambda: _find_alias(workspace_id, name)
     )
     if alias is None:
@@ -111,7 +111,7 @@ def _find_passthrough(workspace_id: int, name: str) -> PassthroughTarget | None:
 def passthrough_target(principal: KeyPrincipal, name: str) -> PassthroughTarget:
     """The credential `name` open for passthrough to this key's workspace, else 404."""
     workspace_id = principal.workspace_id
-    target = route_cache.cached(
+    target = config_cache.cached(
         ("passthrough", workspace_id, name), lambda: _find_passthrough(workspace_id, name)
     )
     if target is None:

@@ -9,13 +9,13 @@ from typing import Any
 
 from django.db.models.signals import post_delete, post_save
 
+from aperture import config_cache
 from billing.models import Budget, Price
-from routing import route_cache
 from routing.models import Deployment, ModelAlias, ProviderCredential
 
 
 def _invalidate(sender: Any, **kwargs: Any) -> None:
-    route_cache.invalidate()
+    config_cache.invalidate()
 
 
 def connect() -> None:

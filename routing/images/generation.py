@@ -19,6 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
+from aperture import config_cache, selectors
 from aperture.errors import (
     ApiError,
     InvalidRequest,
@@ -29,7 +30,6 @@ from aperture.errors import (
 from aperture.offload import run_blocking
 from billing import budgets, pricing, ratelimit
 from billing.metering import Meter
-from routing import route_cache, selectors
 from routing.images import conversion, fanout, hosting
 from routing.images.edit_form import EditForm
 from routing.images.fetch import fetch_image
@@ -98,7 +98,7 @@ def plan_attempts(
 ) -> list[Attempt]:
     """Every deployment able to serve this body, in order; the first one's validation errors win."""
     alias = selectors.alias_resolve(principal, alias_name)
-    routes = route_cache.cached(
+    routes = config_cache.cached(
         ("routes", alias.pk),
         lambda: [(d, target_for(d)) for d in selectors.deployments_for(alias)],
     )

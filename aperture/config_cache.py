@@ -1,4 +1,5 @@
-"""An in-process cache of resolved routes, kept exact by a shared generation token.
+"""An in-process cache of resolved configuration (routes, prices, budgets), kept exact by a shared
+generation token.
 
 Resolving an alias to its deployments (two queries and a decryption) is most of the
 gateway's own work per request. Each process keeps what it resolved, tagged with the
