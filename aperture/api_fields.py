@@ -4,6 +4,7 @@ from decimal import Decimal
 from typing import Any, overload
 
 from rest_framework import serializers
+from rest_framework.serializers import Serializer
 
 MICRO_PER_USD = 1_000_000
 
@@ -25,7 +26,7 @@ def micro_from_usd(amount: Decimal | None) -> int | None:
     return None if amount is None else int(amount * MICRO_PER_USD)
 
 
-class StrictSerializer(serializers.Serializer):
+class StrictSerializer(Serializer[Any]):
     """An input serializer that refuses fields it does not know (a typo is not ignored)."""
 
     def to_internal_value(self, data: Any) -> Any:
@@ -48,7 +49,7 @@ class UsdField(serializers.DecimalField):
         super().__init__(**kwargs)
 
 
-def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+def validated(serializer_class: type[Serializer[Any]], data: Any) -> dict[str, Any]:
     """`data` checked by an input serializer: its validated fields, or a 400 naming the field."""
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)

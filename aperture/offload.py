@@ -6,7 +6,7 @@ heavy operations). Without gevent's patching the call simply runs inline.
 """
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 
@@ -27,8 +27,9 @@ def run_blocking(function: Callable[[], T]) -> T:
         except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller
             return False, exc
 
-    succeeded, value = get_hub().threadpool.apply(captured)
+    outcome: tuple[bool, T | BaseException] = get_hub().threadpool.apply(captured)
+    succeeded, value = outcome
     if not succeeded:
         assert isinstance(value, BaseException)
         raise value
-    return value  # type: ignore[return-value]
+    return cast(T, value)

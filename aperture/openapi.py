@@ -9,7 +9,8 @@ from rest_framework import serializers
 DOCUMENTED_PREFIXES = ("/api/v1/", "/v1/", "/openai/deployments/")
 
 
-class ApiKeyScheme(OpenApiAuthenticationExtension):
+# drf-spectacular's registering __init_subclass__ has no annotations.
+class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     target_class = "tenants.authentication.ApiKeyAuthentication"
     name = "ApiKey"
 

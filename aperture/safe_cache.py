@@ -52,6 +52,6 @@ def delete_many(keys: list[str]) -> None:
 def ping() -> bool:
     try:
         cache.set("aperture:ping", "1", 5)
-        return cache.get("aperture:ping") == "1"
+        return bool(cache.get("aperture:ping") == "1")
     except Exception:  # noqa: BLE001
         return False

@@ -9,12 +9,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import django_stubs_ext
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from aperture.local_secrets import load_or_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# `ModelAdmin[ApiKey]` and the like at runtime, as the type stubs write them.
+django_stubs_ext.monkeypatch()
 
 env = environ.Env()
 
@@ -25,7 +29,7 @@ DEBUG = env.bool("DEBUG", default=False)
 
 def _secret(name: str, kind: str = "token") -> str:
     """A secret from `NAME`, or the file named by `NAME_FILE`, or (embedded only) var/."""
-    value = env.str(name, default="")
+    value: str = env.str(name, default="")
     file_name = env.str(f"{name}_FILE", default="")
     if not value and file_name:
         value = Path(file_name).read_text().strip()
@@ -79,7 +83,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "aperture.urls"
+ROOT_URLCONF = "gateway.urls"
 APPEND_SLASH = False
 
 TEMPLATES = [

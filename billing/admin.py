@@ -19,7 +19,7 @@ def usd(micro: int | None) -> str:
 
 
 @admin.register(Price)
-class PriceAdmin(admin.ModelAdmin):
+class PriceAdmin(admin.ModelAdmin[Price]):
     list_display = [
         "provider",
         "model_pattern",
@@ -60,7 +60,7 @@ class PriceAdmin(admin.ModelAdmin):
 LIMIT_FIELDS = ("limit_micro", "limit_images")
 
 
-class BudgetForm(forms.ModelForm):
+class BudgetForm(forms.ModelForm[Budget]):
     class Meta:
         model = Budget
         fields = ["workspace", "team", "key", "scope", "period", "limit_micro", "limit_images"]
@@ -84,7 +84,7 @@ class BudgetForm(forms.ModelForm):
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(admin.ModelAdmin[Budget]):
     form = BudgetForm
     list_display = [
         "__str__",
@@ -173,7 +173,7 @@ class BudgetAdmin(admin.ModelAdmin):
                 messages.error(request, refused.message)
 
 
-class _ReadOnly(admin.ModelAdmin):
+class _ReadOnly(admin.ModelAdmin[Any]):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 

@@ -219,15 +219,6 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> None:
     """Turn the hold into the actual spend (0 and 0 release it)."""
     if hold.empty:
         return
-    for held in hold.holds:
-        if cost_micro > held.amount_micro or images > held.images:
-            logger.warning(
-                "request cost %s µUSD / %s images above its estimate %s / %s; capped at the limit",
-                cost_micro,
-                images,
-                held.amount_micro,
-                held.images,
-            )
     with transaction.atomic():
         still_held = _delete_reservations([h.reservation_id for h in hold.holds])
         for held in hold.holds:

@@ -2,7 +2,9 @@
 
 Prices match an upstream model exactly or by a prefix pattern (`gpt-image-1*`); the most
 specific row wins (exact model, then the longest prefix; a row for the exact size and
-quality beats one for any). A model without a price costs 0 and is logged once.
+quality beats one for any). Model ids match case-sensitively, as the providers match them.
+A model without a price is not served (`require_price`: 400 `model_not_priced`) unless an
+operator marked its credential or deployment free.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aperture import config_cache
+from aperture.errors import InvalidRequest
 from billing.models import Price
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,21 @@ def _warn_unpriced(provider: str, model: str) -> None:
         logger.warning("no price for %s model %s: its requests cost 0", provider, model)
 
 
+class ModelNotPriced(InvalidRequest):
+    code = "model_not_priced"
+
+
+def require_price(provider: str, model: str, *, free: bool, param: str | None = "model") -> None:
+    """Refuse a model that would be served for nothing by accident (400 before any call)."""
+    if free or has_price(provider, model):
+        return
+    raise ModelNotPriced(
+        f"The model '{model}' ({provider}) has no price, so this gateway does not serve it; "
+        "an operator must add a price or mark its credential or deployment free.",
+        param=param,
+    )
+
+
 def token_count(value: Any) -> int:
     """A token count from an upstream's usage; anything odd counts as 0, never a 500."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
@@ -67,6 +85,11 @@ def per_image_estimate(provider: str, model: str, size: str | None, quality: str
     if not candidates:
         _warn_unpriced(provider, model)
         return 0
+    # A size or quality no price names may be read by the upstream as any of them.
+    if size not in {p.size for p in candidates if p.size}:
+        size = None
+    if quality not in {p.quality for p in candidates if p.quality}:
+        quality = None
     amounts = [
         p.per_image_micro
         for p in candidates

@@ -4,15 +4,18 @@ import json
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
 
 from billing import pricing
-from routing import services
+from routing import selectors, services
 from routing.models import Deployment, ModelAlias, ProviderCredential
-from routing.providers.auth import AUTH, auth_for
+from routing.providers.auth import auth_for
+from routing.providers.registry import AUTH
 from tenants.audit import audit_record, operator_actor
 
 
@@ -25,11 +28,71 @@ def _scope(obj: ProviderCredential | ModelAlias) -> str:
     return obj.workspace.slug if obj.workspace_id and obj.workspace else "platform"
 
 
+_LISTED_UNPRICED = 20  # the warning names this many deployments, then counts the rest
+
+
+def _warn_unpriced(request: HttpRequest) -> None:
+    """Name every deployment a request would be refused on (`model_not_priced`), so the
+    operator adds its price or marks it free before a caller finds out."""
+    refused = selectors.unpriced_deployments()
+    if not refused:
+        return
+    names = "; ".join(
+        f"{d.alias} → {d.credential.name} ({d.credential.provider}): {d.upstream_model}"
+        for d in refused[:_LISTED_UNPRICED]
+    )
+    more = len(refused) - _LISTED_UNPRICED
+    if more > 0:
+        names += f"; and {more} more"
+    messages.warning(
+        request,
+        f"{len(refused)} deployment(s) have no price and are refused (model_not_priced): "
+        f"{names}. Add a price (Billing → Prices) or mark the deployment or its credential free.",
+    )
+
+
+class UnpricedWarningMixin:
+    """Warns about unpriced deployments on the changelist and after a save: the changelist
+    a save returns to warns by itself, other destinations (continue, add another) get it here."""
+
+    model: type[Any]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response: HttpResponse = super().changelist_view(  # type: ignore[misc]
+            request, extra_context
+        )
+        if request.method == "GET" and isinstance(response, TemplateResponse):
+            _warn_unpriced(request)  # rendered lazily, so the message still shows on this page
+        return response
+
+    def _after_save(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        meta = self.model._meta
+        changelist = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+        to_changelist = (
+            isinstance(response, HttpResponseRedirect) and response.url.split("?")[0] == changelist
+        )
+        if not to_changelist:
+            _warn_unpriced(request)
+        return response
+
+    def response_add(
+        self, request: HttpRequest, obj: Any, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        response = super().response_add(request, obj, post_url_continue)  # type: ignore[misc]
+        return self._after_save(request, response)
+
+    def response_change(self, request: HttpRequest, obj: Any) -> HttpResponse:
+        response = super().response_change(request, obj)  # type: ignore[misc]
+        return self._after_save(request, response)
+
+
 def _default_roots() -> str:
     return json.dumps({name: a.default_base_url for name, a in AUTH.items() if a.default_base_url})
 
 
-class CredentialForm(forms.ModelForm):
+class CredentialForm(forms.ModelForm[ProviderCredential]):
     base_url = forms.URLField(
         required=False,
         assume_scheme="https",
@@ -57,6 +120,7 @@ class CredentialForm(forms.ModelForm):
             "options",
             "passthrough_enabled",
             "passthrough_path_prefixes",
+            "free",
             "enabled",
         ]
 
@@ -88,7 +152,7 @@ class CredentialForm(forms.ModelForm):
 
 
 @admin.register(ProviderCredential)
-class ProviderCredentialAdmin(admin.ModelAdmin):
+class ProviderCredentialAdmin(UnpricedWarningMixin, admin.ModelAdmin[ProviderCredential]):
     form = CredentialForm
     list_display = [
         "name",
@@ -97,10 +161,11 @@ class ProviderCredentialAdmin(admin.ModelAdmin):
         "base_url",
         "masked_secret",
         "passthrough_enabled",
+        "free",
         "enabled",
         "updated_at",
     ]
-    list_filter = ["provider", "enabled", "passthrough_enabled", "workspace"]
+    list_filter = ["provider", "enabled", "passthrough_enabled", "free", "workspace"]
     list_select_related = ["workspace"]
     search_fields = ["name", "base_url", "workspace__slug", "public_id"]
     readonly_fields = ["public_id", "masked_secret", "created_at", "updated_at"]
@@ -124,6 +189,7 @@ class ProviderCredentialAdmin(admin.ModelAdmin):
                 options=data["options"],
                 passthrough_enabled=data["passthrough_enabled"],
                 passthrough_path_prefixes=data["passthrough_path_prefixes"],
+                free=data["free"],
                 enabled=data["enabled"],
             )
             obj.pk = created.pk
@@ -140,7 +206,7 @@ class ProviderCredentialAdmin(admin.ModelAdmin):
             services.credential_rotate_secret(actor=_actor(request), credential=obj, secret=secret)
 
 
-class DeploymentForm(forms.ModelForm):
+class DeploymentForm(forms.ModelForm[Deployment]):
     """Checks that the credential may serve the alias (platform alias → platform credential)."""
 
     class Meta:
@@ -153,6 +219,7 @@ class DeploymentForm(forms.ModelForm):
             "weight",
             "timeout_seconds",
             "options",
+            "free",
             "enabled",
         ]
 
@@ -170,7 +237,7 @@ class DeploymentForm(forms.ModelForm):
         return data
 
 
-class DeploymentInline(admin.TabularInline):
+class DeploymentInline(admin.TabularInline[Deployment, ModelAlias]):
     model = Deployment
     form = DeploymentForm
     extra = 0
@@ -178,7 +245,7 @@ class DeploymentInline(admin.TabularInline):
 
 
 @admin.register(ModelAlias)
-class ModelAliasAdmin(admin.ModelAdmin):
+class ModelAliasAdmin(UnpricedWarningMixin, admin.ModelAdmin[ModelAlias]):
     list_display = ["name", _scope, "deployment_count", "enabled", "updated_at"]
     list_filter = ["enabled", "workspace"]
     list_select_related = ["workspace"]
@@ -225,17 +292,18 @@ class ModelAliasAdmin(admin.ModelAdmin):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(UnpricedWarningMixin, admin.ModelAdmin[Deployment]):
     list_display = [
         "alias",
         "credential",
         "upstream_model",
         "priced",
+        "free",
         "priority",
         "weight",
         "enabled",
     ]
-    list_filter = ["enabled", "credential__provider"]
+    list_filter = ["enabled", "free", "credential__free", "credential__provider"]
     list_select_related = ["alias", "alias__workspace", "credential", "credential__workspace"]
     search_fields = ["upstream_model", "alias__name", "credential__name"]
     autocomplete_fields = ["alias", "credential"]
@@ -245,7 +313,7 @@ class DeploymentAdmin(admin.ModelAdmin):
 
     @admin.display(description="Priced", boolean=True)
     def priced(self, obj: Deployment) -> bool:
-        """A deployment without a price serves for free: visible here so operators add one."""
+        """A deployment without a price is refused unless it or its credential is free."""
         return pricing.has_price(obj.credential.provider, obj.upstream_model)
 
     def save_model(self, request: HttpRequest, obj: Deployment, form: Any, change: bool) -> None:

@@ -107,6 +107,7 @@ class _Planner:
             "options": item.options,
             "passthrough_enabled": item.passthrough_enabled,
             "passthrough_path_prefixes": item.passthrough_path_prefixes,
+            "free": item.free,
             "enabled": item.enabled,
         }
         existing = (
@@ -186,6 +187,7 @@ class _Planner:
             "timeout_seconds": spec.timeout_seconds,
             "enabled": spec.enabled,
             "options": spec.options,
+            "free": spec.free,
         }
         diff = {k: v for k, v in wanted.items() if getattr(row, k) != v}
         if diff:
@@ -228,6 +230,7 @@ class _Planner:
             weight=spec.weight,
             timeout_seconds=spec.timeout_seconds,
             enabled=spec.enabled,
+            free=spec.free,
             options=spec.options,
         )
 

@@ -55,6 +55,7 @@ class CredentialSpec:
     options: dict[str, Any]
     passthrough_enabled: bool
     passthrough_path_prefixes: list[str]
+    free: bool
     enabled: bool
 
 
@@ -68,6 +69,7 @@ class DeploymentSpec:
     timeout_seconds: int
     enabled: bool
     options: dict[str, Any] = field(default_factory=dict)
+    free: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
             # The model's field names, accepted too (files written before the short names).
             "passthrough_enabled",
             "passthrough_path_prefixes",
+            "free",
             "enabled",
         },
         what,
@@ -234,6 +237,7 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
         options=options,
         passthrough_enabled=passthrough,
         passthrough_path_prefixes=[str(p) for p in prefixes],
+        free=_get(item, "free", bool, False, what),
         enabled=_get(item, "enabled", bool, True, what),
     )
 
@@ -242,7 +246,16 @@ def _deployment(item: dict[str, Any]) -> DeploymentSpec:
     what = "a deployment"
     _check_keys(
         item,
-        {"credential", "model", "priority", "weight", "timeout_seconds", "enabled", "options"},
+        {
+            "credential",
+            "model",
+            "priority",
+            "weight",
+            "timeout_seconds",
+            "enabled",
+            "options",
+            "free",
+        },
         what,
     )
     spec = DeploymentSpec(
@@ -254,6 +267,7 @@ def _deployment(item: dict[str, Any]) -> DeploymentSpec:
         timeout_seconds=_get(item, "timeout_seconds", int, 120, what),
         enabled=_get(item, "enabled", bool, True, what),
         options=_without_lines(_get(item, "options", dict, {}, what)),
+        free=_get(item, "free", bool, False, what),
     )
     if spec.weight < 1:
         raise ConfigError(spec.line, "'weight' must be at least 1")

@@ -14,21 +14,9 @@ from routing.models import ProviderCredential
 from routing.providers import http
 from routing.providers.auth import base_url_for, credential_headers
 from routing.providers.base import ProviderError
+from routing.providers.registry import ADAPTERS
 
 CHECK_TIMEOUT_SECONDS = 10.0
-
-# The free, read-only call of each provider that needs a valid key (providers.md; the
-# providers' API references). Seedream (Ark), Black Forest Labs and Z.AI have none known
-# that is free, so they cannot be tested without spending.
-CHECK_PATHS: dict[str, str] = {
-    "openai": "/v1/models",
-    "azure": "/openai/models",
-    "gemini": "/v1beta/models",
-    "xai": "/v1/models",
-    "openrouter": "/api/v1/key",
-    "stability": "/v1/user/account",
-    "replicate": "/v1/account",
-}
 
 
 @dataclass(frozen=True)
@@ -46,15 +34,17 @@ def _masked(text: str, secret: str) -> str:
 
 
 def check_credential(credential: ProviderCredential) -> CheckResult:
-    """Call the provider once with this credential; never raises for the provider's answer."""
+    """Call the provider once with this credential (the free, read-only call its adapter
+    declares); never raises for the provider's answer."""
     provider = credential.provider
-    if provider not in CHECK_PATHS:
+    adapter = ADAPTERS.get(provider)
+    if adapter is None or adapter.check_path is None:
         raise Unsupported(
             f"No free call is known that tests a {provider} credential; the first request "
             "through it will tell.",
         )
-    url = base_url_for(provider, credential.base_url) + CHECK_PATHS[provider]
-    params = {"api-version": credential.api_version} if provider == "azure" else None
+    url = base_url_for(provider, credential.base_url) + adapter.check_path
+    params = adapter.check_params(credential.api_version)
     secret = credential.secret()
     headers = {
         **{str(k): str(v) for k, v in (credential.extra_headers or {}).items()},
@@ -88,5 +78,5 @@ def check_credential(credential: ProviderCredential) -> CheckResult:
     with response:
         if 200 <= response.status_code < 300:
             return result(True, response.status_code, "The provider accepted the credential.")
-        message, _ = http.upstream_message(response)
+        message = http.error_body(provider, response).message
         return result(False, response.status_code, f"{provider}: {message}")

@@ -14,8 +14,9 @@ from aperture.json_body import read_json_object
 from routing.api.inference_schema import edit_schema, generation_schema
 from routing.images import hosting
 from routing.images.edit_form import read_edit_form
-from routing.images.generation import UrlBuilder, generate_images
+from routing.images.results import UrlBuilder
 from routing.metered import MeteredView
+from routing.pipeline import generate
 from routing.relay import Relay
 from tenants.permissions import request_principal
 
@@ -43,7 +44,7 @@ class ImageGenerationView(MeteredView):
     @generation_schema
     def post(self, request: Request, alias: str | None = None) -> HttpResponseBase:
         body = read_json_object(request._request)
-        result = generate_images(
+        result = generate(
             principal=request_principal(request),
             body=body,
             url_for=_url_builder(request),
@@ -65,7 +66,7 @@ class ImageEditView(MeteredView):
     @edit_schema
     def post(self, request: Request, alias: str | None = None) -> HttpResponseBase:
         form = read_edit_form(request._request)
-        result = generate_images(
+        result = generate(
             principal=request_principal(request),
             body=form.fields,
             url_for=_url_builder(request),

@@ -60,6 +60,11 @@ class ProviderCredential(models.Model):
     passthrough_path_prefixes = models.JSONField(
         default=list, blank=True, help_text="If set, passthrough is limited to these path prefixes."
     )
+    free = models.BooleanField(
+        default=False,
+        help_text="Serve models without a price at no charge (every deployment and passthrough "
+        "call on this credential). Off: a model without a price is refused (model_not_priced).",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -157,6 +162,11 @@ class Deployment(models.Model):
         blank=True,
         help_text="Provider options for this deployment (over the credential's), e.g. "
         '{"api": "images"} for OpenRouter\'s Image API.',
+    )
+    free = models.BooleanField(
+        default=False,
+        help_text="Serve this deployment at no charge even if its model has no price. Off: a "
+        "model without a price is refused (model_not_priced).",
     )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -12,7 +12,8 @@ from rest_framework.request import Request
 from aperture.errors import InvalidRequest
 from routing.metered import MeteredView
 from routing.passthrough import headers as header_rules
-from routing.passthrough.service import IncomingBody, ProxiedResponse, proxy
+from routing.passthrough.body import IncomingBody
+from routing.pipeline import ProxiedResponse, pass_through
 from tenants.authentication import NativeApiKeyAuthentication
 from tenants.permissions import request_principal
 
@@ -64,9 +65,7 @@ def _streaming_response(proxied: ProxiedResponse, credential_name: str) -> Strea
     response = StreamingHttpResponse(proxied.body, status=proxied.status)
     del response["Content-Type"]  # only the upstream's, if it sent one
     for name, value in proxied.headers:
-        if name.lower() == "set-cookie":
-            response.cookies.load(value)
-        elif name.lower() == "x-request-id":
+        if name.lower() == "x-request-id":
             response["x-upstream-request-id"] = value  # x-request-id is the gateway's
         elif name in response:
             response[name] = f"{response[name]}, {value}"
@@ -82,7 +81,7 @@ class PassthroughView(MeteredView):
     content_negotiation_class = _JsonErrorsOnly
 
     def relay(self, request: Request, provider: str, path: str = "") -> StreamingHttpResponse:
-        proxied = proxy(
+        proxied = pass_through(
             principal=request_principal(request),
             meter=self.meter,
             credential_name=provider,

@@ -1,46 +1,54 @@
-"""A response body relayed to the caller chunk by chunk, settled when it closes.
+"""An upstream answer relayed to the caller chunk by chunk, counted, and settled when it ends.
 
-Used by passthrough and by streamed image generation: chunks go out as they arrive, a
-chunk counts as delivered only once the server asks for the next one (so a caller that
-went away is not charged for what never reached it), images in an image route's response
-are counted as they pass, and closing the body (the end, a disconnect, or an upstream that
-broke) releases the budget hold and charges what was delivered.
+Used by passthrough and by streamed image generation. Chunks go out as they arrive and are
+fed to a tally (routing/tally.py) as they pass. A caller that goes away does not end the
+upstream's work, nor its bill: closing early keeps reading the upstream's answer into the
+tally (bounded by the tally's size cap and a deadline) so the caller pays for what the
+upstream produced. The end — complete, cut by the caller, or broken upstream — is handed
+once to `on_end`, which settles.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import requests
 import urllib3
 
-from billing import budgets
 from billing.metering import Meter
-from routing.passthrough import image_routes
-from routing.passthrough.form_fields import FormFieldSniffer
 from routing.providers.http import read_chunks
+from routing.tally import Counted, ResponseTally
 
-__all__ = ["Relay", "read_chunks"]
+__all__ = ["Ending", "Relay", "read_chunks"]
 
 logger = logging.getLogger(__name__)
+_UPSTREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a relayed answer ended, and what it held."""
+
+    outcome: str  # "" (delivered), "client_disconnected" or "upstream_stream_broken"
+    counted: Counted | None  # None: complete but not measurable (over the cap, unreadable)
 
 
 @dataclass
 class Relay:
-    """An iterable body for StreamingHttpResponse; its close() settles the call."""
+    """An iterable body for StreamingHttpResponse; its close() ends the call once."""
 
     source: Iterator[bytes]
     close_source: Callable[[], None]
-    status: int
     meter: Meter
-    hold: budgets.Hold
-    route: image_routes.ImageRoute | None = None
-    facts: image_routes.RequestFacts | None = None
-    sniffer: FormFieldSniffer | None = None
-    tally: image_routes.ResponseTally | None = None
+    on_end: Callable[[Ending], None]
+    tally: ResponseTally | None = None  # None: nothing in this answer is charged
+    drain_seconds: float = 300.0  # how long a caller's hang-up may keep us reading
     _outcome: str = "client_disconnected"
+    _upstream_done: bool = False
+    _pending: bytes | None = None
     _closed: bool = False
     _chunks: Iterator[bytes] | None = field(default=None, repr=False)
 
@@ -51,17 +59,22 @@ class Relay:
     def _relay(self) -> Iterator[bytes]:
         try:
             for chunk in self.source:
+                self._pending = chunk
                 yield chunk
-                # Counted once the server asks for more: only then was this chunk written.
+                # Counted as delivered once the server asks for more: only then was it written.
+                self._pending = None
                 self.meter.bytes_out += len(chunk)
-                if self.tally is not None:
-                    self.tally.feed(chunk)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                self._count(chunk)
+        except _UPSTREAM_ERRORS as exc:
             self._outcome = "upstream_stream_broken"
             logger.warning("stream from upstream broke: %s", type(exc).__name__)
             # Re-raised so the server drops the connection: a clean end would look complete.
             raise
-        self._outcome = ""
+        self._outcome, self._upstream_done = "", True
+
+    def _count(self, chunk: bytes) -> None:
+        if self.tally is not None:
+            self.tally.feed(chunk)
 
     def close(self) -> None:
         if self._closed:
@@ -69,40 +82,45 @@ class Relay:
         self._closed = True
         if self._chunks is not None:
             self._chunks.close()  # type: ignore[attr-defined]
-        self.close_source()
         try:
-            self._settle()
+            if self._outcome == "client_disconnected":
+                self._drain()
+        finally:
+            self.close_source()
+        self.meter.finish()
+        try:
+            self.on_end(Ending(self._outcome, self._counted()))
         except Exception:
-            logger.exception("could not settle streamed call %s", self.meter.request_id)
+            logger.exception("could not settle relayed call %s", self.meter.request_id)
 
-    def _settle(self) -> None:
-        meter = self.meter
-        meter.error_code = self._outcome
-        meter.finish()
-        cost, images = 0, 0
-        if self.route is not None and 200 <= self.status < 300:
-            facts = self.facts or image_routes.RequestFacts(model="")
-            if self.sniffer is not None and self.sniffer.fields:
-                facts = image_routes.request_facts(self.route, self.sniffer.fields)
-            meter.upstream_model = facts.model
-            counted = self._counted()
-            if counted is None:  # complete, but too large or encoded past reading
-                cost = max(h.amount_micro for h in self.hold.holds) if self.hold.holds else 0
-                images = facts.n
-                meter.error_code = meter.error_code or "unmetered_response"
-            else:
-                cost, images = counted.cost_micro(self.route, facts), counted.images
-                meter.input_tokens, meter.output_tokens = (
-                    counted.input_tokens,
-                    counted.output_tokens,
-                )
-        meter.cost_micro, meter.images = cost, images
-        budgets.settle(self.hold, cost_micro=cost, images=images)
-
-    def _counted(self) -> image_routes.Counted | None:
+    def _drain(self) -> None:
+        """The caller went away: read the rest of the answer, so that it is paid for."""
         tally = self.tally
         if tally is None:
-            return image_routes.Counted()
-        if self._outcome:  # cut short: only events already delivered count
-            return tally.counted if tally.streaming else image_routes.Counted()
-        return tally.result()
+            return
+        if self._pending is not None:  # handed to the server, never written
+            tally.feed(self._pending)
+        deadline = time.monotonic() + self.drain_seconds
+        try:
+            for chunk in self.source:
+                tally.feed(chunk)
+                if tally.overflowed or tally.unreadable or time.monotonic() > deadline:
+                    return
+        except _UPSTREAM_ERRORS as exc:
+            logger.warning("upstream broke while finishing a call: %s", type(exc).__name__)
+            return
+        self._upstream_done = True
+
+    def _counted(self) -> Counted | None:
+        tally = self.tally
+        if tally is None:
+            return Counted()
+        if tally.overflowed or tally.unreadable:
+            return None
+        if self._upstream_done:
+            return tally.result()
+        if tally.streaming:  # the events already complete count; the rest never came
+            return tally.counted
+        if self._outcome == "upstream_stream_broken":
+            return Counted()  # half a JSON answer is no image
+        return None  # a JSON answer the caller left and we could not finish reading

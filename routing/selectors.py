@@ -6,6 +6,7 @@ from django.db.models import Q, QuerySet
 
 from aperture import config_cache
 from aperture.errors import ModelNotFound, NotFound, PermissionError_
+from billing import pricing
 from routing.models import Deployment, ModelAlias, ProviderCredential
 from tenants.key_auth import KeyPrincipal
 
@@ -84,6 +85,7 @@ class PassthroughTarget:
     secret: str
     extra_headers: dict[str, str]
     path_prefixes: tuple[str, ...]
+    free: bool = False  # an operator's choice: its models need no price
 
 
 def _find_passthrough(workspace_id: int, name: str) -> PassthroughTarget | None:
@@ -105,6 +107,7 @@ def _find_passthrough(workspace_id: int, name: str) -> PassthroughTarget | None:
         secret=credential.secret(),
         extra_headers={str(k): str(v) for k, v in (credential.extra_headers or {}).items()},
         path_prefixes=tuple(str(p) for p in credential.passthrough_path_prefixes or []),
+        free=credential.free,
     )
 
 
@@ -174,3 +177,24 @@ def credential_of_workspace(workspace_id: int, public_id: str) -> ProviderCreden
     if credential is None:
         raise NotFound(f"No credential '{public_id}' in this workspace.")
     return credential
+
+
+def unpriced_deployments() -> list[Deployment]:
+    """Every deployment a request would reach that is refused as `model_not_priced`: enabled,
+    on an enabled alias and credential, neither it nor its credential marked free, and no
+    price for its provider and model (matched as the provider matches ids, by case).
+
+    An operator-wide read for the admin and `manage.py apply`, not scoped to a workspace: one
+    query for the deployments, and the prices per provider from the configuration cache."""
+    rows = (
+        Deployment.objects.filter(
+            enabled=True,
+            free=False,
+            alias__enabled=True,
+            credential__enabled=True,
+            credential__free=False,
+        )
+        .select_related("alias__workspace", "credential__workspace")
+        .order_by("alias__workspace__slug", "alias__name", "priority", "id")
+    )
+    return [d for d in rows if not pricing.has_price(d.credential.provider, d.upstream_model)]

@@ -22,6 +22,7 @@ CREDENTIAL_FIELDS = {
     "options",
     "passthrough_enabled",
     "passthrough_path_prefixes",
+    "free",
     "enabled",
 }
 # Top-level routes of the gateway itself: a credential of that name would shadow them.
@@ -81,6 +82,7 @@ def credential_create(
     options: dict[str, Any] | None = None,
     passthrough_enabled: bool = False,
     passthrough_path_prefixes: list[str] | None = None,
+    free: bool = False,
     enabled: bool = True,
 ) -> ProviderCredential:
     check_credential_name(name)
@@ -95,6 +97,7 @@ def credential_create(
         options=options or {},
         passthrough_enabled=passthrough_enabled,
         passthrough_path_prefixes=clean_passthrough_prefixes(passthrough_path_prefixes or []),
+        free=free,
         enabled=enabled,
     )
     credential.set_secret(secret)
@@ -197,6 +200,7 @@ def deployment_create(
     weight: int = 1,
     timeout_seconds: int = 120,
     enabled: bool = True,
+    free: bool = False,
     options: dict[str, Any] | None = None,
 ) -> Deployment:
     check_deployment_scope(alias, credential)
@@ -208,6 +212,7 @@ def deployment_create(
         weight=weight,
         timeout_seconds=timeout_seconds,
         enabled=enabled,
+        free=free,
         options=options or {},
     )
     audit_record(
@@ -260,7 +265,9 @@ def alias_delete(*, actor: str, alias: ModelAlias) -> None:
 
 @transaction.atomic
 def deployment_update(*, actor: str, deployment: Deployment, fields: dict[str, Any]) -> Deployment:
-    _assign(deployment, fields, {"priority", "weight", "timeout_seconds", "enabled", "options"})
+    _assign(
+        deployment, fields, {"priority", "weight", "timeout_seconds", "enabled", "options", "free"}
+    )
     deployment.save()
     audit_record(
         actor=actor,

@@ -3,7 +3,7 @@
 A tenant's base URL is hostile input: it must be https (http only for an allowlisted host),
 carry no user info, and name a host that resolves only to public addresses unless an
 operator allowlists it (APERTURE_FETCH_ALLOWED_HOSTS). The gateway's own calls on such a
-credential are checked again when they connect (routing/images/fetch.py).
+credential are checked again when they connect (aperture/outbound.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from aperture.errors import Conflict
+from aperture.outbound import PrivateAddress, allowed_address
 from routing import services
-from routing.images.fetch import PrivateAddress, allowed_address
 from routing.models import Provider, ProviderCredential
 from routing.providers.auth import auth_for
 from tenants.models import Workspace

@@ -4,7 +4,9 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import ModelAdmin, TabularInline
 from django.db.models import Count, QuerySet
+from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -18,7 +20,7 @@ def _actor(request: HttpRequest) -> str:
     return operator_actor(request.user.get_username())
 
 
-class TeamInline(admin.TabularInline):
+class TeamInline(TabularInline[Team, Workspace]):
     model = Team
     fields = ["slug", "name", "archived_at"]
     extra = 0
@@ -26,7 +28,7 @@ class TeamInline(admin.TabularInline):
 
 
 @admin.register(Workspace)
-class WorkspaceAdmin(admin.ModelAdmin):
+class WorkspaceAdmin(ModelAdmin[Workspace]):
     list_display = ["slug", "name", "status", "team_count", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name", "public_id"]
@@ -73,7 +75,7 @@ class WorkspaceAdmin(admin.ModelAdmin):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(ModelAdmin[Team]):
     list_display = ["slug", "name", "workspace", "archived_at", "created_at"]
     list_filter = ["workspace"]
     list_select_related = ["workspace"]
@@ -107,7 +109,7 @@ class _AliasListField(forms.CharField):
         return [part.strip() for part in text.split(",") if part.strip()]
 
 
-class ApiKeyForm(forms.ModelForm):
+class ApiKeyForm(ModelForm[ApiKey]):
     scopes = forms.MultipleChoiceField(
         choices=ApiKey.Scope.choices,
         widget=forms.CheckboxSelectMultiple,
@@ -131,7 +133,7 @@ class ApiKeyForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ModelAdmin[ApiKey]):
     form = ApiKeyForm
     list_display = [
         "name",
@@ -217,7 +219,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ModelAdmin[AuditEvent]):
     list_display = ["created_at", "actor", "event", "target_type", "target_id", "workspace"]
     list_filter = ["event", "workspace"]
     list_select_related = ["workspace"]

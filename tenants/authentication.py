@@ -12,8 +12,8 @@ _MAX_HEADER_LENGTH = 512
 
 def presented_secret(request: Request) -> str | None:
     """The secret the caller presented, None if there is none, 401 if it is malformed."""
-    authorization = request.META.get("HTTP_AUTHORIZATION")
-    api_key = request.META.get("HTTP_API_KEY")
+    authorization: str | None = request.META.get("HTTP_AUTHORIZATION")
+    api_key: str | None = request.META.get("HTTP_API_KEY")
     if authorization is None and api_key is None:
         return None
     if authorization is not None:

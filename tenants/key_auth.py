@@ -95,7 +95,7 @@ def _load(public_id: str) -> dict[str, Any] | None:
 
 def _lookup(public_id: str) -> dict[str, Any] | None:
     cache_key = _cache_key(public_id)
-    entry = safe_cache.get(cache_key)
+    entry: dict[str, Any] | None = safe_cache.get(cache_key)
     if entry is None:
         entry = _load(public_id)
         if entry is None:

@@ -123,8 +123,10 @@ def outsider(outsider_key: CreatedKey) -> APIClient:
 
 @pytest.fixture
 def local_credential(db: None) -> ProviderCredential:
+    # Renders on this machine at no cost to anyone: the operator marks it free (a model
+    # without a price is otherwise refused).
     return routing_services.credential_create(
-        actor=ACTOR, name="local", provider=Provider.LOCAL, secret=""
+        actor=ACTOR, name="local", provider=Provider.LOCAL, secret="", free=True
     )
 
 

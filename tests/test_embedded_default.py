@@ -16,7 +16,7 @@ from PIL import Image
 from tests.support import ROOT, free_port, wait_for
 
 
-def _read_lines(stream, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _read_lines(stream, sink: list[str]) -> None:
     for line in iter(stream.readline, ""):
         sink.append(line)
 
@@ -134,7 +134,7 @@ def _walk_through_the_management_api(base: str, admin_key: str) -> None:
 
 
 @pytest.mark.django_db
-def test_seed_demo_is_idempotent_and_prints_the_same_key(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_seed_demo_is_idempotent_and_prints_the_same_key(tmp_path: Path, settings) -> None:
     import io
 
     from django.core.management import call_command

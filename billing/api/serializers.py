@@ -15,7 +15,7 @@ from billing.usage_reports import GROUPS, SummaryRow
 
 
 @extend_schema_field(OpenApiTypes.STR)
-class DateOrDateTimeField(serializers.Field):
+class DateOrDateTimeField(serializers.Field[Any, Any, Any, Any]):
     """`2026-12-01` (a whole UTC day) or an ISO 8601 date-time."""
 
     def __init__(self, *, end_of_day: bool = False, **kwargs: Any) -> None:
@@ -75,7 +75,7 @@ class UsageSummaryFilterIn(UsageFilterIn):
     group_by = serializers.ChoiceField(choices=list(GROUPS), default="day")
 
 
-class UsageRecordOut(serializers.Serializer):
+class UsageRecordOut(serializers.Serializer[Any]):
     request_id = serializers.CharField()
     created_at = serializers.DateTimeField()
     team = serializers.CharField(source="team.public_id")
@@ -104,7 +104,7 @@ class UsageRecordOut(serializers.Serializer):
         return usd(record.cost_micro)
 
 
-class SummaryRowOut(serializers.Serializer):
+class SummaryRowOut(serializers.Serializer[Any]):
     group = serializers.CharField(help_text="The day, alias, key id or team id.")
     label = serializers.CharField(  # type: ignore[assignment]
         help_text="The key's name or team's slug; else the group."
@@ -124,7 +124,7 @@ class SummaryRowOut(serializers.Serializer):
 SUMMARY_COLUMNS = list(SummaryRowOut().fields)
 
 
-class TotalsOut(serializers.Serializer):
+class TotalsOut(serializers.Serializer[Any]):
     requests = serializers.IntegerField()
     images = serializers.IntegerField()
     errors = serializers.IntegerField()  # type: ignore[assignment]
@@ -132,7 +132,7 @@ class TotalsOut(serializers.Serializer):
     cost_usd = serializers.CharField()
 
 
-class BudgetOut(serializers.Serializer):
+class BudgetOut(serializers.Serializer[Any]):
     id = serializers.CharField(source="budget.public_id")
     scope = serializers.ChoiceField(choices=Budget.Scope.choices, source="budget.scope")
     team = serializers.SerializerMethodField()

@@ -22,7 +22,7 @@ PRICES = {
         {"model_pattern": "grok-imagine-image-pro", "per_image_micro": 70_000},  # L
     ],
     # Replicate bills per model run; these are its public per-image prices for common image
-    # models (not in providers.md: L, check your account's rate card).
+    # models (not in docs/providers.md: L, check your account's rate card).
     "replicate": [
         {"model_pattern": "black-forest-labs/flux-schnell*", "per_image_micro": 3_000},
         {"model_pattern": "black-forest-labs/flux-dev*", "per_image_micro": 25_000},

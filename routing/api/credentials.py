@@ -19,7 +19,7 @@ from routing.api.serializers import (
     CredentialRotateIn,
 )
 from routing.credential_check import check_credential
-from routing.images.generation import release_database_connection
+from routing.pipeline import release_database_connection
 from routing.workspace_credentials import (
     workspace_credential_create,
     workspace_credential_delete,

@@ -4,6 +4,8 @@ These serializers only document (the views validate against each model's capabil
 the test suite checks real responses against them.
 """
 
+from typing import Any
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -11,7 +13,7 @@ from rest_framework import serializers
 IMAGE_TAGS = ["Images (OpenAI-compatible)"]
 
 
-class ImageGenerationDoc(serializers.Serializer):
+class ImageGenerationDoc(serializers.Serializer[Any]):
     model = serializers.CharField(help_text="An alias (GET /v1/models).")
     prompt = serializers.CharField()
     n = serializers.IntegerField(required=False, min_value=1)
@@ -36,7 +38,7 @@ class ImageGenerationDoc(serializers.Serializer):
     allow_partial = serializers.BooleanField(required=False)
 
 
-class ImageEditDoc(serializers.Serializer):
+class ImageEditDoc(serializers.Serializer[Any]):
     image = serializers.FileField(help_text="Or image[] (up to 16 files).")
     mask = serializers.FileField(required=False)
     prompt = serializers.CharField()
@@ -49,13 +51,13 @@ class ImageEditDoc(serializers.Serializer):
     stream = serializers.BooleanField(required=False)
 
 
-class ImageDataDoc(serializers.Serializer):
+class ImageDataDoc(serializers.Serializer[Any]):
     b64_json = serializers.CharField(required=False)
     url = serializers.CharField(required=False)
     revised_prompt = serializers.CharField(required=False)
 
 
-class ImagesResponseDoc(serializers.Serializer):
+class ImagesResponseDoc(serializers.Serializer[Any]):
     created = serializers.IntegerField()
     data = ImageDataDoc(many=True)  # type: ignore[assignment]
     size = serializers.CharField(required=False)
@@ -65,7 +67,7 @@ class ImagesResponseDoc(serializers.Serializer):
     usage = serializers.DictField(required=False)
 
 
-class ModelDoc(serializers.Serializer):
+class ModelDoc(serializers.Serializer[Any]):
     id = serializers.CharField()
     object = serializers.CharField()
     created = serializers.IntegerField()

@@ -1,12 +1,14 @@
 """Input and output shapes of the alias and credential routes. No secret is ever output."""
 
+from typing import Any
+
 from rest_framework import serializers
 
 from aperture.api_fields import StrictSerializer
 from routing.workspace_credentials import BYOK_PROVIDERS
 
 
-class CredentialOut(serializers.Serializer):
+class CredentialOut(serializers.Serializer[Any]):
     id = serializers.CharField(source="public_id")
     name = serializers.CharField()
     provider = serializers.CharField()
@@ -40,7 +42,7 @@ class CredentialRotateIn(StrictSerializer):
     secret = serializers.CharField(max_length=4096, trim_whitespace=True, write_only=True)
 
 
-class CredentialCheckOut(serializers.Serializer):
+class CredentialCheckOut(serializers.Serializer[Any]):
     ok = serializers.BooleanField()
     provider = serializers.CharField()
     url = serializers.CharField(help_text="What was called (no secret in it).")
@@ -49,13 +51,13 @@ class CredentialCheckOut(serializers.Serializer):
     latency_ms = serializers.IntegerField()
 
 
-class CredentialRef(serializers.Serializer):
+class CredentialRef(serializers.Serializer[Any]):
     id = serializers.CharField(source="public_id")
     name = serializers.CharField()
     provider = serializers.CharField()
 
 
-class DeploymentOut(serializers.Serializer):
+class DeploymentOut(serializers.Serializer[Any]):
     id = serializers.CharField(source="public_id")
     credential = CredentialRef()
     upstream_model = serializers.CharField()
@@ -65,7 +67,7 @@ class DeploymentOut(serializers.Serializer):
     enabled = serializers.BooleanField()
 
 
-class AliasOut(serializers.Serializer):
+class AliasOut(serializers.Serializer[Any]):
     id = serializers.CharField()
     name = serializers.CharField()
     description = serializers.CharField()

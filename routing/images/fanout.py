@@ -57,7 +57,7 @@ def generate(adapter: ProviderAdapter, request: ImageRequest, target: Target) ->
             error = future.exception()
             if error is not None and not isinstance(error, ProviderError):
                 raise error
-            outcomes.append(error if error is not None else future.result())  # type: ignore[arg-type]
+            outcomes.append(error if error is not None else future.result())
     results = [o for o in outcomes if isinstance(o, ImageResult)]
     failures = [o for o in outcomes if isinstance(o, ProviderError)]
     if failures and not (request.allow_partial and results):

@@ -13,9 +13,6 @@ import binascii
 import io
 import re
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from typing import BinaryIO
 
@@ -25,36 +22,10 @@ from PIL import Image, UnidentifiedImageError
 
 from aperture.errors import InvalidRequest, PayloadTooLarge
 from aperture.offload import run_blocking
+from routing.providers.base import InputImage as InputImage
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+)?(;[a-z0-9=.-]+)*;base64,", re.IGNORECASE)
-
-
-@dataclass(frozen=True, eq=False)
-class InputImage:
-    """One checked image: its bytes in memory or a file on disk, its format and size."""
-
-    filename: str
-    media_type: str
-    width: int
-    height: int
-    size_bytes: int
-    data: bytes | None = None
-    path: str | None = None
-
-    @contextmanager
-    def open(self) -> Iterator[BinaryIO]:
-        """A fresh handle at the start of the image, however many are open at once."""
-        if self.data is not None:
-            yield io.BytesIO(self.data)
-            return
-        assert self.path is not None
-        with open(self.path, "rb") as handle:
-            yield handle
-
-    def read(self) -> bytes:
-        with self.open() as handle:
-            return handle.read()
 
 
 def _inspect(handle: BinaryIO, param: str) -> tuple[str, int, int]:
@@ -90,7 +61,7 @@ def _check_size(size: int, param: str) -> None:
         )
 
 
-def from_upload(upload: UploadedFile, param: str) -> InputImage:
+def from_upload(upload: UploadedFile[bytes], param: str) -> InputImage:
     size = int(upload.size or 0)
     _check_size(size, param)
     path = getattr(upload, "temporary_file_path", None)

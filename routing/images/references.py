@@ -14,8 +14,8 @@ from django.conf import settings
 
 from aperture.errors import InvalidRequest
 from routing.images import inputs
-from routing.images.fetch import FetchRefused, fetch_image
 from routing.providers.base import UpstreamFailed, UpstreamTimedOut
+from routing.providers.fetch import FetchRefused, fetch_image
 
 MAX_REFERENCES = 16
 FIELD = "input_references"

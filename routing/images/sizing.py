@@ -10,13 +10,10 @@ say different things (1024x1024 with 16:9, a 2K size with resolution 1K) are a 4
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 from aperture.errors import InvalidRequest
-from routing.providers.capabilities import ASPECT_RATIOS, ImageCapabilities
+from routing.providers.capabilities import ASPECT_RATIOS, TIERS, ImageCapabilities, tier_of
 
-# A tier is the area of a square of this side: 1K ≈ 1 MP, 2K ≈ 4 MP, 4K ≈ 16 MP.
-TIERS = {"1K": 1024, "2K": 2048, "4K": 4096}
 # Two shapes whose ratios differ by less than this agree (1792x1024 is 16:9).
 _RATIO_TOLERANCE = 0.03
 
@@ -24,23 +21,6 @@ _RATIO_TOLERANCE = 0.03
 def ratio_of(aspect_ratio: str) -> float:
     width, _, height = aspect_ratio.partition(":")
     return int(width) / int(height)
-
-
-def nearest_ratio(width: int, height: int, ratios: Iterable[str]) -> str:
-    """Of an upstream's aspect ratios ("16:9", "9:19.5", …), the one nearest width:height."""
-    wanted = math.log(width / height)
-
-    def distance(ratio: str) -> float:
-        across, _, down = ratio.partition(":")
-        return abs(math.log(float(across) / float(down)) - wanted)
-
-    return min(ratios, key=distance)
-
-
-def tier_of(width: int, height: int) -> str:
-    """The tier whose area is nearest (in log scale) to width x height."""
-    area = math.log(width * height)
-    return min(TIERS, key=lambda tier: abs(area - math.log(TIERS[tier] ** 2)))
 
 
 def _same_shape(width: int, height: int, ratio: float) -> bool:

@@ -30,6 +30,9 @@ class FormFieldSniffer:
     def __init__(self, boundary: bytes) -> None:
         self.fields: dict[str, str] = {}
         self.failed = False
+        self.complete = False  # the closing boundary was seen
+        # Text fields seen more than once, or too long to keep: a reader cannot trust them.
+        self.unclear: set[str] = set()
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._disposition = ""
@@ -44,6 +47,7 @@ class FormFieldSniffer:
                 "on_header_end": self._header_end,
                 "on_part_data": self._part_data,
                 "on_part_end": self._part_end,
+                "on_end": self._end,
             },
         )
 
@@ -54,6 +58,14 @@ class FormFieldSniffer:
             self._parser.write(chunk)
         except Exception:  # noqa: BLE001 - a malformed form is the upstream's to judge
             self.failed = True
+
+    def finish(self) -> None:
+        """The body has ended: a form cut before its closing boundary cannot be read."""
+        if not self.complete:
+            self.failed = True
+
+    def _end(self) -> None:
+        self.complete = True
 
     def _part_begin(self) -> None:
         self._disposition, self._value, self._too_long = "", bytearray(), False
@@ -82,6 +94,9 @@ class FormFieldSniffer:
         message["content-disposition"] = self._disposition
         name = message.get_param("name", header="content-disposition")
         is_file = message.get_param("filename", header="content-disposition") is not None
-        keep = isinstance(name, str) and not is_file and not self._too_long
-        if keep and len(self.fields) < MAX_FIELDS:
-            self.fields.setdefault(str(name), bytes(self._value).decode("utf-8", "replace"))
+        if not isinstance(name, str) or is_file:
+            return
+        if self._too_long or name in self.fields:
+            self.unclear.add(name)
+        elif len(self.fields) < MAX_FIELDS:
+            self.fields[name] = bytes(self._value).decode("utf-8", "replace")

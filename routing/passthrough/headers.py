@@ -1,9 +1,10 @@
 """Which headers cross the gateway on a passthrough call, each way.
 
 Going up: the caller's headers, less hop-by-hop ones, less anything that carried the
-caller's gateway key or the gateway's own cookies, plus the credential's extra headers and
-the provider's credential in its own scheme. Coming back: the upstream's headers, less
-hop-by-hop ones.
+caller's gateway key, the gateway's own cookies or where the caller is (forwarding headers),
+plus the credential's extra headers and the provider's credential in its own scheme.
+Coming back: the upstream's headers, less hop-by-hop ones, cookies and CORS grants: the
+answer is served on the gateway's origin, where the upstream has no say.
 """
 
 from __future__ import annotations
@@ -28,8 +29,24 @@ HOP_BY_HOP = frozenset(
 )
 # Where callers put their gateway key (one header per client family).
 CALLER_KEY_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
-# Set by the HTTP client for the upstream, or private to the gateway.
-NOT_FORWARDED = frozenset({"host", "content-length", "cookie"})
+# Set by the HTTP client for the upstream, private to the gateway, or where the caller is.
+NOT_FORWARDED = frozenset(
+    {
+        "host",
+        "content-length",
+        "cookie",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-real-ip",
+        "via",
+    }
+)
+# Never from an upstream to a caller on the gateway's origin.
+NOT_RETURNED = frozenset({"set-cookie", "set-cookie2"})
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -70,5 +87,9 @@ def upstream_request_headers(
 def caller_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """What the caller receives of the upstream's headers."""
     pairs = list(upstream)
-    dropped = HOP_BY_HOP | _connection_tokens(pairs)
-    return [(name, value) for name, value in pairs if name.lower() not in dropped]
+    dropped = HOP_BY_HOP | NOT_RETURNED | _connection_tokens(pairs)
+    return [
+        (name, value)
+        for name, value in pairs
+        if name.lower() not in dropped and not name.lower().startswith("access-control-")
+    ]

@@ -1,49 +1,30 @@
-"""Image routes the gateway knows on passthrough: what a call may cost, and what it did cost.
+"""Image routes the gateway knows on passthrough, and what a call on one asks for.
 
 Passthrough forwards bytes untouched, but where a provider's native path is an image route
-(OpenAI's and Azure's /images/*, Gemini's generateContent) the request's fields give the
-reservation and the response's images give the charge, as on the OpenAI-compatible routes.
-The response is read as it streams past (JSON bodies and server-sent events, gzip too),
-with a cap on what is kept; a body over the cap is charged at the reserved estimate.
+(OpenAI's and Azure's /images/*, Gemini's generateContent) the request's fields say what the
+call may cost: the model, how many images, their size and quality. They are read from the
+whole body (JSON, or a multipart form's text fields), whatever its padding or transfer
+encoding, before anything goes upstream. A count the body does not state plainly is held at
+the most a request may ask for.
 """
 
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from billing import pricing
-
-_OPENAI_PATH = re.compile(r"^/v1/images/(generations|edits|variations)$")
-_AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/images/(generations|edits)$")
-_GEMINI_PATH = re.compile(r"^/v1(?:beta)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
-
-
-@dataclass(frozen=True)
-class ImageRoute:
-    provider: str
-    family: str  # "openai" (OpenAI's images API shape) or "gemini" (generateContent)
-    path_model: str | None = None  # the model when the path names it (Azure, Gemini)
+from aperture.errors import InvalidRequest
+from routing.providers.base import ImageRoute
+from routing.providers.capabilities import MAX_N
+from routing.providers.registry import passthrough_image_route
 
 
 def recognise(provider: str, method: str, path: str) -> ImageRoute | None:
-    if method != "POST":
-        return None
-    if provider == "openai" and _OPENAI_PATH.match(path):
-        return ImageRoute(provider, "openai")
-    if provider == "azure" and (match := _AZURE_PATH.match(path)):
-        return ImageRoute(provider, "openai", path_model=match.group(1))
-    if provider == "gemini" and (match := _GEMINI_PATH.match(path)):
-        return ImageRoute(provider, "gemini", path_model=match.group(1))
-    return None
-
-
-OPENAI_DEFAULT_MODEL = "dall-e-2"
+    """The image route this call is on, as its provider declares them; the path is read as
+    the upstream would read it (repeated and trailing slashes do not hide a route)."""
+    return passthrough_image_route(provider, method, re.sub(r"/{2,}", "/", path).rstrip("/"))
 
 
 @dataclass(frozen=True)
@@ -52,228 +33,41 @@ class RequestFacts:
 
     model: str
     n: int = 1
-    size: str | None = None
+    size: str | None = None  # None: any size the model makes (priced at the dearest)
     quality: str | None = None
 
 
-def _positive_int(value: Any, default: int) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100:
+def _count(value: Any) -> int:
+    """`n` as the caller sent it; absent is 1 (every API's default), anything unreadable is
+    the most a request may ask for, so the hold covers whatever the upstream makes of it."""
+    if value is None:
+        return 1
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    return default
+    return MAX_N
 
 
 def request_facts(route: ImageRoute, fields: Mapping[str, Any]) -> RequestFacts:
     """From a JSON body or a multipart form's text fields."""
     if route.family == "gemini":
         config = fields.get("generationConfig") or fields.get("generation_config") or {}
-        count = config.get("candidateCount") if isinstance(config, dict) else None
-        return RequestFacts(model=route.path_model or "", n=_positive_int(count, 1))
+        count = config.get("candidateCount") if isinstance(config, dict) else MAX_N
+        return RequestFacts(model=route.path_model or "", n=_count(count))
     model = route.path_model or fields.get("model")
     if not isinstance(model, str) or not model:
-        # OpenAI's documented default when no model is sent (providers.md §1.3): priced as
-        # that rather than as nothing.
-        model = OPENAI_DEFAULT_MODEL
+        # The upstream's default model changes over time (docs/providers.md, updates of
+        # 2026-12-02: dall-e-2, once the default, is retired), so it cannot be priced.
+        raise InvalidRequest(
+            "An image call through passthrough must name its model.",
+            param="model",
+            code="model_required",
+        )
     size, quality = fields.get("size"), fields.get("quality")
     return RequestFacts(
         model=model,
-        n=_positive_int(fields.get("n"), 1),
-        size=size if isinstance(size, str) else None,
-        quality=quality if isinstance(quality, str) else None,
+        n=_count(fields.get("n")),
+        size=size if isinstance(size, str) and size != "auto" else None,
+        quality=quality if isinstance(quality, str) and quality != "auto" else None,
     )
-
-
-def estimate_micro(route: ImageRoute, facts: RequestFacts) -> int:
-    if not facts.model:
-        return 0
-    per_image = pricing.per_image_estimate(route.provider, facts.model, facts.size, facts.quality)
-    return per_image * facts.n
-
-
-@dataclass
-class Counted:
-    images: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    usage: dict[str, Any] | None = None
-    size: str | None = None
-    quality: str | None = None
-
-    def cost_micro(self, route: ImageRoute, facts: RequestFacts) -> int:
-        if not facts.model or not self.images:
-            return 0
-        return pricing.actual_cost(
-            route.provider,
-            facts.model,
-            images=self.images,
-            size=self.size or facts.size,
-            quality=self.quality or facts.quality,
-            usage=self.usage if route.family == "openai" else None,
-        )
-
-
-def _add_openai_usage(counted: Counted, usage: Any) -> None:
-    if not isinstance(usage, dict):
-        return
-    counted.input_tokens += pricing.token_count(usage.get("input_tokens"))
-    counted.output_tokens += pricing.token_count(usage.get("output_tokens"))
-    if counted.usage is None:
-        counted.usage = dict(usage)
-        return
-    # Several completed events: their token counts add up.
-    total = counted.usage
-    for name in ("input_tokens", "output_tokens", "total_tokens"):
-        total[name] = pricing.token_count(total.get(name)) + pricing.token_count(usage.get(name))
-    details = dict(total.get("input_tokens_details") or {})
-    for name, value in (usage.get("input_tokens_details") or {}).items():
-        details[name] = pricing.token_count(details.get(name)) + pricing.token_count(value)
-    total["input_tokens_details"] = details
-
-
-def _take_openai_echoes(counted: Counted, body: dict[str, Any]) -> None:
-    for name in ("size", "quality"):
-        value = body.get(name)
-        if isinstance(value, str) and value != "auto":
-            setattr(counted, name, value)
-
-
-def _gemini_images(body: dict[str, Any]) -> int:
-    images = 0
-    for candidate in body.get("candidates") or []:
-        parts = ((candidate or {}).get("content") or {}).get("parts") or []
-        for part in parts:
-            inline = (part or {}).get("inlineData") or (part or {}).get("inline_data") or {}
-            mime = inline.get("mimeType") or inline.get("mime_type") or ""
-            if isinstance(mime, str) and mime.startswith("image/") and inline.get("data"):
-                images += 1
-    return images
-
-
-def _take_gemini(counted: Counted, body: dict[str, Any]) -> None:
-    counted.images += _gemini_images(body)
-    usage = body.get("usageMetadata")
-    if isinstance(usage, dict):  # streamed chunks repeat the running totals: keep the last
-        counted.input_tokens = pricing.token_count(usage.get("promptTokenCount"))
-        counted.output_tokens = pricing.token_count(usage.get("candidatesTokenCount"))
-
-
-def count_json_body(route: ImageRoute, raw: bytes) -> Counted | None:
-    """A whole JSON response; None if it is not one."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    counted = Counted()
-    if route.family == "gemini":
-        _take_gemini(counted, body)
-        return counted
-    data = body.get("data")
-    items = data if isinstance(data, list) else []
-    counted.images = sum(
-        1 for item in items if isinstance(item, dict) and (item.get("b64_json") or item.get("url"))
-    )
-    _add_openai_usage(counted, body.get("usage"))
-    _take_openai_echoes(counted, body)
-    return counted
-
-
-def take_event(route: ImageRoute, counted: Counted, event: str, data: bytes) -> None:
-    """One server-sent event of an image stream."""
-    if route.family == "openai" and event and not event.endswith(".completed"):
-        return  # a partial image: not charged
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return  # "[DONE]" and the like
-    if not isinstance(body, dict):
-        return
-    if route.family == "gemini":
-        _take_gemini(counted, body)
-        return
-    kind = str(body.get("type") or event)
-    if kind.endswith(".completed"):
-        counted.images += 1
-        _add_openai_usage(counted, body.get("usage"))
-        _take_openai_echoes(counted, body)
-
-
-@dataclass
-class ResponseTally:
-    """Reads an image route's response as it streams to the caller, keeping at most `cap`."""
-
-    route: ImageRoute
-    content_type: str
-    content_encoding: str
-    cap: int
-    counted: Counted = field(default_factory=Counted)
-    overflowed: bool = False
-    unreadable: bool = False
-    _kept: bytearray = field(default_factory=bytearray)
-    _decoder: Any = None
-    _event: str = ""
-    _data: bytearray = field(default_factory=bytearray)
-    _line: bytearray = field(default_factory=bytearray)
-
-    def __post_init__(self) -> None:
-        encoding = self.content_encoding.strip().lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
-        elif encoding not in ("", "identity"):
-            self.unreadable = True  # e.g. br: forwarded untouched, but not measurable
-
-    @property
-    def streaming(self) -> bool:
-        return self.content_type.split(";")[0].strip().lower() == "text/event-stream"
-
-    def feed(self, chunk: bytes) -> None:
-        if self.unreadable or self.overflowed:
-            return
-        if self._decoder is not None:
-            try:
-                chunk = self._decoder.decompress(chunk)
-            except zlib.error:
-                self.unreadable = True
-                return
-        if self.streaming:
-            self._feed_events(chunk)
-            return
-        if len(self._kept) + len(chunk) > self.cap:
-            self.overflowed = True
-            self._kept = bytearray()
-            return
-        self._kept += chunk
-
-    def _feed_events(self, chunk: bytes) -> None:
-        self._line += chunk
-        while (end := self._line.find(b"\n")) >= 0:
-            line = bytes(self._line[:end]).rstrip(b"\r")
-            del self._line[: end + 1]
-            self._take_line(line)
-        if len(self._line) + len(self._data) > self.cap:
-            self.overflowed = True
-
-    def _take_line(self, line: bytes) -> None:
-        if not line:  # a blank line ends the event
-            if self._data:
-                take_event(self.route, self.counted, self._event, bytes(self._data))
-            self._event, self._data = "", bytearray()
-        elif line.startswith(b"event:"):
-            self._event = line[6:].strip().decode("utf-8", "replace")
-        elif line.startswith(b"data:"):
-            if self._data:
-                self._data += b"\n"
-            self._data += line[5:].lstrip(b" ")
-
-    def result(self) -> Counted | None:
-        """What the whole response held; None when it could not be measured."""
-        if self.unreadable or self.overflowed:
-            return None
-        if self.streaming:
-            if self._line:
-                self._take_line(bytes(self._line).rstrip(b"\r"))
-            self._take_line(b"")
-            return self.counted
-        return count_json_body(self.route, bytes(self._kept))

@@ -1,168 +1,54 @@
-"""A passthrough call, as a plain function: the caller's native request relayed to its provider.
+"""What is passthrough's own in a passthrough call: which credential and native path it
+reaches, what the call asks for, and the native request and answer around the upstream.
 
 The payload is never rewritten. The gateway decides who may call (key, workspace, the
-credential's allowed path prefixes), counts the call against rate limits and budgets before
-anything goes upstream, swaps the caller's key for the provider's credential, and relays
-both bodies in chunks. Settlement happens when the response closes, from what the caller
-was actually sent.
+credential's allowed path prefixes), swaps the caller's key for the provider's credential,
+strips what must not cross (routing/passthrough/headers.py), and relays both bodies. The
+steps every route shares — admit, call, tally, settle — are in routing/pipeline.py.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import IO
 
-import orjson
+import requests
 from django.conf import settings
 
-from aperture.errors import InvalidRequest, PayloadTooLarge, PermissionError_
-from billing import budgets, ratelimit
+from aperture.errors import InvalidRequest, PermissionError_
+from billing import pricing
 from billing.metering import Meter
 from routing import selectors
-from routing.images.generation import api_error_for, release_database_connection
 from routing.passthrough import headers as header_rules
 from routing.passthrough import image_routes
-from routing.passthrough.form_fields import FormFieldSniffer, boundary_of
+from routing.passthrough.body import IncomingBody, UploadStream, read_fields
 from routing.passthrough.paths import check_allowed, parse_path, upstream_url
 from routing.providers import http
 from routing.providers.auth import base_url_for, credential_headers
-from routing.providers.base import ProviderError
-from routing.relay import Relay, read_chunks
+from routing.providers.base import ImageRoute
+from routing.tally import ResponseTally
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 64 * 1024
-# A JSON body of an image route is read whole (to price it) up to this size; larger ones
-# stream like any other and are priced from the response alone.
-JSON_FACTS_MAX_BYTES = 1024 * 1024
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 @dataclass
-class IncomingBody:
-    """The caller's request body, read on demand: `read(n)` returns b"" at the end."""
+class NativeCall:
+    """A passthrough call as it will go upstream."""
 
-    read: Callable[[int], bytes]
-    length: int | None  # None: chunked, length unknown
-    content_type: str
-
-
-class UploadStream:
-    """The caller's body as requests streams it upstream, counted and capped."""
-
-    def __init__(self, body: IncomingBody, meter: Meter, sniffer: FormFieldSniffer | None) -> None:
-        self._body, self._meter, self._sniffer = body, meter, sniffer
-        self._sent = 0
-        if body.length is not None:
-            self.len = body.length  # requests sends it as Content-Length
-
-    def read(self, size: int = -1) -> bytes:
-        wanted = CHUNK_BYTES if size is None or size < 0 else size
-        if self._body.length is not None:
-            wanted = min(wanted, self._body.length - self._sent)
-            if wanted <= 0:
-                return b""
-        chunk = self._body.read(wanted)
-        self._sent += len(chunk)
-        if self._body.length is None:
-            self._meter.bytes_in = self._sent
-            if self._sent > settings.MAX_BODY_BYTES:
-                raise PayloadTooLarge(
-                    f"Request body exceeds the limit of {settings.MAX_BODY_BYTES} bytes."
-                )
-        if self._sniffer is not None and chunk:
-            self._sniffer.feed(chunk)
-        return chunk
-
-    def __iter__(self) -> Iterator[bytes]:  # requests streams any iterable with a read()
-        while chunk := self.read(CHUNK_BYTES):
-            yield chunk
+    target: selectors.PassthroughTarget
+    method: str
+    url: str
+    headers: dict[str, str]
+    data: bytes | IO[bytes] | UploadStream | None
+    route: ImageRoute | None  # an image route: priced and counted
+    facts: image_routes.RequestFacts | None  # on an image route, what the body asks for
 
 
-@dataclass
-class PlannedCall:
-    """What is known before the upstream is called."""
-
-    route: image_routes.ImageRoute | None
-    facts: image_routes.RequestFacts | None
-    data: bytes | UploadStream | None
-    sniffer: FormFieldSniffer | None = None
-
-
-def _plan_body(
-    *,
-    method: str,
-    route: image_routes.ImageRoute | None,
-    body: IncomingBody,
-    meter: Meter,
-) -> PlannedCall:
-    """Read a small JSON body of an image route whole (to price it); stream everything else."""
-    if method in _BODYLESS and not body.length:
-        return PlannedCall(route, None, None)
-    if body.length == 0:
-        return PlannedCall(route, _facts(route, {}), b"")
-    media_type = body.content_type.split(";")[0].strip().lower()
-    if (
-        route is not None
-        and body.length is not None
-        and body.length <= JSON_FACTS_MAX_BYTES
-        and (media_type == "application/json" or media_type.endswith("+json"))
-    ):
-        raw = _read_exactly(body, body.length)
-        try:
-            fields = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            fields = {}  # malformed: the upstream answers it, as it would directly
-        return PlannedCall(route, _facts(route, fields if isinstance(fields, dict) else {}), raw)
-    boundary = boundary_of(body.content_type) if route is not None else None
-    sniffer = FormFieldSniffer(boundary) if boundary else None
-    return PlannedCall(route, _facts(route, {}), UploadStream(body, meter, sniffer), sniffer)
-
-
-def _facts(
-    route: image_routes.ImageRoute | None, fields: Mapping[str, object]
-) -> image_routes.RequestFacts | None:
-    return image_routes.request_facts(route, fields) if route is not None else None
-
-
-def _read_exactly(body: IncomingBody, length: int) -> bytes:
-    parts, remaining = [], length
-    while remaining > 0:
-        chunk = body.read(min(remaining, CHUNK_BYTES))
-        if not chunk:
-            break
-        parts.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(parts)
-
-
-@dataclass
-class ProxiedResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: Relay
-
-
-def _release_quietly(hold: budgets.Hold) -> None:
-    """Free the hold of a call that failed; a hold left behind is freed by the reaper."""
-    try:
-        budgets.release(hold)
-    except Exception:
-        logger.exception("could not release the budget hold of a failed passthrough call")
-
-
-def _check_key_may_pass_through(principal: KeyPrincipal) -> None:
-    if principal.allowed_aliases:
-        raise PermissionError_(
-            "This API key is limited to certain models, so it may not call providers raw.",
-            code="passthrough_not_allowed",
-        )
-
-
-def proxy(
+def resolve(
     *,
     principal: KeyPrincipal,
     meter: Meter,
@@ -172,85 +58,110 @@ def proxy(
     query_string: str,
     caller_headers: list[tuple[str, str]],
     body: IncomingBody,
-) -> ProxiedResponse:
-    """Relay one native call to the credential `credential_name`, metered and limited."""
+) -> NativeCall:
+    """The credential and native path this call reaches, and, on an image route, what its
+    body asks for (read whole, before anything goes upstream)."""
     meter.method, meter.path, meter.alias = method, raw_path[:500], ""
     target = selectors.passthrough_target(principal, credential_name)
     meter.provider = target.provider
     path = parse_path(raw_path)
     meter.path = path.decoded[:500]
     check_allowed(path, list(target.path_prefixes), target.name)
-    _check_key_may_pass_through(principal)
+    if principal.allowed_aliases:
+        raise PermissionError_(
+            "This API key is limited to certain models, so it may not call providers raw.",
+            code="passthrough_not_allowed",
+        )
     if target.provider == "local":
         raise InvalidRequest(
             "The local provider has no native API to pass through to.", code="unsupported"
         )
     url = upstream_url(base_url_for(target.provider, target.base_url), path, query_string)
     route = image_routes.recognise(target.provider, method, path.decoded)
-    plan = _plan_body(method=method, route=route, body=body, meter=meter)
-    facts = plan.facts
-    if facts is not None:
-        meter.upstream_model = facts.model
-    meter.headers = ratelimit.enforce(
-        key_id=principal.key_id,
-        rpm=principal.rpm_limit,
-        ipm=principal.ipm_limit,
-        images=facts.n if facts else 0,
+    injected = {**target.extra_headers, **credential_headers(target.provider, target.secret)}
+    call = NativeCall(
+        target=target,
+        method=method,
+        url=url,
+        headers=header_rules.upstream_request_headers(caller_headers, injected=injected),
+        data=None,
+        route=route,
+        facts=None,
     )
-    estimate = image_routes.estimate_micro(route, facts) if route and facts else 0
-    # At least 1 µUSD and 1 image are held, so a budget already used up refuses every call.
-    hold = budgets.reserve(
-        principal=principal,
-        request_id=meter.request_id,
-        amount_micro=max(estimate, 1),
-        images=max(facts.n if facts else 1, 1),
+    if route is not None:
+        read = read_fields(body, meter)
+        call.data = read.data
+        call.facts = image_routes.request_facts(route, read.fields)
+        meter.upstream_model = call.facts.model
+        pricing.require_price(target.provider, call.facts.model, free=target.free)
+    elif method not in _BODYLESS or body.length:
+        call.data = b"" if body.length == 0 else UploadStream(body, meter)
+    return call
+
+
+def estimate_micro(call: NativeCall) -> int:
+    """The most an image route's call may cost; 0 for a free credential or another route."""
+    if call.facts is None or call.route is None or call.target.free:
+        return 0
+    facts = call.facts
+    per_image = pricing.per_image_estimate(
+        call.route.provider, facts.model, facts.size, facts.quality
     )
-    try:
-        release_database_connection()
-        injected = {**target.extra_headers, **credential_headers(target.provider, target.secret)}
-        started = time.monotonic()
-        upstream = http.send(
-            target.provider,
-            method,
-            url,
-            timeout=settings.PASSTHROUGH_READ_TIMEOUT,
-            headers=header_rules.upstream_request_headers(caller_headers, injected=injected),
-            data=plan.data,
-            stream=True,
-        )
-        meter.upstream_ms = int((time.monotonic() - started) * 1000)
-    except ProviderError as error:
-        _release_quietly(hold)
-        raise api_error_for(error) from None
-    except BaseException:
-        _release_quietly(hold)
-        raise
+    return per_image * facts.n
+
+
+def send(call: NativeCall) -> requests.Response:
+    """The native request, streamed both ways; ProviderError if it never got an answer."""
+    upstream = http.send(
+        call.target.provider,
+        call.method,
+        call.url,
+        timeout=settings.PASSTHROUGH_READ_TIMEOUT,
+        headers=call.headers,
+        data=call.data,
+        stream=True,
+    )
     if upstream.status_code in (401, 403):
         logger.warning(
             "passthrough: %s refused the gateway's credential (HTTP %s)",
-            target.name,
+            call.target.name,
             upstream.status_code,
         )
-    tally = None
-    if route is not None and 200 <= upstream.status_code < 300:
-        tally = image_routes.ResponseTally(
-            route=route,
-            content_type=upstream.headers.get("Content-Type", ""),
-            content_encoding=upstream.headers.get("Content-Encoding", ""),
-            cap=settings.PASSTHROUGH_METER_MAX_BYTES,
-        )
-    return ProxiedResponse(
-        status=upstream.status_code,
-        headers=header_rules.caller_response_headers(upstream.raw.headers.items()),
-        body=Relay(
-            source=read_chunks(upstream),
-            close_source=upstream.close,
-            status=upstream.status_code,
-            meter=meter,
-            hold=hold,
-            route=route,
-            facts=plan.facts,
-            sniffer=plan.sniffer,
-            tally=tally,
-        ),
+    return upstream
+
+
+def answer_headers(upstream: requests.Response) -> list[tuple[str, str]]:
+    """The upstream's headers that may reach the caller (routing/passthrough/headers.py)."""
+    return header_rules.caller_response_headers(upstream.raw.headers.items())
+
+
+def response_tally(call: NativeCall, upstream: requests.Response) -> ResponseTally | None:
+    """How the answer is counted: an image route's successful answer only."""
+    if call.route is None or not 200 <= upstream.status_code < 300:
+        return None
+    return ResponseTally(
+        family=call.route.family,
+        content_type=upstream.headers.get("Content-Type", ""),
+        content_encoding=upstream.headers.get("Content-Encoding", ""),
+        cap=settings.PASSTHROUGH_METER_MAX_BYTES,
+    )
+
+
+def actual_cost(
+    call: NativeCall,
+    *,
+    images: int,
+    size: str | None,
+    quality: str | None,
+    usage: dict[str, object] | None,
+) -> int:
+    if call.facts is None or call.route is None or call.target.free or not images:
+        return 0
+    return pricing.actual_cost(
+        call.route.provider,
+        call.facts.model,
+        images=images,
+        size=size or call.facts.size,
+        quality=quality or call.facts.quality,
+        usage=usage if call.route.family == "openai" else None,
     )

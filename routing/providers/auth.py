@@ -1,7 +1,8 @@
 """How each provider kind is reached: its default root URL and how its credential is sent.
 
-One table for the adapters and the passthrough route, so that a provider's credential is
-injected the same way whichever path a request takes (providers.md §0).
+Each adapter declares its `ProviderAuth` (routing/providers/base.py); these functions read
+that declaration, so that a provider's credential is injected the same way whichever path a
+request takes, adapter or passthrough (docs/providers.md §0).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 from aperture.errors import UpstreamError
 
+BEARER = "Bearer {secret}"
+
 
 @dataclass(frozen=True)
 class ProviderAuth:
@@ -17,36 +20,20 @@ class ProviderAuth:
 
     header: str
     template: str = "{secret}"
-    # The provider's root (DESIGN §3): adapters and passthrough append the native path.
+    # The provider's root (docs/architecture.md §3): adapters and passthrough append the
+    # native path.
     default_base_url: str = ""
 
     def headers(self, secret: str) -> dict[str, str]:
         return {self.header: self.template.format(secret=secret)} if secret else {}
 
 
-_BEARER = "Bearer {secret}"
-
-AUTH: dict[str, ProviderAuth] = {
-    "local": ProviderAuth(header="Authorization", template=_BEARER),
-    "openai": ProviderAuth("Authorization", _BEARER, "https://api.openai.com"),
-    # Azure has one endpoint per resource: there is no default root.
-    "azure": ProviderAuth("api-key"),
-    "gemini": ProviderAuth(
-        "x-goog-api-key", default_base_url="https://generativelanguage.googleapis.com"
-    ),
-    "seedream": ProviderAuth("Authorization", _BEARER, "https://ark.cn-beijing.volces.com"),
-    "xai": ProviderAuth("Authorization", _BEARER, "https://api.x.ai"),
-    "openrouter": ProviderAuth("Authorization", _BEARER, "https://openrouter.ai"),
-    "stability": ProviderAuth("Authorization", _BEARER, "https://api.stability.ai"),
-    "bfl": ProviderAuth("x-key", default_base_url="https://api.bfl.ai"),
-    "replicate": ProviderAuth("Authorization", _BEARER, "https://api.replicate.com"),
-    # Mainland root; the international one is https://api.z.ai (same paths).
-    "zai": ProviderAuth("Authorization", _BEARER, "https://open.bigmodel.cn"),
-}
-
-
 def auth_for(provider: str) -> ProviderAuth:
-    return AUTH.get(provider, AUTH["openai"])
+    """The provider's declared auth; OpenAI's for a provider without an adapter."""
+    # Looked up when called: the registry imports the adapters, which import this module.
+    from routing.providers.registry import AUTH
+
+    return AUTH.get(provider) or AUTH["openai"]
 
 
 def credential_headers(provider: str, secret: str) -> dict[str, str]:

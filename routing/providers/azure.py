@@ -1,4 +1,4 @@
-"""Azure OpenAI deployments. providers.md §2.
+"""Azure OpenAI deployments. docs/providers.md §2.
 
 `{base}/openai/deployments/{deployment}/images/generations?api-version=…` with the `api-key`
 header; the body is OpenAI's, without `model` (the deployment decides). The deployment's
@@ -8,9 +8,11 @@ name deployments after their model (e.g. `gpt-image-1`) to get exact validation.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from routing.providers.base import ImageRequest, Target
+from routing.providers.auth import ProviderAuth
+from routing.providers.base import ImageRequest, ImageRoutePattern, Target
 from routing.providers.openai import OpenAIProvider
 
 DEFAULT_API_VERSION = "2025-04-01-preview"
@@ -18,6 +20,18 @@ DEFAULT_API_VERSION = "2025-04-01-preview"
 
 class AzureProvider(OpenAIProvider):
     name = "azure"
+    # One endpoint per resource: there is no default root.
+    auth = ProviderAuth("api-key")
+    check_path = "/openai/models"
+    image_routes = (
+        ImageRoutePattern(
+            re.compile(r"/openai/deployments/(?P<model>[^/]+)/images/(?:generations|edits)"),
+            "openai",
+        ),
+    )
+
+    def check_params(self, api_version: str) -> dict[str, str] | None:
+        return {"api-version": api_version or DEFAULT_API_VERSION}
 
     def url(self, target: Target) -> str:
         return f"{target.base_url}/openai/deployments/{target.upstream_model}/images/generations"

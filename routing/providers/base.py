@@ -3,19 +3,52 @@
 The gateway validates and normalizes a tenant's request into an `ImageRequest`, hands it to
 the deployment's adapter with a `Target` (where and as whom to call), and gets back an
 `ImageResult`. Adapters raise `ProviderError`s; the router maps them to HTTP answers.
+Each adapter class also declares its provider's facts (how its credential is sent, its free
+credential-check call, its moderation codes and error shape, its passthrough image routes);
+routing/providers/registry.py derives the gateway's tables from them.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, ClassVar, Literal
 
-from routing.images.inputs import InputImage
+from routing.providers.auth import BEARER, ProviderAuth
 from routing.providers.capabilities import ImageCapabilities
+
+
+@dataclass(frozen=True, eq=False)
+class InputImage:
+    """One checked image a caller sent (the images layer checks it): its bytes in memory or
+    a file on disk, its format and size."""
+
+    filename: str
+    media_type: str
+    width: int
+    height: int
+    size_bytes: int
+    data: bytes | None = None
+    path: str | None = None
+
+    @contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        """A fresh handle at the start of the image, however many are open at once."""
+        if self.data is not None:
+            yield io.BytesIO(self.data)
+            return
+        assert self.path is not None
+        with open(self.path, "rb") as handle:
+            yield handle
+
+    def read(self) -> bytes:
+        with self.open() as handle:
+            return handle.read()
 
 
 @dataclass(frozen=True)
@@ -178,10 +211,92 @@ class UpstreamTimedOut(ProviderError):
     retryable = True
 
 
+# The shape of an image route's request and answer: OpenAI's images API, or Gemini's
+# generateContent.
+ImageFamily = Literal["openai", "gemini"]
+
+
+@dataclass(frozen=True)
+class ImageRoute:
+    """A provider's native image route, recognised on passthrough."""
+
+    provider: str
+    family: ImageFamily
+    path_model: str | None = None  # the model when the path names it (Azure, Gemini)
+
+
+@dataclass(frozen=True)
+class ImageRoutePattern:
+    """A native path (full match) that makes images; a `model` group names the model."""
+
+    path: re.Pattern[str]
+    family: ImageFamily
+
+    def route(self, provider: str, path: str) -> ImageRoute | None:
+        match = self.path.fullmatch(path)
+        if match is None:
+            return None
+        return ImageRoute(provider, self.family, path_model=match.groupdict().get("model"))
+
+
+@dataclass(frozen=True)
+class ErrorShape:
+    """Where an upstream's JSON error body keeps its message, code and param, as key paths.
+
+    A part the body does not have where declared is read the generic way (routing/providers/
+    http.py), so that a proxy's or gateway's OpenAI-style envelope is still understood."""
+
+    message: tuple[str, ...]
+    code: tuple[str, ...] = ()
+    param: tuple[str, ...] = ()
+
+    def pick(self, body: Any, path: tuple[str, ...]) -> str | None:
+        """The text at `path`: a string, a number, or a list of messages joined."""
+        if not path:
+            return None
+        for key in path:
+            body = body.get(key) if isinstance(body, dict) else None
+        if isinstance(body, str) and body:
+            return body
+        if isinstance(body, int) and not isinstance(body, bool):
+            return str(body)
+        if isinstance(body, list) and body:  # e.g. Stability's errors, FastAPI's detail
+            return "; ".join(
+                str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in body
+            )
+        return None
+
+
+# OpenAI's envelope, `{"error": {"message", "type", "param", "code"}}` (docs/providers.md §1.8).
+OPENAI_ERRORS = ErrorShape(("error", "message"), ("error", "code"), ("error", "param"))
+# OpenAI's safety refusals (docs/providers.md §1.8): what OpenAI-compatible upstreams, and the
+# proxies in front of the others, answer with.
+OPENAI_MODERATION_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
+
+
 class ProviderAdapter(ABC):
     """Translate the canonical request to one upstream's native call and back."""
 
     name: str
+
+    # --- the provider's facts -------------------------------------------------------------
+    # The header that carries the credential, and the provider's default root.
+    auth: ClassVar[ProviderAuth] = ProviderAuth("Authorization", BEARER)
+    # The free, read-only call that tells whether a credential works; None where none is
+    # known (the credential cannot be tested without spending).
+    check_path: ClassVar[str | None] = None
+    # Error codes of a 400 that is the upstream's safety system refusing the request.
+    moderation_codes: ClassVar[frozenset[str]] = OPENAI_MODERATION_CODES
+    # Where its error bodies keep message, code and param; None: read them the generic way.
+    error_shape: ClassVar[ErrorShape | None] = None
+    # Native paths that make images: passthrough reserves and charges for them.
+    image_routes: ClassVar[tuple[ImageRoutePattern, ...]] = ()
+
+    def check_params(self, api_version: str) -> dict[str, str] | None:
+        """Query parameters of the credential-check call."""
+        return None
+
+    # --- the calls ------------------------------------------------------------------------
 
     @abstractmethod
     def capabilities(

@@ -1,4 +1,5 @@
-"""Black Forest Labs FLUX: an asynchronous upstream behind a synchronous answer. providers.md §8.
+"""Black Forest Labs FLUX: an asynchronous upstream behind a synchronous answer.
+docs/providers.md §8.
 
 Submit `POST {root}/v1/{model}` (`x-key`), then poll the returned `polling_url` with a
 growing interval until `Ready`, and download `result.sample` at once (a signed URL that
@@ -21,11 +22,10 @@ from urllib.parse import urlencode, urlsplit
 from django.conf import settings
 from PIL import Image
 
-from routing.images.fetch import fetch_image
-from routing.images.sizing import nearest_ratio
 from routing.providers import http
-from routing.providers.auth import credential_headers
+from routing.providers.auth import ProviderAuth, credential_headers
 from routing.providers.base import (
+    ErrorShape,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -35,7 +35,8 @@ from routing.providers.base import (
     UpstreamModerated,
     UpstreamTimedOut,
 )
-from routing.providers.capabilities import ImageCapabilities
+from routing.providers.capabilities import ImageCapabilities, nearest_ratio
+from routing.providers.fetch import fetch_image
 
 # width/height models (FLUX1.1 [pro], [dev]): 256-1440 px, multiples of 32.
 FLUX_SIZED = ImageCapabilities(
@@ -67,6 +68,9 @@ def _by_ratio(model: str) -> bool:
 
 class BFLProvider(ProviderAdapter):
     name = "bfl"
+    # No free call is known that tests a key.
+    auth = ProviderAuth("x-key", default_base_url="https://api.bfl.ai")
+    error_shape = ErrorShape(("detail",))  # FastAPI's `{"detail": ...}`
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None

@@ -1,13 +1,35 @@
-"""Per-model capabilities: what validation allows and what /v1/models reports."""
+"""Per-model capabilities: what validation allows and what /v1/models reports, and the pure
+size arithmetic (tiers, nearest aspect ratio) that validation and adapters share."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 MAX_N = 10  # images per request, whatever one upstream call makes (the rest is fanned out)
+# A tier is the area of a square of this side: 1K ≈ 1 MP, 2K ≈ 4 MP, 4K ≈ 16 MP.
+TIERS = {"1K": 1024, "2K": 2048, "4K": 4096}
+
+
+def nearest_ratio(width: int, height: int, ratios: Iterable[str]) -> str:
+    """Of an upstream's aspect ratios ("16:9", "9:19.5", …), the one nearest width:height."""
+    wanted = math.log(width / height)
+
+    def distance(ratio: str) -> float:
+        across, _, down = ratio.partition(":")
+        return abs(math.log(float(across) / float(down)) - wanted)
+
+    return min(ratios, key=distance)
+
+
+def tier_of(width: int, height: int) -> str:
+    """The tier whose area is nearest (in log scale) to width x height."""
+    area = math.log(width * height)
+    return min(TIERS, key=lambda tier: abs(area - math.log(TIERS[tier] ** 2)))
 
 
 @dataclass(frozen=True)

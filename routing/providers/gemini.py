@@ -1,4 +1,5 @@
-"""Google Gemini native image output (`generateContent`) and Imagen (`:predict`). providers.md §3.
+"""Google Gemini native image output (`generateContent`) and Imagen (`:predict`).
+docs/providers.md §3.
 
 One credential kind serves both on the Gemini API root: models named `imagen-*` go to
 `:predict`, every other model to `:generateContent` with `responseModalities` and an
@@ -10,14 +11,18 @@ parts. A prompt or output the safety system blocked is a 400 `content_policy_vio
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
+from routing.providers.auth import ProviderAuth
 from routing.providers.base import (
+    ErrorShape,
     GeneratedImage,
     ImageRequest,
     ImageResult,
+    ImageRoutePattern,
     ProviderAdapter,
     Target,
     UpstreamFailed,
@@ -25,7 +30,7 @@ from routing.providers.base import (
 )
 from routing.providers.capabilities import ImageCapabilities
 
-# The 1K pixel sizes of each aspect ratio (gemini-2.5-flash-image; providers.md §3.2, M).
+# The 1K pixel sizes of each aspect ratio (gemini-2.5-flash-image; docs/providers.md §3.2, M).
 _RATIO_1K = {
     "1:1": (1024, 1024),
     "16:9": (1408, 768),
@@ -53,7 +58,7 @@ def _size_table(tiers: tuple[str, ...]) -> dict[str, tuple[str, str]]:
 
 FLASH_SIZES = _size_table(("1K",))
 PRO_SIZES = _size_table(("1K", "2K", "4K"))
-# Moderation verdicts of generateContent (providers.md §3.2).
+# Moderation verdicts of generateContent (docs/providers.md §3.2).
 BLOCKED_FINISH = frozenset(
     {
         "SAFETY",
@@ -133,6 +138,21 @@ def _imagen_sizes(model: str) -> dict[str, tuple[str, str]]:
 
 class GeminiProvider(ProviderAdapter):
     name = "gemini"
+    auth = ProviderAuth(
+        "x-goog-api-key", default_base_url="https://generativelanguage.googleapis.com"
+    )
+    check_path = "/v1beta/models"
+    # Google's `{"error": {"code": 400, "message", "status": "INVALID_ARGUMENT"}}`
+    # (docs/providers.md §3.2).
+    error_shape = ErrorShape(("error", "message"), ("error", "status"))
+    image_routes = (
+        ImageRoutePattern(
+            re.compile(
+                r"/v1(?:beta)?/models/(?P<model>[^/:]+):(?:generateContent|streamGenerateContent)"
+            ),
+            "gemini",
+        ),
+    )
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None

@@ -2,12 +2,15 @@
 
 Under gunicorn's gevent workers the session's sockets are cooperative, so thousands of slow
 upstream calls wait concurrently. Retries are never done here (the router decides whether
-to fall back to another deployment), and redirects are not followed.
+to fall back to another deployment), and redirects are not followed. The sessions keep no
+cookies (aperture/outbound.py): one tenant's call never carries what an upstream set on
+another's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,7 +18,7 @@ import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
-from routing.images.fetch import PrivateAddress, caused_by, guarded_session
+from aperture.outbound import PrivateAddress, caused_by, guarded_session, new_session
 from routing.providers.auth import credential_headers
 from routing.providers.base import (
     ProviderError,
@@ -35,14 +38,11 @@ CHUNK_BYTES = 64 * 1024
 def session() -> requests.Session:
     global _session
     if _session is None:
-        new = requests.Session()
-        adapter = HTTPAdapter(
-            pool_connections=32, pool_maxsize=settings.UPSTREAM_POOL_SIZE, max_retries=0
+        _session = new_session(
+            HTTPAdapter(
+                pool_connections=32, pool_maxsize=settings.UPSTREAM_POOL_SIZE, max_retries=0
+            )
         )
-        new.mount("http://", adapter)
-        new.mount("https://", adapter)
-        new.trust_env = False  # no proxy or netrc surprises from the environment
-        _session = new
     return _session
 
 
@@ -64,7 +64,7 @@ def send(
 
     With `stream`, the call returns once the headers are in; the caller reads and closes.
     `guarded` (a workspace's own credential) refuses, on the address it connects to, any
-    host that resolves privately (routing/images/fetch.py)."""
+    host that resolves privately (aperture/outbound.py)."""
     all_headers = dict(headers or {})
     body = data
     if json_body is not None:
@@ -94,15 +94,23 @@ def send(
         ) from exc
 
 
-def upstream_message(response: requests.Response) -> tuple[str, str | None]:
-    """The upstream's own error message and param, from an OpenAI-style envelope or text."""
+def _json_body(response: requests.Response) -> Any:
     try:
-        body = orjson.loads(response.content)
+        return orjson.loads(response.content)
     except orjson.JSONDecodeError:
+        return None
+
+
+def upstream_message(response: requests.Response) -> tuple[str, str | None]:
+    """The upstream's own error message and param, from any of the error shapes upstreams
+    are known to answer with, or the text."""
+    return _generic_message(response, _json_body(response))
+
+
+def _generic_message(response: requests.Response, body: Any) -> tuple[str, str | None]:
+    if not isinstance(body, dict):
         text = response.text.strip()[:500]
         return (text or response.reason or "no message"), None
-    if not isinstance(body, dict):
-        return response.text.strip()[:500], None
     error = body.get("error")
     if isinstance(error, dict):  # OpenAI, Google, OpenRouter, Ark
         return str(error.get("message") or error.get("code") or "no message")[:2000], (
@@ -124,35 +132,56 @@ def upstream_message(response: requests.Response) -> tuple[str, str | None]:
     return response.text.strip()[:500], None
 
 
-# OpenAI-style error codes of a safety refusal (providers.md §1.8).
-# Zhipu / Z.AI's is "1301" (its content-safety page).
-MODERATION_CODES = frozenset({"moderation_blocked", "content_policy_violation", "1301"})
+@dataclass(frozen=True)
+class UpstreamErrorBody:
+    """What an upstream's error answer says: its message, code and param."""
+
+    message: str
+    code: str
+    param: str | None
 
 
-def _error_code(response: requests.Response) -> str:
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return ""
+def _generic_code(body: Any) -> str:
     error = body.get("error") if isinstance(body, dict) else None
     return str(error.get("code") or "") if isinstance(error, dict) else ""
 
 
+def error_body(provider: str, response: requests.Response) -> UpstreamErrorBody:
+    """The error answer read where the provider's declared shape puts each part; a part not
+    there (or no shape declared) is read the generic way."""
+    # The registry is imported when called: it imports the adapters, which import this module.
+    from routing.providers.registry import error_shape
+
+    body = _json_body(response)
+    message, param = _generic_message(response, body)
+    code = _generic_code(body)
+    shape = error_shape(provider)
+    if shape is not None and isinstance(body, dict):
+        message = (shape.pick(body, shape.message) or message)[:2000]
+        code = shape.pick(body, shape.code) or code
+        param = shape.pick(body, shape.param) or param
+    return UpstreamErrorBody(message=message, code=code, param=param)
+
+
 def check_status(provider: str, response: requests.Response) -> None:
-    """Map an upstream's error status to a ProviderError; return for 2xx."""
+    """Map an upstream's error status to a ProviderError; return for 2xx. A 400 is the
+    upstream's moderation when its code is one the provider declares as such."""
+    from routing.providers.registry import moderation_codes  # see error_body
+
     status = response.status_code
     if 200 <= status < 300:
         return
     if status in (401, 403):
         raise UpstreamAuthFailed(provider, status)
-    message, param = upstream_message(response)
+    error = error_body(provider, response)
+    message, param = error.message, error.param
     if status == 429:
         raise UpstreamRateLimited(
             provider, f"{provider} rate limit: {message}", response.headers.get("Retry-After")
         )
     if status == 402:  # the operator's account is out of credit: not the caller's doing
         raise UpstreamFailed(provider, f"{provider} refused for lack of credit: {message}")
-    if status == 400 and _error_code(response) in MODERATION_CODES:
+    if status == 400 and error.code in moderation_codes(provider):
         raise UpstreamModerated(provider, f"{provider}: {message}")
     if 400 <= status < 500:
         raise UpstreamRejected(provider, f"{provider}: {message}", status=status, param=param)
@@ -200,10 +229,13 @@ def read_chunks(upstream: requests.Response) -> Iterator[bytes]:
 
 __all__ = [
     "ProviderError",
+    "UpstreamErrorBody",
     "check_status",
+    "error_body",
     "json_object",
     "post_json",
     "read_chunks",
     "send",
     "session",
+    "upstream_message",
 ]

@@ -1,4 +1,4 @@
-"""OpenAI Images API (gpt-image-*, dall-e-3, dall-e-2). providers.md §1.
+"""OpenAI Images API (gpt-image-*, dall-e-3, dall-e-2). docs/providers.md §1.
 
 Only `model` is rewritten to the upstream id; every field the model supports is forwarded,
 and unknown extra fields pass through unchanged so new upstream options keep working.
@@ -6,6 +6,7 @@ and unknown extra fields pass through unchanged so new upstream options keep wor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
@@ -15,12 +16,15 @@ import requests
 from requests_toolbelt import MultipartEncoder
 
 from routing.providers import http
-from routing.providers.auth import credential_headers
+from routing.providers.auth import BEARER, ProviderAuth, credential_headers
 from routing.providers.base import (
+    OPENAI_ERRORS,
+    OPENAI_MODERATION_CODES,
     EventSource,
     GeneratedImage,
     ImageRequest,
     ImageResult,
+    ImageRoutePattern,
     ProviderAdapter,
     ProviderError,
     Target,
@@ -109,6 +113,13 @@ def is_gpt_image(caps: ImageCapabilities) -> bool:
 
 class OpenAIProvider(ProviderAdapter):
     name = "openai"
+    auth = ProviderAuth("Authorization", BEARER, "https://api.openai.com")
+    check_path = "/v1/models"
+    moderation_codes = OPENAI_MODERATION_CODES
+    error_shape = OPENAI_ERRORS
+    image_routes = (
+        ImageRoutePattern(re.compile(r"/v1/images/(?:generations|edits|variations)"), "openai"),
+    )
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None
@@ -174,13 +185,14 @@ class OpenAIProvider(ProviderAdapter):
         return fields
 
     def edit(self, request: ImageRequest, target: Target) -> ImageResult:
-        """providers.md §1.4: the form rebuilt with the upstream's model; files streamed."""
+        """docs/providers.md §1.4: the form rebuilt with the upstream's model; files streamed."""
         response = self._send_edit(request, target, self.edit_fields(request, target))
         http.check_status(self.name, response)
         return self.parse(http.json_object(self.name, response), request)
 
     def stream(self, request: ImageRequest, target: Target) -> EventSource:
-        """providers.md §1.7: the upstream's events, relayed as they come (already OpenAI's)."""
+        """The upstream's events, relayed as they come: already OpenAI's (docs/providers.md
+        §1.7)."""
         options = {"stream": True, "partial_images": request.partial_images}
         if request.is_edit:
             fields = {**self.edit_fields(request, target), **options}

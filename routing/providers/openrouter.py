@@ -1,4 +1,4 @@
-"""OpenRouter's image models through chat completions. providers.md §6.
+"""OpenRouter's image models through chat completions. docs/providers.md §6.
 
 `POST {root}/api/v1/chat/completions` with `modalities` and an `image_config` (aspect ratio,
 and a size tier where the model has tiers); images come back as data URLs in
@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
+from routing.providers.auth import BEARER, ProviderAuth
 from routing.providers.base import (
+    ErrorShape,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -68,6 +70,10 @@ def _uses_image_api(options: Mapping[str, Any] | None) -> bool:
 
 class OpenRouterProvider(ProviderAdapter):
     name = "openrouter"
+    auth = ProviderAuth("Authorization", BEARER, "https://openrouter.ai")
+    check_path = "/api/v1/key"
+    # `{"error": {"code": <HTTP status>, "message", "metadata"}}` (docs/providers.md §6).
+    error_shape = ErrorShape(("error", "message"), ("error", "code"))
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None

@@ -1,10 +1,16 @@
-"""Provider name → adapter. A provider without an adapter cannot serve inference routes."""
+"""Provider name → adapter, and the tables derived from what each adapter declares.
+
+A provider without an adapter cannot serve inference routes. Adding a provider means adding
+its module (with its facts declared on the adapter class) to ADAPTERS, its tests and its
+price seed; nothing here names a provider.
+"""
 
 from __future__ import annotations
 
 from aperture.errors import Unsupported
+from routing.providers.auth import ProviderAuth
 from routing.providers.azure import AzureProvider
-from routing.providers.base import ProviderAdapter
+from routing.providers.base import ErrorShape, ImageRoute, ProviderAdapter
 from routing.providers.bfl import BFLProvider
 from routing.providers.gemini import GeminiProvider
 from routing.providers.local import LocalProvider
@@ -33,6 +39,9 @@ ADAPTERS: dict[str, ProviderAdapter] = {
     )
 }
 
+# How each provider's credential is sent, and its default root.
+AUTH: dict[str, ProviderAuth] = {name: adapter.auth for name, adapter in ADAPTERS.items()}
+
 
 def adapter_for(provider: str) -> ProviderAdapter:
     try:
@@ -42,3 +51,24 @@ def adapter_for(provider: str) -> ProviderAdapter:
             f"The provider '{provider}' cannot serve image generation through this gateway yet.",
             param="model",
         ) from None
+
+
+def moderation_codes(provider: str) -> frozenset[str]:
+    """The provider's safety-refusal codes; the OpenAI-style ones for an unknown provider."""
+    return (ADAPTERS.get(provider) or ProviderAdapter).moderation_codes
+
+
+def error_shape(provider: str) -> ErrorShape | None:
+    adapter = ADAPTERS.get(provider)
+    return adapter.error_shape if adapter is not None else None
+
+
+def passthrough_image_route(provider: str, method: str, path: str) -> ImageRoute | None:
+    """The image route a passthrough call is on, if its provider declares the path (POST only)."""
+    adapter = ADAPTERS.get(provider)
+    if method != "POST" or adapter is None:
+        return None
+    for pattern in adapter.image_routes:
+        if (route := pattern.route(provider, path)) is not None:
+            return route
+    return None

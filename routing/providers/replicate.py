@@ -1,4 +1,4 @@
-"""Replicate predictions, with `Prefer: wait` and polling as the fallback. providers.md §9.1.
+"""Replicate predictions, with `Prefer: wait` and polling as the fallback. docs/providers.md §9.1.
 
 The deployment's model id is `owner/name` (an official model: `POST /v1/models/{owner}/
 {name}/predictions`) or `owner/name:version` (`POST /v1/predictions` with the version).
@@ -18,11 +18,10 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from routing.images.fetch import fetch_image
-from routing.images.sizing import nearest_ratio
 from routing.providers import http
-from routing.providers.auth import credential_headers
+from routing.providers.auth import BEARER, ProviderAuth, credential_headers
 from routing.providers.base import (
+    ErrorShape,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -32,7 +31,8 @@ from routing.providers.base import (
     UpstreamModerated,
     UpstreamTimedOut,
 )
-from routing.providers.capabilities import OUTPUT_FORMATS, ImageCapabilities
+from routing.providers.capabilities import OUTPUT_FORMATS, ImageCapabilities, nearest_ratio
+from routing.providers.fetch import fetch_image
 
 REPLICATE = ImageCapabilities(
     sizes=None,
@@ -51,6 +51,9 @@ DONE = frozenset({"succeeded", "failed", "canceled"})
 
 class ReplicateProvider(ProviderAdapter):
     name = "replicate"
+    auth = ProviderAuth("Authorization", BEARER, "https://api.replicate.com")
+    check_path = "/v1/account"
+    error_shape = ErrorShape(("detail",))  # RFC 7807 problem details
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None

@@ -1,4 +1,4 @@
-"""ByteDance Seedream on Volcengine Ark / BytePlus ModelArk. providers.md §4.
+"""ByteDance Seedream on Volcengine Ark / BytePlus ModelArk. docs/providers.md §4.
 
 One endpoint, `POST /api/v3/images/generations`, for generations and edits (reference
 images go in `image` as data URLs). Sizes are sent as pixels chosen within the model's
@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
+from routing.providers.auth import BEARER, ProviderAuth
 from routing.providers.base import (
+    OPENAI_ERRORS,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -62,6 +64,9 @@ _MODERATION_CODES = ("Sensitive", "Moderation", "Risk")
 
 class SeedreamProvider(ProviderAdapter):
     name = "seedream"
+    # Ark has no free call known that tests a key.
+    auth = ProviderAuth("Authorization", BEARER, "https://ark.cn-beijing.volces.com")
+    error_shape = OPENAI_ERRORS  # `{"error": {"code", "message"}}` (docs/providers.md §4)
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None

@@ -1,4 +1,4 @@
-"""Stability AI Stable Image (ultra, core, sd3). providers.md §7.
+"""Stability AI Stable Image (ultra, core, sd3). docs/providers.md §7.
 
 `POST {root}/v2beta/stable-image/generate/{ultra|core|sd3}` takes multipart/form-data even
 without a file; the gateway asks `Accept: application/json` so that the image comes back as
@@ -7,7 +7,7 @@ base64 beside its `finish_reason` and `seed`. The deployment's model id picks th
 aspect ratios; one image per call (`n` is fanned out). Ultra and sd3 also edit (image to
 image, one image, no mask). `CONTENT_FILTERED`, even with a 200, and a 403
 `content_moderation` are 400 `content_policy_violation`. Error bodies are
-`{"name", "errors": [...]}` (not confirmed live: providers.md marks them L).
+`{"name", "errors": [...]}` (not confirmed live: docs/providers.md marks them L).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import requests
 from requests_toolbelt import MultipartEncoder
 
 from routing.providers import http
-from routing.providers.auth import credential_headers
+from routing.providers.auth import BEARER, ProviderAuth, credential_headers
 from routing.providers.base import (
+    ErrorShape,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -67,6 +68,9 @@ def endpoint_for(model: str) -> str:
 
 class StabilityProvider(ProviderAdapter):
     name = "stability"
+    auth = ProviderAuth("Authorization", BEARER, "https://api.stability.ai")
+    check_path = "/v1/user/account"
+    error_shape = ErrorShape(("errors",), ("name",))  # `{"id", "name", "errors": [...]}`
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None

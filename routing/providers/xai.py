@@ -1,4 +1,4 @@
-"""xAI image generation (grok-imagine, grok-2-image). providers.md §5.
+"""xAI image generation (grok-imagine, grok-2-image). docs/providers.md §5.
 
 OpenAI's route and auth, but not its fields: xAI refuses `size`, `style` and `seed`, and
 takes `aspect_ratio` and `resolution` (`1k`, `2k`) instead. The gateway translates the
@@ -18,9 +18,10 @@ from typing import Any
 
 from PIL import Image
 
-from routing.images.sizing import nearest_ratio, tier_of
 from routing.providers import http
+from routing.providers.auth import BEARER, ProviderAuth
 from routing.providers.base import (
+    ErrorShape,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -30,7 +31,7 @@ from routing.providers.base import (
     UpstreamModerated,
     is_base64,
 )
-from routing.providers.capabilities import ImageCapabilities
+from routing.providers.capabilities import ImageCapabilities, nearest_ratio, tier_of
 
 # xAI's aspect ratios (grok-imagine).
 RATIOS = (
@@ -71,6 +72,10 @@ GROK_2 = ImageCapabilities(**{**GROK_IMAGINE.__dict__, "edits": False, "max_pixe
 
 class XAIProvider(ProviderAdapter):
     name = "xai"
+    auth = ProviderAuth("Authorization", BEARER, "https://api.x.ai")
+    check_path = "/v1/models"
+    # xAI's flat `{"code", "error"}`; its OpenAI-style envelope is read the generic way.
+    error_shape = ErrorShape(("error",), ("code",))
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None

@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from routing.providers import http
+from routing.providers.auth import BEARER, ProviderAuth
 from routing.providers.base import (
+    OPENAI_ERRORS,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -57,6 +59,11 @@ def user_id(user: str) -> str:
 
 class ZAIProvider(ProviderAdapter):
     name = "zai"
+    # Mainland root; the international one is https://api.z.ai (same paths). No free call
+    # is known that tests a key.
+    auth = ProviderAuth("Authorization", BEARER, "https://open.bigmodel.cn")
+    moderation_codes = frozenset({"1301"})  # Zhipu's content-safety refusal
+    error_shape = OPENAI_ERRORS
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None

@@ -14,8 +14,8 @@ from aperture.api_fields import validated
 from aperture.errors import InvalidRequest
 from aperture.openapi import paginated
 from aperture.pagination import NewestFirst
-from routing.selectors import unknown_alias_names
 from tenants import selectors, services
+from tenants.alias_names import unknown_alias_names
 from tenants.api.serializers import (
     KeyCreateIn,
     KeyFilterIn,

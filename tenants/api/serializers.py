@@ -5,13 +5,14 @@ from typing import Any
 
 from django.utils import timezone
 from rest_framework import serializers
+from rest_framework.serializers import Serializer
 
 from aperture.api_fields import StrictSerializer
 from tenants.models import ApiKey, Workspace
 from tenants.services import MAX_ROTATION_GRACE_SECONDS
 
 
-class WorkspaceOut(serializers.Serializer):
+class WorkspaceOut(Serializer[Any]):
     id = serializers.CharField(source="public_id")
     slug = serializers.CharField()
     name = serializers.CharField()
@@ -19,7 +20,7 @@ class WorkspaceOut(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class TeamOut(serializers.Serializer):
+class TeamOut(Serializer[Any]):
     id = serializers.CharField(source="public_id")
     slug = serializers.CharField()
     name = serializers.CharField()
@@ -36,12 +37,12 @@ class TeamUpdateIn(StrictSerializer):
     name = serializers.CharField(max_length=200)
 
 
-class TeamRef(serializers.Serializer):
+class TeamRef(Serializer[Any]):
     id = serializers.CharField(source="public_id")
     slug = serializers.CharField()
 
 
-class KeyOut(serializers.Serializer):
+class KeyOut(Serializer[Any]):
     """A key as anyone may see it again: never its secret."""
 
     id = serializers.CharField(source="public_id")
@@ -143,7 +144,7 @@ class KeyFilterIn(StrictSerializer):
     limit = serializers.IntegerField(required=False, min_value=1, max_value=500)
 
 
-class AuditEventOut(serializers.Serializer):
+class AuditEventOut(Serializer[Any]):
     actor = serializers.CharField()
     event = serializers.CharField()
     target_type = serializers.CharField()

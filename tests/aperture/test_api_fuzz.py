@@ -14,7 +14,7 @@ from tenants.models import Team
 from tests.openapi_check import published_schema
 
 schema = schemathesis.openapi.from_dict(published_schema())
-schema.app = application  # type: ignore[attr-defined]
+schema.app = application
 # Bodies and parameters that fit the schema, and ones that break it (wrong types, missing
 # fields, out-of-range values): the second kind must be a 4xx, never a 500. Seeded, so a
 # run is repeatable.
@@ -39,7 +39,7 @@ def admin_header(transactional_db: None, team: Team) -> dict[str, str]:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-def test_no_management_request_is_a_server_error(case, admin_header) -> None:  # type: ignore[no-untyped-def]
+def test_no_management_request_is_a_server_error(case, admin_header) -> None:
     case.call_and_validate(
         headers=admin_header,
         checks=[not_a_server_error, response_schema_conformance, content_type_conformance],

@@ -5,7 +5,7 @@ from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
 
-def _envelope(response) -> dict:  # type: ignore[no-untyped-def]
+def _envelope(response) -> dict:
     body = response.json()
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
@@ -52,7 +52,7 @@ def test_an_oversized_body_gets_413_before_anything_reads_it(client: APIClient) 
     assert _envelope(response)["code"] == "payload_too_large"
 
 
-def test_401_and_403_use_the_envelope(client: APIClient, team) -> None:  # type: ignore[no-untyped-def]
+def test_401_and_403_use_the_envelope(client: APIClient, team) -> None:
     assert _envelope(APIClient().get("/v1/models"))["type"] == "authentication_error"
     from tenants import services
     from tests.support import client_for

@@ -17,5 +17,5 @@ class Explodes(APIView):
 
 urlpatterns = [
     path("v1/explode", Explodes.as_view()),
-    path("", include("aperture.urls")),
+    path("", include("gateway.urls")),
 ]

@@ -20,4 +20,4 @@ def priced_alias(openai_credential: ProviderCredential) -> ModelAlias:
 
 def budget(**fields: object) -> Budget:
     scope = "key" if fields.get("key") else "team" if fields.get("team") else "workspace"
-    return Budget.objects.create(scope=scope, **fields)  # type: ignore[arg-type]
+    return Budget.objects.create(scope=scope, **fields)

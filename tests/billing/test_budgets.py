@@ -16,7 +16,7 @@ from tenants.services import CreatedKey
 from tests.billing.conftest import budget
 
 
-def _principal(api_key: CreatedKey):  # type: ignore[no-untyped-def]
+def _principal(api_key: CreatedKey):
     return authenticate_secret(api_key.secret)
 
 

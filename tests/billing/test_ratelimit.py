@@ -16,7 +16,7 @@ URL = "/v1/images/generations"
 BODY = json.dumps({"model": "demo-image", "prompt": "x", "size": "64x64"})
 
 
-def _post(client: APIClient):  # type: ignore[no-untyped-def]
+def _post(client: APIClient):
     return client.post(URL, BODY, content_type="application/json")
 
 

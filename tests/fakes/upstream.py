@@ -1,11 +1,12 @@
 """A fake image-provider upstream: a real HTTP server on 127.0.0.1.
 
-It speaks the real wire formats of OpenAI and Azure OpenAI (providers.md §1, §2), Gemini's
+It speaks the real wire formats of OpenAI and Azure OpenAI (docs/providers.md §1, §2), Gemini's
 generateContent (§3) and Stability's multipart generate (for passthrough), answers with real
 images at the requested size, streams server-sent events for `stream: true` (the final
 event can be held back until the test releases it), serves large bodies in chunks, records
 every request byte for byte, and can be told to misbehave for the next requests: an error
-status (with Retry-After), a delay, a malformed body or a reset connection.
+status (with Retry-After), a delay, a malformed body or a reset connection. Headers a test
+sets in `response_headers` (cookies, CORS) go out on every answer.
 
 In-process: `with FakeUpstream() as fake: fake.url …`. As its own process (benchmarks):
 `python -m tests.fakes.upstream --port 9100 --delay 0.2`; then `POST /_control/delay`.
@@ -107,6 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
             f"Content-Type: {content_type}",
             "Transfer-Encoding: chunked",
         ] + [f"{name}: {value}" for name, value in headers.items()]
+        lines += [f"{name}: {value}" for name, value in self.server.fake.response_headers]
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
     def _chunk(self, data: bytes) -> None:
@@ -125,6 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
             f"Content-Length: {len(payload)}",
             f"x-request-id: fake_{uuid.uuid4().hex[:12]}",
         ] + [f"{name}: {value}" for name, value in (headers or {}).items()]
+        lines += [f"{name}: {value}" for name, value in self.server.fake.response_headers]
         if self.server.fake.keep_bodies:  # recorded first: the caller may read it at once
             self.server.fake.sent.append(payload)
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
@@ -388,7 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
 
     def _replicate_create(self, recorded: Recorded) -> None:
-        """Replicate (providers.md §9.1): done at once under `Prefer: wait` unless the test
+        """Replicate (docs/providers.md §9.1): done at once under `Prefer: wait` unless the test
         makes the prediction slower than the wait."""
         fake = self.server.fake
         prediction = uuid.uuid4().hex
@@ -431,7 +434,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _bfl_submit(self, body: Any) -> None:
-        """BFL (providers.md §8): a task id and its polling URL; the work happens later."""
+        """BFL (docs/providers.md §8): a task id and its polling URL; the work happens later."""
         fake = self.server.fake
         task = uuid.uuid4().hex
         fake.bfl_tasks[task] = [fake.bfl_pending, dict(body or {})]
@@ -468,7 +471,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _stability(self, recorded: Recorded) -> None:
-        """Stability v2beta (providers.md §7): multipart in; bytes or JSON out by Accept."""
+        """Stability v2beta (docs/providers.md §7): multipart in; bytes or JSON out by Accept."""
         content_type = recorded.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             self._json(400, {"name": "bad_request", "errors": ["multipart/form-data required"]})
@@ -534,7 +537,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _openrouter(self, body: Any) -> None:
-        """OpenRouter chat completions with image output (providers.md §6)."""
+        """OpenRouter chat completions with image output (docs/providers.md §6)."""
         if not isinstance(body, dict) or "image" not in (body.get("modalities") or []):
             self._json(400, {"error": {"code": 400, "message": "modalities must include image"}})
             return
@@ -562,7 +565,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _seedream(self, body: Any) -> None:
-        """Ark (providers.md §4): one JPEG per call unless sequential generation is on."""
+        """Ark (docs/providers.md §4): one JPEG per call unless sequential generation is on."""
         if not isinstance(body, dict) or "watermark" not in body:
             self._json(
                 400,
@@ -595,7 +598,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _xai(self, body: dict[str, Any]) -> None:
-        """xAI (providers.md §5): JPEGs at aspect_ratio and resolution; size, style and seed
+        """xAI (docs/providers.md §5): JPEGs at aspect_ratio and resolution; size, style and seed
         are refused as the real API refuses them."""
         for field_name in ("size", "style", "seed"):
             if field_name in body:
@@ -620,7 +623,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"created": int(time.time()), "data": [item] * int(body.get("n", 1))})
 
     def _imagen(self, body: Any) -> None:
-        """Imagen :predict (providers.md §3.3): sampleCount images at the aspect ratio."""
+        """Imagen :predict (docs/providers.md §3.3): sampleCount images at the aspect ratio."""
         parameters = (body or {}).get("parameters") or {}
         ratio = parameters.get("aspectRatio", "1:1")
         width, height = {"1:1": (64, 64), "16:9": (112, 63), "9:16": (63, 112)}.get(ratio, (64, 48))
@@ -633,7 +636,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"predictions": predictions})
 
     def _gemini(self, body: Any) -> None:
-        """Gemini generateContent with an image part (providers.md §3.2)."""
+        """Gemini generateContent with an image part (docs/providers.md §3.2)."""
         if not isinstance(body, dict) or not body.get("contents"):
             self._json(
                 400,
@@ -734,6 +737,8 @@ class FakeUpstream:
         # Random bytes as the final image instead of a PNG: more than any socket buffer holds.
         self.final_bytes = 0
         self.break_streams = False
+        # Sent on every answer from now on, repeats kept (several Set-Cookie lines).
+        self.response_headers: list[tuple[str, str]] = []
         self._script: list[Misbehave] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), _Handler)
@@ -798,7 +803,7 @@ def form_parts(recorded: Recorded) -> list[FormPart]:
             name=str(part.get_param("name", header="content-disposition")),
             filename=part.get_filename(),
             content_type=part.get_content_type(),
-            data=bytes(part.get_payload(decode=True) or b""),  # type: ignore[arg-type]
+            data=bytes(part.get_payload(decode=True) or b""),
         )
         for part in message.iter_parts()
     ]
@@ -833,7 +838,7 @@ def main() -> None:
     fake._server.serve_forever()
 
 
-class _Discard(list):  # type: ignore[type-arg]
+class _Discard(list):
     def append(self, item: Any) -> None:
         pass
 

@@ -12,7 +12,7 @@ from tests.support import Server, gunicorn, subprocess_database_url
 
 
 @pytest.fixture(scope="module")
-def gateway(django_db_setup: None, django_db_blocker) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+def gateway(django_db_setup: None, django_db_blocker) -> Iterator[Server]:
     """One gunicorn (gevent) per module, on the test database; tests that use it commit their
     rows (`django_db(transaction=True)`). Its access log is kept for tests to read."""
     with django_db_blocker.unblock():

@@ -8,6 +8,7 @@ from django.core.management import CommandError, call_command
 
 from routing.models import Deployment, ModelAlias, ProviderCredential
 from tenants.models import AuditEvent, Workspace
+from tenants.services import CreatedKey
 
 CONFIG = """\
 credentials:
@@ -46,11 +47,16 @@ def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _apply(tmp_path: Path, text: str, *args: str) -> str:
+    return _apply_with_warnings(tmp_path, text, *args)[0]
+
+
+def _apply_with_warnings(tmp_path: Path, text: str, *args: str) -> tuple[str, str]:
+    """What `apply` printed: the plan (stdout) and its warnings (stderr)."""
     path = tmp_path / "gateway.yaml"
     path.write_text(text)
-    out = io.StringIO()
-    call_command("apply", str(path), *args, stdout=out)
-    return out.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    call_command("apply", str(path), *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
 
 
 def test_applying_creates_everything_and_a_second_run_changes_nothing(
@@ -141,6 +147,16 @@ GOOD = "credentials:\n  - name: fine\n    provider: local\n"  # lines 1-3, valid
             + "      - credential: fine\n        model: m\n        weight: 0\n",
             "line 7: 'weight' must be at least 1",
         ),
+        (
+            GOOD + "  - name: x\n    provider: local\n    free: 'true'\n",
+            "line 4: 'free' must be a bool in a credential",
+        ),
+        (
+            GOOD
+            + "aliases:\n  - name: a\n    deployments:\n"
+            + "      - credential: fine\n        model: m\n        free: 1\n",
+            "line 7: 'free' must be a bool in a deployment",
+        ),
         (GOOD + "aliases:\n  - name: a\n  - name: a\n", "line 6: alias 'a' is declared twice"),
         (GOOD + "aliases: [\n", "line 5: not valid YAML"),
         ("- just a list\n", "line 1: the file must be a mapping"),
@@ -202,8 +218,8 @@ rate_limits:
 
 
 def test_workspaces_teams_prices_budgets_and_rate_limits_apply_idempotently(
-    tmp_path: Path, api_key
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, api_key: CreatedKey
+) -> None:
     from billing.models import Budget, Price
     from tenants.models import ApiKey, Team
 
@@ -321,8 +337,8 @@ def test_bad_passthrough_settings_change_nothing_and_name_the_line(
 
 
 def test_a_budget_limit_below_what_the_period_spent_is_refused_and_nothing_changes(
-    tmp_path: Path, api_key
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, api_key: CreatedKey
+) -> None:
     from billing.models import Budget
 
     text = TENANCY.format(key=api_key.key.public_id)
@@ -341,7 +357,98 @@ def test_a_budget_limit_below_what_the_period_spent_is_refused_and_nothing_chang
     assert (spent.limit_images, spent.used_images) == (9, 6)
 
 
-def _rpm_of(api_key) -> int | None:  # type: ignore[no-untyped-def]
+def _rpm_of(api_key: CreatedKey) -> int | None:
     from tenants.models import ApiKey
 
     return ApiKey.objects.get(pk=api_key.key.pk).rpm_limit
+
+
+FREE = """\
+credentials:
+  - name: openai-main
+    provider: openai
+    secret_env: APPLY_TEST_OPENAI_KEY
+  - name: lab
+    provider: openai
+    secret_env: APPLY_TEST_OPENAI_KEY
+    free: true
+aliases:
+  - name: image-prod
+    deployments:
+      - credential: openai-main
+        model: gpt-image-1
+      - credential: openai-main
+        model: GPT-IMAGE-1
+        priority: 1
+      - credential: openai-main
+        model: house-model
+        priority: 2
+        free: true
+      - credential: lab
+        model: lab-model
+        priority: 3
+"""
+UNPRICED_WARNING = (
+    "warning: alias image-prod (platform) → credential openai-main (openai) model GPT-IMAGE-1 "
+    "has no price and will be refused (model_not_priced); add a price for openai GPT-IMAGE-1, "
+    "or mark the deployment or the credential free: true"
+)
+
+
+def test_free_is_set_on_credentials_and_deployments_from_the_file(tmp_path: Path, db: None) -> None:
+    _apply(tmp_path, FREE)
+    credentials = ProviderCredential.objects.order_by("name").values_list("name", "free")
+    assert list(credentials) == [("lab", True), ("openai-main", False)]
+    deployments = Deployment.objects.order_by("priority").values_list("upstream_model", "free")
+    assert list(deployments) == [
+        ("gpt-image-1", False),
+        ("GPT-IMAGE-1", False),
+        ("house-model", True),
+        ("lab-model", False),
+    ]
+
+    flipped = (
+        FREE.replace("KEY\n    free: true\n", "KEY\n")  # the credential lab
+        .replace("priority: 2\n        free: true\n", "priority: 2\n")  # house-model
+        .replace("model: GPT-IMAGE-1\n", "model: GPT-IMAGE-1\n        free: true\n")
+    )
+    assert _apply(tmp_path, flipped, "--dry-run").splitlines() == [
+        "update credential lab (platform): free",
+        "update deployment image-prod → openai-main:GPT-IMAGE-1: free",
+        "update deployment image-prod → openai-main:house-model: free",
+        "3 change(s); would change.",
+    ]
+    _apply(tmp_path, flipped)
+    assert not ProviderCredential.objects.get(name="lab").free
+    free_models = Deployment.objects.filter(free=True).values_list("upstream_model", flat=True)
+    assert list(free_models) == ["GPT-IMAGE-1"]
+    assert AuditEvent.objects.filter(event="credential.updated").count() == 1
+    assert AuditEvent.objects.filter(event="deployment.updated").count() == 2
+    assert _apply(tmp_path, flipped) == "No changes.\n"
+
+
+def test_apply_warns_about_each_unpriced_deployment_and_still_applies(
+    tmp_path: Path, db: None
+) -> None:
+    out, err = _apply_with_warnings(tmp_path, FREE)
+    # Priced (gpt-image-1), free (house-model) and on a free credential (lab-model): no
+    # warning. GPT-IMAGE-1 has no price: ids match as the provider matches them, by case.
+    assert out.splitlines()[-1] == "7 change(s); changed."
+    assert err.splitlines() == [UNPRICED_WARNING]
+    assert Deployment.objects.count() == 4
+
+    assert _apply_with_warnings(tmp_path, FREE) == ("No changes.\n", UNPRICED_WARNING + "\n")
+    assert _apply_with_warnings(tmp_path, FREE, "--dry-run") == ("No changes.\n", "")
+
+    priced = FREE + (
+        "prices:\n  - provider: openai\n    model: GPT-IMAGE-1\n    per_image_usd: 0.04\n"
+    )
+    assert _apply_with_warnings(tmp_path, priced)[1] == ""
+
+
+def test_a_disabled_deployment_or_alias_is_not_warned_about(tmp_path: Path, db: None) -> None:
+    unpriced = "        model: GPT-IMAGE-1\n        priority: 1\n"
+    off = FREE.replace(unpriced, unpriced + "        enabled: false\n")
+    assert _apply_with_warnings(tmp_path, off)[1] == ""
+    alias_off = FREE.replace("  - name: image-prod\n", "  - name: image-prod\n    enabled: false\n")
+    assert _apply_with_warnings(tmp_path, alias_off)[1] == ""

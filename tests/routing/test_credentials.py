@@ -44,7 +44,7 @@ def test_the_stored_row_never_contains_the_plaintext_secret() -> None:
 
 
 @pytest.mark.django_db
-def test_reencryption_with_a_new_first_key_keeps_every_secret_readable(settings) -> None:  # type: ignore[no-untyped-def]
+def test_reencryption_with_a_new_first_key_keeps_every_secret_readable(settings) -> None:
     old_key = settings.ENCRYPTION_KEYS[0]
     first = _openai(name="one")
     second = _openai(name="two")

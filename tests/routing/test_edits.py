@@ -37,13 +37,13 @@ def _decoded(b64: str | None) -> Image.Image:
     return image.convert("RGBA")
 
 
-def _sdk(live_server, key: str) -> OpenAI:  # type: ignore[no-untyped-def]
+def _sdk(live_server, key: str) -> OpenAI:
     return OpenAI(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 def test_the_sdk_edits_with_the_local_provider_inside_the_mask_only(
     live_server, api_key: CreatedKey, platform_alias: ModelAlias
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     client = _sdk(live_server, api_key.secret)
     source = _png(96, 64)
     masked = client.images.edit(
@@ -86,8 +86,9 @@ def test_the_sdk_edits_with_the_local_provider_inside_the_mask_only(
     assert [(r.status, r.images) for r in records] == [(200, 1), (200, 1), (200, 2)]
 
 
+@pytest.mark.usefixtures("list_prices")  # a model without a price is not served
 def test_the_sdk_edits_through_openai_and_azure_with_files_and_fields_rebuilt(
-    live_server,  # type: ignore[no-untyped-def]
+    live_server,
     api_key: CreatedKey,
     upstream_aliases: dict[str, ModelAlias],
     fake_upstream: FakeUpstream,
@@ -170,7 +171,7 @@ def test_the_sdk_edits_through_openai_and_azure_with_files_and_fields_rebuilt(
 EDIT = "/v1/images/edits"
 
 
-def _edit(client: APIClient, data: dict):  # type: ignore[no-untyped-def]
+def _edit(client: APIClient, data: dict):
     return client.post(EDIT, data, format="multipart")
 
 
@@ -326,7 +327,7 @@ def test_an_edit_sent_as_json_is_told_to_use_multipart(
 
 def test_an_image_over_the_size_limit_is_413(
     client: APIClient, platform_alias: ModelAlias, settings
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings.EDIT_MAX_IMAGE_BYTES = 1000
     big = _png(200, 200, (1, 2, 3, 255)) + b"\0" * 1000
     response = _edit(
@@ -357,7 +358,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(
 
 def test_a_form_with_too_many_parts_is_a_400_not_a_500(
     client: APIClient, platform_alias: ModelAlias, settings
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
     images = [_upload(f"{i}.png", png(8, 8)) for i in range(5)]
     response = _edit(client, {"model": "demo-image", "prompt": "x", "image[]": images})

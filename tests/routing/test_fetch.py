@@ -3,8 +3,8 @@
 import pytest
 from django.test import override_settings
 
-from routing.images.fetch import FetchRefused, fetch_image
 from routing.providers.base import UpstreamFailed
+from routing.providers.fetch import FetchRefused, fetch_image
 from tests.fakes.upstream import FakeUpstream, Misbehave, png
 
 
@@ -56,7 +56,7 @@ def test_an_upstream_url_is_downloaded_and_inlined_when_the_caller_wants_b64(
     client,
     upstream_aliases,
     fake_upstream: FakeUpstream,
-    hosted: str,  # type: ignore[no-untyped-def]
+    hosted: str,
 ) -> None:
     import base64
 

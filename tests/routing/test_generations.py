@@ -19,7 +19,7 @@ from tests.support import client_for
 URL = "/v1/images/generations"
 
 
-def _post(client: APIClient, body: object):  # type: ignore[no-untyped-def]
+def _post(client: APIClient, body: object):
     return client.post(URL, json.dumps(body), content_type="application/json")
 
 

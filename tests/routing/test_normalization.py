@@ -70,7 +70,7 @@ def test_the_nearest_accepted_size_is_chosen(entry: str, options: dict, expected
     assert _size(ENTRIES[entry], **options) == expected
 
 
-def _post(client: APIClient, body: dict):  # type: ignore[no-untyped-def]
+def _post(client: APIClient, body: dict):
     return client.post(URL, json.dumps(body), content_type="application/json")
 
 

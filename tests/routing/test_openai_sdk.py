@@ -17,7 +17,7 @@ from tests.conftest import UPSTREAM_SECRET
 from tests.fakes.upstream import FakeUpstream, Misbehave
 
 
-def _sdk(live_server, key: str) -> OpenAI:  # type: ignore[no-untyped-def]
+def _sdk(live_server, key: str) -> OpenAI:
     return OpenAI(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0, timeout=30)
 
 
@@ -28,11 +28,12 @@ def _decoded(b64: str | None) -> Image.Image:
     return image
 
 
+@pytest.mark.usefixtures("list_prices")  # a model without a price is not served
 def test_the_sdk_generates_through_local_openai_and_azure_deployments(
     live_server,
     api_key: CreatedKey,
     upstream_aliases: dict[str, ModelAlias],
-    fake_upstream: FakeUpstream,  # type: ignore[no-untyped-def]
+    fake_upstream: FakeUpstream,
 ) -> None:
     client = _sdk(live_server, api_key.secret)
     local = client.images.generate(model="demo-image", prompt="a fox", size="640x480", n=2)
@@ -72,7 +73,7 @@ def test_the_sdk_generates_through_local_openai_and_azure_deployments(
 def test_models_list_shows_exactly_the_aliases_the_key_may_use(
     live_server,
     team: Team,
-    upstream_aliases: dict[str, ModelAlias],  # type: ignore[no-untyped-def]
+    upstream_aliases: dict[str, ModelAlias],
 ) -> None:
     everything = key_create(actor="t", team=team, name="all")
     limited = key_create(
@@ -91,11 +92,12 @@ def test_models_list_shows_exactly_the_aliases_the_key_may_use(
         _sdk(live_server, limited.secret).models.retrieve("image-openai")
 
 
+@pytest.mark.usefixtures("list_prices")  # a model without a price is not served
 def test_sdk_errors_arrive_as_the_sdks_typed_exceptions(
     live_server,
     api_key: CreatedKey,
     upstream_aliases: dict[str, ModelAlias],
-    fake_upstream: FakeUpstream,  # type: ignore[no-untyped-def]
+    fake_upstream: FakeUpstream,
 ) -> None:
     client = _sdk(live_server, api_key.secret)
     with pytest.raises(openai.NotFoundError) as not_found:
@@ -117,7 +119,7 @@ def test_a_hosted_url_serves_the_image_until_it_expires(
     live_server,
     api_key: CreatedKey,
     platform_alias: ModelAlias,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     result = _sdk(live_server, api_key.secret).images.generate(
         model="demo-image", prompt="a fox", size="200x100", response_format="url"

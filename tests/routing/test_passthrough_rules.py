@@ -7,10 +7,12 @@ import json
 import pytest
 
 from aperture.errors import InvalidRequest, PermissionError_
+from routing import tally as tallies
 from routing.passthrough import image_routes
 from routing.passthrough.form_fields import FormFieldSniffer, boundary_of
 from routing.passthrough.headers import caller_response_headers, upstream_request_headers
 from routing.passthrough.paths import check_allowed, forwarded_query, parse_path, upstream_url
+from routing.providers.base import ImageRoute
 
 BASE = "https://api.example.com"
 
@@ -100,45 +102,61 @@ def test_upstream_headers_lose_the_callers_key_and_hop_by_hop_ones() -> None:
     }
 
 
-def test_response_headers_lose_hop_by_hop_ones_only() -> None:
+def test_response_headers_lose_hop_by_hop_ones_cookies_and_cors_grants() -> None:
     upstream = [
         ("Content-Type", "text/event-stream"),
         ("Transfer-Encoding", "chunked"),
         ("Connection", "close"),
-        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "sessionid=upstream; Path=/"),
+        ("set-cookie", "csrftoken=upstream"),
+        ("Access-Control-Allow-Origin", "*"),
+        ("access-control-allow-credentials", "true"),
         ("x-ratelimit-remaining", "9"),
     ]
     assert caller_response_headers(upstream) == [
         ("Content-Type", "text/event-stream"),
-        ("Set-Cookie", "a=1"),
         ("x-ratelimit-remaining", "9"),
     ]
 
 
+def test_the_callers_forwarding_headers_do_not_go_upstream() -> None:
+    incoming = [
+        ("X-Forwarded-For", "10.0.0.7"),
+        ("Forwarded", "for=10.0.0.7;host=gateway.internal"),
+        ("X-Forwarded-Host", "gateway.internal"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Real-Ip", "10.0.0.7"),
+        ("Via", "1.1 lb"),
+        ("Content-Type", "application/json"),
+    ]
+    assert upstream_request_headers(incoming, injected={"Authorization": "Bearer p"}) == {
+        "Content-Type": "application/json",
+        "Authorization": "Bearer p",
+    }
+
+
 def test_image_routes_are_recognised_per_provider() -> None:
     recognise = image_routes.recognise
-    assert recognise("openai", "POST", "/v1/images/edits") == image_routes.ImageRoute(
-        "openai", "openai"
-    )
+    assert recognise("openai", "POST", "/v1/images/edits") == ImageRoute("openai", "openai")
     assert recognise("azure", "POST", "/openai/deployments/gpt-image-1/images/generations") == (
-        image_routes.ImageRoute("azure", "openai", path_model="gpt-image-1")
+        ImageRoute("azure", "openai", path_model="gpt-image-1")
     )
     assert recognise("gemini", "POST", "/v1beta/models/gemini-2.5-flash-image:generateContent") == (
-        image_routes.ImageRoute("gemini", "gemini", path_model="gemini-2.5-flash-image")
+        ImageRoute("gemini", "gemini", path_model="gemini-2.5-flash-image")
     )
     assert recognise("openai", "GET", "/v1/images/generations") is None
     assert recognise("openai", "POST", "/v1/chat/completions") is None
     assert recognise("stability", "POST", "/v1/images/generations") is None
 
 
-def _tally(route: image_routes.ImageRoute, content_type: str, encoding: str = "", cap: int = 10**6):
-    return image_routes.ResponseTally(
-        route=route, content_type=content_type, content_encoding=encoding, cap=cap
+def _tally(route: ImageRoute, content_type: str, encoding: str = "", cap: int = 10**6):
+    return tallies.ResponseTally(
+        family=route.family, content_type=content_type, content_encoding=encoding, cap=cap
     )
 
 
 def test_a_gzipped_json_response_is_counted_in_any_chunking() -> None:
-    route = image_routes.ImageRoute("openai", "openai")
+    route = ImageRoute("openai", "openai")
     body = json.dumps(
         {
             "data": [{"b64_json": "aGk="}, {"b64_json": "aGk="}],
@@ -158,7 +176,7 @@ def test_a_gzipped_json_response_is_counted_in_any_chunking() -> None:
 
 
 def test_an_event_stream_counts_completed_images_not_partials() -> None:
-    route = image_routes.ImageRoute("openai", "openai")
+    route = ImageRoute("openai", "openai")
     partial = {"type": "image_generation.partial_image", "b64_json": "x" * 5000}
     done = {"type": "image_generation.completed", "b64_json": "y", "usage": {"output_tokens": 7}}
     stream = (
@@ -176,7 +194,7 @@ def test_an_event_stream_counts_completed_images_not_partials() -> None:
 
 
 def test_gemini_images_are_the_inline_image_parts() -> None:
-    route = image_routes.ImageRoute("gemini", "gemini", "gemini-2.5-flash-image")
+    route = ImageRoute("gemini", "gemini", "gemini-2.5-flash-image")
     image = base64.b64encode(b"png").decode()
     body = {
         "candidates": [
@@ -192,19 +210,16 @@ def test_gemini_images_are_the_inline_image_parts() -> None:
         ],
         "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 1290},
     }
-    counted = image_routes.count_json_body(route, json.dumps(body).encode())
+    counted = tallies.count_json_body(route.family, json.dumps(body).encode())
     assert counted is not None
     assert (counted.images, counted.input_tokens, counted.output_tokens) == (2, 5, 1290)
 
 
 def test_a_response_over_the_cap_is_not_measured() -> None:
-    tally = _tally(image_routes.ImageRoute("openai", "openai"), "application/json", cap=10)
+    tally = _tally(ImageRoute("openai", "openai"), "application/json", cap=10)
     tally.feed(b'{"data": [{"b64_json": "aGk="}]}')
     assert tally.result() is None
-    assert (
-        _tally(image_routes.ImageRoute("openai", "openai"), "application/json", "br").result()
-        is None
-    )
+    assert _tally(ImageRoute("openai", "openai"), "application/json", "br").result() is None
 
 
 def test_form_fields_are_read_from_a_multipart_body_in_any_chunking() -> None:
@@ -222,23 +237,23 @@ def test_form_fields_are_read_from_a_multipart_body_in_any_chunking() -> None:
     for start in range(0, len(body), 13):
         sniffer.feed(body[start : start + 13])
     assert sniffer.fields == {"model": "gpt-image-1", "n": "3"}
-    route = image_routes.ImageRoute("openai", "openai")
+    route = ImageRoute("openai", "openai")
     assert image_routes.request_facts(route, sniffer.fields) == image_routes.RequestFacts(
         model="gpt-image-1", n=3
     )
     assert boundary_of("application/json") is None
 
 
-def test_a_chunked_upload_is_cut_off_at_the_body_limit(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_chunked_upload_is_cut_off_at_the_body_limit(settings) -> None:
     from aperture.errors import PayloadTooLarge
     from billing.metering import Meter
-    from routing.passthrough.service import IncomingBody, UploadStream
+    from routing.passthrough.body import IncomingBody, UploadStream
 
     settings.MAX_BODY_BYTES = 250_000
     pieces = iter([b"x" * 100_000] * 5)
     body = IncomingBody(read=lambda _n: next(pieces, b""), length=None, content_type="")
     meter = Meter(request_id="r", endpoint="passthrough")
-    upload = UploadStream(body, meter, sniffer=None)
+    upload = UploadStream(body, meter)
     sent = []
     with pytest.raises(PayloadTooLarge):
         for chunk in upload:
@@ -247,7 +262,7 @@ def test_a_chunked_upload_is_cut_off_at_the_body_limit(settings) -> None:  # typ
     assert meter.bytes_in == 300_000
 
 
-def test_a_malformed_content_length_is_a_400_not_a_500(client) -> None:  # type: ignore[no-untyped-def]
+def test_a_malformed_content_length_is_a_400_not_a_500(client) -> None:
     response = client.generic(
         "POST", "/openai/v1/x", b"{}", CONTENT_LENGTH="12abc", content_type="application/json"
     )
@@ -255,7 +270,7 @@ def test_a_malformed_content_length_is_a_400_not_a_500(client) -> None:  # type:
     assert response.json()["error"]["code"] == "invalid_content_length"
 
 
-def test_a_malformed_content_length_on_an_image_route_is_a_400_too(client) -> None:  # type: ignore[no-untyped-def]
+def test_a_malformed_content_length_on_an_image_route_is_a_400_too(client) -> None:
     response = client.generic(
         "POST", "/v1/images/generations", b"{}", CONTENT_LENGTH="x", content_type="application/json"
     )
@@ -263,7 +278,9 @@ def test_a_malformed_content_length_on_an_image_route_is_a_400_too(client) -> No
     assert response.json()["error"]["code"] == "invalid_content_length"
 
 
-def test_an_openai_image_call_without_a_model_is_priced_as_openais_default() -> None:
-    route = image_routes.ImageRoute("openai", "openai")
-    assert image_routes.request_facts(route, {"prompt": "x"}).model == "dall-e-2"
-    assert image_routes.request_facts(route, {"model": ""}).model == "dall-e-2"
+def test_an_openai_image_call_without_a_model_is_refused_since_it_cannot_be_priced() -> None:
+    route = ImageRoute("openai", "openai")
+    for fields in ({"prompt": "x"}, {"model": ""}, {"model": 3}):
+        with pytest.raises(InvalidRequest) as refused:
+            image_routes.request_facts(route, fields)
+        assert (refused.value.code, refused.value.param) == ("model_required", "model")

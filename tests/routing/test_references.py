@@ -22,7 +22,7 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     attempts: list[str] = []
     real = urllib3.util.connection.create_connection
 
-    def guarded(address, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def guarded(address, *args, **kwargs):
         attempts.append(str(address[0]))
         if str(address[0]) not in LOOPBACK:
             raise AssertionError(f"the gateway tried to connect to {address[0]}")
@@ -36,7 +36,7 @@ def _data_url(data: bytes, media_type: str = "image/png") -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
-def _post(client: APIClient, body: dict):  # type: ignore[no-untyped-def]
+def _post(client: APIClient, body: dict):
     return client.post(URL, json.dumps(body), content_type="application/json")
 
 
@@ -70,7 +70,7 @@ def test_an_allowlisted_url_reference_is_fetched_and_used_by_the_local_provider(
     client: APIClient,
     platform_alias: ModelAlias,
     fake_upstream: FakeUpstream,
-    settings,  # type: ignore[no-untyped-def]
+    settings,
 ) -> None:
     settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]
     fake_upstream.files["ref.png"] = (png(40, 30), "image/png")
@@ -123,7 +123,7 @@ def test_a_redirect_to_a_private_address_is_refused_before_following_it(
     platform_alias: ModelAlias,
     fake_upstream: FakeUpstream,
     connections: list[str],
-    settings,  # type: ignore[no-untyped-def]
+    settings,
 ) -> None:
     settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]  # the first hop is allowed...
     url = f"{fake_upstream.url}/v1/redirect?to=http://169.254.169.254/latest/meta-data/"
@@ -165,7 +165,7 @@ def test_a_reference_that_is_not_an_image_or_a_model_without_references_is_refus
     client: APIClient,
     upstream_aliases: dict[str, ModelAlias],
     fake_upstream: FakeUpstream,
-    settings,  # type: ignore[no-untyped-def]
+    settings,
 ) -> None:
     settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]
     fake_upstream.files["page.html"] = (b"<html></html>", "text/html")

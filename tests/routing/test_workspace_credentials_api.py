@@ -20,7 +20,7 @@ def loopback_allowed(settings: SettingsWrapper) -> None:
     settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]
 
 
-def _add(admin: SchemaCheckedClient, base_url: str, secret: str = UPSTREAM_SECRET, **more: object):  # type: ignore[no-untyped-def]
+def _add(admin: SchemaCheckedClient, base_url: str, secret: str = UPSTREAM_SECRET, **more: object):
     return admin.post(
         "/api/v1/credentials",
         {

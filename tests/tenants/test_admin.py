@@ -174,7 +174,7 @@ def test_a_platform_alias_cannot_take_a_workspace_credential_inline(
 def test_the_admin_lists_run_a_bounded_number_of_queries(
     admin_client: Client,
     populated: None,
-    django_assert_max_num_queries,  # type: ignore[no-untyped-def]
+    django_assert_max_num_queries,
 ) -> None:
     for name in (
         "tenants_apikey",

@@ -17,7 +17,7 @@ ACTOR = "system:tests"
 KEY_SHAPE = re.compile(r"^apk_[A-Za-z0-9]{12}_[A-Za-z0-9]{43}$")
 
 
-def _models(client, **extra):  # type: ignore[no-untyped-def]
+def _models(client, **extra):
     return client.get("/v1/models", **extra)
 
 
@@ -35,7 +35,7 @@ def test_created_key_has_the_documented_shape_and_only_its_hash_is_stored(
     assert api_key.secret.split("_")[2] not in raw
 
 
-def test_a_valid_bearer_key_authenticates(client, platform_alias: ModelAlias) -> None:  # type: ignore[no-untyped-def]
+def test_a_valid_bearer_key_authenticates(client, platform_alias: ModelAlias) -> None:
     response = _models(client)
     assert response.status_code == 200
     assert [m["id"] for m in response.json()["data"]] == ["demo-image"]
@@ -98,7 +98,7 @@ def test_a_correct_public_id_with_a_wrong_secret_is_refused(api_key: CreatedKey)
     assert response.json()["error"]["message"] == "Incorrect API key provided."
 
 
-def test_revoked_key_is_refused_on_the_next_request(client, api_key: CreatedKey) -> None:  # type: ignore[no-untyped-def]
+def test_revoked_key_is_refused_on_the_next_request(client, api_key: CreatedKey) -> None:
     assert _models(client).status_code == 200  # warms the auth cache
     services.key_revoke(actor=ACTOR, key=api_key.key)
     response = _models(client)
@@ -115,7 +115,7 @@ def test_expired_key_is_refused(team: Team) -> None:
     assert response.json()["error"]["message"] == "This API key has expired."
 
 
-def test_suspended_workspace_gets_403(client, workspace: Workspace) -> None:  # type: ignore[no-untyped-def]
+def test_suspended_workspace_gets_403(client, workspace: Workspace) -> None:
     assert _models(client).status_code == 200
     services.workspace_set_status(
         actor=ACTOR, workspace=workspace, status=Workspace.Status.SUSPENDED
@@ -125,7 +125,7 @@ def test_suspended_workspace_gets_403(client, workspace: Workspace) -> None:  # 
     assert response.json()["error"]["code"] == "workspace_suspended"
 
 
-def test_archived_team_keys_are_refused(client, team: Team) -> None:  # type: ignore[no-untyped-def]
+def test_archived_team_keys_are_refused(client, team: Team) -> None:
     assert _models(client).status_code == 200
     services.team_archive(actor=ACTOR, team=team)
     assert _models(client).status_code == 401
@@ -138,7 +138,7 @@ def test_a_key_without_the_images_scope_gets_403_on_inference_routes(team: Team)
     assert response.json()["error"]["type"] == "permission_error"
 
 
-def test_last_used_is_written_at_most_once_a_minute(client, api_key: CreatedKey) -> None:  # type: ignore[no-untyped-def]
+def test_last_used_is_written_at_most_once_a_minute(client, api_key: CreatedKey) -> None:
     assert _models(client).status_code == 200
     first = ApiKey.objects.get(pk=api_key.key.pk).last_used_at
     assert first is not None
@@ -152,7 +152,7 @@ def test_last_used_is_written_at_most_once_a_minute(client, api_key: CreatedKey)
 def test_authentication_is_served_from_cache_after_the_first_request(
     client,
     platform_alias: ModelAlias,
-    django_assert_max_num_queries,  # type: ignore[no-untyped-def]
+    django_assert_max_num_queries,
 ) -> None:
     assert _models(client).status_code == 200
     with django_assert_max_num_queries(2):  # aliases and deployments; no key lookup
@@ -170,7 +170,7 @@ def test_authentication_is_served_from_cache_after_the_first_request(
 )
 def test_keys_still_authenticate_and_revoke_when_the_cache_is_down(
     client,
-    api_key: CreatedKey,  # type: ignore[no-untyped-def]
+    api_key: CreatedKey,
 ) -> None:
     assert _models(client).status_code == 200
     services.key_revoke(actor=ACTOR, key=api_key.key)

@@ -242,7 +242,7 @@ def test_the_management_api_without_a_key_is_a_401(db: None) -> None:
 def test_listing_keys_takes_a_fixed_number_of_queries(
     admin: SchemaCheckedClient,
     django_assert_max_num_queries,
-    team: Team,  # type: ignore[no-untyped-def]
+    team: Team,
 ) -> None:
     for i in range(10):
         _create(admin, name=f"k{i}")

@@ -100,7 +100,7 @@ def _fill(spec: dict[str, object], objects: Objects) -> dict[str, object]:
         if isinstance(value, list):
             filled[field] = [_fill(item, objects) for item in value]
         else:
-            filled[field] = _id(objects, value) if value in kinds else value  # type: ignore[arg-type]
+            filled[field] = _id(objects, value) if value in kinds else value
     return filled
 
 

@@ -8,6 +8,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from routing.config_apply import apply, plan
 from routing.config_file import ConfigError, parse_config
+from routing.models import Deployment
+from routing.selectors import unpriced_deployments
 
 
 class Command(BaseCommand):
@@ -41,3 +43,17 @@ class Command(BaseCommand):
             self.stdout.write(str(change))
         verb = "would change" if options["dry_run"] else "changed"
         self.stdout.write(f"{len(changes)} change(s); {verb}." if changes else "No changes.")
+        if not options["dry_run"]:  # a dry run's warnings would describe the rows, not the file
+            for deployment in unpriced_deployments():
+                self.stderr.write(_unpriced_warning(deployment), style_func=self.style.WARNING)
+
+
+def _unpriced_warning(deployment: Deployment) -> str:
+    alias, credential = deployment.alias, deployment.credential
+    alias_scope = alias.workspace.slug if alias.workspace else "platform"
+    return (
+        f"warning: alias {alias.name} ({alias_scope}) → credential {credential.name} "
+        f"({credential.provider}) model {deployment.upstream_model} has no price and will be "
+        f"refused (model_not_priced); add a price for {credential.provider} "
+        f"{deployment.upstream_model}, or mark the deployment or the credential free: true"
+    )

@@ -42,7 +42,7 @@ def alias_on(fake_upstream: FakeUpstream) -> AliasMaker:
 
 
 @pytest.fixture
-def sdk(live_server, api_key: CreatedKey) -> OpenAI:  # type: ignore[no-untyped-def]
+def sdk(live_server, api_key: CreatedKey) -> OpenAI:
     return OpenAI(
         base_url=f"{live_server.url}/v1", api_key=api_key.secret, max_retries=0, timeout=60
     )

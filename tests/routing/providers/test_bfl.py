@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _fast_polls_and_local_samples(settings) -> None:  # type: ignore[no-untyped-def]
+def _fast_polls_and_local_samples(settings) -> None:
     settings.UPSTREAM_POLL_INTERVAL_SECONDS = 0.01
     settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]  # the fake hosts the signed samples
 
@@ -158,7 +158,7 @@ def test_the_key_goes_only_to_bfl_hosts() -> None:
 def test_polling_leaves_the_worker_free_for_other_requests(
     fake_upstream: FakeUpstream,
     api_key,
-    alias_on: AliasMaker,  # type: ignore[no-untyped-def]
+    alias_on: AliasMaker,
 ) -> None:
     """One gevent worker: while a task is polled, the same worker answers another call."""
     from concurrent.futures import ThreadPoolExecutor

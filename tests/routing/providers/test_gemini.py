@@ -1,4 +1,4 @@
-"""Gemini native image output and Imagen, through the official SDK (providers.md §3)."""
+"""Gemini native image output and Imagen, through the official SDK (docs/providers.md §3)."""
 
 import base64
 import io

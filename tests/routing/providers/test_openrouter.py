@@ -1,4 +1,4 @@
-"""OpenRouter's chat-completions image route through the official SDK (providers.md §6)."""
+"""OpenRouter's chat-completions image route through the official SDK (docs/providers.md §6)."""
 
 import base64
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _fast_polls_and_local_outputs(settings) -> None:  # type: ignore[no-untyped-def]
+def _fast_polls_and_local_outputs(settings) -> None:
     settings.UPSTREAM_POLL_INTERVAL_SECONDS = 0.01
     settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]  # the fake hosts the outputs
 
@@ -44,8 +44,12 @@ def test_an_official_model_answers_within_prefer_wait(
 def test_a_slow_versioned_prediction_is_polled_until_it_succeeds(
     sdk: OpenAI, alias_on: AliasMaker, fake_upstream: FakeUpstream
 ) -> None:
-    alias_on(
-        "replicate", "stability-ai/sdxl:7762fd07", name="sdxl", options={"num_inference_steps": 4}
+    alias_on(  # a community model version: no list price, so the operator serves it free
+        "replicate",
+        "stability-ai/sdxl:7762fd07",
+        name="sdxl",
+        options={"num_inference_steps": 4},
+        free=True,
     )
     fake_upstream.replicate_processing = 3
     result = sdk.images.generate(model="sdxl", prompt="a fox", n=2)

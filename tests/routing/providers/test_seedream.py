@@ -1,4 +1,4 @@
-"""Seedream on Volcengine Ark through the official SDK (providers.md §4)."""
+"""Seedream on Volcengine Ark through the official SDK (docs/providers.md §4)."""
 
 import base64
 import io
@@ -20,7 +20,7 @@ def test_a_tier_becomes_pixels_with_the_watermark_off_and_n_fanned_out(
     sdk: OpenAI, alias_on: AliasMaker, fake_upstream: FakeUpstream
 ) -> None:
     alias_on("seedream", MODEL, name="seedream")
-    result = sdk.images.generate(model="seedream", prompt="a fox", size="2K", n=2)  # type: ignore[arg-type]
+    result = sdk.images.generate(model="seedream", prompt="a fox", size="2K", n=2)
     assert len(result.data or []) == 2
     with Image.open(io.BytesIO(base64.b64decode((result.data or [])[0].b64_json or ""))) as image:
         assert image.format == "JPEG"
@@ -82,7 +82,7 @@ def test_a_url_result_is_downloaded_and_inlined(
     sdk: OpenAI,
     alias_on: AliasMaker,
     fake_upstream: FakeUpstream,
-    settings,  # type: ignore[no-untyped-def]
+    settings,
 ) -> None:
     settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]
     alias_on("seedream", MODEL, name="seedream")

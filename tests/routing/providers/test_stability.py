@@ -1,4 +1,4 @@
-"""Stability Stable Image through the official SDK (providers.md §7)."""
+"""Stability Stable Image through the official SDK (docs/providers.md §7)."""
 
 import base64
 
@@ -13,7 +13,7 @@ from tests.routing.providers.conftest import AliasMaker, the_record
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _fields(call) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _fields(call) -> dict[str, str]:
     return {p.name: p.data.decode() for p in form_parts(call) if p.filename is None}
 
 

@@ -1,5 +1,5 @@
 """xAI through the official SDK: sizes translated, style and seed refused, JSON edits,
-silent moderation reported honestly (providers.md §5)."""
+silent moderation reported honestly (docs/providers.md §5)."""
 
 import base64
 import io

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _local_image_hosts(settings) -> None:  # type: ignore[no-untyped-def]
+def _local_image_hosts(settings) -> None:
     settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]  # the fake hosts the result URLs
 
 
@@ -27,7 +27,7 @@ def test_cogview_returns_a_url_that_is_inlined_as_base64(
     alias_on("zai", "cogview-4-250304", name="cogview")
     result = sdk.images.generate(
         model="cogview", prompt="a fox", size="1344x768", quality="hd", user="bob", n=2
-    )  # type: ignore[arg-type]
+    )
     assert [base64.b64decode(d.b64_json or "") for d in result.data or []] == [png(84, 48)] * 2
     posts = [c for c in fake_upstream.requests if c.method == "POST"]
     assert len(posts) == 2  # one image per call: n is fanned out
@@ -59,7 +59,7 @@ def test_sizes_outside_cogviews_rules_and_edits_are_refused_before_the_call(
     alias_on("zai", "cogview-4", name="cogview")
     for size in ("2048x2048", "1000x1000", "256x256"):
         with pytest.raises(openai.BadRequestError) as refused:
-            sdk.images.generate(model="cogview", prompt="x", size=size)  # type: ignore[arg-type]
+            sdk.images.generate(model="cogview", prompt="x", size=size)
         assert refused.value.param == "size"
     with pytest.raises(openai.BadRequestError) as no_edits:
         sdk.images.edit(model="cogview", prompt="x", image=("a.png", png(8, 8), "image/png"))
@@ -157,7 +157,7 @@ def test_openrouters_image_api_takes_the_normalized_options_and_reports_its_cost
 def test_passthrough_injects_the_zai_credential(
     live_server,
     api_key,
-    fake_upstream: FakeUpstream,  # type: ignore[no-untyped-def]
+    fake_upstream: FakeUpstream,
 ) -> None:
     services.credential_create(
         actor=ACTOR,

@@ -1,9 +1,11 @@
-"""Top-level routes. Gateway routes come before the API catch-all that answers 404 envelopes."""
+"""The root URLconf (ROOT_URLCONF). Gateway routes come before the API catch-all that answers
+404 envelopes. It imports every app, so it lives above them all, outside `aperture/`."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path
 
-from aperture import errors, health
+from aperture import errors
+from gateway import health
 from routing.passthrough_api import PassthroughView
 
 admin.site.site_header = "Aperture operator admin"
@@ -15,7 +17,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("", include("routing.urls")),
-    path("", include("aperture.api_urls")),
+    path("", include("gateway.api_urls")),
     # Unknown routes under the gateway's own prefixes answer in the OpenAI error envelope.
     re_path(r"^(?:v1|api|openai/deployments)(?:/.*)?$", errors.not_found_view),
     # Everything else names a provider credential: /{provider}/{native path}.

@@ -1,0 +1,128 @@
+"""Outbound HTTP safety: sessions that keep no cookies, and a guard against private addresses.
+
+Every upstream call goes through a session made here. No session keeps a cookie: an upstream
+serves many tenants through one pooled session, so a cookie it sets during one tenant's call
+must never ride along on another's. The guarded session refuses hosts that resolve to
+private, loopback, link-local or reserved addresses unless an operator lists them in
+APERTURE_FETCH_ALLOWED_HOSTS (exact host names or CIDR ranges). The check is made when the
+socket connects, on the very address it connects to, so a name that resolves differently the
+second time (DNS rebinding) gains nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from http.cookiejar import Cookie, DefaultCookiePolicy
+from typing import Any
+
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+
+class NoCookies(RequestsCookieJar):
+    """A cookie jar that stores nothing and, by its policy, returns nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+    def set_cookie(self, cookie: Cookie, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def new_session(adapter: HTTPAdapter) -> requests.Session:
+    """A session on `adapter` for both schemes: no cookie jar, nothing from the environment."""
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.trust_env = False  # no proxy or netrc surprises from the environment
+    session.cookies = NoCookies()
+    return session
+
+
+def _allowlisted(host: str, addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    for entry in settings.FETCH_ALLOWED_HOSTS:
+        if entry == host:
+            return True
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            continue
+        if addresses and all(address in network for address in addresses):
+            return True
+    return False
+
+
+class PrivateAddress(OSError):
+    """Raised inside the connection: the host resolved to an address the gateway won't use."""
+
+
+def allowed_address(host: str, port: int) -> str:
+    """The address to connect to for host:port, or PrivateAddress / socket.gaierror."""
+    infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if not _allowlisted(host, addresses) and any(not a.is_global for a in addresses):
+        raise PrivateAddress(f"{host} resolves to a private address")
+    return str(infos[0][4][0])
+
+
+class _GuardedConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        self._dns_host = allowed_address(self.host, self.port or 80)  # connect to what was checked
+        return super()._new_conn()
+
+
+class _GuardedHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        # TLS still verifies the certificate against the host name, not the address.
+        self._dns_host = allowed_address(self.host, self.port or 443)
+        return super()._new_conn()
+
+
+class _GuardedPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _GuardedPool,
+            "https": _GuardedHTTPSPool,
+        }
+
+
+_guarded: requests.Session | None = None
+
+
+def guarded_session() -> requests.Session:
+    """A session whose every connection is checked against private addresses."""
+    global _guarded
+    if _guarded is None:
+        _guarded = new_session(_GuardedAdapter(pool_connections=16, pool_maxsize=64, max_retries=0))
+    return _guarded
+
+
+def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is anywhere in the chain requests and urllib3 wrap errors in."""
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return True
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        linked += [arg for arg in current.args if isinstance(arg, BaseException)]
+        pending.extend(e for e in linked if isinstance(e, BaseException))
+    return False

@@ -1,0 +1,299 @@
+"""The one request path. Every inference route — generations, edits, their streams, the
+Azure-style routes and passthrough — runs these steps, in this order:
+
+1. resolve   the target: an alias's deployments (routing/router.py) or a passthrough
+             credential and native path (routing/passthrough/service.py), with the body
+             read and validated; a model without a price is refused here (400)
+2. estimate  the worst case: every image the call may produce, at the dearest price
+3. admit     rate limits and budget holds for that worst case (billing/admission.py):
+             429 or 402 before anything goes upstream
+4. release   the database connection, before waiting on an upstream
+5. call      the upstream, in the router's order with its fallback
+6. tally     what the upstream produced (routing/tally.py); an answer relayed as it comes
+             is tallied as it passes, and read to its end if the caller hangs up
+7. settle    the hold into what was produced, never more than was held
+8. record    one usage record, once the answer has gone out (routing/metered.py)
+
+A route adds only what is its own: parsing its body, shaping its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+from billing import admission, pricing
+from billing.metering import Meter
+from routing import router
+from routing.images import results
+from routing.images.edit_form import EditForm
+from routing.images.results import UrlBuilder
+from routing.images.validation import model_name
+from routing.passthrough import service as passthrough
+from routing.passthrough.body import IncomingBody
+from routing.providers.base import ProviderError
+from routing.providers.errors import api_error_for
+from routing.providers.http import read_chunks
+from routing.providers.registry import adapter_for
+from routing.relay import Ending, Relay
+from routing.tally import ResponseTally
+from tenants.key_auth import KeyPrincipal
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    images: int
+    cost_micro: int
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An admitted request: who pays, and what is held for it."""
+
+    meter: Meter
+    admitted: admission.Admission
+
+
+def admit(
+    principal: KeyPrincipal, meter: Meter, estimate: Estimate, *, unpriced_call: bool = False
+) -> Ticket:
+    admitted = admission.admit(
+        principal=principal,
+        request_id=meter.request_id,
+        images=estimate.images,
+        cost_micro=estimate.cost_micro,
+        unpriced_call=unpriced_call,
+    )
+    meter.headers = admitted.headers
+    return Ticket(meter=meter, admitted=admitted)
+
+
+def settle(ticket: Ticket, *, images: int, cost_micro: int) -> None:
+    """Charge what the call produced, within its hold; the record says the same."""
+    charge = admission.settle(ticket.admitted, images=images, cost_micro=cost_micro)
+    ticket.meter.images, ticket.meter.cost_micro = charge.images, charge.cost_micro
+
+
+@contextmanager
+def released_if_failed(ticket: Ticket) -> Iterator[None]:
+    """A call that fails before it produced anything costs nothing."""
+    try:
+        yield
+    except BaseException:
+        settle(ticket, images=0, cost_micro=0)
+        raise
+
+
+def release_database_connection() -> None:
+    """Give the connection back to the pool before waiting on an upstream."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+# --- /v1/images/generations and /v1/images/edits (and the Azure-style routes) -------------
+
+
+def generate(
+    *,
+    principal: KeyPrincipal,
+    meter: Meter,
+    body: dict[str, Any],
+    url_for: UrlBuilder,
+    alias_name: str | None = None,
+    edit: EditForm | None = None,
+) -> dict[str, Any] | Relay:
+    """OpenAI's response body for a generation (or, with `edit`, an edit), or for
+    `stream: true` its server-sent events as a Relay that settles when it ends."""
+    alias_name = alias_name or model_name(body)
+    meter.alias = alias_name
+    attempts = router.plan_attempts(principal, body, alias_name, edit)  # 1. resolve
+    first = attempts[0]
+    meter.provider, meter.upstream_model = first.target.provider, first.target.upstream_model
+    meter.size, meter.quality = first.request.size, first.request.quality or ""
+    estimate = Estimate(  # 2. estimate
+        images=first.request.n, cost_micro=max(a.estimate_micro() for a in attempts)
+    )
+    ticket = admit(principal, meter, estimate)  # 3. admit
+    with released_if_failed(ticket):
+        release_database_connection()  # 4. release
+        if first.request.references and not first.request.is_edit:
+            attempts = router.with_references(attempts)
+        if first.request.stream:
+            return _open_stream(ticket, attempts)  # 5-7 as the events pass
+        started = time.monotonic()
+        try:
+            attempt, result = router.call(attempts)  # 5. call
+        finally:
+            meter.upstream_ms = int((time.monotonic() - started) * 1000)
+        request, target = attempt.request, attempt.target
+        meter.deployment_id = attempt.deployment.pk
+        meter.provider, meter.upstream_model = target.provider, target.upstream_model
+        caps = adapter_for(target.provider).capabilities(target.upstream_model, target.options)
+        try:  # 6. tally: the images as the caller gets them
+            data = [
+                results.finish_image(image, request, target.provider, url_for, caps.lasting_urls)
+                for image in result.images
+            ]
+        except ProviderError as error:  # downloading or decoding the upstream's image failed
+            raise api_error_for(error) from None
+    usage = result.usage or {}
+    meter.input_tokens = pricing.token_count(usage.get("input_tokens"))
+    meter.output_tokens = pricing.token_count(usage.get("output_tokens"))
+    meter.upstream_cost_micro = _upstream_cost(usage.get("cost"))
+    cost = 0
+    if not attempt.free:
+        cost = pricing.actual_cost(
+            target.provider,
+            target.upstream_model,
+            images=len(data),
+            size=result.metadata.get("size", request.size),
+            quality=result.metadata.get("quality", request.quality),
+            usage=result.usage,
+        )
+    settle(ticket, images=len(data), cost_micro=cost)  # 7. settle (8. record: MeteredView)
+    return results.response_body(data, request, result)
+
+
+def _open_stream(ticket: Ticket, attempts: list[router.Attempt]) -> Relay:
+    meter = ticket.meter
+    started = time.monotonic()
+    attempt, source = router.open_stream(attempts)  # 5. call
+    meter.upstream_ms = int((time.monotonic() - started) * 1000)
+    target, request = attempt.target, attempt.request
+    meter.deployment_id = attempt.deployment.pk
+    meter.provider, meter.upstream_model = target.provider, target.upstream_model
+
+    def end(ending: Ending) -> None:  # 6. tally done, 7. settle
+        counted = ending.counted
+        meter.error_code = ending.outcome
+        if counted is None:  # unmeasurable: charged as estimated
+            meter.error_code = meter.error_code or "unmetered_response"
+            settle(ticket, images=request.n, cost_micro=attempt.estimate_micro())
+            return
+        meter.input_tokens, meter.output_tokens = counted.input_tokens, counted.output_tokens
+        cost = 0
+        if counted.images and not attempt.free:
+            cost = pricing.actual_cost(
+                target.provider,
+                target.upstream_model,
+                images=counted.images,
+                size=counted.size or (None if request.size == "auto" else request.size),
+                quality=counted.quality or request.quality,
+                usage=counted.usage,
+            )
+        settle(ticket, images=counted.images, cost_micro=cost)
+
+    return Relay(
+        source=source.chunks,
+        close_source=source.close,
+        meter=meter,
+        on_end=end,
+        tally=_event_tally(),
+        drain_seconds=target.timeout_seconds,
+    )
+
+
+def _event_tally() -> ResponseTally:
+    return ResponseTally(
+        family="openai",
+        content_type="text/event-stream",
+        content_encoding="",
+        cap=settings.PASSTHROUGH_METER_MAX_BYTES,
+    )
+
+
+# --- /{credential}/{native path}: passthrough ---------------------------------------------
+
+
+@dataclass
+class ProxiedResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: Relay
+
+
+def pass_through(
+    *,
+    principal: KeyPrincipal,
+    meter: Meter,
+    credential_name: str,
+    method: str,
+    raw_path: str,
+    query_string: str,
+    caller_headers: list[tuple[str, str]],
+    body: IncomingBody,
+) -> ProxiedResponse:
+    """Relay one native call to the credential `credential_name`, metered and limited."""
+    call = passthrough.resolve(  # 1. resolve (and read an image route's body whole)
+        principal=principal,
+        meter=meter,
+        credential_name=credential_name,
+        method=method,
+        raw_path=raw_path,
+        query_string=query_string,
+        caller_headers=caller_headers,
+        body=body,
+    )
+    facts = call.facts
+    estimate = Estimate(  # 2. estimate
+        images=facts.n if facts else 0, cost_micro=passthrough.estimate_micro(call)
+    )
+    ticket = admit(principal, meter, estimate, unpriced_call=facts is None)  # 3. admit
+    with released_if_failed(ticket):
+        release_database_connection()  # 4. release
+        started = time.monotonic()
+        try:
+            upstream = passthrough.send(call)  # 5. call
+        except ProviderError as error:
+            raise api_error_for(error) from None
+        finally:
+            close_body = getattr(call.data, "close", None)
+            if close_body is not None:
+                close_body()  # a spooled form, sent
+        meter.upstream_ms = int((time.monotonic() - started) * 1000)
+
+    def end(ending: Ending) -> None:  # 6. tally done, 7. settle
+        counted = ending.counted
+        meter.error_code = ending.outcome
+        if counted is None:  # complete, but too large or encoded past reading
+            meter.error_code = meter.error_code or "unmetered_response"
+            settle(ticket, images=estimate.images, cost_micro=estimate.cost_micro)
+            return
+        meter.input_tokens, meter.output_tokens = counted.input_tokens, counted.output_tokens
+        cost = passthrough.actual_cost(
+            call,
+            images=counted.images,
+            size=counted.size,
+            quality=counted.quality,
+            usage=counted.usage,
+        )
+        settle(ticket, images=counted.images, cost_micro=cost)
+
+    return ProxiedResponse(
+        status=upstream.status_code,
+        headers=passthrough.answer_headers(upstream),
+        body=Relay(
+            source=read_chunks(upstream),
+            close_source=upstream.close,
+            meter=meter,
+            on_end=end,
+            tally=passthrough.response_tally(call, upstream),
+            drain_seconds=settings.PASSTHROUGH_READ_TIMEOUT,
+        ),
+    )
+
+
+def _upstream_cost(value: Any) -> int | None:
+    """An upstream's own reported cost in USD (OpenRouter's usage.cost), in micro-USD."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return round(value * 1_000_000)
