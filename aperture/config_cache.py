@@ -1,11 +1,12 @@
 """An in-process cache of resolved configuration (routes, prices, budgets), kept exact by a shared
 generation token.
 
-Resolving an alias to its deployments (two queries and a decryption) is most of the
-gateway's own work per request. Each process keeps what it resolved, tagged with the
-routing generation, a random token in the shared cache; any change to an alias, a
-deployment or a credential replaces the token (now and again on commit), so the very next
-request on every process resolves afresh. Without a reachable cache nothing is kept.
+Resolving an alias to its deployments (two queries and a decryption), the prices of a
+provider and the budgets of a key are most of the gateway's own work per request. Each
+process keeps what it read, tagged with the generation, a random token in the shared
+cache; any change to an alias, a deployment, a credential, a price or a budget replaces the
+token (now and again on commit), so the very next request on every process reads afresh.
+Without a reachable cache nothing is kept.
 """
 
 from __future__ import annotations

@@ -298,9 +298,9 @@ FETCH_ALLOWED_HOSTS = env.list("APERTURE_FETCH_ALLOWED_HOSTS", default=[])
 # Asynchronous upstreams (Black Forest Labs, Replicate): the first wait between polls; it
 # grows by half each time, up to 1.5 s, within the deployment's timeout.
 UPSTREAM_POLL_INTERVAL_SECONDS = env.float("APERTURE_UPSTREAM_POLL_INTERVAL_SECONDS", default=0.5)
-# Passthrough: the longest wait for the upstream's next bytes (not the whole call), and how
-# much of an image route's response is kept to count its images (above: charged at the
-# reserved estimate).
+# Passthrough: the longest wait for the upstream's next bytes (not the whole call). Every
+# relayed image answer (passthrough, /v1 streams): how much of it is kept to count its
+# images (above: charged at the estimate).
 PASSTHROUGH_READ_TIMEOUT = env.float("APERTURE_PASSTHROUGH_READ_TIMEOUT", default=300.0)
 PASSTHROUGH_METER_MAX_BYTES = env.int(
     "APERTURE_PASSTHROUGH_METER_MAX_BYTES", default=64 * 1024 * 1024

@@ -3,8 +3,8 @@
 `admit` takes the request's worst case (images and micro-USD) through the key's rate limits
 (requests and images per minute, counting every image it may produce) and then holds it on
 every budget in scope: a 429 or a 402 before anything goes upstream. `settle` turns the hold
-into what the call produced, never more than was held, so no budget is ever passed and the
-usage record says exactly what the budgets were charged.
+into what the call produced; should that be more than was held, as much as every budget can
+still take. No budget is ever passed, and the usage record says exactly what was charged.
 """
 
 from __future__ import annotations
@@ -58,30 +58,13 @@ def admit(
     return Admission(hold=hold, headers=headers)
 
 
-def charge_within(hold: budgets.Hold, *, images: int, cost_micro: int) -> Charge:
-    """What may be charged: what was produced, capped at the hold (the estimate was the worst
-    case, so a cap here is an estimation bug, logged, never a budget overrun)."""
-    if hold.empty:
-        return Charge(images=images, cost_micro=cost_micro)
-    held_micro = min(h.amount_micro for h in hold.holds)
-    held_images = min(h.images for h in hold.holds)
-    if cost_micro > held_micro or images > held_images:
-        logger.warning(
-            "request produced %s images / %s µUSD, above its hold of %s / %s; charged the hold",
-            images,
-            cost_micro,
-            held_images,
-            held_micro,
-        )
-    return Charge(images=min(images, held_images), cost_micro=min(cost_micro, held_micro))
-
-
 def settle(admission: Admission, *, images: int, cost_micro: int) -> Charge:
-    """Charge what the call produced (0 and 0 release the hold). Never raises: a hold that
-    cannot be settled now is released by the reaper, and the answer still goes out."""
-    charge = charge_within(admission.hold, images=images, cost_micro=cost_micro)
+    """Charge what the call produced (0 and 0 release the hold), never past a budget: the
+    charge is what every budget in scope took, and what the usage record says. Never raises:
+    a hold that cannot be settled now is released by the reaper, and the answer still goes
+    out (its record then says what was produced)."""
     try:
-        budgets.settle(admission.hold, cost_micro=charge.cost_micro, images=charge.images)
+        cost_micro, images = budgets.settle(admission.hold, cost_micro=cost_micro, images=images)
     except Exception:
         logger.exception("could not settle a budget hold")
-    return charge
+    return Charge(images=images, cost_micro=cost_micro)

@@ -215,12 +215,19 @@ def _apply(held: Held, *, released: bool, cost_micro: int, images: int) -> None:
         )
 
 
-def settle(hold: Hold, *, cost_micro: int, images: int) -> None:
-    """Turn the hold into the actual spend (0 and 0 release it)."""
+def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
+    """Turn the hold into the actual spend (0 and 0 release it). Returns what was charged:
+    the spend, or, where it is above a hold, as much of it as every budget can still take,
+    so that each budget in scope and the usage record get the same figure."""
     if hold.empty:
-        return
+        return cost_micro, images
     with transaction.atomic():
         still_held = _delete_reservations([h.reservation_id for h in hold.holds])
+        if not all(
+            h.reservation_id in still_held and cost_micro <= h.amount_micro and images <= h.images
+            for h in hold.holds
+        ):
+            cost_micro, images = _within_room(hold, still_held, cost_micro, images)
         for held in hold.holds:
             _apply(
                 held,
@@ -228,6 +235,34 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> None:
                 cost_micro=cost_micro,
                 images=images,
             )
+    return cost_micro, images
+
+
+def _within_room(hold: Hold, still_held: set[int], cost_micro: int, images: int) -> tuple[int, int]:
+    """The spend capped at what every budget can still take (its rows locked until commit).
+    Reached only when a call produced more than was held, or the reaper took its hold."""
+    logger.warning(
+        "a request spent %s µUSD / %s images, beyond its hold of %s / %s",
+        cost_micro,
+        images,
+        min(h.amount_micro for h in hold.holds),
+        min(h.images for h in hold.holds),
+    )
+    rows = Budget.objects.select_for_update().in_bulk([h.budget_id for h in hold.holds])
+    for held in hold.holds:
+        row = rows.get(held.budget_id)
+        if row is None or row.period_start != held.period_start:
+            continue  # a new period began: this call is not charged to it
+        released = held.reservation_id in still_held
+        if row.limit_micro is not None:
+            freed = held.amount_micro if released else 0
+            room = row.limit_micro - row.used_micro - row.reserved_micro + freed
+            cost_micro = min(cost_micro, max(room, 0))
+        if row.limit_images is not None:
+            freed = held.images if released else 0
+            room = row.limit_images - row.used_images - row.reserved_images + freed
+            images = min(images, max(room, 0))
+    return cost_micro, images
 
 
 def release(hold: Hold) -> None:

@@ -45,7 +45,7 @@ def _candidates(provider: str, model: str) -> list[Price]:
 def _warn_unpriced(provider: str, model: str) -> None:
     if (provider, model) not in _warned:
         _warned.add((provider, model))
-        logger.warning("no price for %s model %s: its requests cost 0", provider, model)
+        logger.warning("no price for %s model %s (served only if marked free)", provider, model)
 
 
 class ModelNotPriced(InvalidRequest):

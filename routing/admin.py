@@ -37,10 +37,7 @@ def _warn_unpriced(request: HttpRequest) -> None:
     refused = selectors.unpriced_deployments()
     if not refused:
         return
-    names = "; ".join(
-        f"{d.alias} → {d.credential.name} ({d.credential.provider}): {d.upstream_model}"
-        for d in refused[:_LISTED_UNPRICED]
-    )
+    names = "; ".join(selectors.unpriced_description(d) for d in refused[:_LISTED_UNPRICED])
     more = len(refused) - _LISTED_UNPRICED
     if more > 0:
         names += f"; and {more} more"

@@ -13,6 +13,7 @@ from aperture.errors import InvalidRequest
 from routing.metered import MeteredView
 from routing.passthrough import headers as header_rules
 from routing.passthrough.body import IncomingBody
+from routing.passthrough.service import NativeRequest
 from routing.pipeline import ProxiedResponse, pass_through
 from tenants.authentication import NativeApiKeyAuthentication
 from tenants.permissions import request_principal
@@ -81,15 +82,16 @@ class PassthroughView(MeteredView):
     content_negotiation_class = _JsonErrorsOnly
 
     def relay(self, request: Request, provider: str, path: str = "") -> StreamingHttpResponse:
-        proxied = pass_through(
-            principal=request_principal(request),
-            meter=self.meter,
+        native = NativeRequest(
             credential_name=provider,
             method=request.method or "GET",
             raw_path=_raw_path_below(request, provider),
             query_string=request.META.get("QUERY_STRING", ""),
-            caller_headers=header_rules.caller_headers(request.META),
+            headers=header_rules.caller_headers(request.META),
             body=_incoming_body(request),
+        )
+        proxied = pass_through(
+            principal=request_principal(request), meter=self.meter, request=native
         )
         return _streaming_response(proxied, provider)
 

@@ -11,7 +11,7 @@ Azure-style routes and passthrough — runs these steps, in this order:
 5. call      the upstream, in the router's order with its fallback
 6. tally     what the upstream produced (routing/tally.py); an answer relayed as it comes
              is tallied as it passes, and read to its end if the caller hangs up
-7. settle    the hold into what was produced, never more than was held
+7. settle    the hold into what was produced (never past a budget)
 8. record    one usage record, once the answer has gone out (routing/metered.py)
 
 A route adds only what is its own: parsing its body, shaping its answer.
@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 
+from aperture.db import release_connection
 from billing import admission, pricing
 from billing.metering import Meter
 from routing import router
@@ -37,13 +37,12 @@ from routing.images.edit_form import EditForm
 from routing.images.results import UrlBuilder
 from routing.images.validation import model_name
 from routing.passthrough import service as passthrough
-from routing.passthrough.body import IncomingBody
 from routing.providers.base import ProviderError
 from routing.providers.errors import api_error_for
 from routing.providers.http import read_chunks
 from routing.providers.registry import adapter_for
 from routing.relay import Ending, Relay
-from routing.tally import ResponseTally
+from routing.tally import Counted, for_answer
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def admit(
 
 
 def settle(ticket: Ticket, *, images: int, cost_micro: int) -> None:
-    """Charge what the call produced, within its hold; the record says the same."""
+    """Charge what the call produced (never past a budget); the record says the same."""
     charge = admission.settle(ticket.admitted, images=images, cost_micro=cost_micro)
     ticket.meter.images, ticket.meter.cost_micro = charge.images, charge.cost_micro
 
@@ -93,10 +92,28 @@ def released_if_failed(ticket: Ticket) -> Iterator[None]:
         raise
 
 
-def release_database_connection() -> None:
-    """Give the connection back to the pool before waiting on an upstream."""
-    if not connection.in_atomic_block:
-        connection.close()
+def _settle_when_relayed(
+    ticket: Ticket, estimate: Estimate, cost_of: Callable[[Counted], int]
+) -> Callable[[Ending], None]:
+    """How an answer relayed as it comes settles once it ends (6. tally done, 7. settle)."""
+    meter = ticket.meter
+
+    def end(ending: Ending) -> None:
+        meter.error_code = ending.outcome
+        counted = ending.counted
+        if counted is None:  # complete, but too large or encoded past reading: as estimated
+            meter.error_code = meter.error_code or "unmetered_response"
+            settle(ticket, images=estimate.images, cost_micro=estimate.cost_micro)
+            return
+        meter.input_tokens, meter.output_tokens = counted.input_tokens, counted.output_tokens
+        settle(ticket, images=counted.images, cost_micro=cost_of(counted) if counted.images else 0)
+
+    return end
+
+
+def _served_by(meter: Meter, attempt: router.Attempt) -> None:
+    meter.deployment_id = attempt.deployment.pk
+    meter.provider, meter.upstream_model = attempt.target.provider, attempt.target.upstream_model
 
 
 # --- /v1/images/generations and /v1/images/edits (and the Azure-style routes) -------------
@@ -124,7 +141,7 @@ def generate(
     )
     ticket = admit(principal, meter, estimate)  # 3. admit
     with released_if_failed(ticket):
-        release_database_connection()  # 4. release
+        release_connection()  # 4. release
         if first.request.references and not first.request.is_edit:
             attempts = router.with_references(attempts)
         if first.request.stream:
@@ -134,9 +151,8 @@ def generate(
             attempt, result = router.call(attempts)  # 5. call
         finally:
             meter.upstream_ms = int((time.monotonic() - started) * 1000)
+        _served_by(meter, attempt)
         request, target = attempt.request, attempt.target
-        meter.deployment_id = attempt.deployment.pk
-        meter.provider, meter.upstream_model = target.provider, target.upstream_model
         caps = adapter_for(target.provider).capabilities(target.upstream_model, target.options)
         try:  # 6. tally: the images as the caller gets them
             data = [
@@ -149,17 +165,13 @@ def generate(
     meter.input_tokens = pricing.token_count(usage.get("input_tokens"))
     meter.output_tokens = pricing.token_count(usage.get("output_tokens"))
     meter.upstream_cost_micro = _upstream_cost(usage.get("cost"))
-    cost = 0
-    if not attempt.free:
-        cost = pricing.actual_cost(
-            target.provider,
-            target.upstream_model,
-            images=len(data),
-            size=result.metadata.get("size", request.size),
-            quality=result.metadata.get("quality", request.quality),
-            usage=result.usage,
-        )
-    settle(ticket, images=len(data), cost_micro=cost)  # 7. settle (8. record: MeteredView)
+    produced = Counted(
+        images=len(data),
+        size=result.metadata.get("size"),
+        quality=result.metadata.get("quality"),
+        usage=result.usage,
+    )
+    settle(ticket, images=len(data), cost_micro=attempt.cost_of(produced))  # 7. settle
     return results.response_body(data, request, result)
 
 
@@ -168,46 +180,18 @@ def _open_stream(ticket: Ticket, attempts: list[router.Attempt]) -> Relay:
     started = time.monotonic()
     attempt, source = router.open_stream(attempts)  # 5. call
     meter.upstream_ms = int((time.monotonic() - started) * 1000)
-    target, request = attempt.target, attempt.request
-    meter.deployment_id = attempt.deployment.pk
-    meter.provider, meter.upstream_model = target.provider, target.upstream_model
-
-    def end(ending: Ending) -> None:  # 6. tally done, 7. settle
-        counted = ending.counted
-        meter.error_code = ending.outcome
-        if counted is None:  # unmeasurable: charged as estimated
-            meter.error_code = meter.error_code or "unmetered_response"
-            settle(ticket, images=request.n, cost_micro=attempt.estimate_micro())
-            return
-        meter.input_tokens, meter.output_tokens = counted.input_tokens, counted.output_tokens
-        cost = 0
-        if counted.images and not attempt.free:
-            cost = pricing.actual_cost(
-                target.provider,
-                target.upstream_model,
-                images=counted.images,
-                size=counted.size or (None if request.size == "auto" else request.size),
-                quality=counted.quality or request.quality,
-                usage=counted.usage,
-            )
-        settle(ticket, images=counted.images, cost_micro=cost)
-
+    _served_by(meter, attempt)
     return Relay(
         source=source.chunks,
         close_source=source.close,
         meter=meter,
-        on_end=end,
-        tally=_event_tally(),
-        drain_seconds=target.timeout_seconds,
-    )
-
-
-def _event_tally() -> ResponseTally:
-    return ResponseTally(
-        family="openai",
-        content_type="text/event-stream",
-        content_encoding="",
-        cap=settings.PASSTHROUGH_METER_MAX_BYTES,
+        on_end=_settle_when_relayed(
+            ticket,
+            Estimate(images=attempt.request.n, cost_micro=attempt.estimate_micro()),
+            attempt.cost_of,
+        ),
+        tally=for_answer("openai", "text/event-stream", ""),
+        drain_seconds=attempt.target.timeout_seconds,
     )
 
 
@@ -222,61 +206,25 @@ class ProxiedResponse:
 
 
 def pass_through(
-    *,
-    principal: KeyPrincipal,
-    meter: Meter,
-    credential_name: str,
-    method: str,
-    raw_path: str,
-    query_string: str,
-    caller_headers: list[tuple[str, str]],
-    body: IncomingBody,
+    *, principal: KeyPrincipal, meter: Meter, request: passthrough.NativeRequest
 ) -> ProxiedResponse:
-    """Relay one native call to the credential `credential_name`, metered and limited."""
-    call = passthrough.resolve(  # 1. resolve (and read an image route's body whole)
-        principal=principal,
-        meter=meter,
-        credential_name=credential_name,
-        method=method,
-        raw_path=raw_path,
-        query_string=query_string,
-        caller_headers=caller_headers,
-        body=body,
-    )
+    """Relay one native call to its credential's provider, metered and limited."""
+    call = passthrough.resolve(principal=principal, meter=meter, request=request)  # 1. resolve
     facts = call.facts
     estimate = Estimate(  # 2. estimate
-        images=facts.n if facts else 0, cost_micro=passthrough.estimate_micro(call)
+        images=facts.n if facts else 0, cost_micro=call.estimate_micro()
     )
     ticket = admit(principal, meter, estimate, unpriced_call=facts is None)  # 3. admit
     with released_if_failed(ticket):
-        release_database_connection()  # 4. release
+        release_connection()  # 4. release
         started = time.monotonic()
         try:
             upstream = passthrough.send(call)  # 5. call
         except ProviderError as error:
             raise api_error_for(error) from None
         finally:
-            close_body = getattr(call.data, "close", None)
-            if close_body is not None:
-                close_body()  # a spooled form, sent
+            call.close()
         meter.upstream_ms = int((time.monotonic() - started) * 1000)
-
-    def end(ending: Ending) -> None:  # 6. tally done, 7. settle
-        counted = ending.counted
-        meter.error_code = ending.outcome
-        if counted is None:  # complete, but too large or encoded past reading
-            meter.error_code = meter.error_code or "unmetered_response"
-            settle(ticket, images=estimate.images, cost_micro=estimate.cost_micro)
-            return
-        meter.input_tokens, meter.output_tokens = counted.input_tokens, counted.output_tokens
-        cost = passthrough.actual_cost(
-            call,
-            images=counted.images,
-            size=counted.size,
-            quality=counted.quality,
-            usage=counted.usage,
-        )
-        settle(ticket, images=counted.images, cost_micro=cost)
 
     return ProxiedResponse(
         status=upstream.status_code,
@@ -285,7 +233,7 @@ def pass_through(
             source=read_chunks(upstream),
             close_source=upstream.close,
             meter=meter,
-            on_end=end,
+            on_end=_settle_when_relayed(ticket, estimate, call.cost_of),
             tally=passthrough.response_tally(call, upstream),
             drain_seconds=settings.PASSTHROUGH_READ_TIMEOUT,
         ),

@@ -19,10 +19,7 @@ import requests
 import urllib3
 
 from billing.metering import Meter
-from routing.providers.http import read_chunks
 from routing.tally import Counted, ResponseTally
-
-__all__ = ["Ending", "Relay", "read_chunks"]
 
 logger = logging.getLogger(__name__)
 _UPSTREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)

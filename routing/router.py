@@ -28,6 +28,7 @@ from routing.providers.auth import auth_for
 from routing.providers.base import EventSource, ImageRequest, ImageResult, ProviderError, Target
 from routing.providers.errors import api_error_for
 from routing.providers.registry import adapter_for
+from routing.tally import Counted
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,21 @@ class Attempt:
             self.request.quality,
         )
         return per_image * self.request.n
+
+    def cost_of(self, produced: Counted) -> int:
+        """What the images this attempt produced cost (their size and quality as the
+        upstream said, else as asked)."""
+        if self.free or not produced.images:
+            return 0
+        request = self.request
+        return pricing.actual_cost(
+            self.target.provider,
+            self.target.upstream_model,
+            images=produced.images,
+            size=produced.size or (None if request.size == "auto" else request.size),
+            quality=produced.quality or request.quality,
+            usage=produced.usage,
+        )
 
 
 def target_for(deployment: Deployment) -> Target:

@@ -198,3 +198,13 @@ def unpriced_deployments() -> list[Deployment]:
         .order_by("alias__workspace__slug", "alias__name", "priority", "id")
     )
     return [d for d in rows if not pricing.has_price(d.credential.provider, d.upstream_model)]
+
+
+def unpriced_description(deployment: Deployment) -> str:
+    """One unpriced deployment as the admin and `manage.py apply` name it."""
+    alias, credential = deployment.alias, deployment.credential
+    scope = alias.workspace.slug if alias.workspace else "platform"
+    return (
+        f"alias {alias.name} ({scope}) → credential {credential.name} "
+        f"({credential.provider}): model {deployment.upstream_model}"
+    )

@@ -1,9 +1,10 @@
 """What an image answer held: its images and token counts, read as it streams past.
 
-Neutral ground for every route: a buffered /v1 call, a streamed one and a passthrough relay
-all count an answer the same way. JSON bodies and server-sent events are read (gzip too),
-keeping at most `cap` bytes; an answer over the cap, or in an encoding that cannot be read,
-is reported as unmeasured (None), and the pipeline charges it at the estimate.
+Neutral ground for every answer relayed as it comes (a /v1 stream, a passthrough call): each
+is counted the same way, and a buffered /v1 answer is priced from the same `Counted`. JSON
+bodies and server-sent events are read (gzip too), keeping at most `cap` bytes; an answer
+over the cap, or in an encoding that cannot be read, is reported as unmeasured (None), and
+the pipeline charges it at the estimate.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from django.conf import settings
 
 from billing.pricing import token_count
 
@@ -191,3 +193,13 @@ class ResponseTally:
             self._take_line(b"")
             return self.counted
         return count_json_body(self.family, bytes(self._kept))
+
+
+def for_answer(family: str, content_type: str, content_encoding: str) -> ResponseTally:
+    """A tally for one answer, keeping at most APERTURE_PASSTHROUGH_METER_MAX_BYTES of it."""
+    return ResponseTally(
+        family=family,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        cap=settings.PASSTHROUGH_METER_MAX_BYTES,
+    )

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from aperture.api_fields import validated
+from aperture.db import release_connection
 from aperture.openapi import paginated
 from aperture.pagination import OldestFirst
 from routing import selectors, services
@@ -19,7 +20,6 @@ from routing.api.serializers import (
     CredentialRotateIn,
 )
 from routing.credential_check import check_credential
-from routing.pipeline import release_database_connection
 from routing.workspace_credentials import (
     workspace_credential_create,
     workspace_credential_delete,
@@ -111,6 +111,6 @@ class CredentialTestView(APIView):
     def post(self, request: Request, credential_id: str) -> Response:
         principal = request_principal(request)
         credential = selectors.credential_of_workspace(principal.workspace_id, credential_id)
-        release_database_connection()
+        release_connection()
         result = check_credential(credential)
         return Response(CredentialCheckOut(result).data)

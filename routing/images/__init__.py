@@ -1,1 +1,2 @@
-"""The image endpoints' domain logic: validation, the generation flow, hosting of results."""
+"""The images layer: validation and sizing, edit forms and references, conversion, fan-out,
+and the shaping and hosting of results."""

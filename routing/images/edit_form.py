@@ -17,6 +17,7 @@ from django.http.multipartparser import MultiPartParserError
 
 from aperture.errors import InvalidRequest
 from routing.images import inputs
+from routing.providers.base import InputImage
 
 MAX_IMAGES = 16
 _INTEGERS = frozenset({"n", "output_compression", "partial_images", "seed"})
@@ -27,8 +28,8 @@ _JSON_OBJECTS = frozenset({"provider"})
 @dataclass(frozen=True)
 class EditForm:
     fields: dict[str, Any]
-    images: tuple[inputs.InputImage, ...]
-    mask: inputs.InputImage | None
+    images: tuple[InputImage, ...]
+    mask: InputImage | None
 
 
 def _typed(name: str, value: str) -> Any:

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from aperture.errors import InvalidRequest, PayloadTooLarge
 from aperture.offload import run_blocking
-from routing.providers.base import InputImage as InputImage
+from routing.providers.base import InputImage
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+)?(;[a-z0-9=.-]+)*;base64,", re.IGNORECASE)

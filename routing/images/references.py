@@ -14,7 +14,7 @@ from django.conf import settings
 
 from aperture.errors import InvalidRequest
 from routing.images import inputs
-from routing.providers.base import UpstreamFailed, UpstreamTimedOut
+from routing.providers.base import InputImage, UpstreamFailed, UpstreamTimedOut
 from routing.providers.fetch import FetchRefused, fetch_image
 
 MAX_REFERENCES = 16
@@ -67,7 +67,7 @@ def _download(url: str, param: str) -> bytes:
     return data
 
 
-def load_references(references: tuple[str, ...]) -> tuple[inputs.InputImage, ...]:
+def load_references(references: tuple[str, ...]) -> tuple[InputImage, ...]:
     """Each reference decoded and checked, in order."""
     images = []
     for index, reference in enumerate(references):

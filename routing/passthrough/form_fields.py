@@ -1,8 +1,10 @@
-"""The small text fields of a multipart body, read as the body streams through untouched.
+"""The small text fields of a multipart body, read as its chunks go by.
 
 An image edit names its model, n, size and quality in text parts that may come before or
 after megabytes of image parts; the parser sees every chunk once and keeps only text parts
-of at most a kilobyte, so pricing an edit costs no copy of its images.
+of at most a kilobyte, so pricing an edit costs no copy of its images in memory. A text
+field given twice or too long to keep is noted as unclear, and a form cut before its
+closing boundary as failed: the caller cannot have it priced.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class FormFieldSniffer:
             return
         try:
             self._parser.write(chunk)
-        except Exception:  # noqa: BLE001 - a malformed form is the upstream's to judge
+        except Exception:  # noqa: BLE001 - a malformed form is refused (body.py), not a 500
             self.failed = True
 
     def finish(self) -> None:

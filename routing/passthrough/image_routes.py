@@ -18,13 +18,29 @@ from typing import Any
 from aperture.errors import InvalidRequest
 from routing.providers.base import ImageRoute
 from routing.providers.capabilities import MAX_N
-from routing.providers.registry import passthrough_image_route
+from routing.providers.registry import passthrough_image_route, uncounted_image_path
+
+
+def _as_read_upstream(path: str) -> str:
+    """Repeated and trailing slashes, which servers commonly ignore, do not hide a route."""
+    return re.sub(r"/{2,}", "/", path).rstrip("/")
 
 
 def recognise(provider: str, method: str, path: str) -> ImageRoute | None:
-    """The image route this call is on, as its provider declares them; the path is read as
-    the upstream would read it (repeated and trailing slashes do not hide a route)."""
-    return passthrough_image_route(provider, method, re.sub(r"/{2,}", "/", path).rstrip("/"))
+    """The image route this call is on, as its provider declares them."""
+    return passthrough_image_route(provider, method, _as_read_upstream(path))
+
+
+def refuse_uncounted(provider: str, method: str, path: str, *, free: bool) -> None:
+    """A native route that makes images the gateway cannot count is served only by a
+    credential an operator marked free: otherwise its images would cost nothing."""
+    if free or not uncounted_image_path(provider, method, _as_read_upstream(path)):
+        return
+    raise InvalidRequest(
+        f"The gateway cannot count the images of {provider}'s {path}, so it does not relay "
+        "it; an operator may mark the credential free.",
+        code="route_not_priced",
+    )
 
 
 @dataclass(frozen=True)

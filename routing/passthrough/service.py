@@ -16,6 +16,7 @@ from typing import IO
 import requests
 from django.conf import settings
 
+from aperture.db import release_connection
 from aperture.errors import InvalidRequest, PermissionError_
 from billing import pricing
 from billing.metering import Meter
@@ -27,12 +28,24 @@ from routing.passthrough.paths import check_allowed, parse_path, upstream_url
 from routing.providers import http
 from routing.providers.auth import base_url_for, credential_headers
 from routing.providers.base import ImageRoute
-from routing.tally import ResponseTally
+from routing.tally import Counted, ResponseTally, for_answer
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
 
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+@dataclass(frozen=True)
+class NativeRequest:
+    """A passthrough call as the caller made it."""
+
+    credential_name: str
+    method: str
+    raw_path: str  # below /{credential}, percent-encodings kept
+    query_string: str
+    headers: list[tuple[str, str]]
+    body: IncomingBody
 
 
 @dataclass
@@ -47,24 +60,45 @@ class NativeCall:
     route: ImageRoute | None  # an image route: priced and counted
     facts: image_routes.RequestFacts | None  # on an image route, what the body asks for
 
+    def estimate_micro(self) -> int:
+        """The most an image route's call may cost; 0 for a free credential or another route."""
+        if self.facts is None or self.route is None or self.target.free:
+            return 0
+        facts = self.facts
+        per_image = pricing.per_image_estimate(
+            self.route.provider, facts.model, facts.size, facts.quality
+        )
+        return per_image * facts.n
 
-def resolve(
-    *,
-    principal: KeyPrincipal,
-    meter: Meter,
-    credential_name: str,
-    method: str,
-    raw_path: str,
-    query_string: str,
-    caller_headers: list[tuple[str, str]],
-    body: IncomingBody,
-) -> NativeCall:
+    def cost_of(self, produced: Counted) -> int:
+        """What the images in its answer cost (size and quality as the answer says, else as
+        asked; tokens where the provider reports them in OpenAI's shape)."""
+        if self.facts is None or self.route is None or self.target.free or not produced.images:
+            return 0
+        return pricing.actual_cost(
+            self.route.provider,
+            self.facts.model,
+            images=produced.images,
+            size=produced.size or self.facts.size,
+            quality=produced.quality or self.facts.quality,
+            usage=produced.usage if self.route.family == "openai" else None,
+        )
+
+    def close(self) -> None:
+        """Free a spooled form once it has been sent."""
+        close = getattr(self.data, "close", None)
+        if close is not None:
+            close()
+
+
+def resolve(*, principal: KeyPrincipal, meter: Meter, request: NativeRequest) -> NativeCall:
     """The credential and native path this call reaches, and, on an image route, what its
     body asks for (read whole, before anything goes upstream)."""
-    meter.method, meter.path, meter.alias = method, raw_path[:500], ""
-    target = selectors.passthrough_target(principal, credential_name)
+    method, body = request.method, request.body
+    meter.method, meter.path, meter.alias = method, request.raw_path[:500], ""
+    target = selectors.passthrough_target(principal, request.credential_name)
     meter.provider = target.provider
-    path = parse_path(raw_path)
+    path = parse_path(request.raw_path)
     meter.path = path.decoded[:500]
     check_allowed(path, list(target.path_prefixes), target.name)
     if principal.allowed_aliases:
@@ -76,19 +110,22 @@ def resolve(
         raise InvalidRequest(
             "The local provider has no native API to pass through to.", code="unsupported"
         )
-    url = upstream_url(base_url_for(target.provider, target.base_url), path, query_string)
+    url = upstream_url(base_url_for(target.provider, target.base_url), path, request.query_string)
     route = image_routes.recognise(target.provider, method, path.decoded)
+    if route is None:
+        image_routes.refuse_uncounted(target.provider, method, path.decoded, free=target.free)
     injected = {**target.extra_headers, **credential_headers(target.provider, target.secret)}
     call = NativeCall(
         target=target,
         method=method,
         url=url,
-        headers=header_rules.upstream_request_headers(caller_headers, injected=injected),
+        headers=header_rules.upstream_request_headers(request.headers, injected=injected),
         data=None,
         route=route,
         facts=None,
     )
     if route is not None:
+        release_connection()  # a body may dribble in slowly
         read = read_fields(body, meter)
         call.data = read.data
         call.facts = image_routes.request_facts(route, read.fields)
@@ -97,17 +134,6 @@ def resolve(
     elif method not in _BODYLESS or body.length:
         call.data = b"" if body.length == 0 else UploadStream(body, meter)
     return call
-
-
-def estimate_micro(call: NativeCall) -> int:
-    """The most an image route's call may cost; 0 for a free credential or another route."""
-    if call.facts is None or call.route is None or call.target.free:
-        return 0
-    facts = call.facts
-    per_image = pricing.per_image_estimate(
-        call.route.provider, facts.model, facts.size, facts.quality
-    )
-    return per_image * facts.n
 
 
 def send(call: NativeCall) -> requests.Response:
@@ -139,29 +165,8 @@ def response_tally(call: NativeCall, upstream: requests.Response) -> ResponseTal
     """How the answer is counted: an image route's successful answer only."""
     if call.route is None or not 200 <= upstream.status_code < 300:
         return None
-    return ResponseTally(
-        family=call.route.family,
-        content_type=upstream.headers.get("Content-Type", ""),
-        content_encoding=upstream.headers.get("Content-Encoding", ""),
-        cap=settings.PASSTHROUGH_METER_MAX_BYTES,
-    )
-
-
-def actual_cost(
-    call: NativeCall,
-    *,
-    images: int,
-    size: str | None,
-    quality: str | None,
-    usage: dict[str, object] | None,
-) -> int:
-    if call.facts is None or call.route is None or call.target.free or not images:
-        return 0
-    return pricing.actual_cost(
-        call.route.provider,
-        call.facts.model,
-        images=images,
-        size=size or call.facts.size,
-        quality=quality or call.facts.quality,
-        usage=usage if call.route.family == "openai" else None,
+    return for_answer(
+        call.route.family,
+        upstream.headers.get("Content-Type", ""),
+        upstream.headers.get("Content-Encoding", ""),
     )

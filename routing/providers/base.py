@@ -291,6 +291,9 @@ class ProviderAdapter(ABC):
     error_shape: ClassVar[ErrorShape | None] = None
     # Native paths that make images: passthrough reserves and charges for them.
     image_routes: ClassVar[tuple[ImageRoutePattern, ...]] = ()
+    # Native paths that make images the gateway cannot count (submit-and-poll, chat with
+    # image output, bytes out): passthrough refuses them unless the credential is free.
+    uncounted_image_paths: ClassVar[tuple[re.Pattern[str], ...]] = ()
 
     def check_params(self, api_version: str) -> dict[str, str] | None:
         """Query parameters of the credential-check call."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -68,8 +69,9 @@ def _by_ratio(model: str) -> bool:
 
 class BFLProvider(ProviderAdapter):
     name = "bfl"
-    # No free call is known that tests a key.
-    auth = ProviderAuth("x-key", default_base_url="https://api.bfl.ai")
+    auth = ProviderAuth("x-key", default_base_url="https://api.bfl.ai")  # no free check call
+    # Every submit is `POST /v1/{model}`; results are fetched later.
+    uncounted_image_paths = (re.compile(r"/v1/(?!get_result).*"),)
     error_shape = ErrorShape(("detail",))  # FastAPI's `{"detail": ...}`
 
     def capabilities(

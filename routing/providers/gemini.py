@@ -141,6 +141,8 @@ class GeminiProvider(ProviderAdapter):
     auth = ProviderAuth(
         "x-goog-api-key", default_base_url="https://generativelanguage.googleapis.com"
     )
+    # Imagen (`:predict`) and long-running predictions; generateContent is counted.
+    uncounted_image_paths = (re.compile(r"/v1(?:beta)?/models/[^/:]+:predict(?:LongRunning)?"),)
     check_path = "/v1beta/models"
     # Google's `{"error": {"code": 400, "message", "status": "INVALID_ARGUMENT"}}`
     # (docs/providers.md §3.2).

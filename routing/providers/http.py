@@ -101,12 +101,6 @@ def _json_body(response: requests.Response) -> Any:
         return None
 
 
-def upstream_message(response: requests.Response) -> tuple[str, str | None]:
-    """The upstream's own error message and param, from any of the error shapes upstreams
-    are known to answer with, or the text."""
-    return _generic_message(response, _json_body(response))
-
-
 def _generic_message(response: requests.Response, body: Any) -> tuple[str, str | None]:
     if not isinstance(body, dict):
         text = response.text.strip()[:500]
@@ -237,5 +231,4 @@ __all__ = [
     "read_chunks",
     "send",
     "session",
-    "upstream_message",
 ]

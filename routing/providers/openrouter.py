@@ -71,6 +71,8 @@ def _uses_image_api(options: Mapping[str, Any] | None) -> bool:
 class OpenRouterProvider(ProviderAdapter):
     name = "openrouter"
     auth = ProviderAuth("Authorization", BEARER, "https://openrouter.ai")
+    # Its Image API, and chat completions, which make images when asked to.
+    uncounted_image_paths = (re.compile(r"/api/v1/images(?:/.*)?"), re.compile(r"/api/v1/chat/.*"))
     check_path = "/api/v1/key"
     # `{"error": {"code": <HTTP status>, "message", "metadata"}}` (docs/providers.md §6).
     error_shape = ErrorShape(("error", "message"), ("error", "code"))

@@ -72,3 +72,11 @@ def passthrough_image_route(provider: str, method: str, path: str) -> ImageRoute
         if (route := pattern.route(provider, path)) is not None:
             return route
     return None
+
+
+def uncounted_image_path(provider: str, method: str, path: str) -> bool:
+    """Whether a passthrough call makes images its provider declares uncountable."""
+    adapter = ADAPTERS.get(provider)
+    if method != "POST" or adapter is None:
+        return False
+    return any(pattern.fullmatch(path) for pattern in adapter.uncounted_image_paths)

@@ -11,6 +11,7 @@ Inputs vary per model; the common ones are set (`prompt`, `aspect_ratio`, `seed`
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +53,10 @@ DONE = frozenset({"succeeded", "failed", "canceled"})
 class ReplicateProvider(ProviderAdapter):
     name = "replicate"
     auth = ProviderAuth("Authorization", BEARER, "https://api.replicate.com")
+    uncounted_image_paths = (
+        re.compile(r"/v1/predictions"),
+        re.compile(r"/v1/(?:models|deployments)/.*/predictions"),
+    )
     check_path = "/v1/account"
     error_shape = ErrorShape(("detail",))  # RFC 7807 problem details
 

@@ -13,6 +13,7 @@ honoured: moderated images are left out, and none left is a 400.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,8 +65,9 @@ _MODERATION_CODES = ("Sensitive", "Moderation", "Risk")
 
 class SeedreamProvider(ProviderAdapter):
     name = "seedream"
-    # Ark has no free call known that tests a key.
     auth = ProviderAuth("Authorization", BEARER, "https://ark.cn-beijing.volces.com")
+    uncounted_image_paths = (re.compile(r"/api/v3/images/.*"),)
+    # Ark has no free call known that tests a key.
     error_shape = OPENAI_ERRORS  # `{"error": {"code", "message"}}` (docs/providers.md §4)
 
     def capabilities(

@@ -12,6 +12,7 @@ image, one image, no mask). `CONTENT_FILTERED`, even with a 200, and a 403
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
@@ -69,6 +70,7 @@ def endpoint_for(model: str) -> str:
 class StabilityProvider(ProviderAdapter):
     name = "stability"
     auth = ProviderAuth("Authorization", BEARER, "https://api.stability.ai")
+    uncounted_image_paths = (re.compile(r"/v2beta/.*"), re.compile(r"/v1/generation/.*"))
     check_path = "/v1/user/account"
     error_shape = ErrorShape(("errors",), ("name",))  # `{"id", "name", "errors": [...]}`
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from routing.providers.base import (
     GeneratedImage,
     ImageRequest,
     ImageResult,
+    ImageRoutePattern,
     ProviderAdapter,
     Target,
     UpstreamFailed,
@@ -73,6 +75,8 @@ GROK_2 = ImageCapabilities(**{**GROK_IMAGINE.__dict__, "edits": False, "max_pixe
 class XAIProvider(ProviderAdapter):
     name = "xai"
     auth = ProviderAuth("Authorization", BEARER, "https://api.x.ai")
+    # OpenAI's shape (model, n; data[] back): reserved and charged like OpenAI's.
+    image_routes = (ImageRoutePattern(re.compile(r"/v1/images/(?:generations|edits)"), "openai"),)
     check_path = "/v1/models"
     # xAI's flat `{"code", "error"}`; its OpenAI-style envelope is read the generic way.
     error_shape = ErrorShape(("error",), ("code",))

@@ -18,6 +18,7 @@ The result URLs are temporary, so a caller asking for `url` gets a gateway-hoste
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +63,7 @@ class ZAIProvider(ProviderAdapter):
     # Mainland root; the international one is https://api.z.ai (same paths). No free call
     # is known that tests a key.
     auth = ProviderAuth("Authorization", BEARER, "https://open.bigmodel.cn")
+    uncounted_image_paths = (re.compile(r"/api/paas/v4/images/.*"),)  # no n: not counted yet
     moderation_codes = frozenset({"1301"})  # Zhipu's content-safety refusal
     error_shape = OPENAI_ERRORS
 

@@ -133,3 +133,34 @@ def test_the_reaper_releases_orphaned_holds_and_a_late_settle_still_charges(
     budgets.settle(fresh, cost_micro=10_000, images=1)
     row.refresh_from_db()
     assert (row.used_micro, row.reserved_micro) == (15_000, 0)
+
+
+def test_a_spend_beyond_the_hold_is_charged_as_far_as_every_budget_can_take_it(
+    api_key: CreatedKey, workspace: Workspace, team: Team
+) -> None:
+    roomy = budget(workspace=workspace, period="month", limit_micro=100_000)
+    tight = budget(workspace=workspace, team=team, period="month", limit_micro=50_000)
+    hold = budgets.reserve(
+        principal=_principal(api_key), request_id="r", amount_micro=30_000, images=1
+    )
+    charged = budgets.settle(hold, cost_micro=80_000, images=2)
+    # The tight budget had 50,000 in all: both are charged that, and the record says so.
+    assert charged == (50_000, 2)
+    for row in (roomy, tight):
+        row.refresh_from_db()
+        assert (row.used_micro, row.reserved_micro, row.used_images, row.reserved_images) == (
+            50_000,
+            0,
+            2,
+            0,
+        )
+
+
+def test_a_spend_within_the_hold_is_charged_as_it_is(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    budget(workspace=workspace, period="month", limit_micro=100_000)
+    hold = budgets.reserve(
+        principal=_principal(api_key), request_id="r", amount_micro=30_000, images=1
+    )
+    assert budgets.settle(hold, cost_micro=25_000, images=1) == (25_000, 1)

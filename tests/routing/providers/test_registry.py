@@ -98,7 +98,7 @@ def test_moderation_codes_are_each_providers_own() -> None:
         ("azure", "/openai/deployments/x/images/variations", None),
         ("gemini", "/v1beta/models/imagen-4.0-generate-001:predict", None),
         ("gemini", "/v1beta/models/a/b:generateContent", None),
-        ("xai", "/v1/images/generations", None),
+        ("xai", "/v1/images/generations", ImageRoute("xai", "openai")),
         ("local", "/v1/images/generations", None),
         ("unknown", "/v1/images/generations", None),
     ],

@@ -166,6 +166,7 @@ def test_passthrough_injects_the_zai_credential(
         base_url=fake_upstream.url,
         secret=UPSTREAM_SECRET,
         passthrough_enabled=True,
+        free=True,  # Z.AI's image answers are not counted on passthrough: relayed only if free
     )
     response = requests.post(
         f"{live_server.url}/zai/api/paas/v4/images/generations",
