@@ -8,8 +8,8 @@ Every route under /v1/, /openai/ and /api/ answers errors as
 import logging
 from typing import Any
 
+from django.core.exceptions import BadRequest, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -85,6 +85,14 @@ class ModelNotFound(ApiError):
 class MethodNotAllowed(ApiError):
     status = 405
     code = "method_not_allowed"
+
+
+class RequestTimeout(ApiError, BadRequest):
+    """The request body did not arrive in time. Also a Django BadRequest, so that a view
+    outside DRF (the admin's login form) answers it through handler400, not as a 500."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class Conflict(ApiError):
@@ -216,6 +224,15 @@ def internal_error_body() -> dict[str, Any]:
 def not_found_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     """handler404 and the catch-all for unknown API routes."""
     return error_response(NotFound(f"Unknown route: {request.method} {request.path}"))
+
+
+def bad_request_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """handler400: Django's own refusals (a malformed request, a body too slow) in the envelope."""
+    if isinstance(exception, ApiError):
+        return error_response(exception)
+    return error_response(
+        InvalidRequest("The request could not be understood.", code="bad_request")
+    )
 
 
 def server_error_view(request: HttpRequest) -> JsonResponse:

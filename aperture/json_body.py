@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from django.http import HttpRequest
 
+from aperture.db import release_connection
 from aperture.errors import InvalidRequest, UnsupportedMediaType
 
 _READ_AS_JSON = {"", "application/json", "application/x-www-form-urlencoded", "text/plain"}
@@ -25,7 +26,8 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
         raise UnsupportedMediaType(
             f"Unsupported content type '{content_type}'; send application/json."
         )
-    raw = request.body
+    release_connection()  # the body may dribble in, for as long as its deadline allows
+    raw = request.body  # RequestTimeout (408) past APERTURE_BODY_TIMEOUT_SECONDS
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:

@@ -6,6 +6,7 @@ variables; with APERTURE_PRODUCTION=true every secret must come from the environ
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import django_stubs_ext
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from aperture.local_secrets import load_or_create
+from aperture.local_secrets import load_or_create, private_dir, private_sqlite
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ def _secret(name: str, kind: str = "token") -> str:
             f"{name} is not set. Set {name} (or {name}_FILE) in the environment: "
             "production never generates or stores its own secrets."
         )
-    return load_or_create(VAR_DIR / "secrets", name.lower(), kind)
+    return load_or_create(private_dir(VAR_DIR) / "secrets", name.lower(), kind)
 
 
 SECRET_KEY = _secret("SECRET_KEY")
@@ -65,15 +66,20 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "tenants",
     "routing",
     "billing",
+    "gateway",
 ]
 
 MIDDLEWARE = [
     "aperture.middleware.RequestIdMiddleware",
+    "aperture.middleware.AllowedHostMiddleware",
     "aperture.middleware.BodySizeLimitMiddleware",
+    "aperture.middleware.BodyDeadlineMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "aperture.middleware.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -81,6 +87,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out admin sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "gateway.urls"
@@ -126,7 +134,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "timeout": env.float("APERTURE_DB_POOL_TIMEOUT", default=10.0),
         }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    private_dir(VAR_DIR)  # 0700, and the database file 0600: it holds every tenant's data
+    if DATABASES["default"]["NAME"] not in ("", ":memory:"):
+        private_sqlite(Path(DATABASES["default"]["NAME"]))
     # WAL and a busy timeout let concurrent gevent requests share one SQLite file.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
@@ -180,6 +190,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TIMEZONE = "UTC"
 
 # --- Auth, i18n, static, media --------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out user and address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -191,9 +206,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("APERTURE_STATIC_ROOT", default=str(VAR_DIR / "static")))
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise serves from here after collectstatic
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env.str("APERTURE_MEDIA_ROOT", default=str(VAR_DIR / "media")))
+if VAR_DIR in (*STATIC_ROOT.parents, *MEDIA_ROOT.parents):
+    private_dir(VAR_DIR)  # not left to mkdir(parents=True), which would make it 0755
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise serves from here after collectstatic
 STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -219,6 +236,16 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 # Each image of an edit or a reference image (the whole body is MAX_BODY_BYTES at most).
 EDIT_MAX_IMAGE_BYTES = env.int("APERTURE_EDIT_MAX_IMAGE_BYTES", default=50 * 1024 * 1024)
+# Pixels of an input image (edit, mask, reference), read from its header before decoding: the
+# largest input any provider takes (4096x4096); a decoded RGBA image costs 4 bytes a pixel.
+MAX_INPUT_PIXELS = env.int("APERTURE_MAX_INPUT_PIXELS", default=4096 * 4096)
+# Image decodes and encodes one worker process runs at once; more wait their turn, so that a
+# burst of large images takes turns instead of multiplying memory.
+IMAGE_JOBS = env.int("APERTURE_IMAGE_JOBS", default=2)
+# A request body must arrive within this many seconds, plus one more second for every
+# BODY_MIN_BYTES_PER_SECOND bytes received (a large body at a fair rate); else 408.
+BODY_TIMEOUT_SECONDS = env.float("APERTURE_BODY_TIMEOUT_SECONDS", default=30.0)
+BODY_MIN_BYTES_PER_SECOND = env.int("APERTURE_BODY_MIN_BYTES_PER_SECOND", default=50_000)
 
 # --- Django REST framework ------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -268,6 +295,38 @@ SECURE_PROXY_SSL_HEADER = (
     else None
 )
 
+# Content-Security-Policy and Permissions-Policy on every HTML page (the admin, the API docs,
+# an error page): scripts only from this origin. Swagger UI's init script is a file of its own
+# (SpectacularSwaggerSplitView); its page and the admin still use inline styles.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+PERMISSIONS_POLICY = (
+    "accelerometer=(), camera=(), display-capture=(), geolocation=(), gyroscope=(), "
+    "magnetometer=(), microphone=(), midi=(), payment=(), usb=()"
+)
+
+# Admin sign-in throttling (django-axes): a username failing this often from one address is
+# locked out for the cool-off, right password or not. Unlock sooner with
+# `manage.py axes_reset_username <user>` (or `axes_reset`), or in the admin's Axes pages.
+AXES_FAILURE_LIMIT = env.int("APERTURE_ADMIN_LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("APERTURE_ADMIN_LOCKOUT_MINUTES", default=60))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "gateway.admin_login.lockout_response"
+AXES_VERBOSE = False  # its lockouts are still logged, as warnings
+
 # --- Logging: one line per event, never a secret --------------------------------------
 LOGGING = {
     "version": 1,
@@ -289,7 +348,16 @@ LOGGING = {
 
 # --- Upstreams and hosted images ------------------------------------------------------
 UPSTREAM_POOL_SIZE = env.int("APERTURE_UPSTREAM_POOL_SIZE", default=1000)
-UPSTREAM_CONNECT_TIMEOUT = env.float("APERTURE_UPSTREAM_CONNECT_TIMEOUT", default=10.0)
+# Connecting to an upstream: a dead host should cost little (each deployment may set its own).
+UPSTREAM_CONNECT_TIMEOUT = env.float("APERTURE_UPSTREAM_CONNECT_TIMEOUT", default=3.0)
+# Deployment health (routing/health.py): failures within the window that open a circuit, and
+# its cooldown, doubled on each trip up to the cap.
+HEALTH_WINDOW_SECONDS = env.float("APERTURE_HEALTH_WINDOW_SECONDS", default=60.0)
+HEALTH_FAILURE_THRESHOLD = env.int("APERTURE_HEALTH_FAILURE_THRESHOLD", default=3)
+HEALTH_COOLDOWN_SECONDS = env.float("APERTURE_HEALTH_COOLDOWN_SECONDS", default=10.0)
+HEALTH_COOLDOWN_MAX_SECONDS = env.float("APERTURE_HEALTH_COOLDOWN_MAX_SECONDS", default=300.0)
+# How often the Celery beat probes deployments whose circuit is open.
+HEALTH_PROBE_INTERVAL_SECONDS = env.float("APERTURE_HEALTH_PROBE_INTERVAL_SECONDS", default=30.0)
 IMAGE_URL_TTL_SECONDS = env.int("APERTURE_IMAGE_URL_TTL_SECONDS", default=3600)
 # Downloads of upstream-hosted images (when a tenant asks for b64_json).
 FETCH_TIMEOUT_SECONDS = env.float("APERTURE_FETCH_TIMEOUT_SECONDS", default=30.0)
@@ -320,5 +388,12 @@ CELERY_BEAT_SCHEDULE = {
     "daily-usage-rollup": {
         "task": "billing.tasks.rollup_daily_usage",
         "schedule": 900.0,
+    },
+    # Deployments whose circuit is open: their credential's free check call, closed if it
+    # answers (routing/probes.py). A run not started within the interval is dropped.
+    "probe-open-deployments": {
+        "task": "routing.tasks.probe_open_deployments",
+        "schedule": HEALTH_PROBE_INTERVAL_SECONDS,
+        "options": {"expires": HEALTH_PROBE_INTERVAL_SECONDS},
     },
 }

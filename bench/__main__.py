@@ -10,8 +10,9 @@ Redis on 127.0.0.1) as their own processes, then measures on loopback:
   4. passthrough: added latency at concurrency 1 and 64, and a 100 MB response relayed;
   5. images: peak memory under 20 concurrent 20 MB edits and 20 concurrent n=4 x 4 MB
      generations, and a stream's time to its first partial image, gateway vs direct;
-  6. management: usage aggregates and the CSV export over 200,000 usage records.
-`python -m bench --only passthrough` (or core, images, management) runs one section.
+  6. management: usage aggregates and the CSV export over 200,000 usage records;
+  7. deployment health: an alias whose first deployment hangs vs one that is healthy.
+`python -m bench --only passthrough` (or core, images, management, health) runs one section.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from typing import Any
 import psycopg
 import requests
 
+from bench.health import run_health
 from bench.images import run_images
 from bench.loadgen import run
 from bench.management import run_management
 from bench.passthrough import run_passthrough
 from bench.seed import RACE_IMAGES
+from tests.fakes.upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -107,7 +110,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["core", "passthrough", "images", "management"],
+        choices=["core", "passthrough", "images", "management", "health"],
         help="run one section",
     )
     args = parser.parse_args()
@@ -126,6 +129,7 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
     }
     processes: list[subprocess.Popen[bytes]] = []
+    stack = contextlib.ExitStack()
     try:
         processes.append(
             subprocess.Popen(
@@ -138,9 +142,12 @@ def main() -> None:
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
         )
+        hanging = FakeUpstream(delay=10.0)
+        hanging.keep_bodies = False
+        stack.enter_context(hanging)
         seeded = json.loads(
             subprocess.run(
-                [sys.executable, "-m", "bench.seed", upstream_url],
+                [sys.executable, "-m", "bench.seed", upstream_url, hanging.url],
                 cwd=ROOT,
                 env=env,
                 check=True,
@@ -172,6 +179,8 @@ def main() -> None:
             run_passthrough(gateway_url, upstream_url, key, quick=args.quick)
         if args.only in (None, "images"):
             run_images(gateway_url, upstream_url, key, lambda: _rss_mb(gateway.pid))
+        if args.only in (None, "health"):
+            run_health(gateway_url, hanging, key)
         if args.only in (None, "management"):
             usage = json.loads(
                 subprocess.run(
@@ -189,6 +198,7 @@ def main() -> None:
                 gateway_url, usage["admin"], usage["records"], lambda: _rss_mb(gateway.pid)
             )
     finally:
+        stack.close()
         for process in processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)

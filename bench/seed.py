@@ -47,6 +47,26 @@ def main() -> None:
         upstream_model="gpt-image-1",
         timeout_seconds=120,
     )
+    if len(sys.argv) > 2:  # a hanging upstream: the health section's first deployment
+        hanging = routing.credential_create(
+            actor=actor,
+            name="hanging",
+            provider="openai",
+            base_url=sys.argv[2],
+            secret="sk-bench-upstream",  # noqa: S106 - the fake checks no key
+        )
+        resilient = routing.alias_create(actor=actor, name="bench-resilient")
+        resilient.retry_after_timeout = True
+        resilient.save()
+        for priority, used in enumerate((hanging, credential)):
+            routing.deployment_create(
+                actor=actor,
+                alias=resilient,
+                credential=used,
+                upstream_model="dall-e-2",
+                priority=priority,
+                timeout_seconds=2,
+            )
     price = pricing.per_image_estimate("openai", "dall-e-2", "256x256", None)
     keys: dict[str, str | int] = {}
     for name in ("plain", "budgeted", "race"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from django.db import connection
 from django.utils import timezone
 
+from aperture.request_context import current_client_request_id
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ class Meter:
     endpoint: str
     bytes_in: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Made within the request, so the caller's own id is the one the middleware kept.
+    client_request_id: str = field(default_factory=current_client_request_id)
     principal: KeyPrincipal | None = None
     alias: str = ""
     deployment_id: int | None = None
@@ -45,6 +48,8 @@ class Meter:
     path: str = ""
     bytes_out: int = 0
     error_code: str = ""
+    # Every upstream call of the request, in order (routing/router.py's Tried.as_record).
+    attempts: list[dict[str, object]] = field(default_factory=list)
 
     def finish(self) -> None:
         """Stop the clock: the response is complete."""
@@ -64,6 +69,7 @@ def record_usage(meter: Meter, *, status: int, error_code: str, bytes_out: int) 
 
 _COLUMNS = (
     "request_id",
+    "client_request_id",
     "created_at",
     "workspace_id",
     "team_id",
@@ -88,6 +94,7 @@ _COLUMNS = (
     "method",
     "path",
     "upstream_cost_micro",
+    "attempts",
 )
 # One plain INSERT: the ORM's model machinery costs more CPU than the statement itself.
 _INSERT = (
@@ -101,6 +108,7 @@ def _insert(
 ) -> None:
     values = (
         meter.request_id,
+        meter.client_request_id[:128],
         connection.ops.adapt_datetimefield_value(timezone.now()),
         principal.workspace_id,
         principal.team_id,
@@ -127,6 +135,7 @@ def _insert(
         meter.method[:16],
         meter.path[:500],
         meter.upstream_cost_micro,
+        connection.ops.adapt_json_value(meter.attempts, None),
     )
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, values)

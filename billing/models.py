@@ -133,6 +133,26 @@ class Budget(models.Model):
                 | (Q(scope="key") & Q(key__isnull=False)),
                 name="budget_scope_matches_target",
             ),
+            # One budget per target and period (a partial unique index per scope): two
+            # concurrent creations of the same budget leave one row; the other is a 409.
+            models.UniqueConstraint(
+                fields=["workspace", "period"],
+                condition=Q(scope="workspace"),
+                name="budget_one_per_workspace_period",
+                violation_error_message="This workspace already has a budget for this period.",
+            ),
+            models.UniqueConstraint(
+                fields=["team", "period"],
+                condition=Q(scope="team"),
+                name="budget_one_per_team_period",
+                violation_error_message="This team already has a budget for this period.",
+            ),
+            models.UniqueConstraint(
+                fields=["key", "period"],
+                condition=Q(scope="key"),
+                name="budget_one_per_key_period",
+                violation_error_message="This key already has a budget for this period.",
+            ),
         ]
         indexes = [
             # Budgets in scope of a request: by workspace, then filtered to its team and key.
@@ -169,7 +189,13 @@ class Reservation(models.Model):
 class UsageRecord(models.Model):
     """One row per authenticated request: served, refused or failed."""
 
-    request_id = models.CharField(max_length=128)
+    request_id = models.CharField(max_length=128)  # the gateway's own (req_…)
+    client_request_id = models.CharField(
+        max_length=128,
+        blank=True,
+        default="",
+        help_text="The caller's x-client-request-id or x-request-id, if it sent one.",
+    )
     created_at = models.DateTimeField()
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
@@ -197,6 +223,11 @@ class UsageRecord(models.Model):
     method = models.CharField(max_length=16, blank=True, help_text="Passthrough: HTTP method.")
     path = models.CharField(
         max_length=500, blank=True, help_text="Passthrough: the provider's native path."
+    )
+    attempts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Every upstream call: attempt, deployment, provider, outcome, ms.",
     )
 
     class Meta:

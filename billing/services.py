@@ -2,8 +2,8 @@
 
 from decimal import Decimal
 
-from django.db import transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db import IntegrityError, transaction
+from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from aperture.errors import Conflict, InvalidRequest
@@ -53,10 +53,7 @@ def budget_set(
 ) -> Budget:
     """Create the budget of this target and period, or change its limits (through the
     conditional UPDATE: never below what the current period has spent and holds)."""
-    scope = "key" if key else "team" if team else "workspace"
-    existing = Budget.objects.filter(
-        workspace=workspace, team=team, key=key, scope=scope, period=period
-    ).first()
+    existing = _budgets_of(workspace=workspace, team=team, key=key, period=period).first()
     if existing is not None:
         return budget_change_limits(
             actor=actor,
@@ -73,6 +70,18 @@ def budget_set(
         limit_micro=limit_micro,
         limit_images=limit_images,
     )
+
+
+def _budgets_of(
+    *, workspace: Workspace, team: Team | None, key: ApiKey | None, period: str
+) -> QuerySet[Budget]:
+    """The budget of this target and period, as the unique indexes
+    (`budget_one_per_*_period`) know it: a key's whatever its team field says."""
+    if key is not None:
+        return Budget.objects.filter(workspace=workspace, scope="key", key=key, period=period)
+    if team is not None:
+        return Budget.objects.filter(workspace=workspace, scope="team", team=team, period=period)
+    return Budget.objects.filter(workspace=workspace, scope="workspace", period=period)
 
 
 def _budget_insert(
@@ -163,31 +172,45 @@ def budget_create(
     limit_micro: int | None,
     limit_images: int | None,
 ) -> Budget:
-    """A new team or key budget, refused if that target already has one for the period."""
+    """A new team or key budget, refused if that target already has one for the period.
+
+    The check reads first for a clear answer; the database's unique index
+    (`budget_one_per_*_period`) settles two creations at once: the second is the same 409.
+    """
     _needs_a_limit(limit_micro, limit_images)
     team = None if key else team
-    existing = Budget.objects.filter(workspace=workspace, team=team, key=key, period=period)
-    if existing.exists():
-        raise Conflict(
+    existing = _budgets_of(workspace=workspace, team=team, key=key, period=period)
+
+    def already_exists() -> Conflict:
+        return Conflict(
             f"This {('key' if key else 'team')} already has a {period} budget "
             f"({existing.values_list('public_id', flat=True).first()}); change that one.",
             code="budget_exists",
         )
+
+    if existing.exists():
+        raise already_exists()
     check_within_enclosing(
         workspace_id=workspace.pk,
         team_id=key.team_id if key else None,
         limit_micro=limit_micro,
         limit_images=limit_images,
     )
-    return _budget_insert(
-        actor=actor,
-        workspace=workspace,
-        team=team,
-        key=key,
-        period=period,
-        limit_micro=limit_micro,
-        limit_images=limit_images,
-    )
+    try:
+        with transaction.atomic():  # a savepoint: the refused INSERT leaves the rest usable
+            return _budget_insert(
+                actor=actor,
+                workspace=workspace,
+                team=team,
+                key=key,
+                period=period,
+                limit_micro=limit_micro,
+                limit_images=limit_images,
+            )
+    except IntegrityError:
+        if existing.exists():  # created meanwhile by a concurrent request
+            raise already_exists() from None
+        raise
 
 
 @transaction.atomic

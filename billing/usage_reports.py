@@ -124,6 +124,7 @@ def usage_summary(query: UsageQuery, group_by: str) -> list[SummaryRow]:
 # The records' CSV: the JSON record's fields, read as plain tuples (no serializer per row).
 RECORD_COLUMNS = (
     "request_id",
+    "client_request_id",
     "created_at",
     "team",
     "key",

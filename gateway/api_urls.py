@@ -1,16 +1,18 @@
 """The management API under /api/v1/, its OpenAPI schema and the interactive docs."""
 
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from aperture import openapi  # noqa: F401 - registers the API key security scheme
 from billing.api import budgets, usage
-from routing.api import aliases, credentials
+from routing.api import aliases, credentials, passthrough
 from tenants.api import audit, keys, teams
 
 urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view serves Swagger UI's init script as a file: no inline script, so the
+    # page's Content-Security-Policy allows scripts from this origin only.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/workspace", teams.WorkspaceView.as_view(), name="api-workspace"),
     path("api/v1/teams", teams.TeamListView.as_view(), name="api-teams"),
     path("api/v1/teams/<str:team_id>", teams.TeamDetailView.as_view(), name="api-team"),
@@ -45,5 +47,6 @@ urlpatterns = [
         credentials.CredentialTestView.as_view(),
         name="api-credential-test",
     ),
+    path("api/v1/passthrough", passthrough.PassthroughListView.as_view(), name="api-passthrough"),
     path("api/v1/audit-events", audit.AuditEventListView.as_view(), name="api-audit-events"),
 ]

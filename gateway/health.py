@@ -8,6 +8,7 @@ from django.views.decorators.http import require_GET
 
 from aperture import safe_cache
 from billing import ratelimit
+from routing import health
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +33,29 @@ def _database_state() -> str:
         connection.close()
 
 
+def _deployment_health(redis_answers: bool) -> str:
+    """Where circuits live: "shared" (Redis), "per-process" (no Redis configured), or
+    "degraded (per-process)" while Redis does not answer (routing falls back by itself)."""
+    mode = health.mode()
+    if mode == "shared" and not redis_answers:
+        return "degraded (per-process)"
+    return mode
+
+
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """200 while the database answers, else 503. A lost cache degrades but does not stop us."""
+    """200 while the database answers, else 503. A lost cache or Redis degrades (rate limits
+    fail open, deployment health is kept per process) but does not stop us."""
     database = _database_state()
     cache = "ok" if safe_cache.ping() else "degraded"
-    rate_limits = "ok" if ratelimit.ping() else "degraded (failing open)"
+    redis_answers = ratelimit.ping()  # the rate limits' Redis also holds deployment health
+    rate_limits = "ok" if redis_answers else "degraded (failing open)"
     ready = database == "ok"
     body = {
         "status": "ready" if ready else "unavailable",
         "database": database,
         "cache": cache,
         "rate_limits": rate_limits,
+        "deployment_health": _deployment_health(redis_answers),
     }
     return JsonResponse(body, status=200 if ready else 503)

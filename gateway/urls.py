@@ -28,5 +28,6 @@ urlpatterns = [
     ),
 ]
 
+handler400 = "aperture.errors.bad_request_view"
 handler404 = "aperture.errors.not_found_view"
 handler500 = "aperture.errors.server_error_view"

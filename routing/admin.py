@@ -5,15 +5,20 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Count, QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 
 from billing import pricing
-from routing import selectors, services
+from routing import health, health_report, selectors, services
 from routing.models import Deployment, ModelAlias, ProviderCredential
+from routing.passthrough.notes import render_notes
 from routing.providers.auth import auth_for
 from routing.providers.registry import AUTH
 from tenants.audit import audit_record, operator_actor
@@ -117,9 +122,15 @@ class CredentialForm(forms.ModelForm[ProviderCredential]):
             "options",
             "passthrough_enabled",
             "passthrough_path_prefixes",
+            "passthrough_notes",
             "free",
             "enabled",
         ]
+        widgets = {
+            "passthrough_notes": forms.Textarea(
+                attrs={"rows": 12, "cols": 90, "style": "font-family: monospace"}
+            )
+        }
 
     def clean_name(self) -> str:
         name: str = self.cleaned_data["name"]
@@ -165,8 +176,14 @@ class ProviderCredentialAdmin(UnpricedWarningMixin, admin.ModelAdmin[ProviderCre
     list_filter = ["provider", "enabled", "passthrough_enabled", "free", "workspace"]
     list_select_related = ["workspace"]
     search_fields = ["name", "base_url", "workspace__slug", "public_id"]
-    readonly_fields = ["public_id", "masked_secret", "created_at", "updated_at"]
+    readonly_fields = ["public_id", "masked_secret", "notes_preview", "created_at", "updated_at"]
     autocomplete_fields = ["workspace"]
+
+    @admin.display(description="Passthrough notes preview (as saved)")
+    def notes_preview(self, obj: ProviderCredential) -> str:
+        html = render_notes(obj.passthrough_notes)
+        # render_notes sanitises (nh3): no script, event handler or javascript: link remains.
+        return mark_safe(html) if html else "-"  # noqa: S308
 
     def save_model(
         self, request: HttpRequest, obj: ProviderCredential, form: Any, change: bool
@@ -186,6 +203,7 @@ class ProviderCredentialAdmin(UnpricedWarningMixin, admin.ModelAdmin[ProviderCre
                 options=data["options"],
                 passthrough_enabled=data["passthrough_enabled"],
                 passthrough_path_prefixes=data["passthrough_path_prefixes"],
+                passthrough_notes=data["passthrough_notes"],
                 free=data["free"],
                 enabled=data["enabled"],
             )
@@ -215,6 +233,7 @@ class DeploymentForm(forms.ModelForm[Deployment]):
             "priority",
             "weight",
             "timeout_seconds",
+            "connect_timeout_seconds",
             "options",
             "free",
             "enabled",
@@ -234,22 +253,82 @@ class DeploymentForm(forms.ModelForm[Deployment]):
         return data
 
 
-class DeploymentInline(admin.TabularInline[Deployment, ModelAlias]):
+class _HealthColumns:
+    """A deployment's health in the admin (read for a whole page at once: see attach)."""
+
+    @admin.display(description="Health")
+    def health_state(self, obj: Deployment) -> str:
+        """closed / open until … / half-open."""
+        return health_report.of(obj).label if obj.pk else "-"
+
+    @admin.display(description="Failures")
+    def health_failures(self, obj: Deployment) -> str:
+        """Failures counted in the current window (APERTURE_HEALTH_WINDOW_SECONDS)."""
+        return str(health_report.of(obj).failures) if obj.pk else "-"
+
+    @admin.display(description="Last error")
+    def health_last_error(self, obj: Deployment) -> str:
+        found = health_report.of(obj) if obj.pk else None
+        if found is None or not found.last_error:
+            return "-"
+        return f"{found.last_error} ({health_report.when(found.last_failure_at)})"
+
+
+_HEALTH_COLUMNS = ["health_state", "health_failures", "health_last_error"]
+
+
+def _warn_if_per_process(request: HttpRequest) -> None:
+    mode = health.mode()
+    if mode != "shared":
+        messages.warning(
+            request,
+            f"Deployment health is {mode}: this changed the state seen by this web process "
+            "only. Share it across processes with Redis (REDIS_URL).",
+        )
+
+
+class _HealthFormSet(BaseInlineFormSet[Deployment, ModelAlias, forms.ModelForm[Deployment]]):
+    """Reads the health of the alias's deployments at once, not once per row."""
+
+    def get_queryset(self) -> QuerySet[Deployment]:
+        fresh = not hasattr(self, "_queryset")
+        queryset: QuerySet[Deployment] = super().get_queryset()
+        if fresh:
+            health_report.attach(queryset)  # evaluates it: the forms reuse these rows
+        return queryset
+
+
+class DeploymentInline(_HealthColumns, admin.TabularInline[Deployment, ModelAlias]):
     model = Deployment
     form = DeploymentForm
+    formset = _HealthFormSet
     extra = 0
     autocomplete_fields = ["credential"]
+    readonly_fields = _HEALTH_COLUMNS
 
 
 @admin.register(ModelAlias)
 class ModelAliasAdmin(UnpricedWarningMixin, admin.ModelAdmin[ModelAlias]):
-    list_display = ["name", _scope, "deployment_count", "enabled", "updated_at"]
-    list_filter = ["enabled", "workspace"]
+    list_display = [
+        "name",
+        _scope,
+        "deployment_count",
+        "strategy",
+        "max_attempts",
+        "enabled",
+        "updated_at",
+    ]
+    list_filter = ["enabled", "strategy", "workspace"]
     list_select_related = ["workspace"]
     search_fields = ["name", "workspace__slug", "public_id"]
     readonly_fields = ["public_id", "created_at", "updated_at"]
     autocomplete_fields = ["workspace"]
     inlines = [DeploymentInline]
+    fieldsets = [
+        (None, {"fields": ["workspace", "name", "description", "enabled"]}),
+        ("Routing", {"fields": ["strategy", "max_attempts", "retry_after_timeout"]}),
+        (None, {"fields": ["public_id", "created_at", "updated_at"]}),
+    ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ModelAlias]:
         queryset: QuerySet[ModelAlias] = super().get_queryset(request)
@@ -288,8 +367,28 @@ class ModelAliasAdmin(UnpricedWarningMixin, admin.ModelAdmin[ModelAlias]):
             )
 
 
+class _HealthChangeList(ChangeList):
+    """Reads the health of the page's deployments at once, not once per row."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        health_report.attach(self.result_list)  # evaluates the page: the rows reuse it
+
+
+_FORCE_OPEN_MAX_MINUTES = services.FORCE_OPEN_MAX_SECONDS // 60
+
+
+class DeploymentActionForm(ActionForm):
+    minutes = forms.CharField(
+        required=False,
+        initial="15",
+        label="Minutes (force open):",
+        widget=forms.TextInput(attrs={"size": 4}),
+    )
+
+
 @admin.register(Deployment)
-class DeploymentAdmin(UnpricedWarningMixin, admin.ModelAdmin[Deployment]):
+class DeploymentAdmin(UnpricedWarningMixin, _HealthColumns, admin.ModelAdmin[Deployment]):
     list_display = [
         "alias",
         "credential",
@@ -298,20 +397,72 @@ class DeploymentAdmin(UnpricedWarningMixin, admin.ModelAdmin[Deployment]):
         "free",
         "priority",
         "weight",
+        "timeouts",
         "enabled",
+        *_HEALTH_COLUMNS,
     ]
     list_filter = ["enabled", "free", "credential__free", "credential__provider"]
     list_select_related = ["alias", "alias__workspace", "credential", "credential__workspace"]
     search_fields = ["upstream_model", "alias__name", "credential__name"]
     autocomplete_fields = ["alias", "credential"]
-    readonly_fields = ["public_id", "created_at", "updated_at"]
+    readonly_fields = ["public_id", *_HEALTH_COLUMNS, "created_at", "updated_at"]
+    actions = ["force_open", "force_closed"]
+    action_form = DeploymentActionForm
 
     form = DeploymentForm
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _HealthChangeList
 
     @admin.display(description="Priced", boolean=True)
     def priced(self, obj: Deployment) -> bool:
         """A deployment without a price is refused unless it or its credential is free."""
         return pricing.has_price(obj.credential.provider, obj.upstream_model)
+
+    @admin.display(description="Timeouts (connect / read)")
+    def timeouts(self, obj: Deployment) -> str:
+        return f"{obj.connect_timeout_seconds:g} s / {obj.timeout_seconds} s"
+
+    @admin.action(description="Force open (take out of rotation for N minutes)")
+    def force_open(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        try:
+            minutes = int(str(request.POST.get("minutes") or "").strip())
+        except ValueError:
+            minutes = 0
+        if not 1 <= minutes <= _FORCE_OPEN_MAX_MINUTES:
+            self.message_user(
+                request,
+                f"Give the minutes to force open, 1 to {_FORCE_OPEN_MAX_MINUTES} (longer: "
+                "disable the deployment). Nothing was changed.",
+                messages.ERROR,
+            )
+            return
+        until, count = 0.0, 0
+        for deployment in queryset:
+            until = services.deployment_force_open(
+                actor=_actor(request), deployment=deployment, seconds=minutes * 60
+            )
+            count += 1
+        self.message_user(
+            request,
+            f"{count} deployment(s) forced open until {health_report.when(until)}: requests "
+            "skip them unless every deployment of their alias is open.",
+            messages.SUCCESS,
+        )
+        _warn_if_per_process(request)
+
+    @admin.action(description="Force closed (back into rotation now)")
+    def force_closed(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        count = 0
+        for deployment in queryset:
+            services.deployment_force_closed(actor=_actor(request), deployment=deployment)
+            count += 1
+        self.message_user(
+            request,
+            f"{count} deployment(s) forced closed: back in rotation, failures forgotten.",
+            messages.SUCCESS,
+        )
+        _warn_if_per_process(request)
 
     def save_model(self, request: HttpRequest, obj: Deployment, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

@@ -107,6 +107,7 @@ class _Planner:
             "options": item.options,
             "passthrough_enabled": item.passthrough_enabled,
             "passthrough_path_prefixes": item.passthrough_path_prefixes,
+            "passthrough_notes": item.passthrough_notes,
             "free": item.free,
             "enabled": item.enabled,
         }
@@ -158,7 +159,13 @@ class _Planner:
         if existing is None:
             self.add("create", "alias", label, partial(self._create_alias, item))
         else:
-            wanted = {"description": item.description, "enabled": item.enabled}
+            wanted = {
+                "description": item.description,
+                "enabled": item.enabled,
+                "strategy": item.strategy,
+                "max_attempts": item.max_attempts,
+                "retry_after_timeout": item.retry_after_timeout,
+            }
             changed = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
             if changed:
                 update = partial(
@@ -185,6 +192,7 @@ class _Planner:
             "priority": spec.priority,
             "weight": spec.weight,
             "timeout_seconds": spec.timeout_seconds,
+            "connect_timeout_seconds": spec.connect_timeout_seconds,
             "enabled": spec.enabled,
             "options": spec.options,
             "free": spec.free,
@@ -215,6 +223,9 @@ class _Planner:
             name=item.name,
             workspace=_resolve_workspace(item.workspace),
             description=item.description,
+            strategy=item.strategy,
+            max_attempts=item.max_attempts,
+            retry_after_timeout=item.retry_after_timeout,
         )
         if not item.enabled:
             services.alias_update(actor=self.actor, alias=alias, fields={"enabled": False})
@@ -229,6 +240,7 @@ class _Planner:
             priority=spec.priority,
             weight=spec.weight,
             timeout_seconds=spec.timeout_seconds,
+            connect_timeout_seconds=spec.connect_timeout_seconds,
             enabled=spec.enabled,
             free=spec.free,
             options=spec.options,

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from routing.models import Provider
+from routing.models import ModelAlias, Provider
 from routing.providers.auth import auth_for
 from routing.services import RESERVED_CREDENTIAL_NAMES
 
@@ -57,6 +57,7 @@ class CredentialSpec:
     passthrough_path_prefixes: list[str]
     free: bool
     enabled: bool
+    passthrough_notes: str = ""  # Markdown for tenants (GET /v1/passthrough)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class DeploymentSpec:
     enabled: bool
     options: dict[str, Any] = field(default_factory=dict)
     free: bool = False
+    connect_timeout_seconds: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class AliasSpec:
     description: str
     enabled: bool
     deployments: list[DeploymentSpec] = field(default_factory=list)
+    strategy: str = "priority"
+    max_attempts: int = 2
+    retry_after_timeout: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,27 @@ def _either(
     return _get(item, synonym if synonym in item else key, kind, default, what)
 
 
+def _within(item: dict[str, Any], key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(item.get(LINE), f"'{key}' must be between {low:g} and {high:g}")
+
+
+def _seconds(
+    item: dict[str, Any], key: str, synonym: str, default: float, what: str
+) -> tuple[str, float]:
+    """A duration in seconds (a whole or decimal number) under either of two names, and the
+    name the file used."""
+    if key in item and synonym in item:
+        raise ConfigError(item.get(LINE), f"{what} sets both '{key}' and '{synonym}'")
+    used = synonym if synonym in item else key
+    value = item.get(used)
+    if value is None:
+        return used, default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(item.get(LINE), f"'{used}' must be a number of seconds in {what}")
+    return used, float(value)
+
+
 def _list_of_mappings(document: dict[str, Any], key: str) -> list[dict[str, Any]]:
     items = document.get(key) or []
     if not isinstance(items, list):
@@ -189,6 +215,7 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
             "options",
             "passthrough",
             "passthrough_paths",
+            "passthrough_notes",
             # The model's field names, accepted too (files written before the short names).
             "passthrough_enabled",
             "passthrough_path_prefixes",
@@ -239,6 +266,7 @@ def _credential(item: dict[str, Any]) -> CredentialSpec:
         passthrough_path_prefixes=[str(p) for p in prefixes],
         free=_get(item, "free", bool, False, what),
         enabled=_get(item, "enabled", bool, True, what),
+        passthrough_notes=_get(item, "passthrough_notes", str, "", what),
     )
 
 
@@ -251,12 +279,20 @@ def _deployment(item: dict[str, Any]) -> DeploymentSpec:
             "model",
             "priority",
             "weight",
+            "timeout",
+            "connect_timeout",
+            # The model's field names, accepted too (files written before the short names).
             "timeout_seconds",
+            "connect_timeout_seconds",
             "enabled",
             "options",
             "free",
         },
         what,
+    )
+    timeout_key = "timeout_seconds" if "timeout_seconds" in item else "timeout"
+    connect_key, connect_timeout = _seconds(
+        item, "connect_timeout", "connect_timeout_seconds", 3.0, what
     )
     spec = DeploymentSpec(
         line=item[LINE],
@@ -264,22 +300,43 @@ def _deployment(item: dict[str, Any]) -> DeploymentSpec:
         model=_get(item, "model", str, what=what),
         priority=_get(item, "priority", int, 0, what),
         weight=_get(item, "weight", int, 1, what),
-        timeout_seconds=_get(item, "timeout_seconds", int, 120, what),
+        timeout_seconds=_either(item, "timeout", "timeout_seconds", int, 120, what),
         enabled=_get(item, "enabled", bool, True, what),
         options=_without_lines(_get(item, "options", dict, {}, what)),
         free=_get(item, "free", bool, False, what),
+        connect_timeout_seconds=connect_timeout,
     )
     if spec.weight < 1:
         raise ConfigError(spec.line, "'weight' must be at least 1")
-    if not 1 <= spec.timeout_seconds <= 900:
-        raise ConfigError(spec.line, "'timeout_seconds' must be between 1 and 900")
+    _within(item, timeout_key, spec.timeout_seconds, 1, 900)
+    _within(item, connect_key, spec.connect_timeout_seconds, 0.1, 60)
     return spec
 
 
 def _alias(item: dict[str, Any]) -> AliasSpec:
     what = "an alias"
-    _check_keys(item, {"name", "workspace", "description", "enabled", "deployments"}, what)
+    _check_keys(
+        item,
+        {
+            "name",
+            "workspace",
+            "description",
+            "enabled",
+            "deployments",
+            "strategy",
+            "max_attempts",
+            "retry_after_timeout",
+        },
+        what,
+    )
     deployments = _list_of_mappings(item, "deployments")
+    strategy = _get(item, "strategy", str, ModelAlias.Strategy.PRIORITY.value, what)
+    if strategy not in ModelAlias.Strategy.values:
+        raise ConfigError(
+            item[LINE], f"'strategy' must be {' or '.join(ModelAlias.Strategy.values)}"
+        )
+    max_attempts = _get(item, "max_attempts", int, 2, what)
+    _within(item, "max_attempts", max_attempts, 1, 10)
     return AliasSpec(
         line=item[LINE],
         name=_get(item, "name", str, what=what),
@@ -287,6 +344,9 @@ def _alias(item: dict[str, Any]) -> AliasSpec:
         description=_get(item, "description", str, "", what),
         enabled=_get(item, "enabled", bool, True, what),
         deployments=[_deployment(d) for d in deployments],
+        strategy=strategy,
+        max_attempts=max_attempts,
+        retry_after_timeout=_get(item, "retry_after_timeout", bool, False, what),
     )
 
 

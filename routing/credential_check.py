@@ -1,7 +1,8 @@
 """One cheap call that tells whether a credential works: a listing that costs nothing.
 
-Used by the management API's credential test. The answer is the provider's own verdict
-(its status and message), never the secret: an upstream that echoes the key has it masked.
+Used by the management API's credential test and by the probes of open circuits
+(routing/probes.py). The answer is the provider's own verdict (its status and message),
+never the secret: an upstream that echoes the key has it masked.
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ def _masked(text: str, secret: str) -> str:
     return text.replace(secret, "••••") if secret else text
 
 
-def check_credential(credential: ProviderCredential) -> CheckResult:
+def has_check_call(provider: str) -> bool:
+    """Whether a free call is known that tests a credential of this provider."""
+    adapter = ADAPTERS.get(provider)
+    return adapter is not None and adapter.check_path is not None
+
+
+def check_credential(
+    credential: ProviderCredential, *, timeout: float = CHECK_TIMEOUT_SECONDS
+) -> CheckResult:
     """Call the provider once with this credential (the free, read-only call its adapter
     declares); never raises for the provider's answer."""
     provider = credential.provider
@@ -63,15 +72,16 @@ def check_credential(credential: ProviderCredential) -> CheckResult:
         )
 
     try:
-        # A workspace's base URL: connected through the private-address guard.
+        # A workspace's base URL: connected through the private-address guard (as its
+        # calls are); an operator's platform credential may name a private host.
         response = http.send(
             provider,
             "GET",
             url,
-            timeout=CHECK_TIMEOUT_SECONDS,
+            timeout=timeout,
             headers=headers,
             params=params,
-            guarded=True,
+            guarded=credential.workspace_id is not None,
         )
     except ProviderError as unreachable:  # timed out, refused, or a private address
         return result(False, None, str(unreachable))

@@ -1,5 +1,6 @@
 """Routing: provider credentials, the caller-facing model aliases and their deployments."""
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -65,6 +66,13 @@ class ProviderCredential(models.Model):
         help_text="Serve models without a price at no charge (every deployment and passthrough "
         "call on this credential). Off: a model without a price is refused (model_not_priced).",
     )
+    passthrough_notes = models.TextField(
+        blank=True,
+        default="",
+        help_text="Markdown for tenants, returned by GET /v1/passthrough: the native endpoint "
+        "path, a payload template, a curl example. No secrets: every tenant that can see this "
+        "credential reads it.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -116,6 +124,27 @@ class ModelAlias(models.Model):
     )
     name = models.CharField(max_length=128, help_text="What callers send as `model`.")
     description = models.CharField(max_length=300, blank=True)
+
+    class Strategy(models.TextChoices):
+        PRIORITY = "priority", "Priority (lowest first)"
+        WEIGHTED = "weighted", "Weighted (spread by weight)"
+
+    strategy = models.CharField(
+        max_length=16,
+        choices=Strategy.choices,
+        default=Strategy.PRIORITY,
+        help_text="How deployments are ordered; both skip deployments whose circuit is open.",
+    )
+    max_attempts = models.PositiveSmallIntegerField(
+        default=2,
+        validators=[MinValueValidator(1), MaxValueValidator(10)],
+        help_text="Upstream calls per request at most, each on a different deployment.",
+    )
+    retry_after_timeout = models.BooleanField(
+        default=False,
+        help_text="Move on to the next deployment after a read timeout (the first provider "
+        "may already have charged for the call).",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -156,7 +185,14 @@ class Deployment(models.Model):
     upstream_model = models.CharField(max_length=200, help_text="The provider's model id.")
     priority = models.IntegerField(default=0, help_text="Lower is tried first; fallback order.")
     weight = models.PositiveIntegerField(default=1, help_text="Load share among equal priority.")
-    timeout_seconds = models.PositiveIntegerField(default=120)
+    timeout_seconds = models.PositiveIntegerField(
+        default=120, help_text="Longest wait for the upstream's answer (read timeout)."
+    )
+    connect_timeout_seconds = models.FloatField(
+        default=3.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(60)],
+        help_text="Longest wait to connect: a dead host costs this much, not the read timeout.",
+    )
     options = models.JSONField(
         default=dict,
         blank=True,

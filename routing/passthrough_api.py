@@ -73,6 +73,10 @@ def _streaming_response(proxied: ProxiedResponse, credential_name: str) -> Strea
         else:
             response[name] = value
     response["x-aperture-passthrough"] = credential_name
+    # The upstream's content is served on the gateway's origin: never sniffed into HTML or
+    # run as a page there.
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "sandbox"
     return response
 
 

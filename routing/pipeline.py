@@ -8,7 +8,8 @@ Azure-style routes and passthrough — runs these steps, in this order:
 3. admit     rate limits and budget holds for that worst case (billing/admission.py):
              429 or 402 before anything goes upstream
 4. release   the database connection, before waiting on an upstream
-5. call      the upstream, in the router's order with its fallback
+5. call      the upstream: the router orders the deployments by strategy and health and
+             moves on within the alias's retry policy
 6. tally     what the upstream produced (routing/tally.py); an answer relayed as it comes
              is tallied as it passes, and read to its end if the caller hangs up
 7. settle    the hold into what was produced (never past a budget)
@@ -111,9 +112,12 @@ def _settle_when_relayed(
     return end
 
 
-def _served_by(meter: Meter, attempt: router.Attempt) -> None:
+def _served_by(meter: Meter, attempt: router.Attempt, number: int) -> None:
+    """Who served the request: on the record, and said to the caller (no credential name)."""
     meter.deployment_id = attempt.deployment.pk
     meter.provider, meter.upstream_model = attempt.target.provider, attempt.target.upstream_model
+    meter.headers["x-aperture-provider"] = attempt.target.provider
+    meter.headers["x-aperture-attempt"] = str(number)
 
 
 # --- /v1/images/generations and /v1/images/edits (and the Azure-style routes) -------------
@@ -132,7 +136,8 @@ def generate(
     `stream: true` its server-sent events as a Relay that settles when it ends."""
     alias_name = alias_name or model_name(body)
     meter.alias = alias_name
-    attempts = router.plan_attempts(principal, body, alias_name, edit)  # 1. resolve
+    planned = router.plan(principal, body, alias_name, edit)  # 1. resolve
+    attempts = planned.attempts
     first = attempts[0]
     meter.provider, meter.upstream_model = first.target.provider, first.target.upstream_model
     meter.size, meter.quality = first.request.size, first.request.quality or ""
@@ -142,22 +147,24 @@ def generate(
     ticket = admit(principal, meter, estimate)  # 3. admit
     with released_if_failed(ticket):
         release_connection()  # 4. release
+        attempts = router.order(planned)  # by strategy, skipping open circuits
         if first.request.references and not first.request.is_edit:
             attempts = router.with_references(attempts)
         if first.request.stream:
             return _open_stream(ticket, attempts)  # 5-7 as the events pass
-        started = time.monotonic()
+        started, tried = time.monotonic(), list[router.Tried]()
         try:
-            attempt, result = router.call(attempts)  # 5. call
+            attempt, result = router.call(attempts, tried)  # 5. call
         finally:
             meter.upstream_ms = int((time.monotonic() - started) * 1000)
-        _served_by(meter, attempt)
+            meter.attempts = [t.as_record() for t in tried]
+        _served_by(meter, attempt, len(tried))
         request, target = attempt.request, attempt.target
         caps = adapter_for(target.provider).capabilities(target.upstream_model, target.options)
         try:  # 6. tally: the images as the caller gets them
-            data = [
+            data = [  # never more than asked for: the hold and the budget are for n
                 results.finish_image(image, request, target.provider, url_for, caps.lasting_urls)
-                for image in result.images
+                for image in result.images[: request.n]
             ]
         except ProviderError as error:  # downloading or decoding the upstream's image failed
             raise api_error_for(error) from None
@@ -177,10 +184,13 @@ def generate(
 
 def _open_stream(ticket: Ticket, attempts: list[router.Attempt]) -> Relay:
     meter = ticket.meter
-    started = time.monotonic()
-    attempt, source = router.open_stream(attempts)  # 5. call
-    meter.upstream_ms = int((time.monotonic() - started) * 1000)
-    _served_by(meter, attempt)
+    started, tried = time.monotonic(), list[router.Tried]()
+    try:
+        attempt, source = router.open_stream(attempts, tried)  # 5. call
+    finally:
+        meter.upstream_ms = int((time.monotonic() - started) * 1000)
+        meter.attempts = [t.as_record() for t in tried]
+    _served_by(meter, attempt, len(tried))
     return Relay(
         source=source.chunks,
         close_source=source.close,
@@ -225,7 +235,8 @@ def pass_through(
         finally:
             call.close()
         meter.upstream_ms = int((time.monotonic() - started) * 1000)
-
+    meter.headers["x-aperture-provider"] = call.target.provider
+    meter.headers["x-aperture-attempt"] = "1"
     return ProxiedResponse(
         status=upstream.status_code,
         headers=passthrough.answer_headers(upstream),

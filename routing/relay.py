@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import requests
 import urllib3
+from django.conf import settings
 
 from billing.metering import Meter
 from routing.tally import Counted, ResponseTally
@@ -25,11 +26,16 @@ logger = logging.getLogger(__name__)
 _UPSTREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
+class RelayDeadline(Exception):
+    """A priced answer relayed for longer than its budget hold may live."""
+
+
 @dataclass(frozen=True)
 class Ending:
     """How a relayed answer ended, and what it held."""
 
-    outcome: str  # "" (delivered), "client_disconnected" or "upstream_stream_broken"
+    # "" (delivered), "client_disconnected", "upstream_stream_broken" or "relay_deadline"
+    outcome: str
     counted: Counted | None  # None: complete but not measurable (over the cap, unreadable)
 
 
@@ -43,6 +49,11 @@ class Relay:
     on_end: Callable[[Ending], None]
     tally: ResponseTally | None = None  # None: nothing in this answer is charged
     drain_seconds: float = 300.0  # how long a caller's hang-up may keep us reading
+    # A counted answer ends before its hold could be taken for an orphan's by the reaper.
+    priced_seconds: float = field(
+        default_factory=lambda: max(60.0, settings.RESERVATION_TTL_SECONDS - 60.0)
+    )
+    _created: float = field(default_factory=time.monotonic)
     _outcome: str = "client_disconnected"
     _upstream_done: bool = False
     _pending: bytes | None = None
@@ -54,8 +65,13 @@ class Relay:
         return self._chunks
 
     def _relay(self) -> Iterator[bytes]:
+        deadline = self._created + self.priced_seconds
         try:
             for chunk in self.source:
+                if self.tally is not None and time.monotonic() > deadline:
+                    self._outcome = "relay_deadline"
+                    logger.warning("a priced answer outlived its hold; cut")
+                    raise RelayDeadline(self.meter.request_id)
                 self._pending = chunk
                 yield chunk
                 # Counted as delivered once the server asks for more: only then was it written.
@@ -97,7 +113,7 @@ class Relay:
             return
         if self._pending is not None:  # handed to the server, never written
             tally.feed(self._pending)
-        deadline = time.monotonic() + self.drain_seconds
+        deadline = min(time.monotonic() + self.drain_seconds, self._created + self.priced_seconds)
         try:
             for chunk in self.source:
                 tally.feed(chunk)
@@ -120,4 +136,5 @@ class Relay:
             return tally.counted
         if self._outcome == "upstream_stream_broken":
             return Counted()  # half a JSON answer is no image
+        # Cut by the deadline, or left by the caller before we could finish: as estimated.
         return None  # a JSON answer the caller left and we could not finish reading

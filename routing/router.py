@@ -1,31 +1,51 @@
 """The router: an alias resolved to the deployments that can serve a request, in the order
-they are tried, and the call itself with its fallback.
+they are tried, and the call itself with its bounded retry policy.
 
 A deployment that cannot take the request (its capabilities refuse it, or its model has no
 price and it is not marked free) is skipped when it is a fallback; when it is the first,
-its refusal is the answer. The call falls back to the next deployment only on retryable
-failures (429, 5xx, timeouts), never retries in place, and a stream falls back only until
-its first byte. Deployment health plugs in here.
+its refusal is the answer. The rest are ordered by the alias's strategy (priority, or
+weighted at random by weight) among those whose circuit is not open (routing/health.py): a
+half-open one goes first as its trial, and when every circuit is open the one whose
+cooldown ends first is still tried, so no request is refused without an upstream attempt.
+At most `max_attempts` deployments are called, each once. Connect errors, 5xx and 429 move
+on to the next; a read timeout after the request was sent moves on only if the alias allows
+it (`retry_after_timeout`: the first provider may already have charged); a rejection of the
+request itself (4xx, moderation) is the answer. A stream moves on only until its first byte.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from django.conf import settings
+
 from aperture import config_cache
 from aperture.errors import ApiError
 from billing import pricing
-from routing import selectors
+from routing import health, selectors
 from routing.images import fanout
 from routing.images.edit_form import EditForm
 from routing.images.references import load_references
 from routing.images.validation import parse_edit_request, parse_image_request
-from routing.models import Deployment
+from routing.models import Deployment, ModelAlias
 from routing.providers.auth import auth_for
-from routing.providers.base import EventSource, ImageRequest, ImageResult, ProviderError, Target
+from routing.providers.base import (
+    EventSource,
+    ImageRequest,
+    ImageResult,
+    ProviderError,
+    Target,
+    UpstreamAuthFailed,
+    UpstreamModerated,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimedOut,
+    UpstreamUnreachable,
+)
 from routing.providers.errors import api_error_for
 from routing.providers.registry import adapter_for
 from routing.tally import Counted
@@ -45,6 +65,8 @@ class Attempt:
     deployment: Deployment
     request: ImageRequest
     target: Target
+    retry_after_timeout: bool = False  # the alias's: move on after a read timeout
+    circuit_closed: bool = True  # when ordered (a success on a closed circuit writes nothing)
 
     @property
     def free(self) -> bool:
@@ -87,6 +109,7 @@ def target_for(deployment: Deployment) -> Target:
         secret=credential.secret(),
         upstream_model=deployment.upstream_model,
         timeout_seconds=float(deployment.timeout_seconds),
+        connect_timeout_seconds=float(deployment.connect_timeout_seconds),
         api_version=credential.api_version,
         extra_headers=dict(credential.extra_headers or {}),
         options={**(credential.options or {}), **(deployment.options or {})},
@@ -94,12 +117,20 @@ def target_for(deployment: Deployment) -> Target:
     )
 
 
-def plan_attempts(
+@dataclass(frozen=True)
+class Plan:
+    """The alias's policy and every deployment able to serve the request, in priority order."""
+
+    alias: ModelAlias
+    attempts: list[Attempt]
+
+
+def plan(
     principal: KeyPrincipal,
     body: dict[str, Any],
     alias_name: str,
     edit: EditForm | None = None,
-) -> list[Attempt]:
+) -> Plan:
     """Every deployment able to serve this body, in order; the first one's refusal wins."""
     alias = selectors.alias_resolve(principal, alias_name)
     routes = config_cache.cached(
@@ -117,7 +148,12 @@ def plan_attempts(
                 request = parse_edit_request(edit, caps, alias_name)
             else:
                 request = parse_image_request(body, caps, alias_name)
-            attempt = Attempt(deployment=deployment, request=request, target=target)
+            attempt = Attempt(
+                deployment=deployment,
+                request=request,
+                target=target,
+                retry_after_timeout=alias.retry_after_timeout,
+            )
             pricing.require_price(target.provider, target.upstream_model, free=attempt.free)
         except ApiError:
             if position == 0:
@@ -126,7 +162,130 @@ def plan_attempts(
         attempts.append(attempt)
     if not attempts:
         raise NoDeployment(f"No deployment of '{alias_name}' can serve this request.")
-    return attempts
+    return Plan(alias=alias, attempts=attempts)
+
+
+def order(plan: Plan) -> list[Attempt]:
+    """The attempts to make, in order, at most the alias's `max_attempts`."""
+    attempts = plan.attempts
+    now = time.time()
+    found = health.states([a.deployment.pk for a in attempts])
+    trials, ready, cooling = [], [], []
+    for attempt in attempts:
+        state = found[attempt.deployment.pk]
+        status = state.status(now)
+        if status == health.CLOSED:
+            ready.append(attempt)
+        elif status == health.HALF_OPEN and health.take_trial(
+            attempt.deployment.pk, attempt.target.timeout_seconds + 5
+        ):
+            trials.append(replace(attempt, circuit_closed=False))
+        else:
+            cooling.append((state.open_until, replace(attempt, circuit_closed=False)))
+    if plan.alias.strategy == ModelAlias.Strategy.WEIGHTED:
+        ready = _weighted(ready)
+    chosen = trials + ready
+    if not chosen:  # every circuit open: the one that cools down first is still tried
+        chosen = [min(cooling, key=lambda pair: pair[0])[1]]
+    return chosen[: max(plan.alias.max_attempts, 1)]
+
+
+def _weighted(attempts: list[Attempt]) -> list[Attempt]:
+    """A random order where each deployment leads in proportion to its weight
+    (Efraimidis-Spirakis: sort by u^(1/w))."""
+    keyed = [
+        (random.random() ** (1 / max(a.deployment.weight, 1)), index, a)
+        for index, a in enumerate(attempts)
+    ]
+    return [a for _, _, a in sorted(keyed, key=lambda k: (k[0], -k[1]), reverse=True)]
+
+
+@dataclass
+class Tried:
+    """One upstream call of a request, as the usage record lists it."""
+
+    number: int
+    deployment_id: int
+    provider: str
+    outcome: str  # "ok", or the failure: "unreachable", "timeout", "rate_limited", ...
+    ms: int
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "attempt": self.number,
+            "deployment": self.deployment_id,
+            "provider": self.provider,
+            "outcome": self.outcome,
+            "ms": self.ms,
+        }
+
+
+def _outcome(error: ProviderError) -> tuple[str, bool]:
+    """How a failure is recorded, and whether it counts against the deployment's health
+    (the upstream rejecting the request itself, or refusing it for safety, does not)."""
+    if isinstance(error, UpstreamModerated):
+        return "moderated", False
+    if isinstance(error, UpstreamRejected):
+        return "rejected", False
+    if isinstance(error, UpstreamAuthFailed):
+        return "auth_failed", True
+    if isinstance(error, UpstreamRateLimited):
+        return "rate_limited", True
+    if isinstance(error, UpstreamTimedOut):
+        return "timeout", True
+    if isinstance(error, UpstreamUnreachable):
+        return "unreachable", True
+    return "failed", True
+
+
+def _retry_after_seconds(error: ProviderError) -> float:
+    if not isinstance(error, UpstreamRateLimited) or not error.retry_after:
+        return 0.0
+    try:
+        seconds = float(error.retry_after)
+    except ValueError:
+        return 0.0  # an HTTP date: counted as a plain failure
+    return max(0.0, min(seconds, float(settings.HEALTH_COOLDOWN_MAX_SECONDS)))
+
+
+def _failed(attempt: Attempt, error: ProviderError, started: float, tried: list[Tried]) -> bool:
+    """Note a failed attempt; whether the next deployment may be tried."""
+    outcome, counts = _outcome(error)
+    tried.append(
+        Tried(
+            len(tried) + 1,
+            attempt.deployment.pk,
+            attempt.target.provider,
+            outcome,
+            int((time.monotonic() - started) * 1000),
+        )
+    )
+    logger.warning(
+        "upstream %s (%s) failed after %s ms: %s",
+        attempt.target.credential_name,
+        attempt.target.upstream_model,
+        tried[-1].ms,
+        error.message,
+    )
+    if counts:
+        health.failed(attempt.deployment.pk, error.message, _retry_after_seconds(error))
+    if isinstance(error, UpstreamTimedOut):
+        return attempt.retry_after_timeout
+    return error.retryable
+
+
+def _succeeded(attempt: Attempt, started: float, tried: list[Tried]) -> None:
+    tried.append(
+        Tried(
+            len(tried) + 1,
+            attempt.deployment.pk,
+            attempt.target.provider,
+            "ok",
+            int((time.monotonic() - started) * 1000),
+        )
+    )
+    if not attempt.circuit_closed:
+        health.closed(attempt.deployment.pk)
 
 
 def with_references(attempts: list[Attempt]) -> list[Attempt]:
@@ -136,43 +295,42 @@ def with_references(attempts: list[Attempt]) -> list[Attempt]:
     return [replace(a, request=replace(a.request, images=images)) for a in attempts]
 
 
-def call(attempts: list[Attempt]) -> tuple[Attempt, ImageResult]:
-    """Try each attempt in order; fall back only on retryable failures."""
+def call(attempts: list[Attempt], tried: list[Tried]) -> tuple[Attempt, ImageResult]:
+    """Try each attempt in order (see the module's policy); `tried` lists every call."""
     last_error: ProviderError | None = None
     for attempt in attempts:
         adapter = adapter_for(attempt.target.provider)
         started = time.monotonic()
         try:
-            return attempt, fanout.generate(adapter, attempt.request, attempt.target)
+            result = fanout.generate(adapter, attempt.request, attempt.target)
         except ProviderError as error:
-            logger.warning(
-                "upstream %s (%s) failed after %.0f ms: %s",
-                attempt.target.credential_name,
-                attempt.target.upstream_model,
-                (time.monotonic() - started) * 1000,
-                error.message,
-            )
             last_error = error
-            if not error.retryable:
+            if not _failed(attempt, error, started, tried):
                 break
+            continue
+        _succeeded(attempt, started, tried)
+        return attempt, result
     assert last_error is not None
     raise api_error_for(last_error)
 
 
-def open_stream(attempts: list[Attempt]) -> tuple[Attempt, EventSource]:
+def open_stream(attempts: list[Attempt], tried: list[Tried]) -> tuple[Attempt, EventSource]:
     """The first streaming deployment that answers. Once a stream has begun it is this
-    deployment's: there is no falling back after the first byte."""
+    deployment's: there is no moving on after the first byte."""
     last_error: ProviderError | None = None
     for attempt in attempts:
         if not attempt.request.stream:
             continue  # a fallback that cannot stream is not mixed into a stream
-        target = attempt.target
+        started = time.monotonic()
         try:
-            return attempt, adapter_for(target.provider).stream(attempt.request, target)
+            source = adapter_for(attempt.target.provider).stream(attempt.request, attempt.target)
         except ProviderError as error:
-            logger.warning("upstream %s stream failed: %s", target.credential_name, error.message)
             last_error = error
-            if not error.retryable:
+            if not _failed(attempt, error, started, tried):
                 break
-    assert last_error is not None
+            continue
+        _succeeded(attempt, started, tried)
+        return attempt, source
+    if last_error is None:
+        raise NoDeployment("No deployment that can stream this request is available.")
     raise api_error_for(last_error)

@@ -61,17 +61,18 @@ def deployments_for(alias: ModelAlias) -> list[Deployment]:
     )
 
 
-def first_deployments(alias_ids: list[int]) -> dict[int, Deployment]:
-    """Each alias's first enabled deployment, in one query (for /v1/models)."""
-    first: dict[int, Deployment] = {}
+def usable_deployments(alias_ids: list[int]) -> dict[int, list[Deployment]]:
+    """Each alias's enabled deployments on enabled credentials, in fallback order, in one
+    query (for /v1/models: the first describes the alias, all of them its availability)."""
+    found: dict[int, list[Deployment]] = {}
     rows = (
         Deployment.objects.filter(alias_id__in=alias_ids, enabled=True, credential__enabled=True)
         .select_related("credential")
         .order_by("alias_id", "priority", "id")
     )
     for deployment in rows:
-        first.setdefault(deployment.alias_id, deployment)
-    return first
+        found.setdefault(deployment.alias_id, []).append(deployment)
+    return found
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class PassthroughTarget:
     extra_headers: dict[str, str]
     path_prefixes: tuple[str, ...]
     free: bool = False  # an operator's choice: its models need no price
+    # A workspace's own credential: its base URL is the tenant's, so every connection is
+    # checked against private addresses (aperture/outbound.py), as for generation.
+    guarded: bool = False
 
 
 def _find_passthrough(workspace_id: int, name: str) -> PassthroughTarget | None:
@@ -108,6 +112,7 @@ def _find_passthrough(workspace_id: int, name: str) -> PassthroughTarget | None:
         extra_headers={str(k): str(v) for k, v in (credential.extra_headers or {}).items()},
         path_prefixes=tuple(str(p) for p in credential.passthrough_path_prefixes or []),
         free=credential.free,
+        guarded=credential.workspace_id is not None,
     )
 
 

@@ -7,6 +7,7 @@ from django.db import transaction
 from django.db.models import Model
 
 from aperture import crypto
+from routing import health
 from routing.models import Deployment, ModelAlias, Provider, ProviderCredential
 from routing.providers.auth import auth_for
 from tenants.audit import audit_record
@@ -22,6 +23,7 @@ CREDENTIAL_FIELDS = {
     "options",
     "passthrough_enabled",
     "passthrough_path_prefixes",
+    "passthrough_notes",
     "free",
     "enabled",
 }
@@ -82,6 +84,7 @@ def credential_create(
     options: dict[str, Any] | None = None,
     passthrough_enabled: bool = False,
     passthrough_path_prefixes: list[str] | None = None,
+    passthrough_notes: str = "",
     free: bool = False,
     enabled: bool = True,
 ) -> ProviderCredential:
@@ -97,6 +100,7 @@ def credential_create(
         options=options or {},
         passthrough_enabled=passthrough_enabled,
         passthrough_path_prefixes=clean_passthrough_prefixes(passthrough_path_prefixes or []),
+        passthrough_notes=passthrough_notes,
         free=free,
         enabled=enabled,
     )
@@ -172,9 +176,23 @@ def credentials_reencrypt(*, actor: str) -> int:
 
 @transaction.atomic
 def alias_create(
-    *, actor: str, name: str, workspace: Workspace | None = None, description: str = ""
+    *,
+    actor: str,
+    name: str,
+    workspace: Workspace | None = None,
+    description: str = "",
+    strategy: str = ModelAlias.Strategy.PRIORITY,
+    max_attempts: int = 2,
+    retry_after_timeout: bool = False,
 ) -> ModelAlias:
-    alias = ModelAlias.objects.create(workspace=workspace, name=name, description=description)
+    alias = ModelAlias.objects.create(
+        workspace=workspace,
+        name=name,
+        description=description,
+        strategy=strategy,
+        max_attempts=max_attempts,
+        retry_after_timeout=retry_after_timeout,
+    )
     audit_record(actor=actor, event="alias.created", target=alias, workspace=workspace)
     return alias
 
@@ -199,6 +217,7 @@ def deployment_create(
     priority: int = 0,
     weight: int = 1,
     timeout_seconds: int = 120,
+    connect_timeout_seconds: float = 3.0,
     enabled: bool = True,
     free: bool = False,
     options: dict[str, Any] | None = None,
@@ -211,6 +230,7 @@ def deployment_create(
         priority=priority,
         weight=weight,
         timeout_seconds=timeout_seconds,
+        connect_timeout_seconds=connect_timeout_seconds,
         enabled=enabled,
         free=free,
         options=options or {},
@@ -239,7 +259,11 @@ def credential_delete(*, actor: str, credential: ProviderCredential) -> None:
 
 @transaction.atomic
 def alias_update(*, actor: str, alias: ModelAlias, fields: dict[str, Any]) -> ModelAlias:
-    _assign(alias, fields, {"description", "enabled"})
+    _assign(
+        alias,
+        fields,
+        {"description", "enabled", "strategy", "max_attempts", "retry_after_timeout"},
+    )
     alias.save()
     audit_record(
         actor=actor,
@@ -266,7 +290,17 @@ def alias_delete(*, actor: str, alias: ModelAlias) -> None:
 @transaction.atomic
 def deployment_update(*, actor: str, deployment: Deployment, fields: dict[str, Any]) -> Deployment:
     _assign(
-        deployment, fields, {"priority", "weight", "timeout_seconds", "enabled", "options", "free"}
+        deployment,
+        fields,
+        {
+            "priority",
+            "weight",
+            "timeout_seconds",
+            "connect_timeout_seconds",
+            "enabled",
+            "options",
+            "free",
+        },
     )
     deployment.save()
     audit_record(
@@ -289,3 +323,41 @@ def deployment_delete(*, actor: str, deployment: Deployment) -> None:
         data={"model": deployment.upstream_model},
     )
     deployment.delete()
+
+
+# An operator's force-open lasts at most this long: longer, disable the deployment instead.
+FORCE_OPEN_MAX_SECONDS = 24 * 3600
+
+
+def deployment_force_open(*, actor: str, deployment: Deployment, seconds: float) -> float:
+    """Take a deployment out of rotation for `seconds`: its circuit opens, and requests skip
+    it unless every deployment of its alias is open. Returns when it reopens (a timestamp)."""
+    if not 0 < seconds <= FORCE_OPEN_MAX_SECONDS:
+        raise ValidationError(
+            f"A deployment is forced open for up to {FORCE_OPEN_MAX_SECONDS // 3600} hours; "
+            "to take it out for longer, disable it."
+        )
+    # Audited first: a refused write changes nothing. Health itself never raises; without
+    # Redis it holds the state in this process only, which the audit row says.
+    audit_record(
+        actor=actor,
+        event="deployment.forced_open",
+        target=deployment,
+        workspace=deployment.alias.workspace,
+        data={"seconds": seconds, "health": health.mode()},
+    )
+    health.force_open(deployment.pk, seconds)
+    return health.states([deployment.pk])[deployment.pk].open_until
+
+
+def deployment_force_closed(*, actor: str, deployment: Deployment) -> None:
+    """Put a deployment back into rotation now: its circuit closes, its failures are
+    forgotten."""
+    audit_record(
+        actor=actor,
+        event="deployment.forced_closed",
+        target=deployment,
+        workspace=deployment.alias.workspace,
+        data={"health": health.mode()},
+    )
+    health.closed(deployment.pk)

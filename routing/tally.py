@@ -148,10 +148,13 @@ class ResponseTally:
         if self.unreadable or self.overflowed:
             return
         if self._decoder is not None:
-            try:
-                chunk = self._decoder.decompress(chunk)
+            try:  # bounded: a small gzip chunk may inflate to gigabytes
+                chunk = self._decoder.decompress(chunk, self.cap + 1)
             except zlib.error:
                 self.unreadable = True
+                return
+            if self._decoder.unconsumed_tail:
+                self.overflowed, self._kept = True, bytearray()
                 return
         if self.streaming:
             self._feed_events(chunk)

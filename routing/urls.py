@@ -2,11 +2,16 @@
 
 from django.urls import path
 
-from routing import images_api, models_api
+from routing import images_api, models_api, passthrough_list_api
 
 urlpatterns = [
     path("v1/models", models_api.ModelListView.as_view(), name="models-list"),
     path("v1/models/<path:model>", models_api.ModelDetailView.as_view(), name="models-detail"),
+    path(
+        "v1/passthrough",
+        passthrough_list_api.PassthroughListView.as_view(),
+        name="passthrough-list",
+    ),
     path(
         "v1/images/generations",
         images_api.ImageGenerationView.as_view(),

@@ -1,13 +1,16 @@
-"""What a management key may grant: never more than it holds itself.
+"""What a management key may grant or act on: never more than it holds itself.
 
 `manage:workspace` holds every scope in its workspace; `manage:team` holds `images` and
-`manage:team` in its own team. Beyond scopes, a key's own limits bound what it grants: a
-creator limited to some aliases, a rate, or an expiry cannot mint or widen a key past them.
+`manage:team` in its own team. Beyond scopes, a key's own limits bound what it grants and
+which keys it may rotate, revoke or change: a key limited to some aliases, a rate, or an
+expiry cannot mint, widen or take over a key past them. `check_grant` is that one rule.
 """
 
-from collections.abc import Iterable
+from __future__ import annotations
+
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from aperture.errors import PermissionError_
 from tenants.key_auth import KeyPrincipal
@@ -27,24 +30,53 @@ def grantable_scopes(grantor: KeyPrincipal) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class Grant:
-    """What a key would hold after a create or an update."""
+    """What a key holds, or would hold after a create or an update."""
 
     scopes: tuple[str, ...]
     allowed_aliases: tuple[str, ...]
     rpm_limit: int | None
     ipm_limit: int | None
     expires_at: datetime | None
+    workspace_id: int
+    team_id: int
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Grant:
+        return cls(
+            scopes=tuple(key.scopes),
+            allowed_aliases=tuple(key.allowed_aliases),
+            rpm_limit=key.rpm_limit,
+            ipm_limit=key.ipm_limit,
+            expires_at=key.expires_at,
+            workspace_id=key.workspace_id,
+            team_id=key.team_id,
+        )
+
+
+Action = Literal["grant", "manage"]
 
 
 def _refuse(message: str, param: str) -> PermissionError_:
     return PermissionError_(message, param=param, code="exceeds_own_grant")
 
 
-def check_grant(grantor: KeyPrincipal, grant: Grant) -> None:
-    """403 `exceeds_own_grant` if `grant` holds anything the grantor does not."""
+def check_grant(grantor: KeyPrincipal, grant: Grant, *, action: Action = "grant") -> None:
+    """403 `exceeds_own_grant` if `grant` holds anything the grantor does not: a key it
+    would mint or change to (`grant`), or a key it would rotate, revoke or change (`manage`)."""
+    subject = "a key it grants" if action == "grant" else "a key it manages"
     beyond = sorted(set(grant.scopes) - grantable_scopes(grantor))
     if beyond:
-        raise _refuse(f"This key cannot grant the scopes {beyond}.", "scopes")
+        what = "grant the scopes" if action == "grant" else "manage a key with the scopes"
+        raise _refuse(f"This key cannot {what} {beyond}.", "scopes")
+    own_team_only = not grantor.has_scope(ApiKey.Scope.MANAGE_WORKSPACE)
+    if grant.workspace_id != grantor.workspace_id or (
+        own_team_only and grant.team_id != grantor.team_id
+    ):
+        verb = "grants" if action == "grant" else "manages"
+        raise _refuse(
+            f"This key {verb} keys of its own {'team' if own_team_only else 'workspace'} only.",
+            "team",
+        )
     if grantor.allowed_aliases:
         wider = not grant.allowed_aliases or not set(grant.allowed_aliases) <= set(
             grantor.allowed_aliases
@@ -52,7 +84,7 @@ def check_grant(grantor: KeyPrincipal, grant: Grant) -> None:
         if wider:
             raise _refuse(
                 "This key is limited to the aliases "
-                f"{sorted(grantor.allowed_aliases)}; a key it grants must be limited to "
+                f"{sorted(grantor.allowed_aliases)}; {subject} must be limited to "
                 "some of them.",
                 "allowed_aliases",
             )
@@ -62,24 +94,19 @@ def check_grant(grantor: KeyPrincipal, grant: Grant) -> None:
     ):
         if own is not None and (granted is None or granted > own):
             raise _refuse(
-                f"This key's own {name} is {own}; a key it grants needs one of at most {own}.",
-                name,
+                f"This key's own {name} is {own}; {subject} needs one of at most {own}.", name
             )
     if grantor.expires_at is not None and (
         grant.expires_at is None or grant.expires_at > grantor.expires_at
     ):
         raise _refuse(
-            "This key expires at "
-            f"{grantor.expires_at.isoformat()}; a key it grants must expire no later.",
+            f"This key expires at {grantor.expires_at.isoformat()}; {subject} must expire "
+            "no later.",
             "expires_at",
         )
 
 
-def check_may_manage(grantor: KeyPrincipal, scopes: Iterable[str]) -> None:
-    """403 if the key to be changed, rotated or revoked holds scopes the grantor could not
-    grant (a team manager rotating a workspace key would receive its secret)."""
-    beyond = sorted(set(scopes) - grantable_scopes(grantor))
-    if beyond:
-        raise PermissionError_(
-            f"This key cannot manage a key with the scopes {beyond}.", code="exceeds_own_grant"
-        )
+def check_may_manage(grantor: KeyPrincipal, key: ApiKey) -> None:
+    """403 unless `key` is within the grantor's own grant: rotating it would hand over its
+    secret, revoking or changing it would act on a key the grantor could not have minted."""
+    check_grant(grantor, Grant.of(key), action="manage")

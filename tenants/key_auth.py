@@ -2,7 +2,8 @@
 
 The lookup is cached in the shared cache (Redis in production) for a minute; every service
 that changes a key, its team or its workspace drops the entry on commit, so a revoked key
-is refused on the very next request on every process. The cache may be down: then every
+is refused on the very next request on every process. An unknown id is cached as unknown,
+and refused with the same work as a wrong secret. The cache may be down: then every
 request reads the database.
 """
 
@@ -93,15 +94,21 @@ def _load(public_id: str) -> dict[str, Any] | None:
     }
 
 
+# An id no key has is cached too, as this: a guessed id costs no database read after its
+# first, exactly like a known id. key_create drops the entry of the id it mints.
+_UNKNOWN: dict[str, Any] = {"unknown": True}
+# Compared against when the id is unknown, so that refusing it costs the same HMAC and
+# constant-time comparison as a known id with a wrong secret. No secret hashes to it.
+_NO_SUCH_HASH = "0" * 64
+
+
 def _lookup(public_id: str) -> dict[str, Any] | None:
     cache_key = _cache_key(public_id)
     entry: dict[str, Any] | None = safe_cache.get(cache_key)
     if entry is None:
-        entry = _load(public_id)
-        if entry is None:
-            return None
+        entry = _load(public_id) or _UNKNOWN
         safe_cache.set(cache_key, entry, CACHE_SECONDS)
-    return entry
+    return None if entry.get("unknown") else entry
 
 
 def forget(public_ids: list[str]) -> None:
@@ -135,7 +142,10 @@ def authenticate_secret(secret: str) -> KeyPrincipal:
         raise AuthenticationError("Malformed API key. Keys look like apk_<id>_<secret>.")
     entry = _lookup(public_id)
     now = timezone.now()
-    if entry is None or not _secret_accepted(secret, entry, now):
+    if entry is None:
+        secret_matches(secret, _NO_SUCH_HASH)  # the work of a wrong secret: timing tells nothing
+        raise AuthenticationError("Incorrect API key provided.")
+    if not _secret_accepted(secret, entry, now):
         raise AuthenticationError("Incorrect API key provided.")
     reason = _refused(now, entry)
     if reason:

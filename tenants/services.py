@@ -1,12 +1,13 @@
 """Writes for tenancy: workspaces, teams and keys. Each takes an actor and writes an audit row."""
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from aperture.errors import Conflict
@@ -23,6 +24,8 @@ MAX_ROTATION_GRACE_SECONDS = 24 * 3600
 KEY_CHANGEABLE_FIELDS = frozenset(
     {"name", "allowed_aliases", "rpm_limit", "ipm_limit", "expires_at"}
 )
+# Those of them that are part of what a key holds (tenants/grants.py).
+GRANT_FIELDS = KEY_CHANGEABLE_FIELDS - {"name"}
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ def key_create(
         workspace=team.workspace,
         data={"name": name, "team": team.slug, "scopes": key.scopes},
     )
+    forget_cached_keys([key.public_id])  # the id may be cached as unknown (tenants/key_auth.py)
     return CreatedKey(key=key, secret=new.secret)
 
 
@@ -319,7 +323,15 @@ def key_issue(
         raise Conflict(f"The team '{team.slug}' is archived.", param="team", code="team_archived")
     check_grant(
         grantor,
-        Grant(tuple(scopes), tuple(allowed_aliases), rpm_limit, ipm_limit, expires_at),
+        Grant(
+            scopes=tuple(scopes),
+            allowed_aliases=tuple(allowed_aliases),
+            rpm_limit=rpm_limit,
+            ipm_limit=ipm_limit,
+            expires_at=expires_at,
+            workspace_id=team.workspace_id,
+            team_id=team.pk,
+        ),
     )
     return key_create(
         actor=actor_for(grantor),
@@ -333,44 +345,43 @@ def key_issue(
     )
 
 
+# Every action of one key on another goes through check_may_manage first: the key acted on
+# must be within the actor's own grant (tenants/grants.py), whatever the action.
+
+
 def key_edit(*, grantor: KeyPrincipal, key: ApiKey, fields: dict[str, Any]) -> ApiKey:
     """key_change by another key: the key must be one it may manage, and stay within grant."""
-    check_may_manage(grantor, key.scopes)
-    after = {
-        "allowed_aliases": key.allowed_aliases,
-        "rpm_limit": key.rpm_limit,
-        "ipm_limit": key.ipm_limit,
-        "expires_at": key.expires_at,
-        **fields,
-    }
-    check_grant(
-        grantor,
-        Grant(
-            tuple(key.scopes),
-            tuple(after["allowed_aliases"]),
-            after["rpm_limit"],
-            after["ipm_limit"],
-            after["expires_at"],
-        ),
-    )
+    check_may_manage(grantor, key)
+    granted = {f: v for f, v in fields.items() if f in GRANT_FIELDS}
+    if "allowed_aliases" in granted:
+        granted["allowed_aliases"] = tuple(granted["allowed_aliases"])
+    check_grant(grantor, replace(Grant.of(key), **granted))
     return key_change(actor=actor_for(grantor), key=key, fields=fields)
 
 
 def key_rotate_by(*, grantor: KeyPrincipal, key: ApiKey, grace_seconds: int) -> CreatedKey:
-    check_may_manage(grantor, key.scopes)
+    check_may_manage(grantor, key)
     return key_rotate(actor=actor_for(grantor), key=key, grace_seconds=grace_seconds)
 
 
 def key_revoke_by(*, grantor: KeyPrincipal, key: ApiKey) -> ApiKey:
-    check_may_manage(grantor, key.scopes)
+    check_may_manage(grantor, key)
     return key_revoke(actor=actor_for(grantor), key=key)
 
 
 def team_archive_by(*, grantor: KeyPrincipal, team: Team) -> Team:
+    """Archiving a team stops every key of it: each key still in use must be one the
+    grantor may manage, as if it revoked them one by one."""
     if team.pk == grantor.team_id:
         raise Conflict(
             "This key belongs to that team; archiving it would lock this key out. "
             "Use a key of another team.",
             code="own_team",
         )
+    now = timezone.now()
+    in_use = team.api_keys.filter(revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+    for key in in_use.order_by("id"):
+        check_may_manage(grantor, key)
     return team_archive(actor=actor_for(grantor), team=team)

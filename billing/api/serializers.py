@@ -76,7 +76,10 @@ class UsageSummaryFilterIn(UsageFilterIn):
 
 
 class UsageRecordOut(serializers.Serializer[Any]):
-    request_id = serializers.CharField()
+    request_id = serializers.CharField(help_text="The gateway's id: the x-request-id it sent.")
+    client_request_id = serializers.CharField(
+        help_text="The caller's own x-client-request-id or x-request-id; empty if none."
+    )
     created_at = serializers.DateTimeField()
     team = serializers.CharField(source="team.public_id")
     key = serializers.CharField(source="key.public_id")

@@ -1,14 +1,12 @@
 """Usage: `GET /api/v1/usage` (records) and `GET /api/v1/usage/summary` (aggregates).
 
 Both take the same filters, and `format=csv` for the same data as a CSV file: the
-records' CSV is every matching record (streamed, not paginated), the summary's its rows.
+records' CSV is every matching record (streamed, not paginated), the summary's its rows;
+both through aperture/csv_export.py, which writes formula-like text cells as text.
 """
 
-import csv
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
@@ -17,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from aperture.api_fields import usd, validated
+from aperture.csv_export import csv_response
 from aperture.openapi import paginated
 from aperture.pagination import NewestFirst
 from billing import selectors as billing_selectors
@@ -59,25 +58,6 @@ def usage_query(principal: KeyPrincipal, f: dict[str, Any]) -> UsageQuery:
         start=f.get("start"),
         end=f.get("end"),
     )
-
-
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
-def csv_response(filename: str, header: list[str], rows: Iterable[list[Any]]) -> Any:
-    """A CSV download written as it streams: a large export is never held whole."""
-    writer = csv.writer(_Echo())
-
-    def lines() -> Iterator[str]:
-        yield writer.writerow(header)
-        for row in rows:
-            yield writer.writerow(row)
-
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
 
 
 _CSV = {(200, "text/csv"): OpenApiTypes.STR}

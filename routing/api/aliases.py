@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from aperture.api_fields import validated
 from aperture.openapi import listed
-from routing import selectors
+from routing import health_report, selectors
 from routing.api.serializers import AliasCreateIn, AliasOut
 from routing.models import Deployment, ModelAlias
 from routing.models_api import model_object
@@ -26,9 +26,19 @@ from tenants.services import actor_for
 TAGS = ["Aliases"]
 
 
-def _alias_out(alias: ModelAlias, deployments: list[Deployment]) -> dict[str, Any]:
-    usable = [d for d in deployments if d.enabled and d.credential.enabled]
-    described = model_object(alias, usable[0] if usable else None)["aperture"]
+def _usable(deployments: list[Deployment]) -> list[Deployment]:
+    return [d for d in deployments if d.enabled and d.credential.enabled]
+
+
+def _alias_out(
+    alias: ModelAlias, deployments: list[Deployment], cooling: set[int] | None = None
+) -> dict[str, Any]:
+    """`cooling`: the aliases whose every circuit is open (read here if not given)."""
+    usable = _usable(deployments)
+    if cooling is None:
+        cooling = health_report.all_open({alias.pk: usable})
+    first = usable[0] if usable else None
+    described = model_object(alias, first, all_open=alias.pk in cooling)["aperture"]
     own = alias.workspace_id is not None
     return dict(
         AliasOut(
@@ -60,7 +70,11 @@ class AliasListView(APIView):
     def get(self, request: Request) -> Response:
         aliases = selectors.aliases_of_workspace(request_principal(request).workspace_id)
         deployments = selectors.deployments_of([a.pk for a in aliases])
-        return Response({"data": [_alias_out(a, deployments.get(a.pk, [])) for a in aliases]})
+        cooling = health_report.all_open(
+            {a.pk: _usable(deployments.get(a.pk, [])) for a in aliases}
+        )
+        data = [_alias_out(a, deployments.get(a.pk, []), cooling) for a in aliases]
+        return Response({"data": data})
 
     @extend_schema(
         tags=TAGS,

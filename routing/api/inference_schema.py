@@ -72,7 +72,11 @@ class ModelDoc(serializers.Serializer[Any]):
     object = serializers.CharField()
     created = serializers.IntegerField()
     owned_by = serializers.CharField()
-    aperture = serializers.DictField(help_text="Provider and capabilities.")
+    aperture = serializers.DictField(
+        help_text="Provider, capabilities, and `available`: false when no deployment can "
+        "serve the model now (none usable, or every deployment's circuit is open after "
+        "repeated upstream failures)."
+    )
 
 
 _EVENTS = {

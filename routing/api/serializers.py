@@ -76,7 +76,10 @@ class AliasOut(serializers.Serializer[Any]):
         help_text="platform: an operator's alias, visible to every workspace.",
     )
     enabled = serializers.BooleanField()
-    available = serializers.BooleanField(help_text="Whether a deployment can serve it now.")
+    available = serializers.BooleanField(
+        help_text="Whether a deployment can serve it now (false also while every "
+        "deployment's circuit is open after repeated upstream failures)."
+    )
     provider = serializers.CharField(allow_null=True)
     capabilities = serializers.DictField(allow_null=True, help_text="As GET /v1/models says.")
     deployments = DeploymentOut(many=True, help_text="Only for the workspace's own aliases.")

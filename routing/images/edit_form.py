@@ -15,6 +15,7 @@ from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest
 from django.http.multipartparser import MultiPartParserError
 
+from aperture.db import release_connection
 from aperture.errors import InvalidRequest
 from routing.images import inputs
 from routing.providers.base import InputImage
@@ -60,8 +61,9 @@ def read_edit_form(request: HttpRequest) -> EditForm:
             f"{content_type or 'an empty content type'}.",
             code="invalid_content_type",
         )
+    release_connection()  # the body may dribble in, for as long as its deadline allows
     try:
-        form, files = request.POST, request.FILES
+        form, files = request.POST, request.FILES  # RequestTimeout (408) past the deadline
     except MultiPartParserError as exc:
         raise InvalidRequest(f"Could not parse the multipart body: {exc}.") from None
     except (TooManyFieldsSent, TooManyFilesSent) as exc:

@@ -2,8 +2,10 @@
 
 An input image is read from wherever it already is (an upload spooled to disk stays on
 disk) and can be opened any number of times, so it streams to an upstream without another
-copy in memory. Each is checked to be a PNG, JPEG or WebP that decodes, under the size cap
-and Pillow's decompression-bomb limit; a mask must be a PNG of the first image's size.
+copy in memory. Each is checked to be a PNG, JPEG or WebP under the size cap and, from its
+header before any decoding, the pixel cap (APERTURE_MAX_INPUT_PIXELS); then that it decodes,
+in a turn of the process's image jobs (aperture/offload.py). A mask must be a PNG of the
+first image's size.
 """
 
 from __future__ import annotations
@@ -29,19 +31,22 @@ _DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+)?(;[a-z0-9=.-]+)*;base64,", r
 
 
 def _inspect(handle: BinaryIO, param: str) -> tuple[str, int, int]:
-    """(format, width, height), decoding the whole image with the bomb guard on."""
+    """(format, width, height): the size from the header, checked against the pixel cap, then
+    the whole image decoded (in a turn of the image jobs) to catch a truncated file."""
+    image_format, width, height = _read_header(handle, param)
+    handle.seek(0)
+    run_blocking(partial(_decode, handle, param))
+    return image_format, width, height
+
+
+def _read_header(handle: BinaryIO, param: str) -> tuple[str, int, int]:
+    """Format and size as the header says, no pixel decoded; 400 above the pixel cap."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(handle) as image:
                 image_format = image.format or ""
-                if image_format not in FORMATS:
-                    raise InvalidRequest(
-                        f"'{param}' must be a PNG, JPEG or WebP image, not {image_format}.",
-                        param=param,
-                    )
                 width, height = image.size
-                image.load()  # a truncated or corrupt file fails here, not upstream
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidRequest(
             f"'{param}' has too many pixels to be decoded safely.", param=param
@@ -50,7 +55,36 @@ def _inspect(handle: BinaryIO, param: str) -> tuple[str, int, int]:
         raise InvalidRequest(
             f"'{param}' is not a decodable PNG, JPEG or WebP image.", param=param
         ) from None
+    if image_format not in FORMATS:
+        raise InvalidRequest(
+            f"'{param}' must be a PNG, JPEG or WebP image, not {image_format}.", param=param
+        )
+    cap = settings.MAX_INPUT_PIXELS
+    if width * height > cap:
+        raise InvalidRequest(
+            f"'{param}' is {width}x{height} ({width * height:,} pixels); input images may have "
+            f"at most {cap:,} pixels (APERTURE_MAX_INPUT_PIXELS).",
+            param=param,
+            code="image_too_large",
+        )
     return image_format, width, height
+
+
+def _decode(handle: BinaryIO, param: str) -> None:
+    """Decode every pixel: a truncated or corrupt file fails here, not upstream."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(handle) as image:
+                image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidRequest(
+            f"'{param}' has too many pixels to be decoded safely.", param=param
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InvalidRequest(
+            f"'{param}' is not a decodable PNG, JPEG or WebP image.", param=param
+        ) from None
 
 
 def _check_size(size: int, param: str) -> None:
@@ -67,7 +101,7 @@ def from_upload(upload: UploadedFile[bytes], param: str) -> InputImage:
     path = getattr(upload, "temporary_file_path", None)
     if path is not None:  # spooled to disk by Django: stays there
         with open(path(), "rb") as handle:
-            image_format, width, height = run_blocking(partial(_inspect, handle, param))
+            image_format, width, height = _inspect(handle, param)
         return InputImage(
             filename=upload.name or "image",
             media_type=FORMATS[image_format],
@@ -82,7 +116,7 @@ def from_upload(upload: UploadedFile[bytes], param: str) -> InputImage:
 
 def from_bytes(data: bytes, param: str, *, filename: str = "image") -> InputImage:
     _check_size(len(data), param)
-    image_format, width, height = run_blocking(partial(_inspect, io.BytesIO(data), param))
+    image_format, width, height = _inspect(io.BytesIO(data), param)
     extension = image_format.lower().replace("jpeg", "jpg")
     if "." not in filename:
         filename = f"{filename}.{extension}"

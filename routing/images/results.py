@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from aperture.offload import run_blocking
 from routing.images import conversion, hosting
@@ -43,8 +44,10 @@ def finish_image(
             return _entry({"b64_json": image.b64}, image)  # no decode, no re-encode
         data = image.content()
     if data is None and image.url is not None:
-        if request.response_format == "url" and wanted_format in (None, "png") and lasting_urls:
+        handed_on = lasting_urls and _is_web_url(image.url)
+        if request.response_format == "url" and wanted_format in (None, "png") and handed_on:
             return _entry({"url": image.url}, image)
+        # Fetched and re-hosted; a URL the fetch refuses (file:, ftp:, ...) is a 502.
         data, media_type = fetch_image(provider, image.url)
     assert data is not None
     actual_format = conversion.sniff_format(data)
@@ -57,6 +60,11 @@ def finish_image(
     if request.response_format == "url":
         return _entry({"url": url_for(hosting.sign(hosting.store(data, media_type)))}, image)
     return _entry({"b64_json": base64.b64encode(data).decode()}, image)
+
+
+def _is_web_url(url: str) -> bool:
+    """Only http(s) URLs reach a caller: another scheme is nothing a client should follow."""
+    return urlsplit(url).scheme.lower() in ("http", "https")
 
 
 def _entry(fields: dict[str, Any], image: GeneratedImage) -> dict[str, Any]:

@@ -212,7 +212,48 @@ def _provider_options(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
             '{"openai": {"moderation": "low"}}.',
             param="provider",
         )
+    for name, options in value.items():
+        for key in options:
+            if str(key).replace("-", "_").lower() in CONTROLLED_OPTIONS:
+                raise InvalidRequest(
+                    f"'provider.{name}.{key}' is set by the gateway, not by provider options: "
+                    "the request's own fields say how many images, which model and whether "
+                    "to stream.",
+                    param=f"provider.{name}.{key}",
+                )
     return {str(name): dict(options) for name, options in value.items()}
+
+
+# Provider options that would change what the budget hold and the answer rest on: how many
+# images, which model, streaming, the prompt's container. Compared in snake_case.
+CONTROLLED_OPTIONS = frozenset(
+    {
+        "n",
+        "model",
+        "stream",
+        "partial_images",
+        "response_format",
+        "samplecount",
+        "sample_count",
+        "candidatecount",
+        "candidate_count",
+        "num_outputs",
+        "num_images",
+        "numberofimages",
+        "number_of_images",
+        "max_images",
+        "sequential_image_generation",
+        "sequential_image_generation_options",
+        "contents",
+        "messages",
+        "modalities",
+        "instances",
+        "input",
+        "generationconfig",
+        "generation_config",
+        "parameters",
+    }
+)
 
 
 def parse_edit_request(form: EditForm, caps: ImageCapabilities, model: str) -> ImageRequest:

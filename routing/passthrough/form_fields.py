@@ -22,6 +22,8 @@ def boundary_of(content_type: str) -> bytes | None:
     message["content-type"] = content_type
     if message.get_content_type() != "multipart/form-data":
         return None
+    if content_type.lower().count("boundary") != 1:
+        return None  # two boundaries: servers disagree on which one counts
     boundary = message.get_param("boundary")
     return boundary.encode("latin-1") if isinstance(boundary, str) and boundary else None
 
@@ -80,6 +82,8 @@ class FormFieldSniffer:
 
     def _header_end(self) -> None:
         if bytes(self._header_name).lower() == b"content-disposition":
+            if self._disposition:
+                self.failed = True  # two dispositions: servers disagree on which one counts
             self._disposition = bytes(self._header_value).decode("latin-1")
         self._header_name, self._header_value = bytearray(), bytearray()
 
@@ -96,9 +100,14 @@ class FormFieldSniffer:
         message["content-disposition"] = self._disposition
         name = message.get_param("name", header="content-disposition")
         is_file = message.get_param("filename", header="content-disposition") is not None
-        if not isinstance(name, str) or is_file:
+        if name is None:
             return
-        if self._too_long or name in self.fields:
-            self.unclear.add(name)
+        if not isinstance(name, str):  # an RFC 2231 name*=: read differently by servers
+            self.failed = True
+            return
+        if is_file or self._too_long or name in self.fields:
+            self.unclear.add(name)  # a file, a long value or a repeat: not a plain field
         elif len(self.fields) < MAX_FIELDS:
             self.fields[name] = bytes(self._value).decode("utf-8", "replace")
+        else:
+            self.failed = True  # more text fields than kept: one dropped could be a priced one

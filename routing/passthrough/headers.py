@@ -45,8 +45,11 @@ NOT_FORWARDED = frozenset(
         "via",
     }
 )
-# Never from an upstream to a caller on the gateway's origin.
-NOT_RETURNED = frozenset({"set-cookie", "set-cookie2"})
+# Never from an upstream to a caller on the gateway's origin: cookies, and what would bind
+# the origin's browser state (HSTS, Clear-Site-Data, Alt-Svc).
+NOT_RETURNED = frozenset(
+    {"set-cookie", "set-cookie2", "strict-transport-security", "clear-site-data", "alt-svc"}
+)
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:

@@ -31,14 +31,22 @@ def recognise(provider: str, method: str, path: str) -> ImageRoute | None:
     return passthrough_image_route(provider, method, _as_read_upstream(path))
 
 
-def refuse_uncounted(provider: str, method: str, path: str, *, free: bool) -> None:
-    """A native route that makes images the gateway cannot count is served only by a
-    credential an operator marked free: otherwise its images would cost nothing."""
-    if free or not uncounted_image_path(provider, method, _as_read_upstream(path)):
+# Methods that ask an upstream to do (paid) work; reads and deletes cost nothing to relay.
+_WORK = frozenset({"POST", "PUT", "PATCH"})
+
+
+def refuse_unpriced(provider: str, method: str, path: str, *, free: bool) -> None:
+    """Only the native image routes the gateway counts are served for money: any other call
+    that asks the upstream to work (a route whose images cannot be counted, a chat or video
+    API, a path spelled so no route is recognised) is relayed only by a credential an
+    operator marked free. Otherwise what it costs the operator would cost its caller nothing."""
+    if free or method not in _WORK:
         return
+    known = uncounted_image_path(provider, method, _as_read_upstream(path))
+    what = "makes images the gateway cannot count" if known else "is not a priced image route"
     raise InvalidRequest(
-        f"The gateway cannot count the images of {provider}'s {path}, so it does not relay "
-        "it; an operator may mark the credential free.",
+        f"{provider}'s {method} {path} {what}, so it is not relayed; an operator may mark the "
+        "credential free.",
         code="route_not_priced",
     )
 
@@ -53,24 +61,44 @@ class RequestFacts:
     quality: str | None = None
 
 
-def _count(value: Any) -> int:
+def _count(value: Any, param: str = "n") -> int:
     """`n` as the caller sent it; absent is 1 (every API's default), anything unreadable is
-    the most a request may ask for, so the hold covers whatever the upstream makes of it."""
+    the most a request may ask for, so the hold covers whatever the upstream makes of it.
+    More than any API makes is a 400 (and no arithmetic on absurd holds)."""
     if value is None:
         return 1
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    return MAX_N
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        return MAX_N
+    if value > MAX_N:
+        raise InvalidRequest(f"'{param}' must be at most {MAX_N}.", param=param)
+    return value
+
+
+# Google's JSON parser takes a field in camelCase or snake_case alike.
+_GEMINI_CONFIG = ("generationConfig", "generation_config")
+_GEMINI_COUNT = ("candidateCount", "candidate_count")
+
+
+def _gemini_count(fields: Mapping[str, Any]) -> int:
+    """generationConfig.candidateCount in any spelling; two spellings, or a config that is
+    not an object, are unclear and held at the most."""
+    configs = [fields[name] for name in _GEMINI_CONFIG if name in fields]
+    if not configs:
+        return 1
+    if len(configs) > 1 or not isinstance(configs[0], dict):
+        return MAX_N
+    counts = [configs[0][name] for name in _GEMINI_COUNT if name in configs[0]]
+    if len(counts) > 1:
+        return MAX_N
+    return _count(counts[0] if counts else None, "candidateCount")
 
 
 def request_facts(route: ImageRoute, fields: Mapping[str, Any]) -> RequestFacts:
     """From a JSON body or a multipart form's text fields."""
     if route.family == "gemini":
-        config = fields.get("generationConfig") or fields.get("generation_config") or {}
-        count = config.get("candidateCount") if isinstance(config, dict) else MAX_N
-        return RequestFacts(model=route.path_model or "", n=_count(count))
+        return RequestFacts(model=route.path_model or "", n=_gemini_count(fields))
     model = route.path_model or fields.get("model")
     if not isinstance(model, str) or not model:
         # The upstream's default model changes over time (docs/providers.md, updates of

@@ -113,7 +113,7 @@ def resolve(*, principal: KeyPrincipal, meter: Meter, request: NativeRequest) ->
     url = upstream_url(base_url_for(target.provider, target.base_url), path, request.query_string)
     route = image_routes.recognise(target.provider, method, path.decoded)
     if route is None:
-        image_routes.refuse_uncounted(target.provider, method, path.decoded, free=target.free)
+        image_routes.refuse_unpriced(target.provider, method, path.decoded, free=target.free)
     injected = {**target.extra_headers, **credential_headers(target.provider, target.secret)}
     call = NativeCall(
         target=target,
@@ -146,6 +146,7 @@ def send(call: NativeCall) -> requests.Response:
         headers=call.headers,
         data=call.data,
         stream=True,
+        guarded=call.target.guarded,
     )
     if upstream.status_code in (401, 403):
         logger.warning(

@@ -142,6 +142,7 @@ class Target:
     upstream_model: str
     timeout_seconds: float
     api_version: str = ""
+    connect_timeout_seconds: float | None = None  # None: APERTURE_UPSTREAM_CONNECT_TIMEOUT
     extra_headers: dict[str, str] = field(default_factory=dict)
     # The operator's provider options (the credential's); a caller's `provider` options win.
     options: dict[str, Any] = field(default_factory=dict)
@@ -207,7 +208,14 @@ class UpstreamFailed(ProviderError):
     retryable = True
 
 
+class UpstreamUnreachable(UpstreamFailed):
+    """No connection was made: nothing was sent, so another deployment may always be tried."""
+
+
 class UpstreamTimedOut(ProviderError):
+    """The request was sent and no answer came in time: the upstream may have done the work
+    (and charged for it)."""
+
     retryable = True
 
 

@@ -106,6 +106,7 @@ class BFLProvider(ProviderAdapter):
             "POST",
             f"{target.base_url}/v1/{target.upstream_model}",
             timeout=target.timeout_seconds,
+            connect_timeout=target.connect_timeout_seconds,
             guarded=target.guarded,
             headers=self._headers(target),
             json_body=self.body(request, target),

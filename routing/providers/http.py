@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import requests
+import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
@@ -29,6 +30,7 @@ from routing.providers.base import (
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimedOut,
+    UpstreamUnreachable,
 )
 
 _session: requests.Session | None = None
@@ -59,8 +61,11 @@ def send(
     params: dict[str, str] | None = None,
     stream: bool = False,
     guarded: bool = False,
+    connect_timeout: float | None = None,
 ) -> requests.Response:
-    """One upstream call. Raises UpstreamTimedOut / UpstreamFailed instead of requests' errors.
+    """One upstream call. Raises UpstreamUnreachable (never connected, nothing sent),
+    UpstreamTimedOut (sent, no answer in `timeout`) or UpstreamFailed instead of requests'
+    errors. `connect_timeout` defaults to APERTURE_UPSTREAM_CONNECT_TIMEOUT.
 
     With `stream`, the call returns once the headers are in; the caller reads and closes.
     `guarded` (a workspace's own credential) refuses, on the address it connects to, any
@@ -78,16 +83,22 @@ def send(
             data=body,
             files=files,
             params=params,
-            timeout=(settings.UPSTREAM_CONNECT_TIMEOUT, timeout),
+            timeout=(connect_timeout or settings.UPSTREAM_CONNECT_TIMEOUT, timeout),
             allow_redirects=False,
             stream=stream,
         )
+    except requests.ConnectTimeout as exc:
+        raise UpstreamUnreachable(provider, f"{provider} could not be reached in time.") from exc
     except requests.Timeout as exc:
         raise UpstreamTimedOut(provider, f"{provider} did not answer within {timeout:g}s.") from exc
     except requests.RequestException as exc:
         if guarded and caused_by(exc, PrivateAddress):
             raise UpstreamFailed(
                 provider, f"{provider}'s base URL resolves to a private address; not called."
+            ) from exc
+        if caused_by(exc, urllib3.exceptions.NewConnectionError):
+            raise UpstreamUnreachable(
+                provider, f"{provider} could not be reached ({type(exc).__name__})."
             ) from exc
         raise UpstreamFailed(
             provider, f"{provider} could not be reached ({type(exc).__name__})."
@@ -202,6 +213,7 @@ def post_json(target: Target, url: str, body: dict[str, Any]) -> dict[str, Any]:
         "POST",
         url,
         timeout=target.timeout_seconds,
+        connect_timeout=target.connect_timeout_seconds,
         guarded=target.guarded,
         headers={**target.extra_headers, **credential_headers(target.provider, target.secret)},
         json_body=body,

@@ -95,6 +95,7 @@ class ReplicateProvider(ProviderAdapter):
             "POST",
             url,
             timeout=target.timeout_seconds,
+            connect_timeout=target.connect_timeout_seconds,
             guarded=target.guarded,
             headers={**self._headers(target), "Prefer": f"wait={wait}"},
             json_body=body,

@@ -109,6 +109,7 @@ class StabilityProvider(ProviderAdapter):
                 "POST",
                 f"{target.base_url}/v2beta/stable-image/generate/{endpoint}",
                 timeout=target.timeout_seconds,
+                connect_timeout=target.connect_timeout_seconds,
                 guarded=target.guarded,
                 headers={
                     **target.extra_headers,

@@ -78,16 +78,25 @@ def test_an_unhandled_exception_is_a_500_envelope_with_the_request_id_and_no_tra
     assert response.status_code == 500
     error = _envelope(response)
     assert error["type"] == "server_error"
-    assert "trace-abc-123" in error["message"]
+    assert response["x-request-id"].startswith("req_")
+    assert f"(request id {response['x-request-id']})" in error["message"]
+    assert response["x-client-request-id"] == "trace-abc-123"
     assert "secret internals" not in response.content.decode()
     assert "Traceback" not in response.content.decode()
-    assert response["x-request-id"] == "trace-abc-123"
 
 
-def test_every_response_carries_a_request_id_and_a_valid_incoming_one_is_kept(db: None) -> None:
-    kept = Client().get("/healthz", HTTP_X_REQUEST_ID="client-id-42")
-    assert kept["x-request-id"] == "client-id-42"
+def test_every_response_carries_the_gateways_own_request_id_and_echoes_the_callers(
+    db: None,
+) -> None:
+    sent = Client().get("/healthz", HTTP_X_REQUEST_ID="client-id-42")
+    assert sent["x-request-id"].startswith("req_")
+    assert len(sent["x-request-id"]) == 36
+    assert sent["x-client-request-id"] == "client-id-42"
+    again = Client().get("/healthz", HTTP_X_REQUEST_ID="client-id-42")
+    assert again["x-request-id"] != sent["x-request-id"]
+    openai_style = Client().get("/healthz", HTTP_X_CLIENT_REQUEST_ID="client-id-43")
+    assert openai_style["x-client-request-id"] == "client-id-43"
     made = Client().get("/v1/nope", HTTP_X_REQUEST_ID="bad id with spaces\u00e9")
     assert made["x-request-id"].startswith("req_")
-    assert len(made["x-request-id"]) == 36
+    assert "x-client-request-id" not in made
     assert Client().get("/readyz")["x-request-id"].startswith("req_")

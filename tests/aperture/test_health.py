@@ -21,6 +21,7 @@ def test_readyz_is_200_with_database_and_cache_up(db: None) -> None:
         "database": "ok",
         "cache": "ok",
         "rate_limits": "ok",
+        "deployment_health": "shared",
     }
 
 
@@ -45,4 +46,5 @@ def test_readyz_stays_200_but_says_degraded_when_the_cache_is_down() -> None:
         "database": "ok",
         "cache": "degraded",
         "rate_limits": "degraded (failing open)",
+        "deployment_health": "degraded (per-process)",
     }

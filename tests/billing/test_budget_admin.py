@@ -52,3 +52,13 @@ def test_an_operators_limit_change_keeps_the_counters_and_is_audited(
     assert (b.limit_micro, b.used_micro, b.reserved_micro) == (40_000, 30_000, 5_000)
     event = AuditEvent.objects.filter(event="budget.updated", target_id=b.public_id).get()
     assert event.actor.startswith("operator:")
+
+
+def test_a_second_budget_for_one_target_and_period_is_a_form_error_in_the_admin(
+    admin_client: Client, workspace: Workspace
+) -> None:
+    b = budget(workspace=workspace, period="month", limit_micro=50_000)
+    response = admin_client.post("/admin/billing/budget/add/", _form(b, limit_micro=10))
+    assert response.status_code == 200  # the form again, with the reason
+    assert "This workspace already has a budget for this period." in response.content.decode()
+    assert list(Budget.objects.values_list("pk", flat=True)) == [b.pk]

@@ -101,6 +101,29 @@ def test_the_database_refuses_overspend_even_from_code_that_forgets(workspace: W
         Budget.objects.create(workspace=workspace, scope="workspace", period="day")  # no limit
 
 
+@pytest.mark.parametrize("scope", ["workspace", "team", "key"])
+def test_the_database_refuses_a_second_budget_for_one_target_and_period(
+    workspace: Workspace, api_key: CreatedKey, scope: str
+) -> None:
+    team = api_key.key.team
+    targets: dict[str, dict[str, object]] = {
+        "workspace": {},
+        "team": {"team": team},
+        "key": {"key": api_key.key},
+    }
+    target = targets[scope]
+    budget(workspace=workspace, period="month", limit_micro=100, **target)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Budget.objects.create(
+            workspace=workspace, scope=scope, period="month", limit_micro=5, **target
+        )
+    # Another period of the same target, and the same period of every other target, are fine.
+    budget(workspace=workspace, period="day", limit_micro=100, **target)
+    for other in (targets[s] for s in ("workspace", "team") if s != scope):
+        budget(workspace=workspace, period="month", limit_micro=100, **other)
+    assert Budget.objects.filter(scope=scope, period="month").count() == 1
+
+
 def test_a_settlement_above_the_estimate_is_capped_at_the_limit(
     api_key: CreatedKey, workspace: Workspace
 ) -> None:

@@ -1,9 +1,13 @@
 """Budgets through the management API: set, change, delete, never above the workspace's."""
 
 import json
+import threading
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 import time_machine
+from django.db import connection, transaction
 from rest_framework.test import APIClient
 
 from billing.models import Budget
@@ -13,7 +17,7 @@ from tenants.services import CreatedKey
 from tests.billing.conftest import PRICE_MICRO, budget
 from tests.fakes.upstream import FakeUpstream
 from tests.openapi_check import SchemaCheckedClient
-from tests.support import client_for
+from tests.support import client_for, wait_for
 
 
 def _generate(client: APIClient) -> int:
@@ -181,3 +185,61 @@ def test_a_team_manager_reads_the_budgets_that_bind_its_team_but_sets_none(
         "/api/v1/budgets", {"team": team.public_id, "limit_usd": "1"}, format="json"
     )
     assert refused.status_code == 403
+
+
+def _waiting_on_a_lock() -> bool:
+    """Whether a session of this test's database waits for a lock another one holds."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else a transaction's first view
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
+            "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())"
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_posts_of_one_budget_create_one_and_answer_the_other_409(
+    admin: SchemaCheckedClient, team: Team
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("two sessions writing at once need PostgreSQL")
+    body = {"team": team.public_id, "period": "month", "limit_images": 10}
+    second: dict[str, Any] = {}
+
+    def post_second() -> None:
+        try:
+            response = admin.post("/api/v1/budgets", body, format="json")
+            second.update(status=response.status_code, body=response.json())
+        finally:
+            connection.close()
+
+    # The first POST's INSERT is in, not yet committed: the second finds no budget, inserts
+    # too and waits on the first; once the first commits, the database refuses the second.
+    with transaction.atomic():
+        first = admin.post("/api/v1/budgets", body, format="json")
+        assert first.status_code == 201, first.json()
+        racer = threading.Thread(target=post_second)
+        racer.start()
+        wait_for(
+            lambda: _waiting_on_a_lock() or not racer.is_alive(),
+            what="the second POST to wait on the first's insert",
+        )
+    racer.join(timeout=30)
+    assert second == {
+        "status": 409,
+        "body": {
+            "error": {
+                "message": f"This team already has a month budget ({first.json()['id']}); "
+                "change that one.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "budget_exists",
+            }
+        },
+    }
+    assert list(Budget.objects.filter(team=team).values_list("public_id", flat=True)) == [
+        first.json()["id"]
+    ]
+    assert AuditEvent.objects.filter(event="budget.created").count() == 1

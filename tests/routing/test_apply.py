@@ -336,6 +336,65 @@ def test_bad_passthrough_settings_change_nothing_and_name_the_line(
     assert not ProviderCredential.objects.exists()
 
 
+NOTES = PASSTHROUGH.replace(
+    '    passthrough_paths: ["/v1beta/models/"]\n',
+    '    passthrough_paths: ["/v1beta/models/"]\n'
+    "    passthrough_notes: |\n"
+    "      Generate with `POST /gemini/v1beta/models/{model}:generateContent`.\n"
+    "\n"
+    "      ```sh\n"
+    '      curl "$APERTURE/gemini/v1beta/models/gemini-2.5-flash-image:generateContent"\n'
+    "      ```\n",
+)
+NOTES_TEXT = (
+    "Generate with `POST /gemini/v1beta/models/{model}:generateContent`.\n"
+    "\n"
+    "```sh\n"
+    'curl "$APERTURE/gemini/v1beta/models/gemini-2.5-flash-image:generateContent"\n'
+    "```\n"
+)
+
+
+def test_passthrough_notes_are_set_from_the_file_and_default_to_empty(
+    tmp_path: Path, db: None
+) -> None:
+    assert NOTES != PASSTHROUGH
+    _apply(tmp_path, NOTES)
+    rows = ProviderCredential.objects.order_by("name").values_list("name", "passthrough_notes")
+    assert list(rows) == [("gemini", NOTES_TEXT), ("openai-main", "")]
+    assert _apply(tmp_path, NOTES) == "No changes.\n"
+
+    streamed = NOTES.replace("Generate with `POST", "Stream with `POST").replace(
+        "{model}:generateContent`", "{model}:streamGenerateContent`"
+    )
+    assert _apply(tmp_path, streamed, "--dry-run").splitlines() == [
+        "update credential gemini (platform): passthrough_notes",
+        "1 change(s); would change.",
+    ]
+    _apply(tmp_path, streamed)
+    gemini = ProviderCredential.objects.get(name="gemini")
+    assert gemini.passthrough_notes == NOTES_TEXT.replace(
+        "Generate with `POST", "Stream with `POST"
+    ).replace("{model}:generateContent`", "{model}:streamGenerateContent`")
+    updated = AuditEvent.objects.get(event="credential.updated", target_id=gemini.public_id)
+    assert updated.data == {"fields": ["passthrough_notes"]}
+
+    _apply(tmp_path, PASSTHROUGH)  # absent from the file: no notes
+    assert ProviderCredential.objects.get(name="gemini").passthrough_notes == ""
+
+
+def test_passthrough_notes_that_are_not_text_change_nothing_and_name_the_line(
+    tmp_path: Path, db: None
+) -> None:
+    text = PASSTHROUGH.replace(
+        "passthrough: true\n", "passthrough: true\n    passthrough_notes: [a]\n"
+    )
+    with pytest.raises(CommandError) as error:
+        _apply(tmp_path, text)
+    assert "line 2: 'passthrough_notes' must be a str in a credential" in str(error.value)
+    assert not ProviderCredential.objects.exists()
+
+
 def test_a_budget_limit_below_what_the_period_spent_is_refused_and_nothing_changes(
     tmp_path: Path, api_key: CreatedKey
 ) -> None:
@@ -452,3 +511,140 @@ def test_a_disabled_deployment_or_alias_is_not_warned_about(tmp_path: Path, db: 
     assert _apply_with_warnings(tmp_path, off)[1] == ""
     alias_off = FREE.replace("  - name: image-prod\n", "  - name: image-prod\n    enabled: false\n")
     assert _apply_with_warnings(tmp_path, alias_off)[1] == ""
+
+
+ROUTING = """\
+credentials:
+  - name: openai-main
+    provider: openai
+    secret_env: APPLY_TEST_OPENAI_KEY
+aliases:
+  - name: image-prod
+    strategy: weighted
+    max_attempts: 3
+    retry_after_timeout: true
+    deployments:
+      - credential: openai-main
+        model: gpt-image-1
+        weight: 3
+        connect_timeout: 1.5
+        timeout: 60
+      - credential: openai-main
+        model: gpt-image-1-mini
+  - name: image-plain
+    deployments:
+      - credential: openai-main
+        model: gpt-image-1
+"""
+
+
+def _policies() -> list[tuple[str, str, int, bool]]:
+    rows = ModelAlias.objects.order_by("name")
+    return list(rows.values_list("name", "strategy", "max_attempts", "retry_after_timeout"))
+
+
+def _timeouts() -> list[tuple[str, str, int, int, float]]:
+    rows = Deployment.objects.order_by("alias__name", "priority", "upstream_model")
+    return list(
+        rows.values_list(
+            "alias__name", "upstream_model", "weight", "timeout_seconds", "connect_timeout_seconds"
+        )
+    )
+
+
+def test_the_routing_policy_weights_and_timeouts_are_set_from_the_file(
+    tmp_path: Path, db: None
+) -> None:
+    _apply(tmp_path, ROUTING)
+    assert _policies() == [
+        ("image-plain", "priority", 2, False),  # the defaults
+        ("image-prod", "weighted", 3, True),
+    ]
+    assert _timeouts() == [
+        ("image-plain", "gpt-image-1", 1, 120, 3.0),
+        ("image-prod", "gpt-image-1", 3, 60, 1.5),
+        ("image-prod", "gpt-image-1-mini", 1, 120, 3.0),
+    ]
+    assert _apply(tmp_path, ROUTING) == "No changes.\n"
+
+    changed = (
+        ROUTING.replace("strategy: weighted", "strategy: priority")
+        .replace("max_attempts: 3", "max_attempts: 1")
+        .replace("connect_timeout: 1.5", "connect_timeout: 2")
+        .replace("timeout: 60", "timeout_seconds: 90")  # the model's name, accepted too
+    )
+    assert _apply(tmp_path, changed, "--dry-run").splitlines() == [
+        "update alias      image-prod (platform): max_attempts, strategy",
+        "update deployment image-prod → openai-main:gpt-image-1: "
+        "connect_timeout_seconds, timeout_seconds",
+        "2 change(s); would change.",
+    ]
+    _apply(tmp_path, changed)
+    assert _policies()[1] == ("image-prod", "priority", 1, True)
+    assert _timeouts()[1] == ("image-prod", "gpt-image-1", 3, 90, 2.0)
+    alias = AuditEvent.objects.get(event="alias.updated")
+    assert alias.data == {"fields": ["max_attempts", "strategy"]}
+    deployment = AuditEvent.objects.get(event="deployment.updated")
+    assert deployment.data == {"fields": ["connect_timeout_seconds", "timeout_seconds"]}
+    assert _apply(tmp_path, changed) == "No changes.\n"
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "message"),
+    [
+        (
+            "strategy: weighted",
+            "strategy: random",
+            "line 6: 'strategy' must be priority or weighted",
+        ),
+        ("max_attempts: 3", "max_attempts: 0", "line 6: 'max_attempts' must be between 1 and 10"),
+        ("max_attempts: 3", "max_attempts: 11", "line 6: 'max_attempts' must be between 1 and 10"),
+        (
+            "max_attempts: 3",
+            "max_attempts: '3'",
+            "line 6: 'max_attempts' must be a int in an alias",
+        ),
+        (
+            "retry_after_timeout: true",
+            "retry_after_timeout: 'yes'",
+            "line 6: 'retry_after_timeout' must be a bool in an alias",
+        ),
+        (
+            "connect_timeout: 1.5",
+            "connect_timeout: 0.05",
+            "line 11: 'connect_timeout' must be between 0.1 and 60",
+        ),
+        (
+            "connect_timeout: 1.5",
+            "connect_timeout_seconds: 61",
+            "line 11: 'connect_timeout_seconds' must be between 0.1 and 60",
+        ),
+        (
+            "connect_timeout: 1.5",
+            "connect_timeout: 3s",
+            "line 11: 'connect_timeout' must be a number of seconds in a deployment",
+        ),
+        (
+            "connect_timeout: 1.5",
+            "connect_timeout: 1.5\n        connect_timeout_seconds: 2",
+            "line 11: a deployment sets both 'connect_timeout' and 'connect_timeout_seconds'",
+        ),
+        ("timeout: 60", "timeout: 901", "line 11: 'timeout' must be between 1 and 900"),
+        ("timeout: 60", "timeout: 1.5", "line 11: 'timeout' must be a int in a deployment"),
+        (
+            "timeout: 60",
+            "timeout: 60\n        timeout_seconds: 60",
+            "line 11: a deployment sets both 'timeout' and 'timeout_seconds'",
+        ),
+        ("weight: 3", "weight: 0", "line 11: 'weight' must be at least 1"),
+    ],
+)
+def test_a_bad_routing_policy_or_timeout_changes_nothing_and_names_the_line(
+    tmp_path: Path, db: None, replace: str, by: str, message: str
+) -> None:
+    assert replace in ROUTING
+    with pytest.raises(CommandError) as error:
+        _apply(tmp_path, ROUTING.replace(replace, by))
+    assert message in str(error.value)
+    assert not ProviderCredential.objects.exists()
+    assert not ModelAlias.objects.exists()

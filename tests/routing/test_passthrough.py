@@ -13,12 +13,14 @@ from openai import OpenAI
 
 from billing.models import Budget, UsageRecord
 from routing import services as routing_services
-from routing.models import ModelAlias, Provider, ProviderCredential
+from routing.models import ModelAlias, Provider
 from tenants import services
 from tenants.models import Team, Workspace
 from tenants.services import CreatedKey
 from tests.conftest import ACTOR, UPSTREAM_SECRET
 from tests.fakes.upstream import FakeUpstream, Misbehave, png
+from tests.routing import passthrough_support as support
+from tests.routing.passthrough_support import assert_error, bearer, open_credential
 from tests.support import (
     Server,
     free_port,
@@ -34,47 +36,9 @@ def _prices(list_prices: None) -> None:
     """Priced calls need the seeded list prices."""
 
 
-def open_credential(
-    fake: FakeUpstream,
-    *,
-    name: str = "openai",
-    provider: str = Provider.OPENAI,
-    prefixes: list[str] | None = None,
-    workspace: Workspace | None = None,
-    passthrough: bool = True,
-    base_url: str | None = None,
-    free: bool = False,
-) -> ProviderCredential:
-    return routing_services.credential_create(
-        actor=ACTOR,
-        name=name,
-        provider=provider,
-        base_url=base_url or fake.url,
-        secret=UPSTREAM_SECRET,
-        workspace=workspace,
-        passthrough_enabled=passthrough,
-        passthrough_path_prefixes=prefixes,
-        free=free,
-    )
-
-
-def bearer(key: CreatedKey) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key.secret}"}
-
-
 def the_record(**filters: object) -> UsageRecord:
-    """The one passthrough usage record, once the server has written it (after the response)."""
-    records = UsageRecord.objects.filter(endpoint="passthrough", **filters)
-    wait_for(lambda: records.exists(), what="the usage record")
-    (record,) = records
-    return record
-
-
-def assert_error(response: requests.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    assert set(error) == {"message", "type", "param", "code"}
+    """The one passthrough usage record, once the server has written it."""
+    return support.the_record(endpoint="passthrough", **filters)
 
 
 def test_a_json_call_reaches_the_upstream_byte_for_byte_with_the_providers_key_only(
@@ -296,7 +260,7 @@ def test_an_upstream_that_dies_mid_stream_breaks_the_callers_stream_too(
 def test_head_and_options_are_relayed_too(
     gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
 ) -> None:
-    open_credential(fake_upstream)
+    open_credential(fake_upstream, free=True)  # PUT and PATCH ask for work it cannot price
     for method in ("HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"):
         response = requests.request(
             method, f"{gateway}/openai/v1/things/1", headers=bearer(api_key), timeout=30
@@ -390,7 +354,8 @@ def test_each_provider_gets_its_credential_in_its_own_scheme(
 def test_a_path_outside_the_allowed_prefixes_is_refused_before_the_upstream(
     gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
 ) -> None:
-    open_credential(fake_upstream, prefixes=["/v1/images/"])
+    # Free: the allowed path is no priced image route (those are refused on a priced one).
+    open_credential(fake_upstream, prefixes=["/v1/images/"], free=True)
     refused = requests.post(
         f"{gateway}/openai/v1/files", json={}, headers=bearer(api_key), timeout=30
     )
@@ -522,7 +487,7 @@ def test_a_200_mb_response_streams_through_without_the_server_holding_it(
 def test_a_chunked_upload_streams_through_untouched(
     gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
 ) -> None:
-    open_credential(fake_upstream)
+    open_credential(fake_upstream, free=True)  # an upload is work the gateway does not price
     pieces = [bytes([i]) * 100_000 for i in range(5)]
     response = requests.post(
         f"{gateway}/openai/v1/uploads",
@@ -703,7 +668,7 @@ def test_a_silent_upstream_is_504(
     live_server, api_key: CreatedKey, fake_upstream: FakeUpstream, settings
 ) -> None:
     settings.PASSTHROUGH_READ_TIMEOUT = 0.2
-    open_credential(fake_upstream)
+    open_credential(fake_upstream, free=True)  # /v1/slow is no priced route
     fake_upstream.misbehave(Misbehave(delay=2))
     response = requests.post(
         f"{live_server.url}/openai/v1/slow", json={}, headers=bearer(api_key), timeout=30
@@ -770,3 +735,16 @@ def test_path_prefixes_must_be_absolute_paths() -> None:
                 secret="sk",
                 passthrough_path_prefixes=prefixes,  # type: ignore[arg-type]
             )
+
+
+def test_work_on_a_route_the_gateway_does_not_price_is_refused_on_a_priced_credential(
+    gateway: Server, api_key: CreatedKey, fake_upstream: FakeUpstream
+) -> None:
+    open_credential(fake_upstream)
+    for method, path in (("POST", "/v1/chat/completions"), ("PUT", "/v1/x"), ("PATCH", "/v1/x")):
+        response = requests.request(
+            method, f"{gateway}/openai{path}", json={}, headers=bearer(api_key), timeout=30
+        )
+        assert_error(response, 400, "route_not_priced")
+    assert fake_upstream.requests == []
+    assert requests.get(f"{gateway}/openai/v1/models", headers=bearer(api_key), timeout=30).ok

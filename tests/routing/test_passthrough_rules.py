@@ -291,10 +291,119 @@ def test_slashes_the_upstream_ignores_do_not_hide_an_image_route() -> None:
         assert image_routes.recognise("openai", "POST", path) is not None, path
 
 
-def test_an_image_route_the_gateway_cannot_count_is_refused_unless_free() -> None:
+@pytest.mark.parametrize(
+    ("provider", "method", "path"),
+    [
+        ("bfl", "POST", "/v1/flux-2-pro/"),  # images it cannot count
+        ("openai", "POST", "/v1/chat/completions"),  # paid work it does not price
+        ("openai", "POST", "/v1/responses"),  # images through a tool
+        ("gemini", "POST", "/v1alpha/models/gemini-2.5-flash-image:generateContent"),
+        ("gemini", "POST", "/v1beta/models/gemini-2.5-flash-image:batchGenerateContent"),
+        ("azure", "POST", "/openai/v1/images/generations"),
+        ("openai", "PUT", "/v1/x"),
+        ("openai", "PATCH", "/v1/x"),
+    ],
+)
+def test_work_the_gateway_cannot_price_is_refused_unless_the_credential_is_free(
+    provider: str, method: str, path: str
+) -> None:
     with pytest.raises(InvalidRequest) as refused:
-        image_routes.refuse_uncounted("bfl", "POST", "/v1/flux-2-pro/", free=False)
+        image_routes.refuse_unpriced(provider, method, path, free=False)
     assert refused.value.code == "route_not_priced"
-    image_routes.refuse_uncounted("bfl", "POST", "/v1/flux-2-pro", free=True)
-    image_routes.refuse_uncounted("bfl", "GET", "/v1/get_result", free=False)
-    image_routes.refuse_uncounted("bfl", "POST", "/v1/get_result", free=False)
+    image_routes.refuse_unpriced(provider, method, path, free=True)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "DELETE"])
+def test_reads_and_deletes_are_relayed_whatever_the_route(method: str) -> None:
+    image_routes.refuse_unpriced("bfl", method, "/v1/get_result", free=False)
+
+
+def test_a_gzip_answer_is_inflated_within_the_cap_not_into_memory() -> None:
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # 64 MiB of zeros in about 64 KiB
+    tally = tallies.for_answer("openai", "application/json", "gzip")
+    tally.cap = 1024 * 1024
+    tally.feed(bomb)
+    assert (tally.overflowed, tally.result()) == (True, None)
+
+
+def test_a_priced_answer_is_cut_before_its_hold_could_be_reaped() -> None:
+    from billing.metering import Meter
+    from routing.relay import Ending, Relay, RelayDeadline
+
+    ended: list[Ending] = []
+    relay = Relay(
+        source=iter([b'{"data": [', b"]}"]),
+        close_source=lambda: None,
+        meter=Meter(request_id="r", endpoint="passthrough"),
+        on_end=ended.append,
+        tally=tallies.for_answer("openai", "application/json", ""),
+        priced_seconds=-1,  # already past: the reaper may take the hold now
+    )
+    with pytest.raises(RelayDeadline):
+        list(relay)
+    relay.close()
+    (ending,) = ended
+    assert (ending.outcome, ending.counted) == ("relay_deadline", None)  # charged as estimated
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        # An RFC 2231 name: servers read it differently.
+        "Content-Disposition: form-data; name*=UTF-8''n\r\n\r\n4\r\n",
+        # Two dispositions in one part: servers take one or the other.
+        'Content-Disposition: form-data; name="x"\r\n'
+        'Content-Disposition: form-data; name="n"\r\n\r\n4\r\n',
+    ],
+)
+def test_a_form_whose_priced_fields_servers_would_read_differently_is_refused(parts: str) -> None:
+    from billing.metering import Meter
+    from routing.passthrough.body import IncomingBody, read_fields
+
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\n{parts}--{boundary}--\r\n").encode()
+    chunks = [body, b""]
+    incoming = IncomingBody(
+        read=lambda _n: chunks.pop(0),
+        length=None,
+        content_type=f"multipart/form-data; boundary={boundary}",
+    )
+    with pytest.raises(InvalidRequest) as refused:
+        read_fields(incoming, Meter(request_id="r", endpoint="passthrough"))
+    assert refused.value.code == "invalid_body"
+
+
+def test_a_file_part_named_like_a_priced_field_is_refused() -> None:
+    from billing.metering import Meter
+    from routing.passthrough.body import IncomingBody, read_fields
+
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="n"; filename="n.txt"\r\n\r\n9\r\n--b--\r\n'
+    )
+    chunks = [body, b""]
+    incoming = IncomingBody(
+        read=lambda _n: chunks.pop(0), length=None, content_type="multipart/form-data; boundary=b"
+    )
+    with pytest.raises(InvalidRequest) as refused:
+        read_fields(incoming, Meter(request_id="r", endpoint="passthrough"))
+    assert refused.value.param == "n"
+
+
+def test_gemini_counts_are_read_in_either_spelling_and_unclear_ones_held_at_the_most() -> None:
+    route = ImageRoute("gemini", "gemini", "gemini-2.5-flash-image")
+    facts = image_routes.request_facts
+    assert facts(route, {"generation_config": {"candidate_count": 3}}).n == 3
+    assert facts(route, {"generationConfig": {"candidateCount": 2}}).n == 2
+    assert facts(route, {"generationConfig": {"candidateCount": 1, "candidate_count": 4}}).n == 10
+    assert facts(route, {"generationConfig": {}, "generation_config": {}}).n == 10
+    assert facts(route, {"contents": []}).n == 1
+
+
+def test_answer_headers_that_would_bind_the_gateways_origin_are_dropped() -> None:
+    upstream = [
+        ("Strict-Transport-Security", "max-age=63072000"),
+        ("Clear-Site-Data", '"*"'),
+        ("Alt-Svc", 'h3=":443"'),
+        ("Content-Type", "application/json"),
+    ]
+    assert caller_response_headers(upstream) == [("Content-Type", "application/json")]

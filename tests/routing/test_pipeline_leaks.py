@@ -20,13 +20,13 @@ from PIL import Image
 
 from billing import services as billing_services
 from billing.models import Budget, UsageRecord
-from routing import services as routing_services
 from routing.models import ModelAlias, Provider, ProviderCredential
 from tenants import services
 from tenants.models import Team
 from tenants.services import CreatedKey
-from tests.conftest import ACTOR, UPSTREAM_SECRET, make_alias
+from tests.conftest import ACTOR, make_alias
 from tests.fakes.upstream import FakeUpstream
+from tests.routing.passthrough_support import assert_error, bearer, open_credential, the_record
 from tests.support import Server, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,40 +41,6 @@ TOKEN_COST = 42_300
 @pytest.fixture(autouse=True)
 def _prices(list_prices: None) -> None:
     """Priced calls need the seeded list prices."""
-
-
-def open_credential(
-    fake: FakeUpstream, *, name: str = "openai", provider: str = Provider.OPENAI, **extra: object
-) -> ProviderCredential:
-    return routing_services.credential_create(
-        actor=ACTOR,
-        name=name,
-        provider=provider,
-        base_url=fake.url,
-        secret=UPSTREAM_SECRET,
-        passthrough_enabled=True,
-        **extra,  # type: ignore[arg-type]
-    )
-
-
-def bearer(key: CreatedKey) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key.secret}"}
-
-
-def assert_error(response: requests.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text[:500]
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    assert set(error) == {"message", "type", "param", "code"}
-    return dict(error)
-
-
-def the_record(**filters: object) -> UsageRecord:
-    """The one usage record, once the server has written it (after the response)."""
-    records = UsageRecord.objects.filter(**filters)
-    wait_for(lambda: records.exists(), what="the usage record")
-    (record,) = records
-    return record
 
 
 def padded_json(n: int = 2) -> bytes:

@@ -349,3 +349,22 @@ def test_every_change_is_in_the_audit_trail_with_the_acting_key(
     only_rotations = admin.get("/api/v1/audit-events?event=credential.rotated").json()["results"]
     assert [e["target_id"] for e in only_rotations] == [credential["id"]]
     assert "sk-new-00000000" not in json.dumps(events)
+
+
+def test_passthrough_on_a_workspace_credential_that_now_resolves_privately_is_not_called(
+    admin: SchemaCheckedClient,
+    fake_upstream: FakeUpstream,
+    settings: SettingsWrapper,
+    client: APIClient,
+) -> None:
+    settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]
+    created = _add(admin, fake_upstream.url).json()
+    credential = ProviderCredential.objects.get(public_id=created["id"])
+    credential.passthrough_enabled = True  # an operator opened it, in the admin
+    credential.save()
+    settings.FETCH_ALLOWED_HOSTS = []  # DNS rebinding: it answers privately now
+    calls = len(fake_upstream.requests)
+    refused = client.get(f"/{credential.name}/v1/models")
+    assert refused.status_code == 502
+    assert "private address" in refused.json()["error"]["message"]
+    assert len(fake_upstream.requests) == calls

@@ -1,4 +1,6 @@
 import re
+import statistics
+import time
 from datetime import timedelta
 
 import pytest
@@ -6,8 +8,10 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
+from aperture.errors import AuthenticationError
 from routing.models import ModelAlias
-from tenants import services
+from tenants import keys, services
+from tenants.key_auth import authenticate_secret
 from tenants.keys import hash_secret
 from tenants.models import ApiKey, Team, Workspace
 from tenants.services import CreatedKey
@@ -193,3 +197,60 @@ def test_unknown_scopes_are_refused(team: Team) -> None:
     with pytest.raises(ValidationError):
         services.key_create(actor=ACTOR, team=team, name="x", scopes=["root"])
     assert not ApiKey.objects.filter(name="x").exists()
+
+
+def _refused(secret: str) -> str:
+    with pytest.raises(AuthenticationError) as refused:
+        authenticate_secret(secret)
+    return refused.value.message
+
+
+def _wrong_secret(api_key: CreatedKey) -> str:
+    return api_key.secret[:-1] + ("A" if api_key.secret[-1] != "A" else "B")
+
+
+UNKNOWN_ID = "apk_" + "Z" * 12 + "_" + "B" * 43
+
+
+def test_an_unknown_key_id_is_answered_from_cache_with_the_work_of_a_wrong_secret(
+    api_key: CreatedKey, monkeypatch: pytest.MonkeyPatch, django_assert_num_queries
+) -> None:
+    wrong = _wrong_secret(api_key)
+    for secret in (wrong, UNKNOWN_ID):  # the first sight of either reads the database
+        assert _refused(secret) == "Incorrect API key provided."
+    hashed: list[str] = []
+    real_hash = keys.hash_secret
+
+    def counted(secret: str) -> str:
+        hashed.append(secret)
+        return real_hash(secret)
+
+    monkeypatch.setattr(keys, "hash_secret", counted)
+    with django_assert_num_queries(0):
+        assert _refused(UNKNOWN_ID) == "Incorrect API key provided."
+        assert hashed == [UNKNOWN_ID]
+        assert _refused(wrong) == "Incorrect API key provided."
+        assert hashed == [UNKNOWN_ID, wrong]
+
+
+def test_a_key_created_with_an_id_refused_before_authenticates_at_once(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _refused(UNKNOWN_ID) == "Incorrect API key provided."  # now cached as unknown
+    monkeypatch.setattr(keys, "random_alphanumeric", lambda n: ("Z" if n == 12 else "B") * n)
+    created = services.key_create(actor=ACTOR, team=team, name="later")
+    assert created.secret == UNKNOWN_ID
+    assert authenticate_secret(UNKNOWN_ID).key_id == created.key.pk
+
+
+def test_an_unknown_key_id_takes_as_long_as_a_wrong_secret(api_key: CreatedKey) -> None:
+    """Medians of interleaved calls: an attacker cannot tell ids that exist by timing."""
+    wrong = _wrong_secret(api_key)
+    timings: dict[str, list[float]] = {wrong: [], UNKNOWN_ID: []}
+    for _ in range(200):
+        for secret, samples in timings.items():
+            started = time.perf_counter()
+            _refused(secret)
+            samples.append(time.perf_counter() - started)
+    known, unknown = (statistics.median(timings[s]) for s in (wrong, UNKNOWN_ID))
+    assert 0.5 < unknown / known < 2, (unknown, known)

@@ -1,0 +1,85 @@
+"""Request and response headers that guard the site: a foreign Host gets the error envelope
+(no HTML, no traceback at ERROR); HTML pages (the admin, the API docs) carry a
+Content-Security-Policy that allows scripts from this origin only, and a Permissions-Policy."""
+
+import logging
+import re
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/v1/models"),
+        ("post", "/v1/images/generations"),
+        ("post", "/admin/login/"),
+        ("get", "/openai/v1/models"),
+        ("get", "/healthz"),
+    ],
+)
+def test_a_foreign_host_gets_the_envelope_and_no_traceback(
+    db: None, caplog: pytest.LogCaptureFixture, method: str, path: str
+) -> None:
+    with caplog.at_level(logging.INFO):
+        response = getattr(Client(), method)(path, HTTP_HOST="evil.example:8000")
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {
+        "error": {
+            "message": "The Host header names a host this gateway does not serve.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_host",
+        }
+    }
+    assert response["x-request-id"].startswith("req_")
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert line == "Refused a request for host 'evil.example:8000': not in ALLOWED_HOSTS"
+
+
+def _directives(policy: str) -> dict[str, str]:
+    return dict(part.strip().split(" ", 1) for part in policy.split(";") if part.strip())
+
+
+@pytest.mark.parametrize("path", ["/admin/login/", "/api/docs/"])
+def test_the_admin_and_the_docs_carry_a_csp_and_a_permissions_policy(db: None, path: str) -> None:
+    response = Client().get(path)
+    assert response.status_code == 200
+    assert _directives(response["Content-Security-Policy"]) == {
+        "default-src": "'self'",
+        "script-src": "'self'",
+        "style-src": "'self' 'unsafe-inline'",
+        "img-src": "'self' data:",
+        "font-src": "'self' data:",
+        "connect-src": "'self'",
+        "object-src": "'none'",
+        "base-uri": "'self'",
+        "form-action": "'self'",
+        "frame-ancestors": "'none'",
+    }
+    policy = response["Permissions-Policy"]
+    assert {"camera=()", "microphone=()", "geolocation=()", "payment=()"} <= {
+        part.strip() for part in policy.split(",")
+    }
+    inline_scripts = re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", response.content.decode())
+    assert inline_scripts == [], "an inline script would be blocked by script-src 'self'"
+
+
+def test_the_docs_init_script_is_a_file_of_its_own(db: None) -> None:
+    page = Client().get("/api/docs/").content.decode()
+    (script_url,) = re.findall(r'<script src="(/api/docs/[^"]*)"', page)
+    script = Client().get(script_url.replace("&amp;", "&"))
+    assert script.status_code == 200
+    assert script["Content-Type"].startswith("application/javascript")
+    assert "SwaggerUIBundle" in script.content.decode()
+
+
+def test_json_answers_need_no_page_policy(client: APIClient) -> None:
+    response = client.get("/v1/models")
+    assert response.status_code == 200
+    assert "Content-Security-Policy" not in response
+    assert "Permissions-Policy" not in response
