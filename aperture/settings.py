@@ -356,6 +356,9 @@ HEALTH_WINDOW_SECONDS = env.float("APERTURE_HEALTH_WINDOW_SECONDS", default=60.0
 HEALTH_FAILURE_THRESHOLD = env.int("APERTURE_HEALTH_FAILURE_THRESHOLD", default=3)
 HEALTH_COOLDOWN_SECONDS = env.float("APERTURE_HEALTH_COOLDOWN_SECONDS", default=10.0)
 HEALTH_COOLDOWN_MAX_SECONDS = env.float("APERTURE_HEALTH_COOLDOWN_MAX_SECONDS", default=300.0)
+# How long a process reuses what it read of a deployment's health (its own changes apply at
+# once; other processes' within this).
+HEALTH_CACHE_SECONDS = env.float("APERTURE_HEALTH_CACHE_SECONDS", default=1.0)
 # How often the Celery beat probes deployments whose circuit is open.
 HEALTH_PROBE_INTERVAL_SECONDS = env.float("APERTURE_HEALTH_PROBE_INTERVAL_SECONDS", default=30.0)
 IMAGE_URL_TTL_SECONDS = env.int("APERTURE_IMAGE_URL_TTL_SECONDS", default=3600)

@@ -127,6 +127,12 @@ class _Local:
             self._states[deployment_id] = State(deployment_id, open_until, trips, 0, error, now)
             return open_until
 
+    def clear(self) -> None:
+        with self._lock:
+            self._states.clear()
+            self._failures.clear()
+            self._trials.clear()
+
     def close(self, deployment_id: int) -> None:
         with self._lock:
             self._states.pop(deployment_id, None)
@@ -185,11 +191,41 @@ def _key(deployment_id: int) -> str:
     return f"aperture:health:{settings.CACHE_KEY_PREFIX}:{deployment_id}"
 
 
+# What this process last read of each deployment, for at most HEALTH_CACHE_SECONDS: routing
+# reads health on every request, and a healthy gateway should not pay a Redis round trip for
+# it each time. This process's own failures and successes update it at once; another
+# process's reach it within that second.
+_seen: dict[int, tuple[float, State]] = {}
+
+
+def _remember(state: State) -> None:
+    _seen[state.deployment_id] = (time.monotonic(), state)
+
+
+def forget_cached() -> None:
+    """Forget what this process knows: read every state afresh (tests between cases)."""
+    _seen.clear()
+    _local.clear()
+
+
 def states(deployment_ids: list[int]) -> dict[int, State]:
-    """The state of each deployment (one round trip to Redis)."""
+    """The state of each deployment (cached for a second; else one round trip to Redis)."""
+    fresh_after = time.monotonic() - settings.HEALTH_CACHE_SECONDS
+    found: dict[int, State] = {}
+    for deployment_id in deployment_ids:
+        seen = _seen.get(deployment_id)
+        if seen is not None and seen[0] >= fresh_after:
+            found[deployment_id] = seen[1]
+    missing = [i for i in deployment_ids if i not in found]
+    if missing:
+        for state in _read(missing).values():
+            _remember(state)
+            found[state.deployment_id] = state
+    return found
+
+
+def _read(deployment_ids: list[int]) -> dict[int, State]:
     now = time.time()
-    if not deployment_ids:
-        return {}
     if _shared():
         try:
             client, _ = _redis()
@@ -252,9 +288,11 @@ def failed(deployment_id: int, error: str, retry_after: float = 0.0) -> float:
                     uuid.uuid4().hex,
                 ],
             )
+            _seen.pop(deployment_id, None)  # read afresh on this process's next request
             return float(result)
         except Exception as exc:  # noqa: BLE001
             _redis_failed(exc)
+    _seen.pop(deployment_id, None)
     return _local.fail(deployment_id, now, retry_after, error)
 
 
@@ -265,15 +303,18 @@ def closed(deployment_id: int) -> None:
             client, _ = _redis()
             key = _key(deployment_id)
             client.delete(key, f"{key}:f", f"{key}:t")
+            _remember(State(deployment_id))
             return
         except Exception as exc:  # noqa: BLE001
             _redis_failed(exc)
+    _seen.pop(deployment_id, None)
     _local.close(deployment_id)
 
 
 def force_open(deployment_id: int, seconds: float) -> None:
     """An operator takes a deployment out of rotation for `seconds`."""
     until = time.time() + seconds
+    _seen.pop(deployment_id, None)
     if _shared():
         try:
             client, _ = _redis()

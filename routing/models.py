@@ -184,7 +184,9 @@ class Deployment(models.Model):
     )
     upstream_model = models.CharField(max_length=200, help_text="The provider's model id.")
     priority = models.IntegerField(default=0, help_text="Lower is tried first; fallback order.")
-    weight = models.PositiveIntegerField(default=1, help_text="Load share among equal priority.")
+    weight = models.PositiveIntegerField(
+        default=1, help_text="Share of traffic under the alias's weighted strategy."
+    )
     timeout_seconds = models.PositiveIntegerField(
         default=120, help_text="Longest wait for the upstream's answer (read timeout)."
     )

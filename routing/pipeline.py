@@ -228,13 +228,18 @@ def pass_through(
     with released_if_failed(ticket):
         release_connection()  # 4. release
         started = time.monotonic()
+        outcome = "ok"
         try:
             upstream = passthrough.send(call)  # 5. call
         except ProviderError as error:
+            outcome = router.outcome_of(error)
             raise api_error_for(error) from None
         finally:
             call.close()
-        meter.upstream_ms = int((time.monotonic() - started) * 1000)
+            meter.upstream_ms = int((time.monotonic() - started) * 1000)
+            meter.attempts = [
+                router.Tried(1, None, call.target.provider, outcome, meter.upstream_ms).as_record()
+            ]
     meter.headers["x-aperture-provider"] = call.target.provider
     meter.headers["x-aperture-attempt"] = "1"
     return ProxiedResponse(

@@ -67,6 +67,7 @@ class Attempt:
     target: Target
     retry_after_timeout: bool = False  # the alias's: move on after a read timeout
     circuit_closed: bool = True  # when ordered (a success on a closed circuit writes nothing)
+    half_open: bool = False  # its cooldown is over: one request at a time may try it
 
     @property
     def free(self) -> bool:
@@ -176,10 +177,8 @@ def order(plan: Plan) -> list[Attempt]:
         status = state.status(now)
         if status == health.CLOSED:
             ready.append(attempt)
-        elif status == health.HALF_OPEN and health.take_trial(
-            attempt.deployment.pk, attempt.target.timeout_seconds + 5
-        ):
-            trials.append(replace(attempt, circuit_closed=False))
+        elif status == health.HALF_OPEN:  # its trial's lease is taken when it is called
+            trials.append(replace(attempt, circuit_closed=False, half_open=True))
         else:
             cooling.append((state.open_until, replace(attempt, circuit_closed=False)))
     if plan.alias.strategy == ModelAlias.Strategy.WEIGHTED:
@@ -205,7 +204,7 @@ class Tried:
     """One upstream call of a request, as the usage record lists it."""
 
     number: int
-    deployment_id: int
+    deployment_id: int | None  # None: a passthrough call (a credential, no deployment)
     provider: str
     outcome: str  # "ok", or the failure: "unreachable", "timeout", "rate_limited", ...
     ms: int
@@ -218,6 +217,11 @@ class Tried:
             "outcome": self.outcome,
             "ms": self.ms,
         }
+
+
+def outcome_of(error: ProviderError) -> str:
+    """How a failed upstream call is named on the usage record."""
+    return _outcome(error)[0]
 
 
 def _outcome(error: ProviderError) -> tuple[str, bool]:
@@ -274,6 +278,15 @@ def _failed(attempt: Attempt, error: ProviderError, started: float, tried: list[
     return error.retryable
 
 
+def _may_try(attempt: Attempt, tried: list[Tried], *, last: bool) -> bool:
+    """A half-open deployment is tried by one request at a time (a lease, taken only when the
+    call is made); a request that would otherwise make no call at all still makes this one."""
+    if not attempt.half_open:
+        return True
+    lease = attempt.target.timeout_seconds + 5
+    return health.take_trial(attempt.deployment.pk, lease) or (last and not tried)
+
+
 def _succeeded(attempt: Attempt, started: float, tried: list[Tried]) -> None:
     tried.append(
         Tried(
@@ -298,7 +311,9 @@ def with_references(attempts: list[Attempt]) -> list[Attempt]:
 def call(attempts: list[Attempt], tried: list[Tried]) -> tuple[Attempt, ImageResult]:
     """Try each attempt in order (see the module's policy); `tried` lists every call."""
     last_error: ProviderError | None = None
-    for attempt in attempts:
+    for index, attempt in enumerate(attempts):
+        if not _may_try(attempt, tried, last=index == len(attempts) - 1):
+            continue
         adapter = adapter_for(attempt.target.provider)
         started = time.monotonic()
         try:
@@ -318,9 +333,11 @@ def open_stream(attempts: list[Attempt], tried: list[Tried]) -> tuple[Attempt, E
     """The first streaming deployment that answers. Once a stream has begun it is this
     deployment's: there is no moving on after the first byte."""
     last_error: ProviderError | None = None
-    for attempt in attempts:
+    for index, attempt in enumerate(attempts):
         if not attempt.request.stream:
             continue  # a fallback that cannot stream is not mixed into a stream
+        if not _may_try(attempt, tried, last=index == len(attempts) - 1):
+            continue
         started = time.monotonic()
         try:
             source = adapter_for(attempt.target.provider).stream(attempt.request, attempt.target)

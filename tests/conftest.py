@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from routing import health
 from routing import services as routing_services
 from routing.models import ModelAlias, Provider, ProviderCredential
 from tenants import key_auth, services
@@ -42,6 +43,7 @@ def _clear_shared_state() -> None:
 def _clear_cache() -> Iterator[None]:
     _clear_shared_state()
     key_auth._touched_here.clear()  # keyed by row id, which SQLite reuses between tests
+    health.forget_cached()  # deployment health this process remembers, by row id too
     yield
     _clear_shared_state()
 

@@ -34,7 +34,8 @@ class NativeImageRouteOut(serializers.Serializer[Any]):
         choices=["per_image", "free", "refused"],
         help_text="per_image: counted and charged per image as on /v1 (a model without a price "
         "is refused, 400 model_not_priced); free: this credential serves at no charge; refused: "
-        "the gateway cannot count its images (400 route_not_priced). Other paths cost nothing.",
+        "the gateway cannot count its images (400 route_not_priced). Any other POST, PUT or "
+        "PATCH is refused the same way unless the credential is free; reads cost nothing.",
     )
 
 
