@@ -174,7 +174,8 @@ def test_bodies_trickled_past_the_limit_get_408_and_the_worker_serves_on(
                 "code": "request_timeout",
             }
         }, path
-        assert BODY_TIMEOUT <= outcome.seconds < BODY_TIMEOUT + 2, (path, outcome.seconds)
+        # Near the limit (gevent's timer may fire a hair early), not when the body would end.
+        assert BODY_TIMEOUT - 0.2 <= outcome.seconds < BODY_TIMEOUT + 2, (path, outcome.seconds)
         assert outcome.bytes_sent < 20, path
         assert outcome.closed_by_server, path  # the connection is not kept for another request
         records = UsageRecord.objects.filter(endpoint=endpoint, status=408)
