@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -52,6 +53,7 @@ from routing.tally import Counted
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NoDeployment(ApiError):
@@ -309,45 +311,42 @@ def with_references(attempts: list[Attempt]) -> list[Attempt]:
 
 
 def call(attempts: list[Attempt], tried: list[Tried]) -> tuple[Attempt, ImageResult]:
-    """Try each attempt in order (see the module's policy); `tried` lists every call."""
-    last_error: ProviderError | None = None
-    for index, attempt in enumerate(attempts):
-        if not _may_try(attempt, tried, last=index == len(attempts) - 1):
-            continue
-        adapter = adapter_for(attempt.target.provider)
-        started = time.monotonic()
-        try:
-            result = fanout.generate(adapter, attempt.request, attempt.target)
-        except ProviderError as error:
-            last_error = error
-            if not _failed(attempt, error, started, tried):
-                break
-            continue
-        _succeeded(attempt, started, tried)
-        return attempt, result
-    assert last_error is not None
-    raise api_error_for(last_error)
+    """The first deployment that answers (see the module's policy); `tried` lists every call."""
+    return _first_answer(
+        attempts,
+        tried,
+        lambda a: fanout.generate(adapter_for(a.target.provider), a.request, a.target),
+    )
 
 
 def open_stream(attempts: list[Attempt], tried: list[Tried]) -> tuple[Attempt, EventSource]:
     """The first streaming deployment that answers. Once a stream has begun it is this
-    deployment's: there is no moving on after the first byte."""
+    deployment's: there is no moving on after the first byte. A fallback that cannot stream
+    is not mixed into a stream."""
+    return _first_answer(
+        [a for a in attempts if a.request.stream],
+        tried,
+        lambda a: adapter_for(a.target.provider).stream(a.request, a.target),
+    )
+
+
+def _first_answer(
+    attempts: list[Attempt], tried: list[Tried], make: Callable[[Attempt], T]
+) -> tuple[Attempt, T]:
     last_error: ProviderError | None = None
     for index, attempt in enumerate(attempts):
-        if not attempt.request.stream:
-            continue  # a fallback that cannot stream is not mixed into a stream
         if not _may_try(attempt, tried, last=index == len(attempts) - 1):
             continue
         started = time.monotonic()
         try:
-            source = adapter_for(attempt.target.provider).stream(attempt.request, attempt.target)
+            answer = make(attempt)
         except ProviderError as error:
             last_error = error
             if not _failed(attempt, error, started, tried):
                 break
             continue
         _succeeded(attempt, started, tried)
-        return attempt, source
+        return attempt, answer
     if last_error is None:
-        raise NoDeployment("No deployment that can stream this request is available.")
+        raise NoDeployment("No deployment that can serve this request is available.")
     raise api_error_for(last_error)

@@ -121,9 +121,11 @@ def test_a_hosted_url_serves_the_image_until_it_expires(
     platform_alias: ModelAlias,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    before_signing = hosting.now()
     result = _sdk(live_server, api_key.secret).images.generate(
         model="demo-image", prompt="a fox", size="200x100", response_format="url"
     )
+    after_signing = hosting.now()
     url = (result.data or [])[0].url
     assert url and url.startswith(f"{live_server.url}/v1/images/files/")
     served = requests.get(url, timeout=10)
@@ -134,10 +136,11 @@ def test_a_hosted_url_serves_the_image_until_it_expires(
     tampered = url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB")
     assert requests.get(tampered, timeout=10).status_code == 404
 
-    real_now = hosting.now()
-    monkeypatch.setattr(hosting, "now", lambda: real_now + 3599)
+    # The link was signed between the two readings: valid 3,599 s after the first (whatever
+    # the second it was signed in), expired 3,601 s after the second.
+    monkeypatch.setattr(hosting, "now", lambda: before_signing + 3599)
     assert requests.get(url, timeout=10).status_code == 200
-    monkeypatch.setattr(hosting, "now", lambda: real_now + 3601)
+    monkeypatch.setattr(hosting, "now", lambda: after_signing + 3601)
     expired = requests.get(url, timeout=10)
     assert expired.status_code == 404
     assert expired.json()["error"]["message"] == "This image link has expired."
