@@ -92,17 +92,32 @@ class PassthroughTarget:
     guarded: bool = False
 
 
+def passthrough_credentials(
+    workspace_id: int, *, name: str | None = None, fields: tuple[str, ...] = ()
+) -> list[ProviderCredential]:
+    """The enabled credentials open for passthrough to a workspace, by name: its own shadows
+    the platform's of the same name (even when its own is not open). One query; `fields`
+    limits what is read (a listing need not decrypt anything)."""
+    rows = ProviderCredential.objects.filter(
+        Q(workspace_id=workspace_id) | Q(workspace__isnull=True), enabled=True
+    )
+    if name is not None:
+        rows = rows.filter(name=name)
+    if fields:
+        rows = rows.only(*fields)
+    chosen: dict[str, ProviderCredential] = {}
+    for credential in rows:
+        if credential.name not in chosen or credential.workspace_id is not None:
+            chosen[credential.name] = credential
+    return [chosen[n] for n in sorted(chosen) if chosen[n].passthrough_enabled]
+
+
 def _find_passthrough(workspace_id: int, name: str) -> PassthroughTarget | None:
     """The workspace's own credential of that name, else the platform's one."""
-    matches = list(
-        ProviderCredential.objects.filter(
-            Q(workspace_id=workspace_id) | Q(workspace__isnull=True), name=name, enabled=True
-        )[:2]
-    )
-    credential = next((c for c in matches if c.workspace_id is not None), None)
-    credential = credential or next(iter(matches), None)
-    if credential is None or not credential.passthrough_enabled:
+    found = passthrough_credentials(workspace_id, name=name)
+    if not found:
         return None
+    credential = found[0]
     return PassthroughTarget(
         credential_id=credential.pk,
         name=credential.name,

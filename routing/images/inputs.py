@@ -15,6 +15,8 @@ import binascii
 import io
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import BinaryIO
 
@@ -41,20 +43,9 @@ def _inspect(handle: BinaryIO, param: str) -> tuple[str, int, int]:
 
 def _read_header(handle: BinaryIO, param: str) -> tuple[str, int, int]:
     """Format and size as the header says, no pixel decoded; 400 above the pixel cap."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(handle) as image:
-                image_format = image.format or ""
-                width, height = image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequest(
-            f"'{param}' has too many pixels to be decoded safely.", param=param
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InvalidRequest(
-            f"'{param}' is not a decodable PNG, JPEG or WebP image.", param=param
-        ) from None
+    with _opened(handle, param) as image:
+        image_format = image.format or ""
+        width, height = image.size
     if image_format not in FORMATS:
         raise InvalidRequest(
             f"'{param}' must be a PNG, JPEG or WebP image, not {image_format}.", param=param
@@ -72,11 +63,19 @@ def _read_header(handle: BinaryIO, param: str) -> tuple[str, int, int]:
 
 def _decode(handle: BinaryIO, param: str) -> None:
     """Decode every pixel: a truncated or corrupt file fails here, not upstream."""
+    with _opened(handle, param) as image:
+        image.load()
+
+
+@contextmanager
+def _opened(handle: BinaryIO, param: str) -> Iterator[Image.Image]:
+    """The image opened with the decompression-bomb guard as an error; whatever Pillow
+    cannot read, while opening or within the block, is a 400 naming `param`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(handle) as image:
-                image.load()
+                yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidRequest(
             f"'{param}' has too many pixels to be decoded safely.", param=param

@@ -15,8 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from django.db.models import Q
-
+from routing import selectors
 from routing.models import Provider, ProviderCredential
 from routing.passthrough.headers import CALLER_KEY_HEADERS
 from routing.passthrough.paths import CALLER_KEY_PARAMS
@@ -190,19 +189,10 @@ _LISTED_FIELDS = (
 
 
 def open_credentials(workspace_id: int) -> list[ProviderCredential]:
-    """The credentials open for passthrough to the workspace, by name, in one query."""
-    rows = ProviderCredential.objects.filter(
-        Q(workspace_id=workspace_id) | Q(workspace__isnull=True), enabled=True
-    ).only(*_LISTED_FIELDS)
-    chosen: dict[str, ProviderCredential] = {}
-    for credential in rows:
-        if credential.name not in chosen or credential.workspace_id is not None:
-            chosen[credential.name] = credential
-    return [
-        chosen[name]
-        for name in sorted(chosen)
-        if chosen[name].passthrough_enabled and chosen[name].provider != Provider.LOCAL
-    ]
+    """The credentials open for passthrough to the workspace, as a call finds them
+    (routing/selectors.py), less the local renderer, which has no native API."""
+    found = selectors.passthrough_credentials(workspace_id, fields=_LISTED_FIELDS)
+    return [c for c in found if c.provider != Provider.LOCAL]
 
 
 def _entry(credential: ProviderCredential) -> PassthroughEntry:
