@@ -49,6 +49,13 @@ class InvalidRequest(ApiError):
     status = 400
 
 
+class ContentPolicyViolation(ApiError):
+    """A guardrail policy refused the request (routing/guardrails)."""
+
+    status = 400
+    code = "content_policy_violation"
+
+
 class Unsupported(ApiError):
     status = 400
     code = "unsupported"
@@ -128,6 +135,14 @@ class UpstreamTimeout(ApiError):
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"
+
+
+class GuardrailUnavailable(ApiError):
+    """A fail-closed moderation policy could not get a verdict."""
+
+    status = 503
+    type = "server_error"
+    code = "guardrail_unavailable"
 
 
 def error_body(

@@ -361,6 +361,10 @@ HEALTH_COOLDOWN_MAX_SECONDS = env.float("APERTURE_HEALTH_COOLDOWN_MAX_SECONDS", 
 HEALTH_CACHE_SECONDS = env.float("APERTURE_HEALTH_CACHE_SECONDS", default=1.0)
 # How often the Celery beat probes deployments whose circuit is open.
 HEALTH_PROBE_INTERVAL_SECONDS = env.float("APERTURE_HEALTH_PROBE_INTERVAL_SECONDS", default=30.0)
+# Guardrails (routing/guardrails): how long a prompt's moderation scores are reused, by hash.
+GUARDRAIL_MODERATION_CACHE_SECONDS = env.int(
+    "APERTURE_GUARDRAIL_MODERATION_CACHE_SECONDS", default=300
+)
 IMAGE_URL_TTL_SECONDS = env.int("APERTURE_IMAGE_URL_TTL_SECONDS", default=3600)
 # Downloads of upstream-hosted images (when a tenant asks for b64_json).
 FETCH_TIMEOUT_SECONDS = env.float("APERTURE_FETCH_TIMEOUT_SECONDS", default=30.0)

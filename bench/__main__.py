@@ -11,8 +11,10 @@ Redis on 127.0.0.1) as their own processes, then measures on loopback:
   5. images: peak memory under 20 concurrent 20 MB edits and 20 concurrent n=4 x 4 MB
      generations, and a stream's time to its first partial image, gateway vs direct;
   6. management: usage aggregates and the CSV export over 200,000 usage records;
-  7. deployment health: an alias whose first deployment hangs vs one that is healthy.
-`python -m bench --only passthrough` (or core, images, management, health) runs one section.
+  7. deployment health: an alias whose first deployment hangs vs one that is healthy;
+  8. guardrails: the guard step with no policy, 10 local policies and a moderation policy.
+`python -m bench --only passthrough` (or core, images, management, health, guardrails) runs
+one section.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["core", "passthrough", "images", "management", "health"],
+        choices=["core", "passthrough", "images", "management", "health", "guardrails"],
         help="run one section",
     )
     args = parser.parse_args()
@@ -181,6 +183,9 @@ def main() -> None:
             run_images(gateway_url, upstream_url, key, lambda: _rss_mb(gateway.pid))
         if args.only in (None, "health"):
             run_health(gateway_url, hanging, key)
+        if args.only in (None, "guardrails"):
+            guard = [sys.executable, "-m", "bench.guardrails"]
+            subprocess.run(guard, cwd=ROOT, env=env, check=True)
         if args.only in (None, "management"):
             usage = json.loads(
                 subprocess.run(

@@ -50,6 +50,8 @@ class Meter:
     error_code: str = ""
     # Every upstream call of the request, in order (routing/router.py's Tried.as_record).
     attempts: list[dict[str, object]] = field(default_factory=list)
+    # Guardrail policies that matched (routing/guardrails): names, never the prompt.
+    guardrails: list[dict[str, str]] = field(default_factory=list)
 
     def finish(self) -> None:
         """Stop the clock: the response is complete."""
@@ -95,6 +97,7 @@ _COLUMNS = (
     "path",
     "upstream_cost_micro",
     "attempts",
+    "guardrails",
 )
 # One plain INSERT: the ORM's model machinery costs more CPU than the statement itself.
 _INSERT = (
@@ -136,6 +139,7 @@ def _insert(
         meter.path[:500],
         meter.upstream_cost_micro,
         connection.ops.adapt_json_value(meter.attempts, None),
+        connection.ops.adapt_json_value(meter.guardrails, None),
     )
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, values)

@@ -229,6 +229,12 @@ class UsageRecord(models.Model):
         blank=True,
         help_text="Every upstream call: attempt, deployment, provider, outcome, ms.",
     )
+    guardrails = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Guardrail policies that matched: [{policy, scope, action, on}], where "
+        "action is block, flag or withhold and on is prompt or output.",
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from aperture import openapi  # noqa: F401 - registers the API key security scheme
 from billing.api import budgets, usage
-from routing.api import aliases, credentials, passthrough
+from routing.api import aliases, credentials, guardrails, passthrough
 from tenants.api import audit, keys, teams
 
 urlpatterns = [
@@ -46,6 +46,17 @@ urlpatterns = [
         "api/v1/credentials/<str:credential_id>/test",
         credentials.CredentialTestView.as_view(),
         name="api-credential-test",
+    ),
+    path("api/v1/guardrails", guardrails.GuardrailListView.as_view(), name="api-guardrails"),
+    path(
+        "api/v1/guardrails/<str:guardrail_id>",
+        guardrails.GuardrailDetailView.as_view(),
+        name="api-guardrail",
+    ),
+    path(
+        "api/v1/guardrails/<str:guardrail_id>/test",
+        guardrails.GuardrailTestView.as_view(),
+        name="api-guardrail-test",
     ),
     path("api/v1/passthrough", passthrough.PassthroughListView.as_view(), name="api-passthrough"),
     path("api/v1/audit-events", audit.AuditEventListView.as_view(), name="api-audit-events"),

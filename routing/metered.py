@@ -64,9 +64,9 @@ class MeteredView(APIView):
             )
             return response
         assert isinstance(response, Response)
-        error_code = ""
+        error_code = meter.error_code  # the pipeline's own word for it (e.g. "guardrail")
         response.render()
-        if response.status_code >= 400 and isinstance(response.data, dict):
+        if not error_code and response.status_code >= 400 and isinstance(response.data, dict):
             error_code = str((response.data.get("error") or {}).get("code") or "")
         meter.finish()
         # Written once the response has gone out (WSGI calls close() after the last byte),

@@ -226,3 +226,133 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias.name} → {self.credential.name}:{self.upstream_model}"
+
+
+class GuardrailPolicy(models.Model):
+    """A rule a request's prompt (and, for moderation, its images) must pass before money is
+    spent: the platform's for everyone, a workspace's for its own keys only."""
+
+    class Kind(models.TextChoices):
+        KEYWORDS = "keywords", "Keywords (whole words, any case or accent)"
+        REGEX = "regex", "Regular expressions (RE2, linear time)"
+        PII = "pii", "Personal data (email, phone, payment card, IBAN)"
+        MODERATION = "moderation", "Moderation model (OpenAI's moderation endpoint)"
+
+    class Action(models.TextChoices):
+        BLOCK = "block", "Block (400 content_policy_violation, no upstream call)"
+        FLAG = "flag", "Flag (served; the usage record names the policy)"
+
+    class Route(models.TextChoices):
+        GENERATIONS = "generations", "Generations"
+        EDITS = "edits", "Edits"
+        PASSTHROUGH = "passthrough", "Passthrough image routes"
+
+    public_id = models.CharField(max_length=32, unique=True, default=public_id, editable=False)
+    workspace = models.ForeignKey(
+        Workspace,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="guardrails",
+        help_text="Empty: a platform policy, applied to every workspace.",
+    )
+    name = models.SlugField(max_length=64, help_text="Named in the error a blocked caller gets.")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    action = models.CharField(max_length=8, choices=Action.choices, default=Action.BLOCK)
+    applies_to = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Routes checked: any of "generations", "edits", "passthrough" (jobs run as '
+        "generations and edits). Empty: all of them.",
+    )
+    patterns = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="keywords: the words or phrases; regex: RE2 patterns (no backreferences or "
+        "lookaround), matched case-insensitively.",
+    )
+    detectors = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='pii: any of "email", "phone", "payment_card", "iban". Empty: all four.',
+    )
+    credential = models.ForeignKey(
+        ProviderCredential,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="guardrails",
+        help_text="moderation: the OpenAI credential the moderation endpoint is called with.",
+    )
+    moderation_model = models.CharField(max_length=64, default="omni-moderation-latest")
+    categories = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='moderation: {"category": threshold from 0 to 1}; a score at or above a '
+        "threshold matches. Empty: the model's own verdict (`flagged`).",
+    )
+    check_prompt = models.BooleanField(
+        default=True, help_text="moderation: check the prompt before the upstream call."
+    )
+    check_output = models.BooleanField(
+        default=False,
+        help_text="moderation: check the generated images before they are returned (not on "
+        "streams or passthrough).",
+    )
+    allow_partial = models.BooleanField(
+        default=False,
+        help_text="Output: return the images that passed when others were withheld; off, a "
+        "withheld image fails the whole request.",
+    )
+    charge_withheld = models.BooleanField(
+        default=True, help_text="Output: charge withheld images (the provider charged for them)."
+    )
+    timeout_seconds = models.FloatField(
+        default=3.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(30)],
+        help_text="moderation: longest wait for the moderation endpoint.",
+    )
+    fail_open = models.BooleanField(
+        default=False,
+        help_text="moderation: when the endpoint fails or times out, serve the request "
+        "(on) or refuse it with 503 guardrail_unavailable (off).",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["workspace_id", "name"]
+        verbose_name = "guardrail policy"
+        verbose_name_plural = "guardrail policies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "name"],
+                condition=Q(workspace__isnull=False),
+                name="guardrail_name_unique_in_workspace",
+            ),
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=Q(workspace__isnull=True),
+                name="guardrail_name_unique_platform",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["keywords", "regex", "pii", "moderation"]),
+                name="guardrail_kind_known",
+            ),
+            models.CheckConstraint(
+                condition=Q(action__in=["block", "flag"]), name="guardrail_action_known"
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="moderation") | Q(credential__isnull=False),
+                name="guardrail_moderation_has_credential",
+            ),
+        ]
+        indexes = [
+            # The pipeline: the enabled policies of the platform and of one workspace.
+            models.Index(fields=["workspace", "enabled"], name="guardrail_scope"),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.workspace.slug if self.workspace else "platform"
+        return f"{self.name} ({scope}, {self.kind}, {self.action})"

@@ -5,6 +5,8 @@ Azure-style routes and passthrough — runs these steps, in this order:
              credential and native path (routing/passthrough/service.py), with the body
              read and validated; a model without a price is refused here (400)
 2. estimate  the worst case: every image the call may produce, at the dearest price
+   guard     the prompt against the platform's and the workspace's guardrail policies
+             (routing/guardrails): a blocked prompt is a 400 before anything is held
 3. admit     rate limits and budget holds for that worst case (billing/admission.py):
              429 or 402 before anything goes upstream
 4. release   the database connection, before waiting on an upstream
@@ -12,6 +14,7 @@ Azure-style routes and passthrough — runs these steps, in this order:
              moves on within the alias's retry policy
 6. tally     what the upstream produced (routing/tally.py); an answer relayed as it comes
              is tallied as it passes, and read to its end if the caller hangs up
+   screen    with an output moderation policy, the images before they are returned
 7. settle    the hold into what was produced (never past a budget)
 8. record    one usage record, once the answer has gone out (routing/metered.py)
 
@@ -33,6 +36,7 @@ from aperture.db import release_connection
 from billing import admission, pricing
 from billing.metering import Meter
 from routing import router
+from routing.guardrails import check as guardrails
 from routing.images import results
 from routing.images.edit_form import EditForm
 from routing.images.results import UrlBuilder
@@ -144,6 +148,13 @@ def generate(
     estimate = Estimate(  # 2. estimate
         images=first.request.n, cost_micro=max(a.estimate_micro() for a in attempts)
     )
+    route = "edits" if edit is not None else "generations"
+    screening = guardrails.output_policies(principal, route)
+    if first.request.stream:
+        guardrails.refuse_stream(screening)
+    guardrails.check_prompt(  # guard
+        principal=principal, meter=meter, route=route, prompt=first.request.prompt
+    )
     ticket = admit(principal, meter, estimate)  # 3. admit
     with released_if_failed(ticket):
         release_connection()  # 4. release
@@ -161,10 +172,17 @@ def generate(
         _served_by(meter, attempt, len(tried))
         request, target = attempt.request, attempt.target
         caps = adapter_for(target.provider).capabilities(target.upstream_model, target.options)
+        images = result.images[: request.n]  # never more than asked for: the hold is for n
+        made = len(images)
+        screened = None
         try:  # 6. tally: the images as the caller gets them
-            data = [  # never more than asked for: the hold and the budget are for n
+            if screening:  # screen
+                images, screened = guardrails.screen_images(
+                    meter=meter, policies=screening, images=images, provider=target.provider
+                )
+            data = [
                 results.finish_image(image, request, target.provider, url_for, caps.lasting_urls)
-                for image in result.images[: request.n]
+                for image in images
             ]
         except ProviderError as error:  # downloading or decoding the upstream's image failed
             raise api_error_for(error) from None
@@ -173,12 +191,18 @@ def generate(
     meter.output_tokens = pricing.token_count(usage.get("output_tokens"))
     meter.upstream_cost_micro = _upstream_cost(usage.get("cost"))
     produced = Counted(
-        images=len(data),
+        images=made,
         size=result.metadata.get("size"),
         quality=result.metadata.get("quality"),
         usage=result.usage,
     )
-    settle(ticket, images=len(data), cost_micro=attempt.cost_of(produced))  # 7. settle
+    cost, charged = attempt.cost_of(produced), len(data)
+    if screened is not None:  # withheld images are paid for unless the policy says not
+        charged = screened.charged
+        cost = cost * charged // made if made else 0
+    settle(ticket, images=charged, cost_micro=cost)  # 7. settle
+    if screened is not None:
+        guardrails.refuse_output(principal, meter, screened)  # paid for, withheld
     return results.response_body(data, request, result)
 
 
@@ -224,6 +248,14 @@ def pass_through(
     estimate = Estimate(  # 2. estimate
         images=facts.n if facts else 0, cost_micro=call.estimate_micro()
     )
+    if call.route is not None:  # guard: an image route's prompt, as the gateway reads it
+        try:
+            guardrails.check_prompt(
+                principal=principal, meter=meter, route="passthrough", prompt=call.prompt
+            )
+        except BaseException:
+            call.close()
+            raise
     ticket = admit(principal, meter, estimate, unpriced_call=facts is None)  # 3. admit
     with released_if_failed(ticket):
         release_connection()  # 4. release

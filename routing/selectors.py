@@ -2,12 +2,12 @@
 
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from aperture import config_cache
 from aperture.errors import ModelNotFound, NotFound, PermissionError_
 from billing import pricing
-from routing.models import Deployment, ModelAlias, ProviderCredential
+from routing.models import Deployment, GuardrailPolicy, ModelAlias, ProviderCredential
 from tenants.key_auth import KeyPrincipal
 
 
@@ -228,3 +228,22 @@ def unpriced_description(deployment: Deployment) -> str:
         f"alias {alias.name} ({scope}) → credential {credential.name} "
         f"({credential.provider}): model {deployment.upstream_model}"
     )
+
+
+def guardrails_of_workspace(workspace_id: int) -> QuerySet[GuardrailPolicy]:
+    """The platform's enabled policies (those applied to this workspace), then every one of
+    the workspace's own, each by name."""
+    return (
+        GuardrailPolicy.objects.filter(
+            Q(workspace_id=workspace_id) | Q(workspace__isnull=True, enabled=True)
+        )
+        .select_related("credential")
+        .order_by(F("workspace_id").asc(nulls_first=True), "name")
+    )
+
+
+def guardrail_of_workspace(workspace_id: int, public_id: str) -> GuardrailPolicy:
+    policy = guardrails_of_workspace(workspace_id).filter(public_id=public_id).first()
+    if policy is None:
+        raise NotFound(f"No guardrail '{public_id}' in this workspace.")
+    return policy

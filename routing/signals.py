@@ -1,4 +1,4 @@
-"""Any saved or deleted alias, deployment, credential, price or budget invalidates every
+"""Any saved or deleted alias, deployment, credential, guardrail, price or budget invalidates every
 process's cached routes.
 
 Signals rather than service calls, so that admin saves, inlines and the config file all
@@ -11,7 +11,7 @@ from django.db.models.signals import post_delete, post_save
 
 from aperture import config_cache
 from billing.models import Budget, Price
-from routing.models import Deployment, ModelAlias, ProviderCredential
+from routing.models import Deployment, GuardrailPolicy, ModelAlias, ProviderCredential
 
 
 def _invalidate(sender: Any, **kwargs: Any) -> None:
@@ -19,6 +19,6 @@ def _invalidate(sender: Any, **kwargs: Any) -> None:
 
 
 def connect() -> None:
-    for model in (ModelAlias, Deployment, ProviderCredential, Price, Budget):
+    for model in (ModelAlias, Deployment, ProviderCredential, GuardrailPolicy, Price, Budget):
         post_save.connect(_invalidate, sender=model, dispatch_uid=f"routes-{model.__name__}-save")
         post_delete.connect(_invalidate, sender=model, dispatch_uid=f"routes-{model.__name__}-del")

@@ -103,4 +103,11 @@ def workspace_credential_delete(*, actor: str, credential: ProviderCredential) -
             "deployments first.",
             code="credential_in_use",
         )
+    guarding = sorted(credential.guardrails.values_list("name", flat=True))
+    if guarding:
+        raise Conflict(
+            f"The guardrail policies {guarding} still use this credential; delete them or "
+            "give them another credential first.",
+            code="credential_in_use",
+        )
     services.credential_delete(actor=actor, credential=credential)

@@ -13,9 +13,11 @@ def audit_record(
     event: str,
     target: models.Model | tuple[str, str],
     workspace: Workspace | None = None,
+    workspace_id: int | None = None,
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Write one audit row. `target` is a model instance or a (type, id) pair."""
+    """Write one audit row. `target` is a model instance or a (type, id) pair; the workspace
+    is given as a row or, where only its id is at hand, as `workspace_id`."""
     if isinstance(target, tuple):
         target_type, target_id = target
     else:
@@ -26,7 +28,7 @@ def audit_record(
         event=event,
         target_type=target_type,
         target_id=target_id,
-        workspace=workspace,
+        workspace_id=workspace.pk if workspace is not None else workspace_id,
         data=data or {},
     )
 

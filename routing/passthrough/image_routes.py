@@ -115,3 +115,25 @@ def request_facts(route: ImageRoute, fields: Mapping[str, Any]) -> RequestFacts:
         size=size if isinstance(size, str) and size != "auto" else None,
         quality=quality if isinstance(quality, str) and quality != "auto" else None,
     )
+
+
+def _gemini_texts(value: Any) -> list[str]:
+    """Every `text` of a Gemini content (or list of them): parts in any nesting Google reads."""
+    if isinstance(value, list):
+        return [text for item in value for text in _gemini_texts(item)]
+    if not isinstance(value, dict):
+        return [value] if isinstance(value, str) else []
+    texts = [value["text"]] if isinstance(value.get("text"), str) else []
+    return texts + _gemini_texts(value.get("parts"))
+
+
+def prompt_of(route: ImageRoute, fields: Mapping[str, Any]) -> str:
+    """The prompt the guardrails read: OpenAI's `prompt`, or every text part of Gemini's
+    contents and system instruction."""
+    if route.family == "gemini":
+        texts = _gemini_texts(fields.get("contents"))
+        for name in ("systemInstruction", "system_instruction"):
+            texts += _gemini_texts(fields.get(name))
+        return "\n".join(texts)
+    prompt = fields.get("prompt")
+    return prompt if isinstance(prompt, str) else ""

@@ -59,6 +59,7 @@ class NativeCall:
     data: bytes | IO[bytes] | UploadStream | None
     route: ImageRoute | None  # an image route: priced and counted
     facts: image_routes.RequestFacts | None  # on an image route, what the body asks for
+    prompt: str = ""  # on an image route, what the guardrails read
 
     def estimate_micro(self) -> int:
         """The most an image route's call may cost; 0 for a free credential or another route."""
@@ -129,6 +130,7 @@ def resolve(*, principal: KeyPrincipal, meter: Meter, request: NativeRequest) ->
         read = read_fields(body, meter)
         call.data = read.data
         call.facts = image_routes.request_facts(route, read.fields)
+        call.prompt = image_routes.prompt_of(route, read.fields)
         meter.upstream_model = call.facts.model
         pricing.require_price(target.provider, call.facts.model, free=target.free)
     elif method not in _BODYLESS or body.length:

@@ -14,6 +14,12 @@ from tenants.services import CreatedKey
 from tests.openapi_check import check_response, checked_client_for, published_schema
 
 MANAGEMENT_OPERATIONS = {
+    ("get", "/api/v1/guardrails"),
+    ("post", "/api/v1/guardrails"),
+    ("get", "/api/v1/guardrails/{guardrail_id}"),
+    ("patch", "/api/v1/guardrails/{guardrail_id}"),
+    ("delete", "/api/v1/guardrails/{guardrail_id}"),
+    ("post", "/api/v1/guardrails/{guardrail_id}/test"),
     ("get", "/api/v1/workspace"),
     ("get", "/api/v1/teams"),
     ("post", "/api/v1/teams"),

@@ -267,7 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized(recorded):
             self._json(401, _error("Incorrect API key provided.", code="invalid_api_key"))
             return
-        if isinstance(body, dict) and str(body.get("model", "")).startswith("grok"):
+        if parts.path == "/v1/moderations":
+            self._moderate(body)
+        elif isinstance(body, dict) and str(body.get("model", "")).startswith("grok"):
             self._xai(body)
         elif parts.path == "/api/v3/images/generations":
             self._seedream(body)
@@ -674,6 +676,42 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _moderate(self, body: Any) -> None:
+        """OpenAI's moderation endpoint: a text is flagged for violence when it holds one of
+        `moderation_words`; an image when its first pixel is red (see `image_colors`)."""
+        fake = self.server.fake
+        if fake.moderation_delay:
+            time.sleep(fake.moderation_delay)
+        items = body.get("input") if isinstance(body, dict) else None
+        if isinstance(items, str):
+            items = [{"type": "text", "text": items}]
+        score = 0.01
+        for item in items or []:
+            if item.get("type") == "text":
+                words = set(str(item.get("text", "")).lower().split())
+                score = 0.97 if words & fake.moderation_words else score
+            elif item.get("type") == "image_url":
+                url = item["image_url"]["url"]
+                data = base64.b64decode(url.split(",", 1)[1])
+                pixel = Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0))
+                assert isinstance(pixel, tuple)
+                score = 0.95 if pixel[0] > 150 and pixel[1] < 80 else score
+        self._json(
+            200,
+            {
+                "id": f"modr-{uuid.uuid4().hex[:12]}",
+                "model": body.get("model", "omni-moderation-latest"),
+                "results": [
+                    {
+                        "flagged": score > 0.5,
+                        "categories": {"violence": score > 0.5, "hate": False},
+                        "category_scores": {"violence": score, "hate": 0.02},
+                        "category_applied_input_types": {"violence": ["text"], "hate": ["text"]},
+                    }
+                ],
+            },
+        )
+
     def _generate(self, body: Any, model: str) -> None:
         if not isinstance(body, dict) or not body.get("prompt"):
             self._json(400, _error("'prompt' is required", code="missing_prompt"))
@@ -682,9 +720,12 @@ class _Handler(BaseHTTPRequestHandler):
         width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))
         fmt = body.get("output_format", "png")
         data = self.server.fake.big_image or png(width, height, fmt)
+        colors = self.server.fake.image_colors
         dall_e = model.startswith("dall-e")
         items = []
-        for _ in range(int(body.get("n", 1))):
+        for index in range(int(body.get("n", 1))):
+            if colors:
+                data = png(width, height, fmt, colors[index % len(colors)])
             if dall_e and body.get("response_format", "url") == "url":
                 file_id = f"{uuid.uuid4().hex}.png"
                 self.server.fake.files[file_id] = (data, "image/png")
@@ -719,6 +760,11 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.files: dict[str, tuple[bytes, str]] = {}
         self.big_image: bytes | None = None  # every generated image, when a test sets one
+        # The colours of a response's images in turn (OpenAI's generations), when set.
+        self.image_colors: list[tuple[int, int, int]] = []
+        # The moderation endpoint: words that flag a text, and its latency.
+        self.moderation_words = {"gore"}
+        self.moderation_delay = 0.0
         # Black Forest Labs: tasks (polls left before ready, request), and how they end.
         self.bfl_tasks: dict[str, list[Any]] = {}
         self.bfl_pending = 2
