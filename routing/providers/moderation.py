@@ -1,4 +1,4 @@
-"""OpenAI's moderation endpoint (docs/providers.md §Moderation): one call classifies one
+"""OpenAI's moderation endpoint (docs/providers.md §12): one call classifies one
 input, text or an image, and answers whether it is flagged and a score per category."""
 
 from __future__ import annotations

@@ -439,3 +439,23 @@ def test_a_workspace_credential_a_guardrail_uses_cannot_be_deleted(
     assert response.json()["error"]["code"] == "credential_in_use"
     assert "moderated" in response.json()["error"]["message"]
     assert ProviderCredential.objects.filter(pk=credential.pk).exists()
+
+
+def test_the_official_sdk_sees_a_block_as_a_bad_request_naming_the_policy(
+    live_server, api_key: CreatedKey, platform_alias: ModelAlias, fake_upstream: FakeUpstream
+) -> None:
+    import openai
+
+    _policy("no-cards", kind="pii", detectors=["payment_card"])
+    client = openai.OpenAI(
+        base_url=f"{live_server.url}/v1", api_key=api_key.secret, max_retries=0, timeout=30
+    )
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.generate(model="demo-image", prompt="card 4111 1111 1111 1111")
+    served = client.images.generate(model="demo-image", prompt="a card game", size="64x64")
+
+    assert refused.value.code == "content_policy_violation"
+    assert refused.value.param == "prompt"
+    assert "'no-cards'" in refused.value.message
+    assert len(served.data or []) == 1
