@@ -64,6 +64,10 @@ class Price(models.Model):
         return self.image_output_per_mtok_micro is not None
 
 
+def default_alert_thresholds() -> list[int]:
+    return [50, 80, 100]
+
+
 class Budget(models.Model):
     """A spending cap on a workspace, a team or a key, for a day, a month or a lifetime.
 
@@ -96,6 +100,20 @@ class Budget(models.Model):
     )
     limit_images = models.BigIntegerField(null=True, blank=True, help_text="Image limit.")
     period_start = models.DateTimeField(default=LIFETIME_START, editable=False)
+    alert_thresholds = models.JSONField(
+        default=default_alert_thresholds,
+        blank=True,
+        help_text="Spend alerts: percentages of the limit, each fired once per period "
+        "(e.g. [50, 80, 100]). Empty: no alerts.",
+    )
+    alert_webhook_url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="Spend alerts are POSTed here, signed with the workspace's webhook secret.",
+    )
+    alert_emails = models.JSONField(
+        default=list, blank=True, help_text="Spend alerts are also emailed to these addresses."
+    )
     used_micro = models.BigIntegerField(default=0, editable=False)
     reserved_micro = models.BigIntegerField(default=0, editable=False)
     used_images = models.BigIntegerField(default=0, editable=False)
@@ -280,3 +298,92 @@ class DailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.alias or '-'}: {self.requests} requests"
+
+
+class SpendAlert(models.Model):
+    """A budget crossed one of its alert thresholds in a period: fired once, then delivered
+    to the budget's webhook and email addresses."""
+
+    class Delivery(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed (retries exhausted)"
+        NONE = "none", "Nowhere to deliver"
+
+    public_id = models.CharField(max_length=32, unique=True, default=public_id, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the limit.")
+    used_micro = models.BigIntegerField(default=0)
+    used_images = models.BigIntegerField(default=0)
+    limit_micro = models.BigIntegerField(null=True, blank=True)
+    limit_images = models.BigIntegerField(null=True, blank=True)
+    fired_at = models.DateTimeField()
+    webhook_status = models.CharField(
+        max_length=16, choices=Delivery.choices, default=Delivery.NONE
+    )
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    webhook_last_error = models.CharField(max_length=300, blank=True)
+    email_status = models.CharField(max_length=16, choices=Delivery.choices, default=Delivery.NONE)
+
+    class Meta:
+        ordering = ["-fired_at"]
+        constraints = [
+            # Each threshold fires once per period, however many requests cross it at once.
+            models.UniqueConstraint(
+                fields=["budget", "period_start", "threshold"], name="spend_alert_once"
+            ),
+        ]
+        indexes = [
+            # The management API and the admin: a workspace's alerts, newest first.
+            models.Index(fields=["workspace", "-fired_at"], name="spend_alert_workspace"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget} crossed {self.threshold}% at {self.fired_at:%Y-%m-%d %H:%M}"
+
+
+class HourlyUsage(models.Model):
+    """Per hour, workspace, key, alias, provider and deployment aggregates for the dashboard
+    and the operators' charts (written by a Celery task from the usage records)."""
+
+    hour = models.DateTimeField(help_text="The hour's start (UTC).")
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    alias = models.CharField(max_length=128, blank=True)
+    provider = models.CharField(max_length=32, blank=True)
+    deployment_id = models.BigIntegerField(default=0, help_text="0: none (refused, passthrough).")
+    requests = models.PositiveIntegerField(default=0)
+    images = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    upstream_errors = models.PositiveIntegerField(
+        default=0, help_text="Requests that failed upstream (5xx, timeouts, unreachable)."
+    )
+    cost_micro = models.BigIntegerField(default=0)
+    total_ms = models.BigIntegerField(default=0, help_text="Sum of latencies (for means).")
+    latency_buckets = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Request counts per latency bucket (billing/rollups.py), which add up "
+        "exactly over any range, so percentiles of days and months need no records.",
+    )
+
+    class Meta:
+        ordering = ["-hour"]
+        verbose_name_plural = "hourly usage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "workspace", "team", "key", "alias", "provider", "deployment_id"],
+                name="hourly_usage_unique",
+            )
+        ]
+        indexes = [
+            # The dashboard: every row of a time range, and of one workspace in it.
+            models.Index(fields=["hour"], name="hourly_usage_hour"),
+            models.Index(fields=["workspace", "hour"], name="hourly_usage_workspace"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h {self.alias or '-'}: {self.requests} requests"
