@@ -473,3 +473,7 @@ class DeploymentAdmin(UnpricedWarningMixin, _HealthColumns, admin.ModelAdmin[Dep
             workspace=obj.alias.workspace,
             data={"fields": form.changed_data},
         )
+
+
+# Guardrail policies have an admin module of their own; importing it registers it.
+from routing import guardrail_admin  # noqa: E402, F401

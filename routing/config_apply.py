@@ -4,7 +4,8 @@
 one transaction through the routing services (so each is audited). Applying the same file
 twice plans nothing the second time. An alias's deployments in the file are its complete
 list; with `prune`, credentials and aliases the file no longer names are removed from the
-scopes (platform, or a workspace) the file covers.
+scopes (platform, or a workspace) the file covers, and so are guardrail policies when the
+file has a `guardrails:` section (a file written before guardrails never removes one).
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from routing.config_file import (
     ConfigSpec,
     CredentialSpec,
     DeploymentSpec,
+    GuardrailSpec,
     PriceSpec,
     RateLimitSpec,
     TeamSpec,
     WorkspaceSpec,
 )
-from routing.models import Deployment, ModelAlias, ProviderCredential
+from routing.guardrails import services as guardrail_services
+from routing.guardrails.policies import PolicyInvalid, check
+from routing.models import Deployment, GuardrailPolicy, ModelAlias, ProviderCredential
 from tenants import services as tenant_services
 from tenants.models import ApiKey, Team, Workspace
 
@@ -66,12 +70,17 @@ def _scope(slug: str | None) -> str:
 
 
 def _credential_in_scope(workspace: Workspace | None, name: str) -> ProviderCredential:
-    """A workspace alias may use its workspace's credential or a platform one of that name."""
+    """A workspace alias or guardrail may use its workspace's credential or a platform one of
+    that name."""
     if workspace is not None:
         own = ProviderCredential.objects.filter(workspace=workspace, name=name).first()
         if own is not None:
             return own
     return ProviderCredential.objects.get(workspace=None, name=name)
+
+
+def _guardrail_error(item: GuardrailSpec, message: str, field: str | None) -> str:
+    return f"guardrail '{item.name}' ({_scope(item.workspace)}): {field or 'policy'}: {message}"
 
 
 class _Planner:
@@ -246,6 +255,88 @@ class _Planner:
             options=spec.options,
         )
 
+    # --- guardrail policies ------------------------------------------------------------
+    def guardrail(self, item: GuardrailSpec) -> None:
+        workspace = self.workspace(item.workspace, item.line)
+        in_db = workspace if isinstance(workspace, Workspace) else None
+        label = f"{item.name} ({_scope(item.workspace)})"
+        credential = self._guardrail_credential(item) if item.credential else None
+        # The policy as it will be, checked now so that a dry run reports what apply would
+        # refuse; the check also normalises it, so an unchanged file compares equal.
+        candidate = GuardrailPolicy(workspace=in_db, **item.policy_fields())
+        candidate.credential = credential
+        try:
+            check(candidate)
+        except PolicyInvalid as error:
+            raise ConfigError(
+                item.line, _guardrail_error(item, error.message, error.field)
+            ) from None
+        wanted = {name: getattr(candidate, name) for name in item.policy_fields()}
+        existing = (
+            None
+            if isinstance(workspace, _New)
+            else GuardrailPolicy.objects.filter(workspace=workspace, name=item.name).first()
+        )
+        if existing is None:
+            create = partial(self._save_guardrail, item, None, wanted)
+            self.add("create", "guardrail", label, create)
+            return
+        changed = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
+        if existing.credential_id != (credential.pk if credential else None):
+            changed["credential"] = item.credential  # a name, resolved when applied
+        if changed:
+            update = partial(self._save_guardrail, item, existing, changed)
+            self.add("update", "guardrail", f"{label}: {', '.join(sorted(changed))}", update)
+
+    def _guardrail_credential(self, item: GuardrailSpec) -> ProviderCredential:
+        """The credential a guardrail names, as it will be once the file's credentials are
+        applied: its workspace's own, else a platform one (the only kind a platform policy
+        may use). Not yet created: an unsaved stand-in with the file's provider."""
+        for scope in [item.workspace, None] if item.workspace else [None]:
+            declared = next(
+                (
+                    c
+                    for c in self.spec.credentials
+                    if (c.workspace, c.name) == (scope, item.credential)
+                ),
+                None,
+            )
+            query = ProviderCredential.objects.filter(name=item.credential)
+            row = (
+                query.filter(workspace__slug=scope) if scope else query.filter(workspace=None)
+            ).first()
+            if row is not None:
+                if declared is not None:
+                    row.provider = declared.provider  # what the file makes it
+                return row
+            if declared is not None:
+                return ProviderCredential(name=declared.name, provider=declared.provider)
+        raise ConfigError(
+            item.line, f"unknown credential '{item.credential}' for guardrail '{item.name}'"
+        )
+
+    def _save_guardrail(
+        self, item: GuardrailSpec, existing: GuardrailPolicy | None, fields: dict[str, Any]
+    ) -> None:
+        workspace = _resolve_workspace(item.workspace)
+        fields = dict(fields)
+        if "credential" in fields or (existing is None and item.credential):
+            assert item.credential is not None
+            fields["credential"] = _credential_in_scope(workspace, item.credential)
+        try:
+            if existing is None:
+                guardrail_services.guardrail_create(
+                    actor=self.actor, workspace=workspace, fields=fields
+                )
+            else:
+                guardrail_services.guardrail_update(
+                    actor=self.actor, policy=existing, fields=fields
+                )
+        except ApiError as error:  # checked when planned; the rows may have moved since
+            raise ConfigError(
+                item.line, _guardrail_error(item, error.message, error.param)
+            ) from None
+
     # --- workspaces and teams -----------------------------------------------------------
     def workspace_item(self, item: WorkspaceSpec) -> None:
         existing = Workspace.objects.filter(slug=item.slug).first()
@@ -392,9 +483,14 @@ class _Planner:
 
     # --- prune ------------------------------------------------------------------------
     def prune(self) -> None:
+        guardrails = self.spec.guardrails
         scopes = {c.workspace for c in self.spec.credentials}
         scopes |= {a.workspace for a in self.spec.aliases}
-        for slug in sorted(scopes, key=lambda s: s or ""):
+        scopes |= {g.workspace for g in guardrails or []}
+        covered = sorted(scopes, key=lambda s: s or "")
+        if guardrails is not None:
+            self._prune_guardrails(covered, guardrails)
+        for slug in covered:
             workspace = self.workspaces.get(slug) if slug else None
             if isinstance(workspace, _New):
                 continue  # a workspace created by this run holds nothing to prune
@@ -410,6 +506,20 @@ class _Planner:
                 )
                 self.add("delete", "credential", f"{credential.name} ({_scope(slug)})", delete)
 
+    def _prune_guardrails(self, scopes: list[str | None], kept: list[GuardrailSpec]) -> None:
+        """Before any credential: a moderation policy may hold one, even another scope's."""
+        for slug in scopes:
+            workspace = self.workspaces.get(slug) if slug else None
+            if isinstance(workspace, _New):
+                continue
+            names = {g.name for g in kept if g.workspace == slug}
+            stale = GuardrailPolicy.objects.filter(workspace=workspace).exclude(name__in=names)
+            for policy in stale.select_related("workspace"):
+                delete = partial(
+                    guardrail_services.guardrail_delete, actor=self.actor, policy=policy
+                )
+                self.add("delete", "guardrail", f"{policy.name} ({_scope(slug)})", delete)
+
 
 def plan(spec: ConfigSpec, *, prune: bool = False, actor: str = "system:apply") -> list[Change]:
     planner = _Planner(spec, actor)
@@ -419,6 +529,8 @@ def plan(spec: ConfigSpec, *, prune: bool = False, actor: str = "system:apply") 
         planner.credential(credential)
     for alias in spec.aliases:
         planner.alias(alias)
+    for guardrail in spec.guardrails or []:
+        planner.guardrail(guardrail)
     for price in spec.prices:
         planner.price(price)
     for budget in spec.budgets:
@@ -437,10 +549,15 @@ def apply(changes: list[Change]) -> None:
             for change in changes:
                 change.run()
     except ProtectedError as exc:
+        users = [
+            f"{count} {what}"
+            for what, model in (("deployment(s)", Deployment), ("guardrail(s)", GuardrailPolicy))
+            if (count := sum(isinstance(o, model) for o in exc.protected_objects))
+        ]
         raise ConfigError(
             None,
-            f"cannot delete a credential still used by {len(exc.protected_objects)} "
-            "deployment(s) the file does not remove",
+            f"cannot delete a credential still used by {' and '.join(users)} the file does not "
+            "remove",
         ) from None
     except ApiError as exc:  # a service's refusal, e.g. a budget below what it has spent
         raise ConfigError(None, exc.message) from None

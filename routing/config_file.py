@@ -1,8 +1,9 @@
 """Reading and validating a gateway configuration file (YAML) with line numbers.
 
-The file declares provider credentials and aliases with their deployments, platform-wide or
-for a named workspace. Validation is complete before anything is written: a malformed file
-changes nothing and its error names the line.
+The file declares provider credentials and aliases with their deployments, guardrail
+policies, platform-wide or for a named workspace, and workspaces, prices, budgets and rate
+limits. Validation is complete before anything is written: a malformed file changes nothing
+and its error names the line.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
+from django.core.validators import slug_re
 
-from routing.models import ModelAlias, Provider
+from routing.models import GuardrailPolicy, ModelAlias, Provider
 from routing.providers.auth import auth_for
 from routing.services import RESERVED_CREDENTIAL_NAMES
 
@@ -134,6 +136,50 @@ class RateLimitSpec:
 
 
 @dataclass(frozen=True)
+class GuardrailSpec:
+    """A guardrail policy; what the file leaves out takes the model's default."""
+
+    line: int
+    name: str
+    workspace: str | None
+    kind: str
+    action: str
+    applies_to: list[Any]
+    patterns: list[Any]
+    detectors: list[Any]
+    credential: str | None  # a credential's name: the workspace's own, else a platform one
+    moderation_model: str
+    categories: dict[str, Any]
+    check_prompt: bool
+    check_output: bool
+    allow_partial: bool
+    charge_withheld: bool
+    timeout_seconds: float
+    fail_open: bool
+    enabled: bool
+
+    def policy_fields(self) -> dict[str, Any]:
+        """The policy's own fields as the guardrail services take them (not its credential)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "action": self.action,
+            "applies_to": self.applies_to,
+            "patterns": self.patterns,
+            "detectors": self.detectors,
+            "moderation_model": self.moderation_model,
+            "categories": self.categories,
+            "check_prompt": self.check_prompt,
+            "check_output": self.check_output,
+            "allow_partial": self.allow_partial,
+            "charge_withheld": self.charge_withheld,
+            "timeout_seconds": self.timeout_seconds,
+            "fail_open": self.fail_open,
+            "enabled": self.enabled,
+        }
+
+
+@dataclass(frozen=True)
 class ConfigSpec:
     credentials: list[CredentialSpec]
     aliases: list[AliasSpec]
@@ -141,6 +187,8 @@ class ConfigSpec:
     prices: list[PriceSpec] = field(default_factory=list)
     budgets: list[BudgetSpec] = field(default_factory=list)
     rate_limits: list[RateLimitSpec] = field(default_factory=list)
+    # None: the file has no `guardrails:` section, so --prune leaves every policy alone.
+    guardrails: list[GuardrailSpec] | None = None
 
 
 def _check_keys(item: dict[str, Any], allowed: set[str], what: str) -> None:
@@ -454,6 +502,89 @@ def _rate_limit(item: dict[str, Any]) -> RateLimitSpec:
     return spec
 
 
+def _policy_default(name: str) -> Any:
+    return GuardrailPolicy._meta.get_field(name).get_default()  # type: ignore[union-attr]
+
+
+def _guardrail(item: dict[str, Any]) -> GuardrailSpec:
+    """A guardrail's shape; what its kind needs (valid patterns, known routes and detectors,
+    an OpenAI credential) is checked by the policy rules when the file is planned."""
+    what = "a guardrail"
+    _check_keys(
+        item,
+        {
+            "name",
+            "workspace",
+            "kind",
+            "action",
+            "applies_to",
+            "patterns",
+            "detectors",
+            "credential",
+            "moderation_model",
+            "categories",
+            "check_prompt",
+            "check_output",
+            "allow_partial",
+            "charge_withheld",
+            "timeout_seconds",
+            "fail_open",
+            "enabled",
+        },
+        what,
+    )
+    line = item[LINE]
+    name = _get(item, "name", str, what=what)
+    if len(name) > 64 or not slug_re.match(name):
+        raise ConfigError(
+            line, "a guardrail's 'name' must be letters, digits, - and _ (at most 64)"
+        )
+    kind = _get(item, "kind", str, what=what)
+    if kind not in GuardrailPolicy.Kind.values:
+        raise ConfigError(
+            line,
+            f"unknown guardrail kind '{kind}'; known: {', '.join(GuardrailPolicy.Kind.values)}",
+        )
+    action = _get(item, "action", str, GuardrailPolicy.Action.BLOCK.value, what)
+    if action not in GuardrailPolicy.Action.values:
+        raise ConfigError(line, f"'action' must be {' or '.join(GuardrailPolicy.Action.values)}")
+    credential = _get(item, "credential", str, None, what)
+    moderation = kind == GuardrailPolicy.Kind.MODERATION
+    if moderation and credential is None:
+        raise ConfigError(line, "a moderation guardrail needs 'credential' (an OpenAI one)")
+    if credential is not None and not moderation:
+        raise ConfigError(line, "only a moderation guardrail takes 'credential'")
+    timeout = item.get("timeout_seconds")
+    if timeout is None:
+        timeout = _policy_default("timeout_seconds")
+    elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigError(line, f"'timeout_seconds' must be a number of seconds in {what}")
+    _within(item, "timeout_seconds", float(timeout), 0.1, 30)
+    moderation_model = _get(item, "moderation_model", str, None, what)
+    return GuardrailSpec(
+        line=line,
+        name=name,
+        workspace=_get(item, "workspace", str, None, what),
+        kind=kind,
+        action=action,
+        applies_to=_get(item, "applies_to", list, [], what),
+        patterns=_get(item, "patterns", list, [], what),
+        detectors=_get(item, "detectors", list, [], what),
+        credential=credential,
+        moderation_model=moderation_model or _policy_default("moderation_model"),
+        categories=_without_lines(_get(item, "categories", dict, {}, what)),
+        check_prompt=_get(item, "check_prompt", bool, _policy_default("check_prompt"), what),
+        check_output=_get(item, "check_output", bool, _policy_default("check_output"), what),
+        allow_partial=_get(item, "allow_partial", bool, _policy_default("allow_partial"), what),
+        charge_withheld=_get(
+            item, "charge_withheld", bool, _policy_default("charge_withheld"), what
+        ),
+        timeout_seconds=float(timeout),
+        fail_open=_get(item, "fail_open", bool, _policy_default("fail_open"), what),
+        enabled=_get(item, "enabled", bool, _policy_default("enabled"), what),
+    )
+
+
 def _no_duplicates(items: list[Any], what: str) -> None:
     seen: set[tuple[str | None, str]] = set()
     for item in items:
@@ -477,7 +608,7 @@ def parse_config(text: str) -> ConfigSpec:
         raise ConfigError(1, "the file must be a mapping (workspaces, credentials, aliases, …)")
     _check_keys(
         document,
-        {"workspaces", "credentials", "aliases", "prices", "budgets", "rate_limits"},
+        {"workspaces", "credentials", "aliases", "prices", "budgets", "rate_limits", "guardrails"},
         "the file",
     )
     spec = ConfigSpec(
@@ -487,9 +618,15 @@ def parse_config(text: str) -> ConfigSpec:
         prices=[_price(p) for p in _list_of_mappings(document, "prices")],
         budgets=[_budget(b) for b in _list_of_mappings(document, "budgets")],
         rate_limits=[_rate_limit(r) for r in _list_of_mappings(document, "rate_limits")],
+        guardrails=(
+            [_guardrail(g) for g in _list_of_mappings(document, "guardrails")]
+            if "guardrails" in document
+            else None
+        ),
     )
     _no_duplicates(spec.credentials, "credential")
     _no_duplicates(spec.aliases, "alias")
+    _no_duplicates(spec.guardrails or [], "guardrail")
     return spec
 
 

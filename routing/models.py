@@ -268,8 +268,8 @@ class GuardrailPolicy(models.Model):
     patterns = models.JSONField(
         default=list,
         blank=True,
-        help_text="keywords: the words or phrases; regex: RE2 patterns (no backreferences or "
-        "lookaround), matched case-insensitively.",
+        help_text="keywords: the words or phrases (any case or accent); regex: RE2 patterns "
+        "(no backreferences or lookaround) matched on the prompt as sent: (?i) ignores case.",
     )
     detectors = models.JSONField(
         default=list,

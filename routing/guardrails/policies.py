@@ -5,6 +5,7 @@ invalidated by routing/signals.py)."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,8 +101,13 @@ def _thresholds(value: Any) -> dict[str, float]:
     return thresholds
 
 
+_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,64}")
+
+
 def check(policy: GuardrailPolicy) -> None:
     """Refuse (PolicyInvalid) what could not be enforced as written; normalises lists."""
+    if not isinstance(policy.name, str) or not _SLUG.fullmatch(policy.name):
+        raise PolicyInvalid("name", "name must be 1 to 64 letters, digits, hyphens or underscores.")
     policy.applies_to = _routes(policy.applies_to or [])
     try:
         if policy.kind == Kind.KEYWORDS:

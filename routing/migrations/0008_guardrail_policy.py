@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
                 ('kind', models.CharField(choices=[('keywords', 'Keywords (whole words, any case or accent)'), ('regex', 'Regular expressions (RE2, linear time)'), ('pii', 'Personal data (email, phone, payment card, IBAN)'), ('moderation', "Moderation model (OpenAI's moderation endpoint)")], max_length=16)),
                 ('action', models.CharField(choices=[('block', 'Block (400 content_policy_violation, no upstream call)'), ('flag', 'Flag (served; the usage record names the policy)')], default='block', max_length=8)),
                 ('applies_to', models.JSONField(blank=True, default=list, help_text='Routes checked: any of "generations", "edits", "passthrough" (jobs run as generations and edits). Empty: all of them.')),
-                ('patterns', models.JSONField(blank=True, default=list, help_text='keywords: the words or phrases; regex: RE2 patterns (no backreferences or lookaround), matched case-insensitively.')),
+                ('patterns', models.JSONField(blank=True, default=list, help_text='keywords: the words or phrases (any case or accent); regex: RE2 patterns (no backreferences or lookaround) matched on the prompt as sent: (?i) ignores case.')),
                 ('detectors', models.JSONField(blank=True, default=list, help_text='pii: any of "email", "phone", "payment_card", "iban". Empty: all four.')),
                 ('moderation_model', models.CharField(default='omni-moderation-latest', max_length=64)),
                 ('categories', models.JSONField(blank=True, default=dict, help_text='moderation: {"category": threshold from 0 to 1}; a score at or above a threshold matches. Empty: the model\'s own verdict (`flagged`).')),

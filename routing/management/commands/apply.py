@@ -23,7 +23,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--prune",
             action="store_true",
-            help="Delete credentials and aliases the file no longer names in the scopes it covers.",
+            help="Delete credentials and aliases the file no longer names in the scopes it "
+            "covers, and guardrail policies too when the file has a guardrails: section.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
