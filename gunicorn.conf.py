@@ -21,3 +21,20 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms rid=%({x-requ
 errorlog = "-"
 # Headers and request lines far above anything legitimate are refused by gunicorn itself.
 limit_request_field_size = 16384
+
+# APERTURE_LOG_FORMAT=json: gunicorn's own lines (start-up, worker events, the access log)
+# are JSON objects too, so that every line of the output parses (README: Logs).
+if os.environ.get("APERTURE_LOG_FORMAT", "text") == "json":
+    from gunicorn.glogging import Logger
+    from pythonjsonlogger.json import JsonFormatter
+
+    class JsonLogger(Logger):  # type: ignore[misc]
+        def _set_handler(self, log, output, fmt, stream=None):  # type: ignore[no-untyped-def]
+            json_format = JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                datefmt="%Y-%m-%dT%H:%M:%S%z",
+            )
+            super()._set_handler(log, output, json_format, stream)
+
+    logger_class = JsonLogger

@@ -146,5 +146,6 @@ class SecurityHeadersMiddleware(CSPMiddleware):
 
 class RequestIdLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id()
+        if not hasattr(record, "request_id"):  # a line may name its request itself
+            record.request_id = current_request_id()
         return True

@@ -328,17 +328,28 @@ AXES_LOCKOUT_CALLABLE = "gateway.admin_login.lockout_response"
 AXES_VERBOSE = False  # its lockouts are still logged, as warnings
 
 # --- Logging: one line per event, never a secret --------------------------------------
+# `text` (the default): one human-readable line per event. `json`: one JSON object per line,
+# with every request's fields (routing/metered.py) and any error's traceback as keys.
+LOG_FORMAT = env.str("APERTURE_LOG_FORMAT", default="text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured("APERTURE_LOG_FORMAT must be text or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"request_id": {"()": "aperture.middleware.RequestIdLogFilter"}},
     "formatters": {
-        "line": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "datefmt": "%Y-%m-%dT%H:%M:%S%z",
+        },
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "line",
+            "formatter": LOG_FORMAT,
             "filters": ["request_id"],
         }
     },

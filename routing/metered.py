@@ -1,5 +1,7 @@
 """The base of every inference view: each authenticated request leaves one usage record."""
 
+import logging
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -13,6 +15,8 @@ from aperture.request_context import current_request_id
 from billing.metering import Meter, record_usage
 from tenants.key_auth import KeyPrincipal
 from tenants.permissions import ImagesScope
+
+request_logger = logging.getLogger("aperture.requests")
 
 
 class MeteredView(APIView):
@@ -55,7 +59,7 @@ class MeteredView(APIView):
         if response.streaming:
             # The body's own close() (added first) settles and counts; then the record.
             response._resource_closers.append(  # type: ignore[attr-defined]
-                lambda: record_usage(
+                lambda: _recorded(
                     meter,
                     status=response.status_code,
                     error_code=meter.error_code,
@@ -73,7 +77,7 @@ class MeteredView(APIView):
         # so the record's INSERT is not on the client's clock.
         response._resource_closers.append(  # type: ignore[attr-defined]
             partial(
-                record_usage,
+                _recorded,
                 meter,
                 status=response.status_code,
                 error_code=error_code,
@@ -81,3 +85,46 @@ class MeteredView(APIView):
             )
         )
         return response
+
+
+def _recorded(meter: Meter, *, status: int, error_code: str, bytes_out: int) -> None:
+    """The request's usage record, then its log line."""
+    record_usage(meter, status=status, error_code=error_code, bytes_out=bytes_out)
+    log_request(meter, status=status, error_code=error_code)
+
+
+def log_request(meter: Meter, *, status: int, error_code: str) -> None:
+    """One line per inference request (one JSON object with APERTURE_LOG_FORMAT=json):
+    who, what, how it ended, how long it took and what it cost. Never a prompt or a secret."""
+    if not request_logger.isEnabledFor(logging.INFO):
+        return
+    principal = meter.principal
+    total_ms = meter.total_ms if meter.total_ms is not None else 0
+    cost_usd = f"{Decimal(meter.cost_micro) / 1_000_000:.6f}"
+    fields: dict[str, object] = {
+        "request_id": meter.request_id,
+        "workspace_id": principal.workspace_id if principal else None,
+        "key": principal.public_id if principal else None,
+        "endpoint": meter.endpoint,
+        "alias": meter.alias,
+        "provider": meter.provider,
+        "status": status,
+        "error_code": error_code,
+        "latency_ms": total_ms,
+        "upstream_ms": meter.upstream_ms,
+        "images": meter.images,
+        "cost_usd": cost_usd,
+    }
+    if meter.guardrails:
+        fields["guardrails"] = sorted({note["policy"] for note in meter.guardrails})
+    request_logger.info(
+        "%s %s %s in %d ms: %d image(s), $%s%s",
+        meter.endpoint,
+        meter.alias or meter.path or "-",
+        status,
+        total_ms,
+        meter.images,
+        cost_usd,
+        f" ({error_code})" if error_code else "",
+        extra=fields,
+    )
