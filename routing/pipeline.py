@@ -151,7 +151,7 @@ def generate(
     route = "edits" if edit is not None else "generations"
     screening = guardrails.output_policies(principal, route)
     if first.request.stream:
-        guardrails.refuse_stream(screening)
+        guardrails.refuse_unscreenable(screening, stream=True)
     guardrails.check_prompt(  # guard
         principal=principal, meter=meter, route=route, prompt=first.request.prompt
     )
@@ -250,6 +250,8 @@ def pass_through(
     )
     if call.route is not None:  # guard: an image route's prompt, as the gateway reads it
         try:
+            screening = guardrails.output_policies(principal, "passthrough")
+            guardrails.refuse_unscreenable(screening, stream=False)
             guardrails.check_prompt(
                 principal=principal, meter=meter, route="passthrough", prompt=call.prompt
             )

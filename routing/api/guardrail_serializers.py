@@ -10,7 +10,7 @@ from routing.guardrails.matching import MAX_PATTERN_CHARS, MAX_PATTERNS, PII_DET
 from routing.models import GuardrailPolicy
 
 MAX_CATEGORIES = 50
-HIDDEN = "null on a platform policy: the operator's lists are not shown."
+HIDDEN = "null on a platform policy: the operator's settings are not shown."
 
 
 class GuardrailOut(serializers.Serializer[Any]):
@@ -46,7 +46,7 @@ class GuardrailOut(serializers.Serializer[Any]):
     allow_partial = serializers.BooleanField()
     charge_withheld = serializers.BooleanField()
     timeout_seconds = serializers.FloatField()
-    fail_open = serializers.BooleanField()
+    fail_open = serializers.BooleanField(allow_null=True, help_text=HIDDEN)
     enabled = serializers.BooleanField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()

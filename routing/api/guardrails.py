@@ -88,7 +88,8 @@ def _out(policy: GuardrailPolicy) -> dict[str, Any]:
                 "allow_partial": policy.allow_partial,
                 "charge_withheld": policy.charge_withheld,
                 "timeout_seconds": policy.timeout_seconds,
-                "fail_open": policy.fail_open,
+                # When a platform policy fails open is the operator's to know, not a caller's.
+                "fail_open": policy.fail_open if own else None,
                 "enabled": policy.enabled,
                 "created_at": policy.created_at,
                 "updated_at": policy.updated_at,

@@ -31,7 +31,12 @@ from routing.guardrails.policies import ActivePolicy, Moderation, compile_policy
 from routing.images import conversion
 from routing.models import GuardrailPolicy
 from routing.providers import moderation
-from routing.providers.base import GeneratedImage, ProviderError
+from routing.providers.base import (
+    GeneratedImage,
+    ProviderError,
+    UpstreamModerated,
+    UpstreamRejected,
+)
 from routing.providers.fetch import fetch_image
 from tenants.audit import audit_record
 from tenants.key_auth import KeyPrincipal
@@ -63,11 +68,30 @@ def _cache_key(spec: Moderation, text: str) -> str:
     return f"guardrail:moderation:{digest}"
 
 
+_REJECTED = moderation.Scores(flagged=True, categories={}, rejected=True)
+
+
 def _scores(spec: Moderation, content: list[dict[str, object]]) -> moderation.Scores:
+    """The endpoint's scores; an input it refuses (a 4xx other than auth and rate limits)
+    counts as flagged — a caller must not open a fail-open policy by sending what the
+    endpoint will not read. Anything else that gives no verdict is _Unavailable."""
+    if not spec.available:
+        raise _Unavailable("the policy's credential is disabled")
     try:
         return moderation.moderate(spec.target, content)
+    except (UpstreamRejected, UpstreamModerated):
+        return _REJECTED
     except ProviderError as error:
         raise _Unavailable(error.message) from None
+
+
+def _matched(spec: Moderation, scores: moderation.Scores) -> list[str]:
+    """The categories that match; no verdict if a threshold's category is not scored."""
+    if spec.thresholds and not scores.rejected:
+        missing = sorted(set(spec.thresholds) - set(scores.categories))
+        if missing:
+            raise _Unavailable(f"the answer scores no '{missing[0]}'")
+    return scores.matches(spec.thresholds)
 
 
 def _concurrently(calls: Sequence[Callable[[], T]]) -> list[T | _Unavailable]:
@@ -79,25 +103,30 @@ def _concurrently(calls: Sequence[Callable[[], T]]) -> list[T | _Unavailable]:
         except _Unavailable as error:
             return error
 
+    release_connection()  # nothing below needs the database, nor holds it while waiting
     if len(calls) <= 1:
         return [run(call) for call in calls]
-    release_connection()  # nothing below needs the database
     with ThreadPoolExecutor(max_workers=min(len(calls), 8)) as pool:
         return list(pool.map(run, calls))
 
 
-def _prompt_scores(spec: Moderation, text: str) -> moderation.Scores:
+def _prompt_verdict(spec: Moderation, text: str) -> list[str]:
     key = _cache_key(spec, text)
     cached = safe_cache.get(key)
     if isinstance(cached, dict):
-        return moderation.Scores(flagged=bool(cached["flagged"]), categories=cached["scores"])
-    scores = _scores(spec, moderation.text_input(text))
-    safe_cache.set(
-        key,
-        {"flagged": scores.flagged, "scores": scores.categories},
-        settings.GUARDRAIL_MODERATION_CACHE_SECONDS,
-    )
-    return scores
+        scores = moderation.Scores(
+            flagged=bool(cached["flagged"]),
+            categories=cached["scores"],
+            rejected=bool(cached.get("rejected")),
+        )
+    else:
+        scores = _scores(spec, moderation.text_input(text))
+        safe_cache.set(
+            key,
+            {"flagged": scores.flagged, "scores": scores.categories, "rejected": scores.rejected},
+            settings.GUARDRAIL_MODERATION_CACHE_SECONDS,
+        )
+    return _matched(spec, scores)
 
 
 # --- the prompt --------------------------------------------------------------------------
@@ -124,7 +153,7 @@ def _moderation_hits(
     if not asked or not text:
         return [], []
     answers = _concurrently(
-        [lambda spec=p.moderation: _prompt_scores(spec, text) for p in asked]  # type: ignore[misc]
+        [lambda spec=p.moderation: _prompt_verdict(spec, text) for p in asked]  # type: ignore[misc]
     )
     hits, closed = [], []
     for policy, answer in zip(asked, answers, strict=True):
@@ -135,9 +164,8 @@ def _moderation_hits(
             if not policy.moderation.fail_open:
                 closed.append(policy)
             continue
-        categories = answer.matches(policy.moderation.thresholds)
-        if categories:
-            hits.append(Hit(policy, ",".join(categories)))
+        if answer:
+            hits.append(Hit(policy, ",".join(answer)))
     return hits, closed
 
 
@@ -197,16 +225,24 @@ def output_policies(principal: KeyPrincipal, route: str) -> list[ActivePolicy]:
     ]
 
 
-def refuse_stream(policies: list[ActivePolicy]) -> None:
-    """Images relayed as they are made cannot be withheld: a stream under an output policy
-    is refused before anything is admitted."""
-    if policies:
+def refuse_unscreenable(policies: list[ActivePolicy], *, stream: bool) -> None:
+    """Images relayed as they are made (a stream) or untouched (passthrough) cannot be
+    withheld: under an output policy such a request is refused before anything is held."""
+    if not policies:
+        return
+    name = policies[0].name
+    if stream:
         raise InvalidRequest(
-            f"The content policy '{policies[0].name}' checks generated images before they are "
-            "returned, so this request cannot be streamed; send it without `stream`.",
+            f"The content policy '{name}' checks generated images before they are returned, "
+            "so this request cannot be streamed; send it without `stream`.",
             param="stream",
             code="stream_not_moderated",
         )
+    raise InvalidRequest(
+        f"The content policy '{name}' checks generated images before they are returned, and "
+        "passthrough answers are relayed untouched; use /v1/images instead.",
+        code="passthrough_not_moderated",
+    )
 
 
 @dataclass(frozen=True)
@@ -214,6 +250,7 @@ class Screened:
     kept: list[int]  # indexes of the images that may be returned
     charged: int  # how many of the images are paid for
     refused_by: Hit | None  # the policy that refuses the whole request, if one does
+    unavailable: ActivePolicy | None  # a fail-closed policy that gave no verdict
 
 
 def _data_url(image: bytes) -> str:
@@ -221,54 +258,71 @@ def _data_url(image: bytes) -> str:
     return f"data:{media_type};base64,{base64.b64encode(image).decode()}"
 
 
+def _image_verdict(spec: Moderation, url: str) -> list[str]:
+    return _matched(spec, _scores(spec, moderation.image_input(url)))
+
+
 def _verdicts(
     meter: Meter, policies: list[ActivePolicy], images: list[bytes]
-) -> dict[int, list[Hit]]:
-    """Each image checked by each policy at once; the blocking hits by image."""
+) -> tuple[dict[int, list[Hit]], ActivePolicy | None]:
+    """Each image checked by each policy at once: the blocking hits by image, and a
+    fail-closed policy that gave no verdict, if any."""
     pairs = [(p, i) for p in policies for i in range(len(images))]
     urls = [_data_url(image) for image in images]
     answers = _concurrently(
         [
-            lambda spec=p.moderation, url=urls[i]: _scores(spec, moderation.image_input(url))  # type: ignore[misc]
+            lambda spec=p.moderation, url=urls[i]: _image_verdict(spec, url)  # type: ignore[misc]
             for p, i in pairs
         ]
     )
     withheld: dict[int, list[Hit]] = {}
+    closed: ActivePolicy | None = None
     for (policy, index), answer in zip(pairs, answers, strict=True):
         spec = policy.moderation
         assert spec is not None
         if isinstance(answer, _Unavailable):
-            meter.guardrails.append(policy.note("unavailable", "output"))
+            logger.warning("guardrail %s: output moderation unavailable: %s", policy.name, answer)
+            if not any(n["policy"] == policy.name for n in meter.guardrails):
+                meter.guardrails.append(policy.note("unavailable", "output"))
             if not spec.fail_open:
-                withheld.setdefault(index, []).append(Hit(policy, "unavailable"))
+                closed = closed or policy
             continue
-        categories = answer.matches(spec.thresholds)
-        if not categories:
+        if not answer:
             continue
         if policy.action == FLAG:
-            meter.guardrails.append(policy.note("flag", "output", ",".join(categories)))
+            meter.guardrails.append(policy.note("flag", "output", ",".join(answer)))
         else:
-            withheld.setdefault(index, []).append(Hit(policy, ",".join(categories)))
-    return withheld
+            withheld.setdefault(index, []).append(Hit(policy, ",".join(answer)))
+    return withheld, closed
+
+
+def _unpaid(hits: list[Hit]) -> bool:
+    return any(h.policy.moderation and not h.policy.moderation.charge_withheld for h in hits)
 
 
 def check_output(*, meter: Meter, policies: list[ActivePolicy], images: list[bytes]) -> Screened:
     """Which generated images may be returned. An image a blocking policy flags is
     withheld (and, unless a withholding policy says otherwise, still paid for: the provider
     charged for it). With nothing left, or withheld under a policy that does not allow
-    partial results, the whole request is refused."""
-    withheld = _verdicts(meter, policies, images)
-    unpaid = 0
+    partial results, the whole request is refused, and every image is withheld: then none
+    is paid for if the refusing policy says so. A fail-closed policy that could not check
+    the images withholds them all (503)."""
+    withheld, closed = _verdicts(meter, policies, images)
     for hits in withheld.values():
-        first = hits[0]
-        meter.guardrails.append(first.policy.note("withhold", "output", first.matched))
-        if any(h.policy.moderation and not h.policy.moderation.charge_withheld for h in hits):
-            unpaid += 1
+        meter.guardrails.append(hits[0].policy.note("withhold", "output", hits[0].matched))
     kept = [i for i in range(len(images)) if i not in withheld]
     hits = [h for image_hits in withheld.values() for h in image_hits]
     strict = [h for h in hits if h.policy.moderation and not h.policy.moderation.allow_partial]
     refused_by = (strict or hits)[0] if hits and (strict or not kept) else None
-    return Screened(kept=kept, charged=len(images) - unpaid, refused_by=refused_by)
+    if refused_by is not None or closed is not None:
+        refusing = [refused_by] if refused_by is not None else []
+        unpaid_all = _unpaid(refusing) or bool(
+            closed and closed.moderation and not closed.moderation.charge_withheld
+        )
+        charged = 0 if unpaid_all else len(images) - sum(map(_unpaid, withheld.values()))
+        return Screened(kept=[], charged=charged, refused_by=refused_by, unavailable=closed)
+    unpaid = sum(1 for image_hits in withheld.values() if _unpaid(image_hits))
+    return Screened(kept=kept, charged=len(images) - unpaid, refused_by=None, unavailable=None)
 
 
 def screen_images(
@@ -291,8 +345,16 @@ def screen_images(
 
 
 def refuse_output(principal: KeyPrincipal, meter: Meter, screened: Screened) -> None:
+    """After settling: the refusal of the whole request, if the screening ended in one."""
     if screened.refused_by is not None:
         _refuse(principal, meter, screened.refused_by, on="output")
+    if screened.unavailable is not None:
+        meter.error_code = "guardrail_unavailable"
+        raise GuardrailUnavailable(
+            f"The content policy '{screened.unavailable.name}' could not check the generated "
+            "images; try again shortly.",
+            headers={"Retry-After": "5"},
+        )
 
 
 # --- the admin's and the API's "test this policy" ---------------------------------------------
@@ -307,20 +369,17 @@ class Trial:
 
 def try_policy(policy: GuardrailPolicy, prompt: str) -> Trial:
     """What `policy` would do with `prompt`, as saved (moderation calls the endpoint)."""
-    if policy.credential is not None and not policy.credential.enabled:
-        return Trial(False, "pass", "Its credential is disabled, so the policy is not applied.")
     active = compile_policy(policy)
     if active.find is not None:
         matched = active.find(matching.Prompt(prompt))
     elif active.moderation is not None and active.moderation.on_prompt:
         try:
-            scores = _scores(active.moderation, moderation.text_input(prompt))
+            spec = active.moderation
+            matched = ",".join(_matched(spec, _scores(spec, moderation.text_input(prompt))))
         except _Unavailable as error:
             outcome = "refused (fail closed)" if not active.moderation.fail_open else "served"
-            return Trial(
-                False, "unavailable", f"The moderation endpoint failed ({error}): {outcome}."
-            )
-        matched = ",".join(scores.matches(active.moderation.thresholds)) or None
+            detail = f"No verdict ({error}): the request would be {outcome}."
+            return Trial(False, "unavailable", detail)
     else:
         return Trial(False, "pass", "This policy checks generated images only, not prompts.")
     if not matched:

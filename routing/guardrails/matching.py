@@ -18,6 +18,10 @@ import re2
 
 MAX_PATTERNS = 200
 MAX_PATTERN_CHARS = 1000
+# RE2 matches in time linear in the prompt, times the size of the compiled program: a
+# policy's patterns together are kept small enough that no prompt costs a worker much.
+MAX_REGEX_PATTERNS = 50
+MAX_REGEX_PROGRAM = 1000
 PII_DETECTORS = ("email", "phone", "payment_card", "iban")
 
 
@@ -37,23 +41,61 @@ class Prompt:
         return _fold(self.text)
 
     @cached_property
+    def normalized(self) -> str:
+        """NFKC, without the format characters that render as nothing (zero-width space,
+        soft hyphen, joiners), which tokenizers drop and a reader never sees."""
+        if self.text.isascii():
+            return self.text
+        return unicodedata.normalize("NFKC", _visible(self.text))
+
+    @cached_property
     def number_runs(self) -> list[str]:
         """Runs of digits and separators, where phone and card numbers are looked for."""
         return [m.group() for m in _NUMBER_RUN.finditer(self.text)]
 
 
+def _visible(text: str) -> str:
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def _fold(text: str) -> str:
     if text.isascii():
         return text.lower()  # the common case; casefold() and lower() agree on ASCII
-    decomposed = unicodedata.normalize("NFKD", text)
+    decomposed = unicodedata.normalize("NFKD", _visible(text))
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
+# Scripts written without spaces between words: a keyword there has no word boundary.
+_UNSPACED = (
+    (0x0E00, 0x0EFF),  # Thai, Lao
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0x20000, 0x3134F),  # CJK extensions B-G
+)
+
+
+def _unspaced(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _UNSPACED)
+
+
+def _joined(a: str, b: str) -> bool:
+    """Whether two adjacent characters belong to one word: both letters, digits or _,
+    unless either is of a script written without spaces (炸弹 in 如何制造炸弹)."""
+    if not (a.isalnum() or a == "_") or not (b.isalnum() or b == "_"):
+        return False
+    return not (_unspaced(a) or _unspaced(b))
+
+
 def _word_at(text: str, start: int, end: int) -> bool:
-    """Whether text[start:end] stands as whole words (no letter or digit either side)."""
-    before = text[start - 1] if start else " "
-    after = text[end] if end < len(text) else " "
-    return not (before.isalnum() or before == "_" or after.isalnum() or after == "_")
+    """Whether text[start:end] stands as whole words (nothing of a word runs on either side)."""
+    if start and _joined(text[start - 1], text[start]):
+        return False
+    return not (end < len(text) and _joined(text[end - 1], text[end]))
 
 
 Finder = Callable[[Prompt], str | None]  # what matched (a detector's name, or a marker)
@@ -113,12 +155,37 @@ def compile_regex(pattern: str) -> re2._Regexp:
         raise PatternInvalid(f"Pattern {pattern[:80]!r} is not valid RE2: {reason}.") from None
 
 
+def _compiled_regexes(patterns: Sequence[object]) -> list[re2._Regexp]:
+    cleaned = _clean_list(patterns, "regex")
+    if len(cleaned) > MAX_REGEX_PATTERNS:
+        raise PatternInvalid(f"A regex policy takes at most {MAX_REGEX_PATTERNS} patterns.")
+    compiled = [compile_regex(p) for p in cleaned]
+    if regex_program_size(compiled) > MAX_REGEX_PROGRAM:
+        raise PatternInvalid(
+            f"These patterns compile to {regex_program_size(compiled)} RE2 instructions; a "
+            f"policy may have {MAX_REGEX_PROGRAM} at most (a{{1000}} alone is 1,000): "
+            "simplify them or split them over several policies."
+        )
+    return compiled
+
+
+def regex_program_size(compiled: Sequence[re2._Regexp]) -> int:
+    return sum(int(c.programsize) for c in compiled)
+
+
+def regex_size(patterns: Sequence[object]) -> int:
+    """The compiled size of valid patterns (PatternInvalid otherwise)."""
+    return regex_program_size(_compiled_regexes(patterns))
+
+
 def regex_finder(patterns: Sequence[object]) -> Finder:
-    """Any of the RE2 `patterns`, searched in the prompt as sent (write (?i) to ignore case)."""
-    compiled = [compile_regex(p) for p in _clean_list(patterns, "regex")]
+    """Any of the RE2 `patterns`, searched in the prompt with invisible format characters
+    removed and compatibility forms folded (NFKC: fullwidth letters read as ASCII); case as
+    written (write (?i) to ignore it)."""
+    compiled = _compiled_regexes(patterns)
 
     def find(prompt: Prompt) -> str | None:
-        text = prompt.text
+        text = prompt.normalized
         return "pattern" if any(c.search(text) for c in compiled) else None
 
     return find
@@ -137,7 +204,7 @@ _PHONE = re.compile(
     r"|0\d{1,4}(?:[ .-]\d{2,4}){2,4}"  # 030 1234 5678, 01 23 45 67 89
     r")"
 )
-_CARD = re.compile(r"\d(?:[ -]?\d){12,18}")
+_DIGIT_GROUP = re.compile(r"\d+")
 # Upper case, as IBANs are printed: a lower-case word after one is not read as its tail.
 _IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
 
@@ -182,12 +249,24 @@ def _has_phone(prompt: Prompt) -> bool:
     )
 
 
+def _card_readings(run: str) -> list[str]:
+    """Every span of whole digit groups of a run that is 13 to 19 digits long: the card in
+    "4111 1111 1111 1111 123" (its CVV after it), "4111.1111.1111.1111" or "4111111111111111"."""
+    groups = _DIGIT_GROUP.findall(run)
+    readings = []
+    for first in range(len(groups)):
+        digits = ""
+        for group in groups[first:]:
+            digits += group
+            if len(digits) > 19:
+                break
+            if len(digits) >= 13:
+                readings.append(digits)
+    return readings
+
+
 def _has_card(prompt: Prompt) -> bool:
-    return any(
-        luhn_valid(_digits(number))
-        for run in prompt.number_runs
-        for number in _standalone(run, _CARD)
-    )
+    return any(luhn_valid(reading) for run in prompt.number_runs for reading in _card_readings(run))
 
 
 def _has_iban(prompt: Prompt) -> bool:

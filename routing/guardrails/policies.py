@@ -43,6 +43,7 @@ class Moderation:
     fail_open: bool
     allow_partial: bool
     charge_withheld: bool
+    available: bool = True  # False: its credential is disabled, so it gives no verdict
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ def _moderation(policy: GuardrailPolicy) -> Moderation:
         fail_open=policy.fail_open,
         allow_partial=policy.allow_partial,
         charge_withheld=policy.charge_withheld,
+        available=credential.enabled,
     )
 
 
@@ -208,12 +210,12 @@ def _load(workspace_id: int) -> tuple[ActivePolicy, ...]:
     compiled = []
     for row in rows:
         if row.credential is not None and not row.credential.enabled:
-            # Refusing every request would be worse than a visible gap: said loudly.
-            logger.error("guardrail %s: its credential is disabled; not applied", row.name)
-            continue
+            # Applied still: a disabled credential gives no verdict, so the policy's
+            # fail-open or fail-closed choice decides.
+            logger.error("guardrail %s: its credential is disabled", row.name)
         try:
             compiled.append(compile_policy(row))
-        except (matching.PatternInvalid, ValueError):
+        except Exception:  # a row written around the services: one policy lost, not every request
             logger.exception("guardrail %s cannot be compiled; not applied", row.name)
     # Platform policies first: an operator's rule is reported before a tenant's.
     return tuple(sorted(compiled, key=lambda p: (p.scope != "platform", p.name)))

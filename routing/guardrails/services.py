@@ -8,6 +8,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from aperture.errors import Conflict, InvalidRequest
+from routing.guardrails.matching import MAX_REGEX_PROGRAM, PatternInvalid, regex_size
 from routing.guardrails.policies import PolicyInvalid, check
 from routing.models import GuardrailPolicy
 from tenants.audit import audit_record
@@ -34,11 +35,46 @@ FIELDS = (
 )
 
 
+# A workspace's own policies run on every request of its keys, in the same workers as every
+# other tenant's: their number and their regular expressions' compiled size are bounded.
+MAX_WORKSPACE_POLICIES = 50
+MAX_WORKSPACE_REGEX_PROGRAM = 2 * MAX_REGEX_PROGRAM
+
+
 def _checked(policy: GuardrailPolicy) -> None:
     try:
         check(policy)
     except PolicyInvalid as error:
         raise InvalidRequest(error.message, param=error.field) from None
+    if policy.workspace_id is not None:
+        _within_workspace_bounds(policy)
+
+
+def _stored_size(patterns: object) -> int:
+    try:
+        return regex_size(patterns if isinstance(patterns, list) else [])
+    except PatternInvalid:
+        return 0  # not compiled, not run (policies.py)
+
+
+def _within_workspace_bounds(policy: GuardrailPolicy) -> None:
+    others = GuardrailPolicy.objects.filter(workspace=policy.workspace).exclude(pk=policy.pk)
+    if not policy.pk and others.count() >= MAX_WORKSPACE_POLICIES:
+        raise InvalidRequest(
+            f"A workspace may have {MAX_WORKSPACE_POLICIES} guardrail policies at most.",
+            code="too_many_policies",
+        )
+    if policy.kind != GuardrailPolicy.Kind.REGEX:
+        return
+    stored = others.filter(kind="regex").values_list("patterns", flat=True)
+    total = sum(_stored_size(p) for p in stored) + regex_size(policy.patterns)
+    if total > MAX_WORKSPACE_REGEX_PROGRAM:
+        raise InvalidRequest(
+            f"The workspace's regex policies would compile to {total} RE2 instructions; "
+            f"{MAX_WORKSPACE_REGEX_PROGRAM} at most.",
+            param="patterns",
+            code="too_many_patterns",
+        )
 
 
 def _save(policy: GuardrailPolicy) -> None:

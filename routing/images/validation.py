@@ -224,10 +224,15 @@ def _provider_options(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {str(name): dict(options) for name, options in value.items()}
 
 
-# Provider options that would change what the budget hold and the answer rest on: how many
-# images, which model, streaming, the prompt's container. Compared in snake_case.
+# Provider options that would change what the budget hold and the answer rest on (how many
+# images, which model, streaming) or what the guardrails read (the prompt, its container, a
+# system instruction). Compared in snake_case.
 CONTROLLED_OPTIONS = frozenset(
     {
+        "prompt",
+        "systeminstruction",
+        "system_instruction",
+        "system",
         "n",
         "model",
         "stream",

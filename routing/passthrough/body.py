@@ -21,6 +21,9 @@ CHUNK_BYTES = 64 * 1024
 SPOOL_MEMORY_BYTES = 1024 * 1024
 # The form fields that decide what a call may cost; each must be stated once, plainly.
 PRICED_FIELDS = frozenset({"model", "n", "size", "quality"})
+# Fields the gateway must read exactly as the upstream will: what the call costs, and the
+# prompt the guardrails check. Given twice, or too long to keep, they are a 400.
+READ_FIELDS = PRICED_FIELDS | {"prompt"}
 
 
 @dataclass
@@ -109,7 +112,7 @@ def _read_form(body: IncomingBody, meter: Meter, sniffer: FormFieldSniffer) -> R
     if sniffer.failed:
         spool.close()
         raise InvalidRequest("The multipart form could not be read.", code="invalid_body")
-    if unclear := sorted(sniffer.unclear & PRICED_FIELDS):
+    if unclear := sorted(sniffer.unclear & READ_FIELDS):
         spool.close()
         raise InvalidRequest(
             f"The form field '{unclear[0]}' is given more than once or is too long.",

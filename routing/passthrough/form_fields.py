@@ -14,6 +14,8 @@ from email.message import Message
 from python_multipart.multipart import MultipartParser
 
 MAX_FIELD_BYTES = 1024
+# The prompt is read whole, whatever its length (the guardrails check it).
+MAX_PROMPT_BYTES = 64 * 1024
 MAX_FIELDS = 64
 
 
@@ -73,6 +75,13 @@ class FormFieldSniffer:
 
     def _part_begin(self) -> None:
         self._disposition, self._value, self._too_long = "", bytearray(), False
+        self._limit: int | None = None
+
+    def _part_name(self) -> str | None:
+        message = Message()
+        message["content-disposition"] = self._disposition
+        name = message.get_param("name", header="content-disposition")
+        return name if isinstance(name, str) else None
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
@@ -90,7 +99,9 @@ class FormFieldSniffer:
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._too_long:
             return
-        if len(self._value) + end - start > MAX_FIELD_BYTES:
+        if self._limit is None:
+            self._limit = MAX_PROMPT_BYTES if self._part_name() == "prompt" else MAX_FIELD_BYTES
+        if len(self._value) + end - start > self._limit:
             self._too_long, self._value = True, bytearray()
             return
         self._value += data[start:end]

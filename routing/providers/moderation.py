@@ -3,24 +3,30 @@ input, text or an image, and answers whether it is flagged and a score per categ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
-from routing.providers.base import Target, UpstreamFailed
-from routing.providers.http import post_json
+from routing.providers.auth import credential_headers
+from routing.providers.base import Target, UpstreamFailed, UpstreamTimedOut
+from routing.providers.http import check_status, json_object, send
+
+MAX_ANSWER_BYTES = 256 * 1024  # a moderation result is a few hundred bytes
 
 
 @dataclass(frozen=True)
 class Scores:
     flagged: bool
-    categories: dict[str, float]
+    categories: dict[str, float] = field(default_factory=dict)
+    rejected: bool = False  # the endpoint refused the input itself (too long, unreadable)
 
     def matches(self, thresholds: dict[str, float]) -> list[str]:
         """The categories at or above their threshold; without thresholds, the model's own
-        verdict (every category it flagged, or "flagged")."""
+        verdict. An input the endpoint refused matches as "input_rejected"."""
+        if self.rejected:
+            return ["input_rejected"]
         if thresholds:
-            return sorted(
-                c for c, limit in thresholds.items() if self.categories.get(c, 0) >= limit
-            )
+            scores = self.categories
+            return sorted(c for c, limit in thresholds.items() if scores.get(c, 0) >= limit)
         return ["flagged"] if self.flagged else []
 
 
@@ -32,22 +38,64 @@ def image_input(data_url: str) -> list[dict[str, object]]:
     return [{"type": "image_url", "image_url": {"url": data_url}}]
 
 
+def _read_within(target: Target, url: str, body: dict[str, object]) -> dict[str, object]:
+    """The answer, read whole within the target's timeout overall (not per read: an endpoint
+    that drips its answer byte by byte cannot hold the request longer) and a size cap."""
+    deadline = time.monotonic() + target.timeout_seconds
+    response = send(
+        target.provider,
+        "POST",
+        url,
+        timeout=target.timeout_seconds,
+        connect_timeout=target.connect_timeout_seconds,
+        guarded=target.guarded,
+        headers={**target.extra_headers, **credential_headers(target.provider, target.secret)},
+        json_body=body,
+        stream=True,
+    )
+    try:
+        content = bytearray()
+        for chunk in response.iter_content(16 * 1024):
+            content += chunk
+            if len(content) > MAX_ANSWER_BYTES:
+                raise UpstreamFailed(target.provider, "The moderation answer is too large.")
+            if time.monotonic() > deadline:
+                raise UpstreamTimedOut(
+                    target.provider, f"No whole moderation answer in {target.timeout_seconds:g}s."
+                )
+    except OSError as exc:  # a connection cut mid-answer
+        raise UpstreamFailed(target.provider, "The moderation answer was cut off.") from exc
+    finally:
+        response.close()
+    response._content = bytes(content)  # read by hand above; requests' own readers use it
+    check_status(target.provider, response)
+    return json_object(target.provider, response)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def moderate(target: Target, content: list[dict[str, object]]) -> Scores:
     """Classify `content` with `target.upstream_model` (e.g. omni-moderation-latest);
-    ProviderError if the endpoint fails or does not answer within the target's timeout."""
-    body = post_json(
+    ProviderError if the endpoint fails, does not answer in time, or answers anything but a
+    verdict (`flagged` and numeric `category_scores`)."""
+    body = _read_within(
         target,
         f"{target.base_url}/v1/moderations",
         {"model": target.upstream_model, "input": content},
     )
     results = body.get("results")
-    if not isinstance(results, list) or not results or not isinstance(results[0], dict):
-        raise UpstreamFailed(target.provider, f"{target.provider} returned no moderation result.")
-    result = results[0]
-    raw_scores = result.get("category_scores")
-    scores = {
-        str(name): float(score)
-        for name, score in (raw_scores.items() if isinstance(raw_scores, dict) else [])
-        if isinstance(score, int | float) and not isinstance(score, bool)
-    }
-    return Scores(flagged=result.get("flagged") is True, categories=scores)
+    result = results[0] if isinstance(results, list) and results else None
+    scores = result.get("category_scores") if isinstance(result, dict) else None
+    if (
+        not isinstance(result, dict)
+        or not isinstance(result.get("flagged"), bool)
+        or not isinstance(scores, dict)
+        or not all(_number(score) for score in scores.values())
+    ):
+        raise UpstreamFailed(target.provider, f"{target.provider} returned no moderation verdict.")
+    return Scores(
+        flagged=result["flagged"],
+        categories={str(name): float(score) for name, score in scores.items()},
+    )

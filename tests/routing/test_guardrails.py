@@ -459,3 +459,24 @@ def test_the_official_sdk_sees_a_block_as_a_bad_request_naming_the_policy(
     assert refused.value.param == "prompt"
     assert "'no-cards'" in refused.value.message
     assert len(served.data or []) == 1
+
+
+def test_a_workspace_has_bounded_policies_and_regex_programs(workspace: Workspace) -> None:
+    from aperture.errors import InvalidRequest
+    from routing.guardrails import services
+
+    for index in range(services.MAX_WORKSPACE_POLICIES):
+        _policy(f"p{index}", workspace, kind="keywords", patterns=[f"w{index}"])
+    with pytest.raises(InvalidRequest) as too_many:
+        _policy("one-more", workspace, kind="keywords", patterns=["x"])
+    assert too_many.value.code == "too_many_policies"
+    _policy("platform-is-not-counted", kind="keywords", patterns=["x"])
+
+    GuardrailPolicy.objects.filter(workspace=workspace).delete()
+    _policy("big-1", workspace, kind="regex", patterns=["[a-z]{900}x"])
+    _policy("big-2", workspace, kind="regex", patterns=["[a-z]{900}y"])
+    with pytest.raises(InvalidRequest) as too_big:
+        _policy("big-3", workspace, kind="regex", patterns=["[a-z]{900}z"])
+    assert (too_big.value.code, too_big.value.param) == ("too_many_patterns", "patterns")
+    with pytest.raises(InvalidRequest, match="RE2 instructions"):
+        _policy("huge", kind="regex", patterns=["[a-z]{1000}N"])

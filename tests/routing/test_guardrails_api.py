@@ -365,7 +365,13 @@ def test_the_list_shows_the_platforms_enabled_policies_without_their_lists(
     )
     _workspace_policy(WorkspaceFactory.create(slug="globex"), name="theirs")
     words, moderation = platform_policies["words"], platform_policies["moderation"]
-    hidden = {"patterns": None, "detectors": None, "categories": None, "credential": None}
+    hidden = {
+        "patterns": None,
+        "detectors": None,
+        "categories": None,
+        "credential": None,
+        "fail_open": None,
+    }
     response = admin.get(URL)
     assert response.status_code == 200
     assert response.json() == {
