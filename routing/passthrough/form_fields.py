@@ -24,7 +24,8 @@ def boundary_of(content_type: str) -> bytes | None:
     message["content-type"] = content_type
     if message.get_content_type() != "multipart/form-data":
         return None
-    if content_type.lower().count("boundary") != 1:
+    names = [name.strip().lower() for name, _value in message.get_params() or []]
+    if names.count("boundary") != 1:
         return None  # two boundaries: servers disagree on which one counts
     boundary = message.get_param("boundary")
     return boundary.encode("latin-1") if isinstance(boundary, str) and boundary else None

@@ -407,3 +407,12 @@ def test_answer_headers_that_would_bind_the_gateways_origin_are_dropped() -> Non
         ("Content-Type", "application/json"),
     ]
     assert caller_response_headers(upstream) == [("Content-Type", "application/json")]
+
+
+def test_a_boundary_that_contains_the_word_boundary_is_read_and_two_boundaries_are_not() -> None:
+    browser = "----WebKitFormBoundary7MA4YWxkTrZu0gW"  # Chrome's, Safari's; Django's BoUnDaRy…
+
+    assert boundary_of(f"multipart/form-data; boundary={browser}") == browser.encode()
+    assert boundary_of('multipart/form-data; boundary="BoUnDaRyStRiNg"') == b"BoUnDaRyStRiNg"
+    assert boundary_of("multipart/form-data; boundary=a; boundary=b") is None
+    assert boundary_of("multipart/form-data; BOUNDARY=a; boundary=b") is None
