@@ -2,9 +2,21 @@
 
 Nothing from Django or psycopg may be imported here, and there is no preload: gevent must
 patch the standard library before psycopg is imported, in each worker.
+
+Metrics (docs/metrics.md): each worker writes its samples to PROMETHEUS_MULTIPROC_DIR and a
+scrape adds them up. The master sets it before any worker starts (prometheus_client reads it
+when a worker first imports it), empties it at start and forgets each worker's live gauges
+when the worker exits. By default it is a directory of this master's own under the var dir,
+var/prometheus/<master pid>, removed at exit (with any left behind by masters that died), so
+two gunicorns never share one; APERTURE_METRICS=false turns the metrics off.
 """
 
+import contextlib
+import glob
 import os
+import shutil
+from pathlib import Path
+from typing import Any
 
 bind = os.environ.get("APERTURE_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 worker_class = "gevent"
@@ -38,3 +50,67 @@ if os.environ.get("APERTURE_LOG_FORMAT", "text") == "json":
             super()._set_handler(log, output, json_format, stream)
 
     logger_class = JsonLogger
+
+_TRUE = ("true", "on", "ok", "y", "yes", "1")  # django-environ's, as settings read the switch
+_VAR_DIR = Path(os.environ.get("APERTURE_VAR_DIR", str(Path(__file__).resolve().parent / "var")))
+_OWN_DIRS = _VAR_DIR / "prometheus"  # var/prometheus/<master pid>: one per master
+if os.environ.get("APERTURE_METRICS", "true").strip().lower() in _TRUE:
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_OWN_DIRS / str(os.getpid())))
+
+
+def _own(directory: Path) -> bool:
+    return directory.parent == _OWN_DIRS and directory.name.isdigit()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
+
+
+def on_starting(server: Any) -> None:
+    """Start the metrics afresh: an empty directory (counters restart from zero with the
+    master, as Prometheus expects of a restarted process)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    if _own(directory):
+        with contextlib.suppress(FileNotFoundError):
+            for left in _OWN_DIRS.iterdir():  # by masters that died without cleaning up
+                if left.name.isdigit() and left != directory and not _running(int(left.name)):
+                    shutil.rmtree(left, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
+        for private in (_VAR_DIR, _OWN_DIRS, directory):  # 0700, as settings make var/
+            with contextlib.suppress(FileExistsError):
+                private.mkdir(mode=0o700, parents=True)
+        return
+    directory.mkdir(parents=True, exist_ok=True)  # an operator's: only our files go
+    for name in glob.glob(str(directory / "*.db")):
+        os.remove(name)
+
+
+# prometheus_client.multiprocess's live gauge modes (tests/aperture/test_metrics.py checks
+# they agree). Its mark_process_dead() is not imported: importing prometheus_client here
+# would create its locks in the master, before gevent patches threading in each worker.
+_LIVE_GAUGE_MODES = ("liveall", "livesum", "livemax", "livemin", "livemostrecent")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited: its counters stay (they must never go down), its live gauges (budget
+    holds in flight) go, as prometheus_client's mark_process_dead() does."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    for mode in _LIVE_GAUGE_MODES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, f"gauge_{mode}_{worker.pid}.db"))
+
+
+def on_exit(server: Any) -> None:
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
+    if _own(directory):
+        shutil.rmtree(directory, ignore_errors=True)

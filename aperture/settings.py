@@ -327,6 +327,24 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "gateway.admin_login.lockout_response"
 AXES_VERBOSE = False  # its lockouts are still logged, as warnings
 
+# --- Email (spend alerts) ------------------------------------------------------------
+# EMAIL_URL as django-environ reads it, e.g. smtp+tls://alerts@example.com@smtp.example.com:587
+# (URL-encode an @ in the user name); EMAIL_HOST_PASSWORD or EMAIL_HOST_PASSWORD_FILE give the
+# password outside the URL. The embedded default prints emails to the console.
+globals().update(
+    {
+        name: value
+        for name, value in env.email_url_config(
+            env.str("EMAIL_URL", default="consolemail://")
+        ).items()
+        if value is not None
+    }
+)
+if env.str("EMAIL_HOST_PASSWORD", default="") or env.str("EMAIL_HOST_PASSWORD_FILE", default=""):
+    EMAIL_HOST_PASSWORD = _secret("EMAIL_HOST_PASSWORD")
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="aperture@localhost")
+
 # --- Logging: one line per event, never a secret --------------------------------------
 # `text` (the default): one human-readable line per event. `json`: one JSON object per line,
 # with every request's fields (routing/metered.py) and any error's traceback as keys.
@@ -356,6 +374,24 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+
+# --- Metrics: /metrics for Prometheus (docs/metrics.md) -------------------------------
+# false: nothing is counted and /metrics is a 404 (gunicorn.conf.py reads it too).
+METRICS_ENABLED = env.bool("APERTURE_METRICS", default=True)
+
+
+def _optional_secret(name: str) -> str:
+    """A secret from `NAME` or the file named by `NAME_FILE`; empty if neither is set."""
+    value: str = env.str(name, default="")
+    file_name = env.str(f"{name}_FILE", default="")
+    return value or (Path(file_name).read_text().strip() if file_name else "")
+
+
+# Set: scrapes must present it as a bearer token. Unset: only loopback callers that came
+# through no proxy may scrape (behind a reverse proxy, set it).
+METRICS_TOKEN = _optional_secret("APERTURE_METRICS_TOKEN")
+# The Celery queues whose depth /metrics reports (LLEN on the Redis broker).
+METRICS_CELERY_QUEUES = env.list("APERTURE_METRICS_CELERY_QUEUES", default=["celery"])
 
 # --- Upstreams and hosted images ------------------------------------------------------
 UPSTREAM_POOL_SIZE = env.int("APERTURE_UPSTREAM_POOL_SIZE", default=1000)
@@ -406,6 +442,18 @@ CELERY_BEAT_SCHEDULE = {
     "daily-usage-rollup": {
         "task": "billing.tasks.rollup_daily_usage",
         "schedule": 900.0,
+    },
+    # The dashboard's source: this hour and the previous one, every 5 minutes.
+    "hourly-usage-rollup": {
+        "task": "billing.tasks.rollup_hourly_usage",
+        "schedule": 300.0,
+        "options": {"expires": 300.0},
+    },
+    # The dashboard's month, summed per day ahead of the operators' page loads.
+    "warm-dashboard": {
+        "task": "gateway.tasks.warm_dashboard",
+        "schedule": 300.0,
+        "options": {"expires": 300.0},
     },
     # Deployments whose circuit is open: their credential's free check call, closed if it
     # answers (routing/probes.py). A run not started within the interval is dropped.

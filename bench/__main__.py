@@ -12,9 +12,11 @@ Redis on 127.0.0.1) as their own processes, then measures on loopback:
      generations, and a stream's time to its first partial image, gateway vs direct;
   6. management: usage aggregates and the CSV export over 200,000 usage records;
   7. deployment health: an alias whose first deployment hangs vs one that is healthy;
-  8. guardrails: the guard step with no policy, 10 local policies and a moderation policy.
-`python -m bench --only passthrough` (or core, images, management, health, guardrails) runs
-one section.
+  8. guardrails: the guard step with no policy, 10 local policies and a moderation policy;
+  9. dashboard: the hourly rollup and the admin's landing page over 1,000,000 usage records;
+  10. metrics: p50 at c=1 and req/s at c=64 with metrics on and off (APERTURE_METRICS=false).
+`python -m bench --only passthrough` (or core, images, management, health, guardrails,
+dashboard, metrics) runs one section.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from bench.health import run_health
 from bench.images import run_images
 from bench.loadgen import run
 from bench.management import run_management
+from bench.metrics import run_metrics
 from bench.passthrough import run_passthrough
 from bench.seed import RACE_IMAGES
 from tests.fakes.upstream import FakeUpstream
@@ -112,7 +115,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["core", "passthrough", "images", "management", "health", "guardrails"],
+        choices=[
+            "core",
+            "passthrough",
+            "images",
+            "management",
+            "health",
+            "guardrails",
+            "dashboard",
+            "metrics",
+        ],
         help="run one section",
     )
     args = parser.parse_args()
@@ -186,6 +198,8 @@ def main() -> None:
         if args.only in (None, "guardrails"):
             guard = [sys.executable, "-m", "bench.guardrails"]
             subprocess.run(guard, cwd=ROOT, env=env, check=True)
+        if args.only in (None, "metrics"):
+            run_metrics(env, BODY, key, quick=args.quick)
         if args.only in (None, "management"):
             usage = json.loads(
                 subprocess.run(
@@ -202,6 +216,9 @@ def main() -> None:
             run_management(
                 gateway_url, usage["admin"], usage["records"], lambda: _rss_mb(gateway.pid)
             )
+        if args.only in (None, "dashboard"):
+            dash = [sys.executable, "-m", "bench.dashboard", "--gateway", gateway_url]
+            subprocess.run(dash, cwd=ROOT, env=env, check=True)
     finally:
         stack.close()
         for process in processes:

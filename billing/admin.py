@@ -1,15 +1,18 @@
-"""Operator admin for billing: prices, budgets (with this period's spend), usage, rollups."""
+"""Operator admin for billing: prices, budgets (with this period's spend and their alert
+settings), spend alerts, usage, rollups."""
 
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
 from aperture.errors import ApiError
-from billing import services
-from billing.models import Budget, DailyUsage, Price, UsageRecord
+from billing import alert_delivery, alerts, services
+from billing.models import Budget, DailyUsage, Price, SpendAlert, UsageRecord
 from billing.selectors import budget_status
 from tenants.audit import audit_record, operator_actor
 
@@ -61,12 +64,39 @@ LIMIT_FIELDS = ("limit_micro", "limit_images")
 
 
 class BudgetForm(forms.ModelForm[Budget]):
+    alert_webhook_url = forms.URLField(
+        max_length=500,
+        required=False,
+        assume_scheme="https",
+        help_text=Budget._meta.get_field("alert_webhook_url").help_text,
+    )
+
     class Meta:
         model = Budget
-        fields = ["workspace", "team", "key", "scope", "period", "limit_micro", "limit_images"]
+        fields = [
+            "workspace",
+            "team",
+            "key",
+            "scope",
+            "period",
+            "limit_micro",
+            "limit_images",
+            *alerts.ALERT_FIELDS,
+        ]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        workspace = data.get("workspace") or getattr(self.instance, "workspace", None)
+        changed = [f for f in alerts.ALERT_FIELDS if f in data and f in self.changed_data]
+        if workspace is not None and changed:
+            given = {f: data[f] if data[f] is not None else "" for f in changed}
+            for name in ("alert_thresholds", "alert_emails"):
+                if given.get(name) == "":
+                    given[name] = []
+            try:
+                data.update(alerts.clean_alert_fields(workspace, given))
+            except ValidationError as refused:
+                self.add_error(None, refused)
         if self.instance.pk:  # a friendly error first; the save's conditional UPDATE decides
             status = budget_status(Budget.objects.get(pk=self.instance.pk))
             committed = {
@@ -95,6 +125,7 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
         "spent_this_period",
         "remaining",
         "images_this_period",
+        "alerts_at",
     ]
     list_filter = ["scope", "period", "workspace"]
     list_select_related = ["workspace", "team", "key"]
@@ -108,6 +139,10 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
         "used_images",
         "reserved_images",
     ]
+
+    @admin.display(description="Alerts at")
+    def alerts_at(self, obj: Budget) -> str:
+        return ", ".join(f"{t}%" for t in obj.alert_thresholds) or "—"
 
     @admin.display(description="Limit")
     def limit(self, obj: Budget) -> str:
@@ -149,7 +184,14 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
             )
             return
         limits = {f: form.cleaned_data[f] for f in LIMIT_FIELDS if f in form.changed_data}
-        others = [f for f in form.changed_data if f not in LIMIT_FIELDS]
+        alert_settings = {
+            f: form.cleaned_data[f] for f in alerts.ALERT_FIELDS if f in form.changed_data
+        }
+        others = [f for f in form.changed_data if f not in LIMIT_FIELDS and f not in alert_settings]
+        if alert_settings:
+            alerts.budget_set_alerts(
+                actor=actor, budget=Budget.objects.get(pk=obj.pk), fields=alert_settings
+            )
         if others:
             Budget.objects.filter(pk=obj.pk).update(
                 **{f: getattr(obj, f) for f in others}, updated_at=timezone.now()
@@ -182,6 +224,45 @@ class _ReadOnly(admin.ModelAdmin[Any]):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(SpendAlert)
+class SpendAlertAdmin(_ReadOnly):
+    list_display = [
+        "fired_at",
+        "workspace",
+        "budget",
+        "threshold_percent",
+        "spent",
+        "images",
+        "webhook_status",
+        "webhook_attempts",
+        "email_status",
+    ]
+    list_filter = ["webhook_status", "email_status", "threshold", "fired_at", "workspace"]
+    list_select_related = ["workspace", "budget"]
+    search_fields = ["public_id", "workspace__slug", "budget__public_id"]
+    date_hierarchy = "fired_at"
+    actions = ["deliver_again"]
+
+    @admin.display(description="Threshold", ordering="threshold")
+    def threshold_percent(self, obj: SpendAlert) -> str:
+        return f"{obj.threshold}%"
+
+    @admin.display(description="Spent / limit", ordering="used_micro")
+    def spent(self, obj: SpendAlert) -> str:
+        return f"{usd(obj.used_micro)} / {usd(obj.limit_micro)}"
+
+    @admin.display(description="Images / limit", ordering="used_images")
+    def images(self, obj: SpendAlert) -> str:
+        limit = "—" if obj.limit_images is None else str(obj.limit_images)
+        return f"{obj.used_images} / {limit}"
+
+    @admin.action(description="Deliver the selected alerts again (those that failed)")
+    def deliver_again(self, request: HttpRequest, queryset: QuerySet[SpendAlert]) -> None:
+        actor = operator_actor(request.user.get_username())
+        count = sum(alert_delivery.alert_redeliver(actor=actor, alert=a) for a in queryset)
+        messages.info(request, f"{count} alert(s) queued for delivery again.")
 
 
 @admin.register(UsageRecord)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from aperture import metrics
 from billing import budgets, ratelimit
 from tenants.key_auth import KeyPrincipal
 
@@ -55,6 +56,8 @@ def admit(
         amount_micro=max(cost_micro, floor),
         images=max(images, floor),
     )
+    if not hold.empty:
+        metrics.hold_taken()
     return Admission(hold=hold, headers=headers)
 
 
@@ -63,6 +66,8 @@ def settle(admission: Admission, *, images: int, cost_micro: int) -> Charge:
     charge is what every budget in scope took, and what the usage record says. Never raises:
     a hold that cannot be settled now is released by the reaper, and the answer still goes
     out (its record then says what was produced)."""
+    if not admission.hold.empty:
+        metrics.hold_settled()  # settled now, or released by the reaper: no longer in flight
     try:
         cost_micro, images = budgets.settle(admission.hold, cost_micro=cost_micro, images=images)
     except Exception:

@@ -4,7 +4,9 @@ Each budget in scope (workspace, team, key) takes the request's estimated maximu
 conditional UPDATE — admitted only if used + reserved + estimate stays within the limit —
 inside one short transaction with no network wait, so a refusal on any budget undoes the
 others. A new period resets the counters in that same UPDATE. Settlement turns the hold
-into the actual cost; a failed call releases it. CheckConstraints back every write.
+into the actual cost; a failed call releases it. CheckConstraints back every write. The
+settling UPDATE returns each budget's new counters, from which its spend alerts are checked
+without another query (billing/alerts.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.utils import timezone
 
 from aperture import config_cache
 from aperture.errors import InsufficientQuota
+from billing import alerts
 from billing.models import LIFETIME_START, Budget, Reservation
 from tenants.key_auth import KeyPrincipal
 
@@ -138,6 +141,8 @@ UPDATE billing_budget SET
         THEN %(images)s
         ELSE limit_images - used_images - reserved_images + %(freed_images)s END
 WHERE id = %(id)s AND period_start = %(start)s
+RETURNING id, public_id, workspace_id, used_micro, used_images, limit_micro, limit_images,
+    alert_thresholds
 """
 
 
@@ -199,8 +204,9 @@ def _delete_reservations(ids: list[int]) -> set[int]:
         return {row[0] for row in cursor.fetchall()}
 
 
-def _apply(held: Held, *, released: bool, cost_micro: int, images: int) -> None:
-    """Release the hold (if still held) and add what was really spent, within the limit."""
+def _apply(held: Held, *, released: bool, cost_micro: int, images: int) -> alerts.Spend | None:
+    """Release the hold (if still held) and add what was really spent, within the limit;
+    the budget as it then stands (None if a new period began meanwhile)."""
     with connection.cursor() as cursor:
         cursor.execute(
             _SETTLE,
@@ -213,6 +219,8 @@ def _apply(held: Held, *, released: bool, cost_micro: int, images: int) -> None:
                 "images": images,
             },
         )
+        row = cursor.fetchone()
+    return alerts.Spend.from_row(held.period_start, row) if row else None
 
 
 def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
@@ -228,13 +236,17 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
             for h in hold.holds
         ):
             cost_micro, images = _within_room(hold, still_held, cost_micro, images)
-        for held in hold.holds:
+        spends = [
             _apply(
                 held,
                 released=held.reservation_id in still_held,
                 cost_micro=cost_micro,
                 images=images,
             )
+            for held in hold.holds
+        ]
+        if cost_micro or images:  # spend alerts: arithmetic on the rows, a query only to fire
+            alerts.fire_reached([s for s in spends if s is not None])
     return cost_micro, images
 
 

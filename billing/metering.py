@@ -1,7 +1,8 @@
 """The usage record of one request: filled in along the request path, written once at the end.
 
 Writing is one INSERT; if it fails the response still goes out, the failure is logged and
-counted (`RECORDING_FAILURES`), and nothing else is affected.
+counted (`RECORDING_FAILURES`, and the metrics), and nothing else is affected. The same step
+counts the request in the Prometheus metrics (aperture/metrics.py), unauthenticated ones too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from django.db import connection
 from django.utils import timezone
 
+from aperture import metrics
 from aperture.request_context import current_client_request_id
 from tenants.key_auth import KeyPrincipal
 
@@ -59,6 +61,7 @@ class Meter:
 
 
 def record_usage(meter: Meter, *, status: int, error_code: str, bytes_out: int) -> None:
+    metrics.observe_request(meter, status=status, error_code=error_code)
     principal = meter.principal
     if principal is None:
         return  # unauthenticated requests are not metered
@@ -66,6 +69,7 @@ def record_usage(meter: Meter, *, status: int, error_code: str, bytes_out: int) 
         _insert(meter, principal, status=status, error_code=error_code, bytes_out=bytes_out)
     except Exception:
         RECORDING_FAILURES["count"] += 1
+        metrics.record_failed()
         logger.exception("could not write the usage record of %s", meter.request_id)
 
 

@@ -359,7 +359,8 @@ class HourlyUsage(models.Model):
     images = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     upstream_errors = models.PositiveIntegerField(
-        default=0, help_text="Requests that failed upstream (5xx, timeouts, unreachable)."
+        default=0,
+        help_text="Failed upstream calls to this deployment (5xx, timeout, unreachable, 429).",
     )
     cost_micro = models.BigIntegerField(default=0)
     total_ms = models.BigIntegerField(default=0, help_text="Sum of latencies (for means).")

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from aperture.errors import NotFound
 from billing.budgets import period_end, period_start
-from billing.models import Budget
+from billing.models import Budget, SpendAlert
 from tenants.key_auth import KeyPrincipal
 from tenants.selectors import team_scope
 
@@ -84,3 +84,14 @@ def enclosing_budgets(budget_workspace_id: int, team_id: int | None) -> list[Bud
     if team_id is not None:
         scope |= Q(scope=Budget.Scope.TEAM, team_id=team_id)
     return list(Budget.objects.filter(scope, workspace_id=budget_workspace_id))
+
+
+def alerts_visible(principal: KeyPrincipal, budget_id: str | None = None) -> QuerySet[SpendAlert]:
+    """The alerts of the budgets the key sees (for a manage:team key, those binding its
+    team), or of one of them: another workspace's budget is a 404."""
+    alerts = SpendAlert.objects.filter(workspace_id=principal.workspace_id)
+    if budget_id is not None:
+        alerts = alerts.filter(budget=budget_get(principal, budget_id))
+    else:
+        alerts = alerts.filter(budget__in=budgets_visible(principal).values("pk"))
+    return alerts.select_related("budget", "budget__team", "budget__key")

@@ -1,12 +1,12 @@
-"""Celery housekeeping: release orphaned reservations; roll usage up per day."""
+"""Celery housekeeping: release orphaned reservations; roll usage up per day and per hour."""
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from billing import budgets, rollups
+from billing import alert_delivery, budgets, rollups
 
 
 @shared_task(name="billing.tasks.reap_reservations")
@@ -23,3 +23,28 @@ def rollup_daily_usage(day: str | None = None) -> int:
         return rollups.rollup_day(date.fromisoformat(day))
     today = timezone.now().date()
     return rollups.rollup_day(today - timedelta(days=1)) + rollups.rollup_day(today)
+
+
+@shared_task(name="billing.tasks.rollup_hourly_usage")
+def rollup_hourly_usage(hour: str | None = None, hours: int = 2) -> int:
+    """Roll up `hour` (ISO datetime within it), or the last `hours` hours up to the current
+    one: the default 2 catches records written late for the previous hour (a request is
+    recorded when it ends); a larger number backfills, e.g. `hours=720` after an upgrade."""
+    if hour is not None:
+        return rollups.rollup_hour(datetime.fromisoformat(hour))
+    now = timezone.now()
+    return rollups.rollup_hours(now - timedelta(hours=max(hours, 1) - 1), now)
+
+
+@shared_task(
+    bind=True, name="billing.tasks.deliver_spend_alert", max_retries=alert_delivery.RETRIES
+)
+def deliver_spend_alert(self: Task, alert_id: int) -> None:
+    """Deliver a spend alert; a worker retries with backoff while a channel is still pending.
+    Run eagerly (the embedded default) there is no worker to wait: a few tries at once."""
+    if self.request.is_eager:
+        alert_delivery.deliver_at_once(alert_id=alert_id)
+        return
+    tries = self.request.retries
+    if alert_delivery.deliver(alert_id=alert_id, final=tries >= alert_delivery.RETRIES):
+        raise self.retry(countdown=alert_delivery.backoff(tries))

@@ -4,7 +4,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from aperture import openapi  # noqa: F401 - registers the API key security scheme
-from billing.api import budgets, usage
+from billing.api import alerts, budgets, usage
 from routing.api import aliases, credentials, guardrails, passthrough
 from tenants.api import audit, keys, teams
 
@@ -14,6 +14,11 @@ urlpatterns = [
     # page's Content-Security-Policy allows scripts from this origin only.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/workspace", teams.WorkspaceView.as_view(), name="api-workspace"),
+    path(
+        "api/v1/workspace/webhook-secret/rotate",
+        teams.WebhookSecretRotateView.as_view(),
+        name="api-workspace-webhook-secret-rotate",
+    ),
     path("api/v1/teams", teams.TeamListView.as_view(), name="api-teams"),
     path("api/v1/teams/<str:team_id>", teams.TeamDetailView.as_view(), name="api-team"),
     path(
@@ -29,6 +34,7 @@ urlpatterns = [
     path("api/v1/usage/summary", usage.UsageSummaryView.as_view(), name="api-usage-summary"),
     path("api/v1/budgets", budgets.BudgetListView.as_view(), name="api-budgets"),
     path("api/v1/budgets/<str:budget_id>", budgets.BudgetDetailView.as_view(), name="api-budget"),
+    path("api/v1/alerts", alerts.AlertListView.as_view(), name="api-alerts"),
     path("api/v1/aliases", aliases.AliasListView.as_view(), name="api-aliases"),
     path("api/v1/aliases/<str:alias_id>", aliases.AliasDetailView.as_view(), name="api-alias"),
     path("api/v1/credentials", credentials.CredentialListView.as_view(), name="api-credentials"),

@@ -6,6 +6,8 @@ from django.urls import include, path, re_path
 
 from aperture import errors
 from gateway import health
+from gateway.dashboard import views as dashboard
+from gateway.metrics_view import metrics_view
 from routing.passthrough_api import PassthroughView
 
 admin.site.site_header = "Aperture operator admin"
@@ -15,6 +17,9 @@ admin.site.index_title = "Gateway configuration"
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
+    # The admin's landing page is the dashboard (the admin's own index view, given it).
+    path("admin/", admin.site.admin_view(dashboard.index), name="dashboard"),
     path("admin/", admin.site.urls),
     path("", include("routing.urls")),
     path("", include("gateway.api_urls")),

@@ -10,6 +10,8 @@ from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from tenants import services
 from tenants.audit import audit_record, operator_actor
@@ -32,9 +34,17 @@ class WorkspaceAdmin(ModelAdmin[Workspace]):
     list_display = ["slug", "name", "status", "team_count", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name", "public_id"]
-    readonly_fields = ["public_id", "created_at", "updated_at"]
+    readonly_fields = ["public_id", "dashboard", "created_at", "updated_at"]
     inlines = [TeamInline]
     actions = ["suspend", "activate"]
+
+    @admin.display(description="Dashboard")
+    def dashboard(self, obj: Workspace) -> SafeString | str:
+        """The admin's landing dashboard, narrowed to this workspace."""
+        if obj.pk is None:
+            return "-"
+        url = f"{reverse('admin:index')}?workspace={obj.pk}"
+        return format_html('<a href="{}">Requests, spend and errors of this workspace</a>', url)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Workspace]:
         return super().get_queryset(request).annotate(_team_count=Count("teams"))

@@ -23,6 +23,16 @@ class Workspace(models.Model):
         default=Status.ACTIVE,
         help_text="A suspended workspace's keys get 403 on every request.",
     )
+    # Signs the spend alerts' webhooks (Standard Webhooks, whsec_…): encrypted at rest
+    # (aperture/crypto.py), shown to the tenant once when rotated (tenants/webhook_secrets.py).
+    webhook_secret_ciphertext = models.TextField(
+        blank=True,
+        editable=False,
+        help_text="The webhook signing secret, encrypted; empty until a tenant rotates one.",
+    )
+    webhook_secret_rotated_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the webhook secret was last set."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,6 +1,10 @@
 """Budgets: `/api/v1/budgets[/{id}]`. Everyone with a management scope reads those in
-scope; `manage:workspace` sets team and key budgets, never above the workspace's."""
+scope; `manage:workspace` sets team and key budgets, never above the workspace's, and the
+spend alerts of any budget, the workspace's included (its limits are the operators')."""
 
+from typing import Any
+
+from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -9,8 +13,8 @@ from rest_framework.views import APIView
 from aperture.api_fields import micro_from_usd, validated
 from aperture.errors import PermissionError_
 from aperture.openapi import listed
+from billing import alerts, services
 from billing import selectors as billing_selectors
-from billing import services
 from billing.api.serializers import BudgetCreateIn, BudgetOut, BudgetUpdateIn
 from billing.models import Budget
 from tenants import selectors
@@ -49,15 +53,21 @@ class BudgetListView(APIView):
         f = validated(BudgetCreateIn, request.data)
         team = selectors.team_get(principal, f["team"], param="team") if "team" in f else None
         key = selectors.key_get(principal, f["key"], param="key") if "key" in f else None
-        budget = services.budget_create(
-            actor=actor_for(principal),
-            workspace=selectors.workspace_of(principal),
-            team=team,
-            key=key,
-            period=f["period"],
-            limit_micro=micro_from_usd(f["limit_usd"]),
-            limit_images=f["limit_images"],
-        )
+        actor = actor_for(principal)
+        with transaction.atomic():  # refused alert settings leave no budget behind
+            budget = services.budget_create(
+                actor=actor,
+                workspace=selectors.workspace_of(principal),
+                team=team,
+                key=key,
+                period=f["period"],
+                limit_micro=micro_from_usd(f["limit_usd"]),
+                limit_images=f["limit_images"],
+            )
+            if _alert_settings(f):
+                budget = alerts.budget_set_alerts(
+                    actor=actor, budget=budget, fields=_alert_settings(f)
+                )
         return Response(_out(budget), status=201)
 
 
@@ -72,20 +82,28 @@ class BudgetDetailView(APIView):
         tags=TAGS,
         request=BudgetUpdateIn,
         responses=BudgetOut,
-        summary="Change a team's or key's limits (null removes one)",
+        summary="Change a team's or key's limits (null removes one), or any budget's alerts",
     )
     def patch(self, request: Request, budget_id: str) -> Response:
         principal = request_principal(request)
-        budget = _tenant_budget(principal, budget_id)
         data = validated(BudgetUpdateIn, request.data)
-        fields: dict[str, int | None] = {}
+        limits: dict[str, int | None] = {}
         if "limit_usd" in data:
-            fields["limit_micro"] = micro_from_usd(data["limit_usd"])
+            limits["limit_micro"] = micro_from_usd(data["limit_usd"])
         if "limit_images" in data:
-            fields["limit_images"] = data["limit_images"]
-        budget = services.budget_change_limits(
-            actor=actor_for(principal), budget=budget, fields=fields
-        )
+            limits["limit_images"] = data["limit_images"]
+        if limits:
+            budget = _tenant_budget(principal, budget_id)
+        else:
+            budget = billing_selectors.budget_get(principal, budget_id)
+        actor = actor_for(principal)
+        with transaction.atomic():  # both or neither
+            if limits:
+                budget = services.budget_change_limits(actor=actor, budget=budget, fields=limits)
+            if _alert_settings(data):
+                budget = alerts.budget_set_alerts(
+                    actor=actor, budget=budget, fields=_alert_settings(data)
+                )
         return Response(_out(budget))
 
     @extend_schema(tags=TAGS, responses={204: None}, summary="Delete a team's or key's budget")
@@ -95,6 +113,10 @@ class BudgetDetailView(APIView):
             actor=actor_for(principal), budget=_tenant_budget(principal, budget_id)
         )
         return Response(status=204)
+
+
+def _alert_settings(data: dict[str, Any]) -> dict[str, Any]:
+    return {name: data[name] for name in alerts.ALERT_FIELDS if name in data}
 
 
 def _tenant_budget(principal: KeyPrincipal, budget_id: str) -> Budget:

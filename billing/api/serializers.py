@@ -1,4 +1,4 @@
-"""Input and output shapes of the usage and budget routes."""
+"""Input and output shapes of the usage, budget and spend-alert routes."""
 
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from aperture.api_fields import StrictSerializer, UsdField, usd
-from billing.models import Budget, UsageRecord
+from billing.models import Budget, SpendAlert, UsageRecord
 from billing.selectors import BudgetStatus
 from billing.usage_reports import GROUPS, SummaryRow
 
@@ -154,6 +154,17 @@ class BudgetOut(serializers.Serializer[Any]):
     spent_images = serializers.IntegerField()
     reserved_images = serializers.IntegerField()
     remaining_images = serializers.IntegerField(allow_null=True)
+    alert_thresholds = serializers.ListField(
+        child=serializers.IntegerField(),
+        source="budget.alert_thresholds",
+        help_text="Percentages of the limit at which a spend alert fires, once per period.",
+    )
+    alert_webhook_url = serializers.CharField(
+        source="budget.alert_webhook_url", help_text="Empty: no webhook."
+    )
+    alert_emails = serializers.ListField(
+        child=serializers.CharField(), source="budget.alert_emails"
+    )
 
     def get_team(self, status: BudgetStatus) -> str | None:
         budget = status.budget
@@ -172,7 +183,38 @@ class BudgetOut(serializers.Serializer[Any]):
         return usd(status.remaining_micro)
 
 
-class BudgetCreateIn(StrictSerializer):
+class _AlertSettingsIn(StrictSerializer):
+    """The alert settings a budget takes on creation and change (billing/alerts.py also
+    checks the webhook URL's host and that the workspace has a webhook secret)."""
+
+    alert_thresholds = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=100),
+        max_length=10,
+        required=False,
+        help_text="Percentages of the limit (1 to 100, at most 10); each fires once per "
+        "period. Default [50, 80, 100]; [] for none.",
+    )
+    alert_webhook_url = serializers.URLField(
+        max_length=500,
+        allow_blank=True,
+        required=False,
+        help_text="An https URL that receives each alert, signed with the workspace's "
+        "webhook secret (Standard Webhooks); empty for none.",
+    )
+    alert_emails = serializers.ListField(
+        child=serializers.EmailField(max_length=254),
+        max_length=5,
+        required=False,
+        help_text="Up to 5 addresses each alert is emailed to.",
+    )
+
+    def validate_alert_thresholds(self, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("A threshold appears twice.")
+        return value
+
+
+class BudgetCreateIn(_AlertSettingsIn):
     team = serializers.CharField(required=False, max_length=32, help_text="A team id…")
     key = serializers.CharField(required=False, max_length=32, help_text="…or a key id.")
     period = serializers.ChoiceField(choices=Budget.Period.choices, default="month")
@@ -193,7 +235,7 @@ class BudgetCreateIn(StrictSerializer):
         return attrs
 
 
-class BudgetUpdateIn(StrictSerializer):
+class BudgetUpdateIn(_AlertSettingsIn):
     limit_usd = UsdField(required=False, allow_null=True)
     limit_images = serializers.IntegerField(required=False, allow_null=True, min_value=0)
 
@@ -201,3 +243,47 @@ class BudgetUpdateIn(StrictSerializer):
         if not attrs:
             raise serializers.ValidationError("Nothing to change.")
         return attrs
+
+
+class AlertFilterIn(StrictSerializer):
+    budget = serializers.CharField(required=False, max_length=32, help_text="A budget id.")
+    cursor = serializers.CharField(required=False)
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+
+class AlertBudgetOut(serializers.Serializer[Any]):
+    id = serializers.CharField(source="public_id")
+    scope = serializers.ChoiceField(choices=Budget.Scope.choices)
+    period = serializers.ChoiceField(choices=Budget.Period.choices)
+    team = serializers.SerializerMethodField()
+    key = serializers.SerializerMethodField()
+
+    def get_team(self, budget: Budget) -> str | None:
+        return budget.team.public_id if budget.scope == "team" and budget.team else None
+
+    def get_key(self, budget: Budget) -> str | None:
+        return budget.key.public_id if budget.key else None
+
+
+class SpendAlertOut(serializers.Serializer[Any]):
+    id = serializers.CharField(source="public_id")
+    budget = AlertBudgetOut()
+    threshold = serializers.IntegerField(help_text="Percent of the limit that was reached.")
+    period_start = serializers.DateTimeField()
+    fired_at = serializers.DateTimeField()
+    spent_micro = serializers.IntegerField(source="used_micro", help_text="When it fired.")
+    spent_usd = serializers.SerializerMethodField()
+    spent_images = serializers.IntegerField(source="used_images")
+    limit_micro = serializers.IntegerField(allow_null=True)
+    limit_usd = serializers.SerializerMethodField()
+    limit_images = serializers.IntegerField(allow_null=True)
+    webhook_status = serializers.ChoiceField(choices=SpendAlert.Delivery.choices)
+    webhook_attempts = serializers.IntegerField()
+    webhook_last_error = serializers.CharField()
+    email_status = serializers.ChoiceField(choices=SpendAlert.Delivery.choices)
+
+    def get_spent_usd(self, alert: SpendAlert) -> str:
+        return usd(alert.used_micro)
+
+    def get_limit_usd(self, alert: SpendAlert) -> str | None:
+        return usd(alert.limit_micro)

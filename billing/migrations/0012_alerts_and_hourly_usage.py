@@ -40,7 +40,7 @@ class Migration(migrations.Migration):
                 ('requests', models.PositiveIntegerField(default=0)),
                 ('images', models.PositiveIntegerField(default=0)),
                 ('errors', models.PositiveIntegerField(default=0)),
-                ('upstream_errors', models.PositiveIntegerField(default=0, help_text='Requests that failed upstream (5xx, timeouts, unreachable).')),
+                ('upstream_errors', models.PositiveIntegerField(default=0, help_text='Failed upstream calls to this deployment (5xx, timeout, unreachable, 429).')),
                 ('cost_micro', models.BigIntegerField(default=0)),
                 ('total_ms', models.BigIntegerField(default=0, help_text='Sum of latencies (for means).')),
                 ('latency_buckets', models.JSONField(blank=True, default=list, help_text='Request counts per latency bucket (billing/rollups.py), which add up exactly over any range, so percentiles of days and months need no records.')),

@@ -20,6 +20,14 @@ class WorkspaceOut(Serializer[Any]):
     created_at = serializers.DateTimeField()
 
 
+class WebhookSecretOut(Serializer[Any]):
+    secret = serializers.CharField(
+        help_text="Signs spend-alert webhooks (Standard Webhooks, whsec_…). Shown in this "
+        "response only: store it now. It replaces the previous secret at once."
+    )
+    rotated_at = serializers.DateTimeField()
+
+
 class TeamOut(Serializer[Any]):
     id = serializers.CharField(source="public_id")
     slug = serializers.CharField()

@@ -1,4 +1,5 @@
-"""The workspace and its teams: `GET /api/v1/workspace`, `/api/v1/teams[/{id}[/archive]]`."""
+"""The workspace and its teams: `GET /api/v1/workspace`, its webhook secret's rotation,
+`/api/v1/teams[/{id}[/archive]]`."""
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
@@ -8,9 +9,20 @@ from rest_framework.views import APIView
 from aperture.api_fields import validated
 from aperture.openapi import paginated
 from aperture.pagination import OldestFirst
-from tenants import selectors, services
-from tenants.api.serializers import TeamCreateIn, TeamOut, TeamUpdateIn, WorkspaceOut
-from tenants.permissions import ManageScope, ManageWorkspaceForWrites, request_principal
+from tenants import selectors, services, webhook_secrets
+from tenants.api.serializers import (
+    TeamCreateIn,
+    TeamOut,
+    TeamUpdateIn,
+    WebhookSecretOut,
+    WorkspaceOut,
+)
+from tenants.permissions import (
+    ManageScope,
+    ManageWorkspaceForWrites,
+    ManageWorkspaceScope,
+    request_principal,
+)
 
 TAGS = ["Workspace and teams"]
 
@@ -22,6 +34,25 @@ class WorkspaceView(APIView):
     def get(self, request: Request) -> Response:
         workspace = selectors.workspace_of(request_principal(request))
         return Response(WorkspaceOut(workspace).data)
+
+
+class WebhookSecretRotateView(APIView):
+    permission_classes = [ManageWorkspaceScope]
+
+    @extend_schema(
+        tags=TAGS,
+        request=None,
+        responses=WebhookSecretOut,
+        summary="A new webhook signing secret, shown once (manage:workspace)",
+    )
+    def post(self, request: Request) -> Response:
+        principal = request_principal(request)
+        workspace = selectors.workspace_of(principal)
+        secret = webhook_secrets.webhook_secret_rotate(
+            actor=services.actor_for(principal), workspace=workspace
+        )
+        out = {"secret": secret, "rotated_at": workspace.webhook_secret_rotated_at}
+        return Response(WebhookSecretOut(out).data)
 
 
 class TeamListView(APIView):

@@ -21,6 +21,8 @@ MANAGEMENT_OPERATIONS = {
     ("delete", "/api/v1/guardrails/{guardrail_id}"),
     ("post", "/api/v1/guardrails/{guardrail_id}/test"),
     ("get", "/api/v1/workspace"),
+    ("post", "/api/v1/workspace/webhook-secret/rotate"),
+    ("get", "/api/v1/alerts"),
     ("get", "/api/v1/teams"),
     ("post", "/api/v1/teams"),
     ("get", "/api/v1/teams/{team_id}"),

@@ -53,7 +53,10 @@ def test_reencryption_with_a_new_first_key_keeps_every_secret_readable(settings)
     with override_settings(ENCRYPTION_KEYS=[new_key, old_key]):
         out = io.StringIO()
         call_command("reencrypt_secrets", stdout=out)
-    assert out.getvalue().strip() == "Re-encrypted 2 credential secret(s)."
+    assert out.getvalue().strip().splitlines() == [
+        "Re-encrypted 2 credential secret(s).",
+        "Re-encrypted 0 workspace webhook secret(s).",
+    ]
     assert _raw_row(first) != before
     with override_settings(ENCRYPTION_KEYS=[new_key]):  # the old key is retired
         for credential in (first, second):

@@ -10,11 +10,12 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from billing.models import UsageRecord
+from routing import router as routing_router
 from routing import services as routing_services
-from routing.guardrails import check as guardrail_check
 from routing.guardrails import matching
 from routing.guardrails.services import guardrail_create
 from routing.models import GuardrailPolicy, ModelAlias, Provider, ProviderCredential
+from routing.providers import moderation as moderation_provider
 from tenants.models import Workspace
 from tests.conftest import ACTOR, make_alias
 from tests.fakes.upstream import FakeUpstream, Misbehave, form_parts, png
@@ -350,22 +351,20 @@ def test_no_database_connection_is_held_while_a_single_moderation_call_waits(
     # moderation policy the call (up to 30 s, per read) runs with the connection held. A
     # workspace's own moderation endpoint that answers slowly then pins pool connections.
     held: dict[str, bool] = {}
-    real_moderate = guardrail_check.moderation.moderate
+    real_moderate = moderation_provider.moderate
 
     def moderate(*args: Any, **kwargs: Any) -> Any:
         held["moderation"] = connection.connection is not None
         return real_moderate(*args, **kwargs)
 
-    from routing import pipeline
-
-    real_router_call = pipeline.router.call
+    real_router_call = routing_router.call
 
     def router_call(*args: Any, **kwargs: Any) -> Any:
         held["image call"] = connection.connection is not None
         return real_router_call(*args, **kwargs)
 
-    monkeypatch.setattr(guardrail_check.moderation, "moderate", moderate)
-    monkeypatch.setattr(pipeline.router, "call", router_call)
+    monkeypatch.setattr(moderation_provider, "moderate", moderate)
+    monkeypatch.setattr(routing_router, "call", router_call)
     _policy("moderated", kind="moderation", credential=openai_credential)
 
     response = _post(client, {"model": "image-openai", "prompt": "a calm lake"})
@@ -478,7 +477,7 @@ def test_a_gemini_passthrough_prompt_is_read_in_every_part_and_spelling(
     open_credential(fake_upstream, name="gemini", provider=Provider.GEMINI)
     _policy("no-dogs", kind="keywords", patterns=["dog"])
     path = "/gemini/v1beta/models/gemini-2.5-flash-image:generateContent"
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {"contents": {"parts": {"text": "a dog"}}},
         {
             "contents": [{"parts": [{"text": "a"}]}],

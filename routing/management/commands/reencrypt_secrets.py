@@ -1,4 +1,5 @@
-"""Re-encrypt every provider secret with the first key of APERTURE_ENCRYPTION_KEYS.
+"""Re-encrypt every provider secret and workspace webhook secret with the first key of
+APERTURE_ENCRYPTION_KEYS.
 
 Rotation: put the new key first (keep the old ones after it), run this, then drop the old keys.
 """
@@ -8,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from routing.services import credentials_reencrypt
+from tenants.webhook_secrets import webhook_secrets_reencrypt
 
 
 class Command(BaseCommand):
@@ -16,3 +18,5 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         count = credentials_reencrypt(actor="system:reencrypt_secrets")
         self.stdout.write(f"Re-encrypted {count} credential secret(s).")
+        count = webhook_secrets_reencrypt(actor="system:reencrypt_secrets")
+        self.stdout.write(f"Re-encrypted {count} workspace webhook secret(s).")
