@@ -54,6 +54,13 @@ class Meter:
     attempts: list[dict[str, object]] = field(default_factory=list)
     # Guardrail policies that matched (routing/guardrails): names, never the prompt.
     guardrails: list[dict[str, str]] = field(default_factory=list)
+    # At the provider's price, before the workspace's multiplier (None: cost_micro).
+    provider_cost_micro: int | None = None
+    # The price applied, as it was (billing/pricing.py).
+    price_snapshot: dict[str, object] = field(default_factory=dict)
+    # Attribution: the request's `user` and `metadata`.
+    end_user: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def finish(self) -> None:
         """Stop the clock: the response is complete."""
@@ -102,6 +109,10 @@ _COLUMNS = (
     "upstream_cost_micro",
     "attempts",
     "guardrails",
+    "provider_cost_micro",
+    "price_snapshot",
+    "end_user",
+    "metadata",
 )
 # One plain INSERT: the ORM's model machinery costs more CPU than the statement itself.
 _INSERT = (
@@ -144,6 +155,10 @@ def _insert(
         meter.upstream_cost_micro,
         connection.ops.adapt_json_value(meter.attempts, None),
         connection.ops.adapt_json_value(meter.guardrails, None),
+        meter.cost_micro if meter.provider_cost_micro is None else meter.provider_cost_micro,
+        connection.ops.adapt_json_value(meter.price_snapshot, None),
+        meter.end_user[:256],
+        connection.ops.adapt_json_value(meter.metadata, None),
     )
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, values)

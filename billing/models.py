@@ -36,6 +36,34 @@ class Price(models.Model):
     image_output_per_mtok_micro = models.BigIntegerField(
         null=True, blank=True, help_text="Micro-USD per million image output tokens."
     )
+    tier = models.CharField(
+        max_length=8,
+        blank=True,
+        help_text='Resolution tier this row prices ("512", "1K", "2K", "4K"); empty for any.',
+    )
+    first_megapixel_micro = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Per megapixel: micro-USD for an output image's first megapixel.",
+    )
+    extra_megapixel_micro = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Per megapixel: micro-USD for each further megapixel, rounded up.",
+    )
+    per_input_image_micro = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Surcharge in micro-USD per input or reference image.",
+    )
+    minimum_micro = models.BigIntegerField(
+        null=True, blank=True, help_text="The least a served request costs, in micro-USD."
+    )
+    note = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Where the figure comes from; 'unconfirmed' when no official source was checked.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -43,7 +71,8 @@ class Price(models.Model):
         ordering = ["provider", "model_pattern", "size", "quality"]
         constraints = [
             models.UniqueConstraint(
-                fields=["provider", "model_pattern", "size", "quality"], name="price_unique_variant"
+                fields=["provider", "model_pattern", "size", "quality", "tier"],
+                name="price_unique_variant_tier",
             ),
             models.CheckConstraint(
                 condition=Q(per_image_micro__isnull=True) | Q(per_image_micro__gte=0),
@@ -246,6 +275,22 @@ class UsageRecord(models.Model):
         default=list,
         blank=True,
         help_text="Every upstream call: attempt, deployment, provider, outcome, ms.",
+    )
+    provider_cost_micro = models.BigIntegerField(
+        default=0,
+        help_text="What the call cost at the provider's price, before the workspace's "
+        "multiplier (cost_micro is what the tenant was charged).",
+    )
+    price_snapshot = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The price applied: its id, rule and the figures used, as they were.",
+    )
+    end_user = models.CharField(
+        max_length=256, blank=True, help_text="The request's `user` (the tenant's end user)."
+    )
+    metadata = models.JSONField(
+        default=dict, blank=True, help_text="The request's `metadata`: string keys and values."
     )
     guardrails = models.JSONField(
         default=list,

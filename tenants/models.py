@@ -1,7 +1,9 @@
 """Tenancy: workspaces, their teams, the teams' API keys, and the audit trail."""
 
 from datetime import datetime
+from decimal import Decimal
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -32,6 +34,14 @@ class Workspace(models.Model):
     )
     webhook_secret_rotated_at = models.DateTimeField(
         null=True, blank=True, editable=False, help_text="When the webhook secret was last set."
+    )
+    price_multiplier = models.DecimalField(
+        max_digits=7,
+        decimal_places=4,
+        default=Decimal("1"),
+        validators=[MinValueValidator(Decimal("0.0001")), MaxValueValidator(Decimal("100"))],
+        help_text="Markup on provider prices (1.25 for a reseller's 25%): the workspace is "
+        "charged the provider's cost times this; usage records keep both.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -93,6 +103,17 @@ class ApiKey(models.Model):
     )
     rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute.")
     ipm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Images per minute.")
+    per_user_limit_images = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Images per end user (the request's `user`) per UTC day; set, a request "
+        "without `user` is refused.",
+    )
+    per_user_rpm = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests per end user per minute; set, a request without `user` is refused.",
+    )
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(
