@@ -112,6 +112,8 @@ class Observed(Protocol):
     @property
     def alias(self) -> str: ...
     @property
+    def alias_owner(self) -> str: ...
+    @property
     def provider(self) -> str: ...
     @property
     def images(self) -> int: ...
@@ -137,11 +139,17 @@ def observe_request(meter: Observed, *, status: int, error_code: str) -> None:
         logger.exception("could not count a request in the metrics")
 
 
+def _alias_label(meter: Observed) -> str:
+    """A platform alias by name (the operator's); every workspace alias as "workspace" (a
+    tenant names its own, as many as it likes); "" for a name that never resolved."""
+    if meter.alias_owner == "platform":
+        return meter.alias[:128]
+    return "workspace" if meter.alias_owner == "workspace" else ""
+
+
 def _observe(meter: Observed, status: int, error_code: str) -> None:
     route, provider = meter.endpoint, meter.provider
-    # The model a caller named is an alias only once it resolved (the provider is then known):
-    # an unknown name is the caller's text, not a label.
-    alias = meter.alias[:128] if provider else ""
+    alias = _alias_label(meter)
     REQUESTS.labels(route, status, alias, provider).inc()
     total_ms = meter.total_ms
     seconds = total_ms / 1000 if total_ms is not None else time.monotonic() - meter.started

@@ -7,12 +7,23 @@ private, loopback, link-local or reserved addresses unless an operator lists the
 APERTURE_FETCH_ALLOWED_HOSTS (exact host names or CIDR ranges). The check is made when the
 socket connects, on the very address it connects to, so a name that resolves differently the
 second time (DNS rebinding) gains nothing.
+
+Read and connect timeouts bound each socket operation, not a call: a receiver that trickles a
+byte at a time keeps a call alive as long as it likes. `deadline` bounds a whole call made on
+a fresh guarded session (`fresh_guarded_session`): at the deadline every connection the session
+opened inside it is shut down, which ends any blocked read or write at once, in a thread or
+under gevent alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import Any
 
@@ -70,17 +81,76 @@ def allowed_address(host: str, port: int) -> str:
     return str(infos[0][4][0])
 
 
+@dataclass
+class Deadline:
+    """The sockets opened within a `deadline`, to be shut down when it passes."""
+
+    sockets: list[socket.socket] = field(default_factory=list)
+    expired: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, sock: socket.socket) -> None:
+        # A duplicate: TLS takes the original over (detaching it), while a shutdown of the
+        # duplicate ends the one connection both share.
+        duplicate = sock.dup()
+        with self.lock:
+            self.sockets.append(duplicate)
+            if not self.expired:
+                return
+        _shut(duplicate)
+
+    def expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+_deadline: ContextVar[Deadline | None] = ContextVar("aperture_outbound_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[Deadline]:
+    """Shut down, `seconds` from now, every connection a guarded session opens within this
+    block: its call then fails with a connection error (`expired` tells the two apart). Use a
+    fresh session: a pooled connection opened before the block is not covered."""
+    current = Deadline()
+    token = _deadline.set(current)
+    timer = threading.Timer(seconds, current.expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield current
+    finally:
+        timer.cancel()
+        _deadline.reset(token)
+        for sock in current.sockets:
+            sock.close()
+
+
+def _within_deadline(sock: socket.socket) -> socket.socket:
+    current = _deadline.get()
+    if current is not None:
+        current.add(sock)
+    return sock
+
+
 class _GuardedConnection(HTTPConnection):
     def _new_conn(self) -> socket.socket:
         self._dns_host = allowed_address(self.host, self.port or 80)  # connect to what was checked
-        return super()._new_conn()
+        return _within_deadline(super()._new_conn())
 
 
 class _GuardedHTTPSConnection(HTTPSConnection):
     def _new_conn(self) -> socket.socket:
         # TLS still verifies the certificate against the host name, not the address.
         self._dns_host = allowed_address(self.host, self.port or 443)
-        return super()._new_conn()
+        return _within_deadline(super()._new_conn())
 
 
 class _GuardedPool(HTTPConnectionPool):
@@ -109,6 +179,12 @@ def guarded_session() -> requests.Session:
     if _guarded is None:
         _guarded = new_session(_GuardedAdapter(pool_connections=16, pool_maxsize=64, max_retries=0))
     return _guarded
+
+
+def fresh_guarded_session() -> requests.Session:
+    """A guarded session of its own (one connection, no retries), for a call under a
+    `deadline`; close it after the call."""
+    return new_session(_GuardedAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
 
 
 def caused_by(error: BaseException, kind: type[BaseException]) -> bool:

@@ -283,6 +283,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayOperationId": False},
+    # One name for a choice set that several fields share (else a warning on every generation).
+    "ENUM_NAME_OVERRIDES": {"DeliveryStatusEnum": "billing.models.SpendAlert.Delivery"},
 }
 
 # --- Security -------------------------------------------------------------------------
@@ -330,7 +332,8 @@ AXES_VERBOSE = False  # its lockouts are still logged, as warnings
 # --- Email (spend alerts) ------------------------------------------------------------
 # EMAIL_URL as django-environ reads it, e.g. smtp+tls://alerts@example.com@smtp.example.com:587
 # (URL-encode an @ in the user name); EMAIL_HOST_PASSWORD or EMAIL_HOST_PASSWORD_FILE give the
-# password outside the URL. The embedded default prints emails to the console.
+# password outside the URL. The embedded default prints emails to the console, one line each
+# (aperture/mail.py).
 globals().update(
     {
         name: value
@@ -344,6 +347,8 @@ if env.str("EMAIL_HOST_PASSWORD", default="") or env.str("EMAIL_HOST_PASSWORD_FI
     EMAIL_HOST_PASSWORD = _secret("EMAIL_HOST_PASSWORD")
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="aperture@localhost")
+# Spend alerts emailed per workspace in any 24 hours; past it an alert's email is not sent.
+ALERT_EMAILS_PER_DAY = env.int("APERTURE_ALERT_EMAILS_PER_DAY", default=100)
 
 # --- Logging: one line per event, never a secret --------------------------------------
 # `text` (the default): one human-readable line per event. `json`: one JSON object per line,

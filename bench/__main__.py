@@ -2,7 +2,7 @@
 
 Starts the fake OpenAI upstream and the gateway (gunicorn, gevent workers, PostgreSQL and
 Redis on 127.0.0.1) as their own processes, then measures on loopback:
-  1. p50/p99 latency and requests/s at concurrency 1, 16 and 64 (256x256 image, n=1),
+  1. p50/p99 latency and requests/s at concurrency 1, 16 and 64 (1024x1024 image, n=1),
      against the gateway and against the fake upstream directly, in the same run;
   2. the billing path and the budget race;
   3. 1,000 concurrent requests against a 5-second upstream: successes, wall time and the
@@ -42,27 +42,30 @@ from bench.loadgen import run
 from bench.management import run_management
 from bench.metrics import run_metrics
 from bench.passthrough import run_passthrough
-from bench.seed import RACE_IMAGES
+from bench.seed import BENCH_MODEL, RACE_IMAGES
 from tests.fakes.upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 DB_NAME = "aperture_bench"
+# A current GPT image model at its smallest standard size, billed per image: the fake answers
+# without token usage (--no-usage), so that hold and charge are one figure and the budget
+# race can be exact.
 BODY = json.dumps(
     {
         "model": "bench-image",
         "prompt": "a small benchmark image",
-        "size": "256x256",
-        "response_format": "b64_json",
+        "size": "1024x1024",
+        "quality": "low",
     }
 ).encode()
 DIRECT_BODY = json.dumps(
     {
-        "model": "dall-e-2",
+        "model": BENCH_MODEL,
         "prompt": "a small benchmark image",
-        "size": "256x256",
-        "response_format": "b64_json",
+        "size": "1024x1024",
+        "quality": "low",
     }
 ).encode()
 
@@ -147,7 +150,14 @@ def main() -> None:
     try:
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "tests.fakes.upstream", "--port", str(upstream_port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.fakes.upstream",
+                    "--port",
+                    str(upstream_port),
+                    "--no-usage",
+                ],
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
@@ -238,7 +248,7 @@ def _core(
     """Sections 1-3: the OpenAI-compatible route, billing, the race, slow upstreams."""
     database_url = f"{PG}/{DB_NAME}"
     auth = {"Authorization": f"Bearer {seeded['plain']}"}
-    print("## Latency and throughput (256x256 PNG, n=1)")
+    print("## Latency and throughput (1024x1024 PNG, n=1)")
     levels = [(1, 300), (16, 2000), (64, 4000)]
     if args.quick:
         levels = [(1, 100), (16, 500), (64, 1000)]

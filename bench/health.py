@@ -13,7 +13,7 @@ TOTAL, CONCURRENCY = 200, 16
 
 def _body(model: str) -> bytes:
     return json.dumps(
-        {"model": model, "prompt": "a small benchmark image", "size": "256x256"}
+        {"model": model, "prompt": "a small benchmark image", "size": "1024x1024", "quality": "low"}
     ).encode()
 
 

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from PIL import Image
 
+from bench.seed import STREAM_MODEL
+
 CONCURRENT = 20
 
 
@@ -106,7 +108,7 @@ def run_images(gateway: str, upstream: str, key: str, rss: Callable[[], float]) 
     print("\n## Streaming: time to the first partial image (20 requests each, p50 / max)")
     body = {"prompt": "a stream", "stream": True, "partial_images": 2, "size": "1024x1024"}
     for label, url, model, headers in (
-        ("direct ", f"{upstream}/v1/images/generations", "gpt-image-1", {}),
+        ("direct ", f"{upstream}/v1/images/generations", STREAM_MODEL, {}),
         ("gateway", f"{gateway}/v1/images/generations", "bench-gpt", auth),
     ):
         firsts = [_first_event_seconds(url, {**body, "model": model}, headers) for _ in range(20)]

@@ -1,7 +1,7 @@
 """Metrics figures: what counting each request for Prometheus costs on the core path.
 
 Two gateways that differ only by APERTURE_METRICS (on, the default, in multiprocess mode;
-off: `false`) serve the core benchmark's request (256x256, n=1, the fake upstream) in turns,
+off: `false`) serve the core benchmark's request (1024x1024, n=1, the fake upstream) in turns,
 in the same run: p50 at concurrency 1, requests/s at concurrency 64 and the CPU time the
 gateway's workers spent per request (steadier than requests/s on a machine the load
 generator and the upstream share), then the time a scrape of /metrics takes.

@@ -11,8 +11,8 @@ from bench.loadgen import run
 
 ECHO_BODY = b'{"input": "a small native request body"}'
 IMAGE_BODY = (
-    b'{"model": "dall-e-2", "prompt": "a small benchmark image", "size": "256x256", '
-    b'"response_format": "b64_json"}'
+    b'{"model": "gpt-image-1.5", "prompt": "a small benchmark image", "size": "1024x1024", '
+    b'"quality": "low"}'
 )
 LARGE_BYTES = 100 * 1024 * 1024
 

@@ -11,6 +11,9 @@ import sys
 import django
 
 RACE_IMAGES = 250
+# The benchmark's models: current ones (docs/providers.md, updates of 2026-12-02).
+BENCH_MODEL = "gpt-image-1.5"  # priced per image at 1024x1024 low
+STREAM_MODEL = "gpt-image-2.5-flare"
 
 
 def main() -> None:
@@ -36,7 +39,7 @@ def main() -> None:
         actor=actor,
         alias=alias,
         credential=credential,
-        upstream_model="dall-e-2",
+        upstream_model=BENCH_MODEL,
         timeout_seconds=60,
     )
     gpt = routing.alias_create(actor=actor, name="bench-gpt")
@@ -44,7 +47,7 @@ def main() -> None:
         actor=actor,
         alias=gpt,
         credential=credential,
-        upstream_model="gpt-image-1",
+        upstream_model=STREAM_MODEL,
         timeout_seconds=120,
     )
     if len(sys.argv) > 2:  # a hanging upstream: the health section's first deployment
@@ -63,11 +66,11 @@ def main() -> None:
                 actor=actor,
                 alias=resilient,
                 credential=used,
-                upstream_model="dall-e-2",
+                upstream_model=BENCH_MODEL,
                 priority=priority,
                 timeout_seconds=2,
             )
-    price = pricing.per_image_estimate("openai", "dall-e-2", "256x256", None)
+    price = pricing.per_image_estimate("openai", BENCH_MODEL, "1024x1024", "low")
     keys: dict[str, str | int] = {}
     for name in ("plain", "budgeted", "race"):
         workspace = services.workspace_create(actor=actor, slug=f"bench-{name}", name=name)

@@ -56,7 +56,7 @@ def main() -> None:
                         key.pk,
                         aliases[i % 4],
                         "openai",
-                        "gpt-image-1",
+                        "gpt-image-1.5",
                         "images.generations",
                         502 if failed else 200,
                         "upstream_error" if failed else "",
@@ -65,7 +65,7 @@ def main() -> None:
                         "medium",
                         12,
                         0 if failed else 1056,
-                        0 if failed else 42_000,
+                        0 if failed else 34_000,  # gpt-image-1.5, medium, 1024x1024
                         rng.randrange(800, 9000),
                         rng.randrange(700, 8800),
                         120,

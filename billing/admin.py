@@ -28,16 +28,26 @@ class PriceAdmin(admin.ModelAdmin[Price]):
         "model_pattern",
         "size",
         "quality",
+        "tier",
         "per_image",
         "token_rates",
+        "extras",
+        "note",
         "updated_at",
     ]
-    list_filter = ["provider"]
-    search_fields = ["provider", "model_pattern"]
+    list_filter = ["provider", "tier"]
+    search_fields = ["provider", "model_pattern", "note"]
 
-    @admin.display(description="Per image")
+    @admin.display(description="Per image (or per megapixel: first + each further)")
     def per_image(self, obj: Price) -> str:
+        if obj.first_megapixel_micro is not None:
+            extra = usd(obj.extra_megapixel_micro or 0)
+            return f"{usd(obj.first_megapixel_micro)} + {extra}/MP"
         return usd(obj.per_image_micro)
+
+    @admin.display(description="Per input image / minimum")
+    def extras(self, obj: Price) -> str:
+        return f"{usd(obj.per_input_image_micro)} / {usd(obj.minimum_micro)}"
 
     @admin.display(description="Per 1M tokens (text in / image in / image out)")
     def token_rates(self, obj: Price) -> str:
@@ -280,6 +290,7 @@ class UsageRecordAdmin(_ReadOnly):
         "error_code",
         "images",
         "cost",
+        "provider_cost",
         "total_ms",
     ]
     list_filter = ["status", "endpoint", "provider", "workspace", "created_at"]
@@ -288,9 +299,14 @@ class UsageRecordAdmin(_ReadOnly):
     date_hierarchy = "created_at"
     show_full_result_count = False  # no COUNT(*) over a big table on every page
 
-    @admin.display(description="Cost", ordering="cost_micro")
+    @admin.display(description="Charged", ordering="cost_micro")
     def cost(self, obj: UsageRecord) -> str:
+        """What the tenant was charged: the provider's cost times the workspace's markup."""
         return usd(obj.cost_micro)
+
+    @admin.display(description="Provider cost", ordering="provider_cost_micro")
+    def provider_cost(self, obj: UsageRecord) -> str:
+        return usd(obj.provider_cost_micro)
 
     @admin.display(description="Alias or path")
     def route(self, obj: UsageRecord) -> str:

@@ -4,8 +4,13 @@ The webhook is signed as Standard Webhooks specifies: `webhook-id` is the alert'
 same on every retry, so a receiver can drop a duplicate), `webhook-timestamp` the attempt's
 Unix time, and `webhook-signature` `v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`
 under the workspace's secret (tenants/webhook_secrets.py). The URL is called through the
-private-address guard, without following redirects, within a short timeout. Each call of
-`deliver` is one attempt at whatever is still pending; billing/tasks.py retries.
+private-address guard, without following redirects, on a connection of its own that is cut
+off when the attempt's time is up (however slowly the receiver trickles its answer). Each
+call of `deliver` is one attempt at whatever is still pending; billing/tasks.py retries.
+
+An email carries public ids and figures only, never a name a tenant chose: its addresses are
+the tenant's to set and nobody confirms them. A workspace's alerts are emailed at most
+ALERT_EMAILS_PER_DAY times a day.
 """
 
 from __future__ import annotations
@@ -13,19 +18,22 @@ from __future__ import annotations
 import json
 import logging
 import smtplib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 import requests
+from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from aperture import mail
 from aperture.api_fields import usd
-from aperture.outbound import PrivateAddress, caused_by, guarded_session
+from aperture.db import release_connection
+from aperture.outbound import PrivateAddress, caused_by, deadline, fresh_guarded_session
 from billing.alerts import queue_delivery
 from billing.models import SpendAlert
 from tenants.audit import audit_record
@@ -34,9 +42,10 @@ from tenants.webhook_secrets import webhook_secret_of
 logger = logging.getLogger(__name__)
 
 EVENT_TYPE = "budget.threshold_crossed"
-# With a Celery worker: connect and read timeouts, and retries at 1, 2, 4, 8, 16 minutes and
-# then every 30 (below the Redis broker's one-hour visibility timeout, past which a waiting
-# retry would be handed out twice): 50 retries, about 23 hours.
+# With a Celery worker: connect and read timeouts (their sum bounds a whole attempt), and
+# retries at 1, 2, 4, 8, 16 minutes and then every 30 (below the Redis broker's one-hour
+# visibility timeout, past which a waiting retry would be handed out twice): 50 retries,
+# about 23 hours.
 TIMEOUT = (3.0, 10.0)
 RETRIES = 50
 # The embedded default runs tasks eagerly, in the request whose settlement crossed the
@@ -115,13 +124,24 @@ def deliver_at_once(*, alert_id: int) -> None:
             return
 
 
-def _scope_name(alert: SpendAlert) -> str:
+def _bound_to(alert: SpendAlert) -> str:
     budget = alert.budget
     if budget.scope == "team" and budget.team is not None:
-        return f"team {budget.team.slug}'s"
+        return f" for team {budget.team.public_id}"
     if budget.key is not None:
-        return f"key {budget.key.name!r}'s"
-    return "workspace"
+        return f" for key {budget.key.public_id}"
+    return ""
+
+
+def _over_daily_cap(alert: SpendAlert) -> bool:
+    """Whether the workspace's alerts of the last 24 hours were emailed ALERT_EMAILS_PER_DAY
+    times already (one query, on the workspace's newest alerts)."""
+    emailed = SpendAlert.objects.filter(
+        workspace_id=alert.workspace_id,
+        fired_at__gte=timezone.now() - timedelta(days=1),
+        email_status=Delivery.DELIVERED,
+    ).exclude(pk=alert.pk)
+    return emailed.count() >= int(settings.ALERT_EMAILS_PER_DAY)
 
 
 def _email(alert: SpendAlert, *, final: bool) -> bool:
@@ -129,7 +149,16 @@ def _email(alert: SpendAlert, *, final: bool) -> bool:
     if not recipients:
         SpendAlert.objects.filter(pk=alert.pk).update(email_status=Delivery.NONE)
         return False
+    if _over_daily_cap(alert):
+        logger.warning(
+            "spend alert %s: not emailed, the workspace's alerts were emailed %s times today",
+            alert.public_id,
+            settings.ALERT_EMAILS_PER_DAY,
+        )
+        SpendAlert.objects.filter(pk=alert.pk).update(email_status=Delivery.FAILED)
+        return False
     body = payload(alert)
+    budget = alert.budget
     limit = " and ".join(
         part
         for part in (
@@ -139,18 +168,18 @@ def _email(alert: SpendAlert, *, final: bool) -> bool:
         if part
     )
     subject = (
-        f"Aperture: {alert.workspace.name}'s {_scope_name(alert)} {alert.budget.period} budget "
+        f"Aperture: {budget.scope} {budget.period} budget {budget.public_id} "
         f"reached {alert.threshold}%"
     )
     text = (
-        f"The {_scope_name(alert)} {alert.budget.period} budget {alert.budget.public_id} of "
-        f"workspace {alert.workspace.name} ({alert.workspace.slug}) has reached "
-        f"{alert.threshold}% of its limit of {limit}.\n\n"
+        f"The {budget.period} budget {budget.public_id} of workspace {alert.workspace.public_id}"
+        f"{_bound_to(alert)} has reached {alert.threshold}% of its limit of {limit}.\n\n"
         f"Spent this period: ${body['spent_usd']} and {alert.used_images} images.\n"
         f"Period started: {body['period_start']}\nAlert {alert.public_id} at {body['fired_at']}\n"
     )
+    release_connection()  # not held while the mail server answers
     try:
-        send_mail(subject, text, None, recipients)
+        send_mail(subject, text, None, recipients, connection=mail.connection())
     except (smtplib.SMTPException, OSError):
         logger.exception("could not email spend alert %s", alert.public_id)
         status = Delivery.FAILED if final else Delivery.PENDING
@@ -173,26 +202,30 @@ def _webhook(alert: SpendAlert, *, final: bool, quick: bool) -> bool:
     now = timezone.now().replace(microsecond=0)
     headers = signed_headers(secret, alert.public_id, now, body)
     permanent = False
-    try:
-        response = guarded_session().post(
-            url,
-            data=body.encode(),
-            headers=headers,
-            timeout=EAGER_TIMEOUT if quick else TIMEOUT,
-            allow_redirects=False,
-            stream=True,  # the answer's body is never read
-        )
-        response.close()
-        error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-    except requests.Timeout:
-        error = "Timed out."
-    except requests.RequestException as exc:
-        permanent = caused_by(exc, PrivateAddress)
-        error = (
-            "The host resolves to a private address."
-            if permanent
-            else f"Could not connect ({type(exc).__name__})."
-        )
+    timeout = EAGER_TIMEOUT if quick else TIMEOUT
+    release_connection()  # not held while the receiver answers
+    with fresh_guarded_session() as session, deadline(sum(timeout)) as attempt:
+        try:
+            response = session.post(
+                url,
+                data=body.encode(),
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                stream=True,  # the answer's body is never read
+            )
+            response.close()
+            error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+        except requests.RequestException as exc:
+            permanent = caused_by(exc, PrivateAddress)
+            if isinstance(exc, requests.Timeout):
+                error = "Timed out."
+            elif permanent:
+                error = "The host resolves to a private address."
+            else:
+                error = f"Could not connect ({type(exc).__name__})."
+        if attempt.expired:  # cut off: an answer ended by the cut (its headers, say) is none
+            error = "Timed out."
     if not error:
         status = Delivery.DELIVERED
     else:

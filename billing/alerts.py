@@ -7,7 +7,8 @@ numbers already at hand. This process remembers which ones it knows have fired i
 budget's current period; only a threshold it does not know of touches the database: one
 `INSERT … ON CONFLICT DO NOTHING RETURNING id`, whose unique constraint (`spend_alert_once`)
 lets exactly one of any number of concurrent requests insert the row. Delivery is queued once
-the settlement commits (billing/alert_delivery.py).
+the settlement commits (billing/alert_delivery.py). A change of a budget's limits or
+thresholds fires what its spend already stands at, the same way.
 
 This module also holds the alerts' configuration: validated, and audited.
 """
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 MAX_THRESHOLDS = 10
 MAX_EMAILS = 5
 ALERT_FIELDS = ("alert_thresholds", "alert_webhook_url", "alert_emails")
+# A budget's columns that say which thresholds it stands at.
+_STANDING = ("period_start", "used_micro", "used_images", "limit_micro", "limit_images")
 
 # --- Firing (the hot path) ----------------------------------------------------------------
 
@@ -80,12 +83,13 @@ def reached(
     limit_images: int | None,
 ) -> frozenset[int]:
     """The thresholds (percent) that spend has reached on either limit. Integer arithmetic:
-    80% of a $0.03 limit is reached at 24,000 µUSD, not a float's rounding of it."""
+    80% of a $0.03 limit is reached at 24,000 µUSD, not a float's rounding of it. A limit of
+    0 (free models only, say) has no percentages: every spend would reach all of them."""
     return frozenset(
         t
         for t in thresholds
-        if (limit_micro is not None and used_micro * 100 >= t * limit_micro)
-        or (limit_images is not None and used_images * 100 >= t * limit_images)
+        if (limit_micro is not None and limit_micro > 0 and used_micro * 100 >= t * limit_micro)
+        or (limit_images is not None and limit_images > 0 and used_images * 100 >= t * limit_images)
     )
 
 
@@ -134,6 +138,30 @@ def fire_reached(spends: Sequence[Spend]) -> None:
         for alert_id in ids:
             logger.info("budget %s reached an alert threshold: alert %s", spend.budget_id, alert_id)
             transaction.on_commit(partial(queue_delivery, alert_id), robust=True)
+
+
+def fire_standing(budget: Budget, period_start: datetime) -> None:
+    """Fire the thresholds a budget's spend already stands at, after its limits or thresholds
+    changed (within the caller's transaction): a budget a lowered limit made full charges no
+    further request, so the settlement that would otherwise fire them never comes. `budget`
+    as just read; its counters count only if `period_start` is the current period's."""
+    if budget.period_start != period_start:
+        return  # a past period's counters: this period has spent nothing yet
+    fire_reached(
+        [
+            Spend(
+                period_start,
+                budget.pk,
+                budget.public_id,
+                budget.workspace_id,
+                budget.used_micro,
+                budget.used_images,
+                budget.limit_micro,
+                budget.limit_images,
+                budget.alert_thresholds,
+            )
+        ]
+    )
 
 
 def _insert(spend: Spend, thresholds: list[int]) -> list[int]:
@@ -239,6 +267,20 @@ def clean_webhook_url(url: str) -> str:
     return url
 
 
+def masked_webhook_url(url: str) -> str:
+    """The webhook URL as a key that cannot change it reads it: scheme and host only (its
+    path or query often carries the receiver's token)."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
+
+
+def masked_emails(addresses: Iterable[str]) -> list[str]:
+    """The alert addresses as a key that cannot change them reads them: their domains."""
+    return [f"…@{address.rpartition('@')[2]}" for address in addresses]
+
+
 def clean_alert_fields(workspace: Workspace, fields: dict[str, Any]) -> dict[str, Any]:
     """The alert settings to store, or a ValidationError naming the field."""
     unknown = set(fields) - set(ALERT_FIELDS)
@@ -265,13 +307,18 @@ def clean_alert_fields(workspace: Workspace, fields: dict[str, Any]) -> dict[str
 def budget_set_alerts(*, actor: str, budget: Budget, fields: dict[str, Any]) -> Budget:
     """Set any of a budget's alert thresholds, webhook URL and email addresses. Writes only
     these columns (requests move the counters meanwhile). A threshold that spend has already
-    passed fires with the next request charged to the budget."""
+    passed this period fires at once."""
+    from billing.budgets import period_start  # the budgets module imports this one
+
     cleaned = clean_alert_fields(budget.workspace, fields)
     if not cleaned:
         return budget
     Budget.objects.filter(pk=budget.pk).update(**cleaned, updated_at=timezone.now())
     for name, value in cleaned.items():
         setattr(budget, name, value)
+    if "alert_thresholds" in cleaned:
+        budget.refresh_from_db(fields=[*_STANDING])
+        fire_standing(budget, period_start(budget.period, timezone.now()))
     data: dict[str, Any] = {"fields": sorted(cleaned)}
     if "alert_thresholds" in cleaned:
         data["alert_thresholds"] = cleaned["alert_thresholds"]

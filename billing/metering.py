@@ -32,6 +32,9 @@ class Meter:
     client_request_id: str = field(default_factory=current_client_request_id)
     principal: KeyPrincipal | None = None
     alias: str = ""
+    # Whose alias it is ("platform" or "workspace"), once it resolved: a workspace names its
+    # own aliases, so their names never become metric labels (aperture/metrics.py).
+    alias_owner: str = ""
     deployment_id: int | None = None
     provider: str = ""
     upstream_model: str = ""

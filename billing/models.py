@@ -311,6 +311,9 @@ class UsageRecord(models.Model):
             models.Index(fields=["key", "created_at"], name="usage_key_time"),
             # The daily rollup's scan of one day.
             models.Index(fields=["created_at"], name="usage_time"),
+            # Usage of one end user (the request's `user`) over time: filters and per-user
+            # summaries of the management API.
+            models.Index(fields=["workspace", "end_user", "created_at"], name="usage_end_user"),
         ]
 
     def __str__(self) -> str:

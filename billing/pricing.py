@@ -1,16 +1,36 @@
-"""What a request may cost (the estimate that is reserved) and what it did cost.
+"""What a request may cost (the estimate that is reserved) and what it did cost: one rule,
+`quote`, for both.
 
 Prices match an upstream model exactly or by a prefix pattern (`gpt-image-1*`); the most
-specific row wins (exact model, then the longest prefix; a row for the exact size and
-quality beats one for any). Model ids match case-sensitively, as the providers match them.
-A model without a price is not served (`require_price`: 400 `model_not_priced`) unless an
-operator marked its credential or deployment free.
+specific pattern wins (exact model, then the longest prefix). Model ids match
+case-sensitively, as the providers match them. Among that pattern's rows, a row names a
+size, a quality and a resolution tier, or leaves each open; the row for the exact variant
+beats one for any. A row prices an image one of three ways:
+
+- per image (`per_image_micro`);
+- per megapixel, as Black Forest Labs bills FLUX.2: the first megapixel, then each further
+  one, rounded up (1920x1080 = 2.07 MP: 3 MP billed = first + 2 x extra); a megapixel is
+  1,000,000 pixels;
+- per token, when the upstream reports its usage and the pattern has token rates (OpenAI's
+  GPT image models); without usage, the per-image rows price it.
+
+On top: a surcharge per input or reference image (`per_input_image_micro`, counted by the
+caller for every upstream call that receives them), and a minimum per served request.
+
+The estimate (`worst_case=True`) is the most the request can cost: an open size is the
+largest the model makes, an open quality or tier the dearest row. The settle prices what
+was made, as far as it is known; what is not known is priced as in the estimate. A model
+without a price is not served (`require_price`: 400 `model_not_priced`) unless an operator
+marked its credential or deployment free. Every quote carries a snapshot of the row and the
+figures it used, kept on the usage record, so that editing a price never rewrites history.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aperture import config_cache
@@ -19,6 +39,19 @@ from billing.models import Price
 
 logger = logging.getLogger(__name__)
 _warned: set[tuple[str, str]] = set()
+
+MEGAPIXEL = 1_000_000
+# A resolution tier is the area of a square of this side ("512" is Gemini's smallest).
+TIER_SIDES = {"512": 512, "1K": 1024, "2K": 2048, "4K": 4096}
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A price, in micro-USD at the provider's rate (before any markup), and how it was
+    reached."""
+
+    cost_micro: int
+    snapshot: dict[str, Any] = field(default_factory=dict)
 
 
 def _prices(provider: str) -> list[Price]:
@@ -72,57 +105,214 @@ def has_price(provider: str, model: str) -> bool:
     return bool(_candidates(provider, model))
 
 
-def _matches(price: Price, size: str | None, quality: str | None) -> bool:
-    """`None` or "auto" means the caller left it open: every variant could apply."""
-    size_ok = not price.size or size in (None, "auto") or price.size == size
-    quality_ok = not price.quality or quality in (None, "auto") or price.quality == quality
-    return size_ok and quality_ok
+def pixels(size: str | None) -> tuple[int, int] | None:
+    """ "WxH" as numbers; None for "auto", None or anything else."""
+    if not size:
+        return None
+    width, sep, height = size.partition("x")
+    if sep and width.isdigit() and height.isdigit():
+        return int(width), int(height)
+    return None
 
 
-def per_image_estimate(provider: str, model: str, size: str | None, quality: str | None) -> int:
-    """The most one image may cost: the dearest per-image price the request could hit."""
-    candidates = _candidates(provider, model)
-    if not candidates:
-        _warn_unpriced(provider, model)
-        return 0
-    # A size or quality no price names may be read by the upstream as any of them.
-    if size not in {p.size for p in candidates if p.size}:
-        size = None
-    if quality not in {p.quality for p in candidates if p.quality}:
-        quality = None
-    amounts = [
-        p.per_image_micro
-        for p in candidates
-        if p.per_image_micro is not None and _matches(p, size, quality)
-    ]
-    return max(amounts, default=0)
+def billed_megapixels(size: str) -> int:
+    """Megapixels of an image of this size as FLUX.2 bills them: rounded up, at least 1."""
+    found = pixels(size)
+    if found is None:
+        return 1
+    return max(1, math.ceil(found[0] * found[1] / MEGAPIXEL))
 
 
-def _specific(candidates: list[Price], size: str | None, quality: str | None) -> Price | None:
-    def specificity(price: Price) -> tuple[int, int]:
-        return (int(bool(price.size) and price.size == size), int(bool(price.quality)))
-
-    exact = [
-        p
-        for p in candidates
-        if (not p.size or p.size == size) and (not p.quality or p.quality == quality)
-    ]
-    return max(exact, key=specificity, default=None)
+def _nearest_tier(size: str, tiers: set[str]) -> str | None:
+    """Of the tiers the rows name, the one whose area is nearest (in log scale) to `size`."""
+    found = pixels(size)
+    known = [t for t in tiers if t in TIER_SIDES]
+    if found is None or not known:
+        return None
+    area = math.log(found[0] * found[1])
+    return min(known, key=lambda t: abs(area - math.log(TIER_SIDES[t] ** 2)))
 
 
-def _token_cost(price: Price, usage: Mapping[str, Any]) -> int | None:
+def _token_cost(price: Price, usage: Mapping[str, Any]) -> tuple[int, dict[str, int]] | None:
     output = usage.get("output_tokens")
     if not isinstance(output, int) or price.image_output_per_mtok_micro is None:
         return None
     details = usage.get("input_tokens_details") or {}
-    text_in = details.get("text_tokens", usage.get("input_tokens", 0)) or 0
-    image_in = details.get("image_tokens", 0) or 0
+    text_in = token_count(details.get("text_tokens", usage.get("input_tokens", 0)))
+    image_in = token_count(details.get("image_tokens", 0))
+    output = token_count(output)
     total = (
         output * price.image_output_per_mtok_micro
         + text_in * (price.text_input_per_mtok_micro or 0)
         + image_in * (price.image_input_per_mtok_micro or 0)
     )
-    return -(-total // 1_000_000)  # micro-USD, rounded up
+    tokens = {"text_input": text_in, "image_input": image_in, "image_output": output}
+    return -(-total // 1_000_000), tokens  # micro-USD, rounded up
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """What is priced, with the open parts left None."""
+
+    size: str | None  # what the image price is read at (the largest, when open)
+    quality: str | None
+    tier: str | None
+
+
+def _matches(price: Price, ask: _Ask) -> bool:
+    """A row names nothing, or what is asked; an open part matches every row."""
+    return all(
+        not named or wanted is None or named == wanted
+        for named, wanted in (
+            (price.size, ask.size),
+            (price.quality, ask.quality),
+            (price.tier, ask.tier),
+        )
+    )
+
+
+def _narrowed(rows: list[Price], ask: _Ask) -> list[Price]:
+    """The rows that would price what is asked: for each part asked, those naming it if any
+    do (a row for the exact variant beats one for any); an open part keeps every row."""
+    for part in ("size", "quality", "tier"):
+        wanted = getattr(ask, part)
+        if wanted is not None and any(getattr(p, part) == wanted for p in rows):
+            rows = [p for p in rows if getattr(p, part) == wanted]
+    return rows
+
+
+def _priced_per_image(price: Price) -> bool:
+    return price.per_image_micro is not None or price.first_megapixel_micro is not None
+
+
+def _image_price(price: Price, size: str | None) -> tuple[int, dict[str, Any]]:
+    """One image at this row, and the figures used."""
+    if price.first_megapixel_micro is not None:
+        megapixels = billed_megapixels(size) if size else 1
+        extra = price.extra_megapixel_micro or 0
+        unit = price.first_megapixel_micro + (megapixels - 1) * extra
+        figures = {
+            "rule": "per_megapixel",
+            "megapixels": megapixels,
+            "first_megapixel_micro": price.first_megapixel_micro,
+            "extra_megapixel_micro": extra,
+        }
+        return unit, figures
+    return price.per_image_micro or 0, {"rule": "per_image"}
+
+
+def _open(value: str | None, named: set[str]) -> str | None:
+    """A value no row names may be read by the upstream as any of them: left open."""
+    return value if value in named else None
+
+
+def quote(
+    provider: str,
+    model: str,
+    *,
+    images: int,
+    size: str | None = None,
+    quality: str | None = None,
+    tier: str | None = None,
+    input_images: int = 0,
+    usage: Mapping[str, Any] | None = None,
+    largest: str | None = None,
+    worst_case: bool = False,
+) -> Quote:
+    """What `images` images of this model cost (`worst_case`: at most).
+
+    `size` is "WxH" or None (open: priced at `largest`, the largest size the model makes);
+    `quality` and `tier` None or "auto" are open; `input_images` is how many input or
+    reference images the upstream is sent, counted per upstream call; `usage` is the
+    upstream's (OpenAI's shape), read only when settling."""
+    candidates = _candidates(provider, model)
+    if not candidates:
+        _warn_unpriced(provider, model)
+        return Quote(0, {})
+    if images <= 0:
+        return Quote(0, {})
+    quality = None if quality in (None, "auto") else quality
+    tier = None if tier in (None, "auto") else tier
+    size = size if pixels(size) else None
+    read_at = size or (largest if pixels(largest) else None)
+    if tier is None and read_at is not None:  # a size says its tier
+        tier = _nearest_tier(read_at, {p.tier for p in candidates if p.tier})
+    exact = _Ask(size, quality, tier)
+    # The estimate, and a settle that does not know what was made, price every variant the
+    # upstream could make of an open or unnamed value, at the dearest.
+    opened = _Ask(
+        _open(size, {p.size for p in candidates if p.size}),
+        _open(quality, {p.quality for p in candidates if p.quality}),
+        _open(tier, {p.tier for p in candidates if p.tier}),
+    )
+    per_image = [p for p in candidates if _priced_per_image(p)]
+    dearest = worst_case or size is None or not any(_matches(p, exact) for p in per_image)
+    ask = opened if dearest else exact
+    matching = [p for p in candidates if _matches(p, ask)] or candidates
+    figures: dict[str, Any] = {
+        "images": images,
+        "size": size or "",
+        "quality": quality or "",
+        "tier": tier or "",
+    }
+    if size is None and read_at is not None:
+        figures["priced_at_size"] = read_at
+    chosen = _token_row(candidates, usage) if usage and not worst_case else None
+    if chosen is not None and usage:
+        cost, tokens = _token_cost(chosen, usage) or (0, {})
+        figures.update(
+            rule="per_token",
+            tokens=tokens,
+            text_input_per_mtok_micro=chosen.text_input_per_mtok_micro,
+            image_input_per_mtok_micro=chosen.image_input_per_mtok_micro,
+            image_output_per_mtok_micro=chosen.image_output_per_mtok_micro,
+        )
+        surcharge = chosen.per_input_image_micro or 0  # input tokens are priced already
+    else:
+        rows = _narrowed([p for p in matching if _priced_per_image(p)], ask)
+        priced = [(_image_price(p, read_at), p) for p in rows]
+        cost = 0
+        if priced:
+            (unit, unit_figures), chosen = max(priced, key=lambda pair: pair[0][0])
+            cost = unit * images
+            figures.update(unit_figures, unit_micro=unit)
+        surcharge = _extra(chosen, matching, "per_input_image_micro")
+    if input_images and surcharge:
+        cost += input_images * surcharge
+        figures.update(input_images=input_images, per_input_image_micro=surcharge)
+    minimum = _extra(chosen, matching, "minimum_micro")
+    if minimum and cost < minimum:
+        cost = minimum
+        figures.update(minimum_micro=minimum, minimum_applied=True)
+    if chosen is None:
+        figures.setdefault("rule", "none")
+    else:
+        figures.update(price_id=chosen.pk, model_pattern=chosen.model_pattern)
+    if worst_case:
+        figures["worst_case"] = True
+    return Quote(cost, figures)
+
+
+def _token_row(candidates: list[Price], usage: Mapping[str, Any]) -> Price | None:
+    """The token-priced row, when the upstream's usage says what its tokens were."""
+    row = next((p for p in candidates if p.token_priced), None)
+    return row if row is not None and _token_cost(row, usage) is not None else None
+
+
+def _extra(chosen: Price | None, matching: list[Price], name: str) -> int:
+    """A surcharge or minimum: the chosen row's, else the most any matching row sets."""
+    own = getattr(chosen, name) if chosen is not None else None
+    if own is not None:
+        return int(own)
+    return max((int(getattr(p, name)) for p in matching if getattr(p, name) is not None), default=0)
+
+
+# --- the rule's older entry points, for callers that price images only ---------------------
+
+
+def per_image_estimate(provider: str, model: str, size: str | None, quality: str | None) -> int:
+    """The most one image may cost: the dearest per-image price the request could hit."""
+    return quote(provider, model, images=1, size=size, quality=quality, worst_case=True).cost_micro
 
 
 def actual_cost(
@@ -136,17 +326,4 @@ def actual_cost(
 ) -> int:
     """What a served request cost: tokens when the upstream reported them and the model is
     token-priced, else its images at the price for their size and quality."""
-    candidates = _candidates(provider, model)
-    if not candidates:
-        _warn_unpriced(provider, model)
-        return 0
-    if usage:
-        token_priced = next((p for p in candidates if p.token_priced), None)
-        if token_priced is not None:
-            cost = _token_cost(token_priced, usage)
-            if cost is not None:
-                return cost
-    price = _specific(candidates, size, quality)
-    if price is None or price.per_image_micro is None:
-        return images * per_image_estimate(provider, model, size, quality)
-    return images * price.per_image_micro
+    return quote(provider, model, images=images, size=size, quality=quality, usage=usage).cost_micro

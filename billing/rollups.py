@@ -3,6 +3,7 @@ usage reports) and per hour (HourlyUsage, the operators' dashboard), written by 
 
 import time as clock
 import uuid
+import zlib
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -11,8 +12,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
 from django.core.cache import cache
-from django.db import transaction
-from django.db.models import Count, Max, Q, QuerySet, Sum, Value
+from django.db import connection, transaction
+from django.db.models import Case, CharField, Count, F, Max, Min, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import Coalesce
 
 from billing.models import DailyUsage, HourlyUsage, UsageRecord
@@ -179,6 +180,15 @@ def _bucket_counts() -> dict[str, Count]:
     return counts
 
 
+# A model name no alias has is the caller's own text: its record keeps it, but the rollup
+# (and so the dashboard) groups every such request under "", so random names add no rows.
+ROLLED_ALIAS = Case(
+    When(error_code="model_not_found", then=Value("")),
+    default=F("alias"),
+    output_field=CharField(),
+)
+
+
 def _upstream_failures(records: QuerySet[UsageRecord]) -> Counter[_Group]:
     """Failed upstream calls per row. Each failed attempt counts on the deployment (and
     provider) it was made to, so a primary failing behind a successful fallback shows; a
@@ -186,11 +196,12 @@ def _upstream_failures(records: QuerySet[UsageRecord]) -> Counter[_Group]:
     broken midway) counts once on the deployment that answered."""
     failures: Counter[_Group] = Counter()
     # Only a request that failed, or fell back (it has a second attempt), holds a failure.
-    suspects = records.filter(Q(status__gte=400) | Q(attempts__1__isnull=False)).values_list(
+    suspected = records.filter(Q(status__gte=400) | Q(attempts__1__isnull=False))
+    suspects = suspected.annotate(rolled_alias=ROLLED_ALIAS).values_list(
         "workspace_id",
         "team_id",
         "key_id",
-        "alias",
+        "rolled_alias",
         "provider",
         "deployment_id",
         "status",
@@ -219,16 +230,18 @@ def rollup_hour(hour: datetime) -> int:
     (idempotent): one grouped query that also counts the latency buckets, and one pass over
     the requests that failed or fell back for the upstream errors. Returns the rows written."""
     start = hour_start(hour)
+    _lock_hour(start)
     records = UsageRecord.objects.filter(
         created_at__gte=start, created_at__lt=start + timedelta(hours=1)
     )
     groups = (
         records.order_by()
+        .annotate(rolled_alias=ROLLED_ALIAS)
         .values(
             "workspace_id",
             "team_id",
             "key_id",
-            "alias",
+            "rolled_alias",
             "provider",
             deployment=Coalesce("deployment_id", Value(0)),
         )
@@ -247,7 +260,7 @@ def rollup_hour(hour: datetime) -> int:
             g["workspace_id"],
             g["team_id"],
             g["key_id"],
-            g["alias"],
+            g["rolled_alias"],
             g["provider"],
             g["deployment"],
         )
@@ -289,13 +302,43 @@ def rollup_hour(hour: datetime) -> int:
     return len(rows)
 
 
+# Any int4 of this project's own, for pg_advisory_xact_lock(namespace, hour).
+_HOUR_LOCK_NAMESPACE = zlib.crc32(b"billing.rollups.rollup_hour") >> 1
+
+
+def _lock_hour(start: datetime) -> None:
+    """Rollups of one hour take turns (the beat's and an operator's backfill, two page loads):
+    the second waits for the first to commit, then recomputes the hour from what it sees,
+    instead of failing on the first's rows. SQLite has one writer at a time already."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)",
+            [_HOUR_LOCK_NAMESPACE, int(start.timestamp()) // 3600],
+        )
+
+
 def catch_up(now: datetime, *, days: int = 30) -> int:
-    """Roll up every hour from the newest one rolled up (or `days` ago) to now's: for a
-    gateway without a Celery beat (the embedded default), whose dashboard asks for this."""
-    newest = HourlyUsage.objects.aggregate(newest=Max("hour"))["newest"]
+    """Roll up every hour from the one before the hour the last catch-up reached (records of
+    a request that ended late land there) to now's, at most `days` back: the beat's run, and
+    the dashboard's without a beat (the embedded default). Hours missed while neither ran are
+    rolled up then, and idle hours are not rolled up again. Without a mark (the first run, a
+    cache flushed): from the hour before the newest rolled up, else from the oldest record."""
     oldest = now - timedelta(days=days)
-    # From the hour before the newest: records of a request that ended late land there.
-    return rollup_hours(max(newest - timedelta(hours=1), oldest) if newest else oldest, now)
+    reached = rolled_to()
+    if reached is None:
+        reached = HourlyUsage.objects.aggregate(newest=Max("hour"))["newest"]
+    if reached is not None:
+        since = max(reached - timedelta(hours=1), oldest)
+    else:  # nothing rolled up yet: no hour has rows to replace before the first record
+        first = UsageRecord.objects.filter(created_at__gte=oldest).aggregate(
+            first=Min("created_at")
+        )["first"]
+        since = first or now
+    written = rollup_hours(since, now)
+    cache.set(_REACHED, hour_start(now), MARK_SECONDS)
+    return written
 
 
 def rollup_hours(since: datetime, until: datetime) -> int:
@@ -315,6 +358,7 @@ def rollup_hours(since: datetime, until: datetime) -> int:
 
 _MARK = "billing:hourly-usage:rolled:{day}"
 _LAST = "billing:hourly-usage:rolled-at"
+_REACHED = "billing:hourly-usage:caught-up-to"  # the hour the last catch_up reached
 MARK_SECONDS = 40 * 86400  # longer than any range a dashboard shows
 
 
@@ -335,3 +379,9 @@ def rolled_within(seconds: float) -> bool:
     """Whether any hour was rolled up in the last `seconds` (in any process)."""
     last = cache.get(_LAST)
     return isinstance(last, float) and clock.time() - last < seconds
+
+
+def rolled_to() -> datetime | None:
+    """The hour the last catch-up reached (its current hour then), if the cache knows it."""
+    reached = cache.get(_REACHED)
+    return reached if isinstance(reached, datetime) else None

@@ -7,6 +7,7 @@ from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from aperture.errors import Conflict, InvalidRequest
+from billing import alerts
 from billing.budgets import period_start
 from billing.models import Budget, Price
 from billing.selectors import enclosing_budgets
@@ -23,12 +24,14 @@ def price_set(
     size: str,
     quality: str,
     amounts: dict[str, int | None],
+    tier: str = "",
 ) -> Price:
     price, created = Price.objects.update_or_create(
         provider=provider,
         model_pattern=model_pattern,
         size=size,
         quality=quality,
+        tier=tier,
         defaults=amounts,
     )
     audit_record(
@@ -226,7 +229,9 @@ def budget_change_limits(
 
     One conditional UPDATE: it also starts a new period if the stored one is over, and
     changes nothing if the current period has already spent or holds more than the new
-    limit (409), so it can never race a request into overspending.
+    limit (409), so it can never race a request into overspending. The alert thresholds that
+    spend now stands at under the new limits fire at once (a full budget charges no request
+    that would fire them); a raised limit does not fire again those fired this period.
     """
     limit_micro = fields.get("limit_micro", budget.limit_micro)
     limit_images = fields.get("limit_images", budget.limit_images)
@@ -272,6 +277,7 @@ def budget_change_limits(
             f"{budget.used_images + budget.reserved_images} images).",
             code="limit_below_spend",
         )
+    alerts.fire_standing(budget, start)
     audit_record(
         actor=actor,
         event="budget.updated",

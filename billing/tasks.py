@@ -26,18 +26,27 @@ def rollup_daily_usage(day: str | None = None) -> int:
 
 
 @shared_task(name="billing.tasks.rollup_hourly_usage")
-def rollup_hourly_usage(hour: str | None = None, hours: int = 2) -> int:
-    """Roll up `hour` (ISO datetime within it), or the last `hours` hours up to the current
-    one: the default 2 catches records written late for the previous hour (a request is
-    recorded when it ends); a larger number backfills, e.g. `hours=720` after an upgrade."""
+def rollup_hourly_usage(hour: str | None = None, hours: int | None = None) -> int:
+    """Roll up `hour` (ISO datetime within it); the last `hours` hours up to the current one
+    (a backfill, e.g. `hours=720` after an upgrade); or by default (the beat's run) every hour
+    since the one the last run reached, and the one before it, which catches records written
+    late (a request is recorded when it ends) and hours missed while the beat was down."""
     if hour is not None:
         return rollups.rollup_hour(datetime.fromisoformat(hour))
     now = timezone.now()
+    if hours is None:
+        return rollups.catch_up(now)
     return rollups.rollup_hours(now - timedelta(hours=max(hours, 1) - 1), now)
 
 
 @shared_task(
-    bind=True, name="billing.tasks.deliver_spend_alert", max_retries=alert_delivery.RETRIES
+    bind=True,
+    name="billing.tasks.deliver_spend_alert",
+    max_retries=alert_delivery.RETRIES,
+    # A backstop: an attempt is bounded by its own deadline and the email timeout, so a
+    # tenant's slow receivers cannot hold the worker's slots from the reaper and rollups.
+    soft_time_limit=60,
+    time_limit=90,
 )
 def deliver_spend_alert(self: Task, alert_id: int) -> None:
     """Deliver a spend alert; a worker retries with backoff while a channel is still pending.

@@ -6,25 +6,33 @@ last request (the daily rollup serves the operators' dashboards).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import TruncDate
 
 from aperture.api_fields import usd
 from billing.models import UsageRecord
 from tenants.models import ApiKey, Team
 
-GROUPS = ("day", "alias", "key", "team")
+GROUPS = ("day", "alias", "key", "team", "user")
+# A request's metadata keys (routing/images/attribution.py checks them against this); a summary
+# groups by one as `metadata.<key>`, and the records filter on one as `metadata.<key>=<value>`.
+METADATA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+METADATA_PREFIX = "metadata."
 
 
 @dataclass(frozen=True)
 class UsageQuery:
     """Which records: always one workspace; optionally a team, a key, an alias, a status
-    (an HTTP status, or `success` / `error`), and a time range [start, end)."""
+    (an HTTP status, or `success` / `error`), a time range [start, end), an end user, and
+    metadata values (key, value): every one of them."""
 
     workspace_id: int
     team_id: int | None = None
@@ -33,6 +41,8 @@ class UsageQuery:
     status: str | None = None
     start: datetime | None = None
     end: datetime | None = None
+    end_user: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,17 +77,31 @@ def usage_records(query: UsageQuery) -> QuerySet[UsageRecord]:
         records = records.filter(created_at__gte=query.start)
     if query.end is not None:
         records = records.filter(created_at__lt=query.end)
+    if query.end_user is not None:
+        records = records.filter(end_user=query.end_user)
+    for index, (key, value) in enumerate(query.metadata):
+        # Annotated, not `metadata__<key>`: a key may hold "__", which a lookup would split.
+        name = f"_metadata_{index}"
+        records = records.alias(**{name: KeyTextTransform(key, "metadata")})
+        records = records.filter(**{name: value})
     return records
 
 
 # group → the grouped column; keys and teams group on their integer id (no join), then
-# are named with one query.
+# are named with one query. `metadata.<key>` groups on that key's value ("" where unset).
 _GROUP_COLUMNS: dict[str, Any] = {
     "day": TruncDate("created_at", tzinfo=UTC),
     "alias": F("alias"),
     "key": F("key_id"),
     "team": F("team_id"),
+    "user": F("end_user"),
 }
+
+
+def _group_column(group_by: str) -> Any:
+    if group_by.startswith(METADATA_PREFIX):
+        return KeyTextTransform(group_by.removeprefix(METADATA_PREFIX), "metadata")
+    return _GROUP_COLUMNS[group_by]
 
 
 def _names(group_by: str, ids: list[Any]) -> dict[Any, tuple[str, str]]:
@@ -88,15 +112,16 @@ def _names(group_by: str, ids: list[Any]) -> dict[Any, tuple[str, str]]:
     elif group_by == "team":
         rows = Team.objects.filter(pk__in=ids).values_list("pk", "public_id", "slug")
     else:
-        return {value: (str(value), str(value)) for value in ids}
+        return {value: ("" if value is None else str(value),) * 2 for value in ids}
     return {pk: (public_id, label) for pk, public_id, label in rows}
 
 
 def usage_summary(query: UsageQuery, group_by: str) -> list[SummaryRow]:
-    """Requests, images, errors (status ≥ 400) and cost per day, alias, key or team."""
+    """Requests, images, errors (status ≥ 400) and cost per day, alias, key, team, end user
+    or metadata value."""
     rows = list(
         usage_records(query)
-        .annotate(group=_GROUP_COLUMNS[group_by])
+        .annotate(group=_group_column(group_by))
         .values("group")
         .annotate(
             requests=Count("id"),
@@ -122,6 +147,8 @@ def usage_summary(query: UsageQuery, group_by: str) -> list[SummaryRow]:
 
 
 # The records' CSV: the JSON record's fields, read as plain tuples (no serializer per row).
+# `cost_*` is what the tenant was charged; the provider's cost (`provider_cost_micro`) and the
+# price applied (`price_snapshot`) are the operator's, never in the tenant's API.
 RECORD_COLUMNS = (
     "request_id",
     "client_request_id",
@@ -147,19 +174,28 @@ RECORD_COLUMNS = (
     "upstream_ms",
     "bytes_in",
     "bytes_out",
+    "user",
+    "metadata",
 )
-_SOURCE = {"team": "team__public_id", "key": "key__public_id", "cost_usd": "cost_micro"}
+_SOURCE = {
+    "team": "team__public_id",
+    "key": "key__public_id",
+    "cost_usd": "cost_micro",
+    "user": "end_user",
+}
 
 
 def record_rows(query: UsageQuery, chunk_size: int = 5000) -> Iterator[list[Any]]:
     """Every matching record, oldest first, as rows of RECORD_COLUMNS."""
     fields = [_SOURCE.get(column, column) for column in RECORD_COLUMNS]
     created, cost = RECORD_COLUMNS.index("created_at"), RECORD_COLUMNS.index("cost_usd")
+    metadata = RECORD_COLUMNS.index("metadata")
     ordered = usage_records(query).order_by("created_at", "id").values_list(*fields)
     for values in ordered.iterator(chunk_size=chunk_size):
         row = list(values)
         row[created] = row[created].isoformat().replace("+00:00", "Z")
         row[cost] = usd(row[cost])
+        row[metadata] = orjson.dumps(row[metadata] or {}, option=orjson.OPT_SORT_KEYS).decode()
         yield row
 
 

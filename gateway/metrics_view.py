@@ -32,8 +32,11 @@ from routing.models import Deployment
 
 logger = logging.getLogger(__name__)
 
-# A loopback caller that carries one of these is a proxy relaying someone else's scrape.
-_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+# A loopback caller that carries one of these is a proxy relaying someone else's scrape: any
+# X-Forwarded-* (a proxy may set only X-Forwarded-Proto, which settings.py trusts), Forwarded,
+# Via or X-Real-IP.
+_PROXY_HEADERS = ("HTTP_FORWARDED", "HTTP_VIA", "HTTP_X_REAL_IP")
+_PROXY_HEADER_PREFIX = "HTTP_X_FORWARDED_"
 _STATES = (health.CLOSED, health.OPEN, health.HALF_OPEN)
 # kombu's Redis transport keeps a queue's prioritised messages in lists of their own.
 _PRIORITY_SEPARATOR, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
@@ -66,9 +69,7 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
         )
         response["WWW-Authenticate"] = 'Bearer realm="aperture-metrics"'
         return response
-    if _loopback(request.META.get("REMOTE_ADDR", "")) and not any(
-        name in request.META for name in _PROXY_HEADERS
-    ):
+    if _loopback(request.META.get("REMOTE_ADDR", "")) and not _proxied(request):
         return None
     return error_response(
         PermissionError_(
@@ -76,6 +77,12 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
             "from elsewhere.",
             code="metrics_loopback_only",
         )
+    )
+
+
+def _proxied(request: HttpRequest) -> bool:
+    return any(
+        name in _PROXY_HEADERS or name.startswith(_PROXY_HEADER_PREFIX) for name in request.META
     )
 
 
@@ -129,13 +136,14 @@ class _DeploymentHealth(Collector):
             rows = list(
                 Deployment.objects.filter(enabled=True)
                 .order_by("pk")
-                .values_list("pk", "alias__name", "credential__provider")
+                .values_list("pk", "alias__name", "alias__workspace_id", "credential__provider")
             )
-            found = health_report.health_of([pk for pk, _, _ in rows])
+            found = health_report.health_of([pk for pk, *_ in rows])
         except Exception:
             logger.exception("metrics: could not read deployment health")
             return
-        for pk, alias, provider in rows:
+        for pk, name, workspace_id, provider in rows:
+            alias = name if workspace_id is None else "workspace"  # a tenant's names: no label
             seen = found[pk]
             for state in _STATES:
                 states.add_metric([str(pk), alias, provider, state], float(seen.status == state))

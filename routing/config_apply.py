@@ -350,6 +350,10 @@ class _Planner:
                     tenant_services.workspace_set_status(
                         actor=self.actor, workspace=workspace, status=item.status
                     )
+                if item.price_multiplier not in (None, workspace.price_multiplier):
+                    tenant_services.workspace_set_price_multiplier(
+                        actor=self.actor, workspace=workspace, multiplier=item.price_multiplier
+                    )
 
             self.add("create", "workspace", item.slug, create)
         else:
@@ -369,6 +373,15 @@ class _Planner:
                     status=item.status,
                 )
                 self.add("update", "workspace", f"{item.slug}: status {item.status}", status)
+            wanted = item.price_multiplier
+            if wanted is not None and existing.price_multiplier != wanted:
+                markup = partial(
+                    tenant_services.workspace_set_price_multiplier,
+                    actor=self.actor,
+                    workspace=existing,
+                    multiplier=wanted,
+                )
+                self.add("update", "workspace", f"{item.slug}: price_multiplier {wanted}", markup)
         for team in item.teams:
             row = (
                 Team.objects.filter(workspace=existing, slug=team.slug).first()
@@ -396,9 +409,15 @@ class _Planner:
     # --- prices, budgets, rate limits -------------------------------------------------
     def price(self, item: PriceSpec) -> None:
         row = Price.objects.filter(
-            provider=item.provider, model_pattern=item.model, size=item.size, quality=item.quality
+            provider=item.provider,
+            model_pattern=item.model,
+            size=item.size,
+            quality=item.quality,
+            tier=item.tier,
         ).first()
-        label = " ".join(v for v in (item.provider, item.model, item.size, item.quality) if v)
+        label = " ".join(
+            v for v in (item.provider, item.model, item.size, item.quality, item.tier) if v
+        )
         if row is not None and all(getattr(row, k) == v for k, v in item.amounts.items()):
             return
         save = partial(
@@ -408,6 +427,7 @@ class _Planner:
             model_pattern=item.model,
             size=item.size,
             quality=item.quality,
+            tier=item.tier,
             amounts=item.amounts,
         )
         self.add("create" if row is None else "update", "price", label, save)

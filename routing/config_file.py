@@ -103,6 +103,8 @@ class WorkspaceSpec:
     name: str
     status: str
     teams: list[TeamSpec]
+    # The markup on provider prices; None: the file leaves it as it is.
+    price_multiplier: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class PriceSpec:
     size: str
     quality: str
     amounts: dict[str, int | None]  # Price field name → micro-USD
+    tier: str = ""
 
 
 @dataclass(frozen=True)
@@ -416,9 +419,28 @@ def _micro_usd(item: dict[str, Any], key: str) -> int | None:
     return int(micro)
 
 
+def _multiplier(item: dict[str, Any]) -> Decimal | None:
+    """`price_multiplier`: from 0.0001 to 100, at most four decimal places (1.25: +25%)."""
+    value = item.get("price_multiplier")
+    if value is None:
+        return None
+    problem = "'price_multiplier' must be a number from 0.0001 to 100, at most four decimals"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(item.get(LINE), problem)
+    try:
+        multiplier = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(item.get(LINE), problem) from None
+    if not multiplier.is_finite() or not Decimal("0.0001") <= multiplier <= 100:
+        raise ConfigError(item.get(LINE), problem)
+    if multiplier != multiplier.quantize(Decimal("0.0001")):
+        raise ConfigError(item.get(LINE), problem)
+    return multiplier
+
+
 def _workspace(item: dict[str, Any]) -> WorkspaceSpec:
     what = "a workspace"
-    _check_keys(item, {"slug", "name", "status", "teams"}, what)
+    _check_keys(item, {"slug", "name", "status", "teams", "price_multiplier"}, what)
     status = _get(item, "status", str, "active", what)
     if status not in ("active", "suspended"):
         raise ConfigError(item[LINE], "'status' must be active or suspended")
@@ -428,7 +450,14 @@ def _workspace(item: dict[str, Any]) -> WorkspaceSpec:
         slug = _get(team, "slug", str, what="a team")
         teams.append(TeamSpec(team[LINE], slug, _get(team, "name", str, slug, "a team")))
     slug = _get(item, "slug", str, what=what)
-    return WorkspaceSpec(item[LINE], slug, _get(item, "name", str, slug, what), status, teams)
+    return WorkspaceSpec(
+        item[LINE],
+        slug,
+        _get(item, "name", str, slug, what),
+        status,
+        teams,
+        price_multiplier=_multiplier(item),
+    )
 
 
 _PRICE_AMOUNTS = {
@@ -436,18 +465,26 @@ _PRICE_AMOUNTS = {
     "text_input_per_mtok_usd": "text_input_per_mtok_micro",
     "image_input_per_mtok_usd": "image_input_per_mtok_micro",
     "image_output_per_mtok_usd": "image_output_per_mtok_micro",
+    "first_megapixel_usd": "first_megapixel_micro",
+    "extra_megapixel_usd": "extra_megapixel_micro",
+    "per_input_image_usd": "per_input_image_micro",
+    "minimum_usd": "minimum_micro",
 }
+PRICE_TIERS = ("", "512", "1K", "2K", "4K")
 
 
 def _price(item: dict[str, Any]) -> PriceSpec:
     what = "a price"
-    _check_keys(item, {"provider", "model", "size", "quality", *_PRICE_AMOUNTS}, what)
+    _check_keys(item, {"provider", "model", "size", "quality", "tier", *_PRICE_AMOUNTS}, what)
     provider = _get(item, "provider", str, what=what)
     if provider not in Provider.values:
         raise ConfigError(item[LINE], f"unknown provider '{provider}'")
     amounts = {field: _micro_usd(item, key) for key, field in _PRICE_AMOUNTS.items()}
     if all(v is None for v in amounts.values()):
-        raise ConfigError(item[LINE], "a price needs per_image_usd and/or token rates")
+        raise ConfigError(item[LINE], "a price needs per_image_usd, token rates or megapixel rates")
+    tier = _get(item, "tier", str, "", what)
+    if tier not in PRICE_TIERS:
+        raise ConfigError(item[LINE], f"unknown tier '{tier}'; known: 512, 1K, 2K, 4K")
     return PriceSpec(
         line=item[LINE],
         provider=provider,
@@ -455,6 +492,7 @@ def _price(item: dict[str, Any]) -> PriceSpec:
         size=_get(item, "size", str, "", what),
         quality=_get(item, "quality", str, "", what),
         amounts=amounts,
+        tier=tier,
     )
 
 

@@ -1,4 +1,5 @@
-"""Image endpoints: OpenAI's /v1/images/generations, the Azure-style route, hosted files."""
+"""Image endpoints: OpenAI's /v1/images/generations and /edits, the Azure-style routes, hosted
+files."""
 
 from typing import Any
 
@@ -13,7 +14,7 @@ from aperture.errors import NotFound, error_response
 from aperture.json_body import read_json_object
 from routing.api.inference_schema import edit_schema, generation_schema
 from routing.images import hosting
-from routing.images.edit_form import read_edit_form
+from routing.images.edit_form import is_multipart, read_edit_form, read_json_edit
 from routing.images.results import UrlBuilder
 from routing.metered import MeteredView
 from routing.pipeline import generate
@@ -59,13 +60,15 @@ class AzureImageGenerationView(ImageGenerationView):
 
 
 class ImageEditView(MeteredView):
-    """POST /v1/images/edits: multipart, as OpenAI takes it (and the SDK's images.edit sends)."""
+    """POST /v1/images/edits: multipart, as OpenAI takes it (and the SDK's images.edit sends),
+    or OpenAI's JSON shape with `images: [{"image_url": …}]`; both read into one EditForm."""
 
     endpoint = "images.edits"
 
     @edit_schema
     def post(self, request: Request, alias: str | None = None) -> HttpResponseBase:
-        form = read_edit_form(request._request)
+        raw = request._request
+        form = read_edit_form(raw) if is_multipart(raw) else read_json_edit(raw)
         result = generate(
             principal=request_principal(request),
             body=form.fields,

@@ -1,4 +1,7 @@
-"""The base of every inference view: each authenticated request leaves one usage record."""
+"""The base of every inference view: each authenticated request leaves one usage record, and
+each of its answers that is not relayed as it comes says what it was charged
+(`x-aperture-cost-usd`, the usage record's figure; a passthrough answer gets it from the
+pipeline, which settles it before its head goes out)."""
 
 import logging
 from decimal import Decimal
@@ -10,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aperture.api_fields import usd
 from aperture.renderers import ORJSONRenderer
 from aperture.request_context import current_request_id
 from billing.metering import Meter, record_usage
@@ -17,6 +21,7 @@ from tenants.key_auth import KeyPrincipal
 from tenants.permissions import ImagesScope
 
 request_logger = logging.getLogger("aperture.requests")
+COST_HEADER = "x-aperture-cost-usd"
 
 
 class MeteredView(APIView):
@@ -68,6 +73,8 @@ class MeteredView(APIView):
             )
             return response
         assert isinstance(response, Response)
+        if meter.principal is not None:  # settled by now (a request refused early: nothing)
+            response[COST_HEADER] = usd(meter.cost_micro)
         error_code = meter.error_code  # the pipeline's own word for it (e.g. "guardrail")
         response.render()
         if not error_code and response.status_code >= 400 and isinstance(response.data, dict):
@@ -120,7 +127,7 @@ def log_request(meter: Meter, *, status: int, error_code: str) -> None:
     request_logger.info(
         "%s %s %s in %d ms: %d image(s), $%s%s",
         meter.endpoint,
-        meter.alias or meter.path or "-",
+        _printable(meter.alias or meter.path or "-"),
         status,
         total_ms,
         meter.images,
@@ -128,3 +135,11 @@ def log_request(meter: Meter, *, status: int, error_code: str) -> None:
         f" ({error_code})" if error_code else "",
         extra=fields,
     )
+
+
+def _printable(text: str) -> str:
+    """Caller-chosen text in a text log line, with control characters escaped: a newline in
+    a path must not start a line the caller wrote."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)

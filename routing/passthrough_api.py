@@ -66,6 +66,8 @@ def _streaming_response(proxied: ProxiedResponse, credential_name: str) -> Strea
     response = StreamingHttpResponse(proxied.body, status=proxied.status)
     del response["Content-Type"]  # only the upstream's, if it sent one
     for name, value in proxied.headers:
+        if name.lower().startswith("x-aperture-"):
+            continue  # the gateway's own (cost, provider, attempt): an upstream has no say
         if name.lower() == "x-request-id":
             response["x-upstream-request-id"] = value  # x-request-id is the gateway's
         elif name in response:

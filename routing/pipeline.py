@@ -23,31 +23,33 @@ A route adds only what is its own: parsing its body, shaping its answer.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 
+from aperture.api_fields import usd
 from aperture.db import release_connection
 from billing import admission, pricing
 from billing.metering import Meter
 from routing import router
 from routing.guardrails import check as guardrails
-from routing.images import results
+from routing.images import attribution, results
 from routing.images.edit_form import EditForm
 from routing.images.results import UrlBuilder
 from routing.images.validation import model_name
 from routing.passthrough import service as passthrough
-from routing.providers.base import ProviderError
+from routing.providers.base import ImageRequest, ImageResult, ProviderError
 from routing.providers.errors import api_error_for
 from routing.providers.http import read_chunks
 from routing.providers.registry import adapter_for
-from routing.relay import Ending, Relay
-from routing.tally import Counted, for_answer
+from routing.relay import UPSTREAM_ERRORS, Ending, Relay, Stamp
+from routing.tally import Counted, ResponseTally, for_answer
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -56,15 +58,17 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Estimate:
     images: int
-    cost_micro: int
+    cost_micro: int  # at the provider's price: the hold is this marked up
+    snapshot: dict[str, Any] = field(default_factory=dict)  # the price applied
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ticket:
     """An admitted request: who pays, and what is held for it."""
 
     meter: Meter
     admitted: admission.Admission
+    settled: bool = False
 
 
 def admit(
@@ -76,15 +80,27 @@ def admit(
         images=estimate.images,
         cost_micro=estimate.cost_micro,
         unpriced_call=unpriced_call,
+        end_user=meter.end_user,
     )
     meter.headers = admitted.headers
     return Ticket(meter=meter, admitted=admitted)
 
 
-def settle(ticket: Ticket, *, images: int, cost_micro: int) -> None:
-    """Charge what the call produced (never past a budget); the record says the same."""
+def settle(
+    ticket: Ticket, *, images: int, cost_micro: int, snapshot: dict[str, Any] | None = None
+) -> None:
+    """Charge what the call produced, `cost_micro` at the provider's price marked up by the
+    workspace's multiplier (never past a budget); the record says the same, with both costs
+    and the price applied. Once: a second settle of a ticket changes nothing."""
+    meter = ticket.meter
+    if ticket.settled:
+        return
+    ticket.settled = True
     charge = admission.settle(ticket.admitted, images=images, cost_micro=cost_micro)
-    ticket.meter.images, ticket.meter.cost_micro = charge.images, charge.cost_micro
+    meter.images, meter.cost_micro = charge.images, charge.cost_micro
+    meter.provider_cost_micro = charge.provider_cost_micro
+    if snapshot:
+        meter.price_snapshot = {**snapshot, "multiplier": str(ticket.admitted.multiplier)}
 
 
 @contextmanager
@@ -97,21 +113,39 @@ def released_if_failed(ticket: Ticket) -> Iterator[None]:
         raise
 
 
-def _settle_when_relayed(
-    ticket: Ticket, estimate: Estimate, cost_of: Callable[[Counted], int]
-) -> Callable[[Ending], None]:
-    """How an answer relayed as it comes settles once it ends (6. tally done, 7. settle)."""
+def _settle_counted(
+    ticket: Ticket,
+    estimate: Estimate,
+    quote_of: Callable[[Counted], pricing.Quote],
+    counted: Counted | None,
+) -> None:
+    """Settle on what an answer held (6. tally done, 7. settle); None: it could not be
+    measured (too large, encoded past reading), so as estimated."""
     meter = ticket.meter
+    if counted is None:
+        meter.error_code = meter.error_code or "unmetered_response"
+        settle(
+            ticket,
+            images=estimate.images,
+            cost_micro=estimate.cost_micro,
+            snapshot=estimate.snapshot,
+        )
+        return
+    meter.input_tokens, meter.output_tokens = counted.input_tokens, counted.output_tokens
+    quote = quote_of(counted) if counted.images else pricing.Quote(0, {})
+    settle(ticket, images=counted.images, cost_micro=quote.cost_micro, snapshot=quote.snapshot)
+
+
+def _settle_when_relayed(
+    ticket: Ticket, estimate: Estimate, quote_of: Callable[[Counted], pricing.Quote]
+) -> Callable[[Ending], None]:
+    """How an answer relayed as it comes settles once it ends (unless it settled already)."""
 
     def end(ending: Ending) -> None:
-        meter.error_code = ending.outcome
-        counted = ending.counted
-        if counted is None:  # complete, but too large or encoded past reading: as estimated
-            meter.error_code = meter.error_code or "unmetered_response"
-            settle(ticket, images=estimate.images, cost_micro=estimate.cost_micro)
-            return
-        meter.input_tokens, meter.output_tokens = counted.input_tokens, counted.output_tokens
-        settle(ticket, images=counted.images, cost_micro=cost_of(counted) if counted.images else 0)
+        meter = ticket.meter  # how it ended; else what settling ahead noted (unmetered)
+        meter.error_code = ending.outcome or meter.error_code
+        if not ticket.settled:
+            _settle_counted(ticket, estimate, quote_of, ending.counted)
 
     return end
 
@@ -138,15 +172,19 @@ def generate(
 ) -> dict[str, Any] | Relay:
     """OpenAI's response body for a generation (or, with `edit`, an edit), or for
     `stream: true` its server-sent events as a Relay that settles when it ends."""
+    attribution.note(meter=meter, principal=principal, body=body)  # user (hashed), metadata
     alias_name = alias_name or model_name(body)
-    meter.alias = alias_name
+    meter.alias = alias_name  # the caller's own record says what it asked for
     planned = router.plan(principal, body, alias_name, edit)  # 1. resolve
+    # Resolved: only now may the name become a metric label (aperture/metrics.py).
+    meter.alias_owner = "workspace" if planned.alias.workspace_id is not None else "platform"
     attempts = planned.attempts
     first = attempts[0]
     meter.provider, meter.upstream_model = first.target.provider, first.target.upstream_model
     meter.size, meter.quality = first.request.size, first.request.quality or ""
+    worst = max((a.estimate() for a in attempts), key=lambda quote: quote.cost_micro)
     estimate = Estimate(  # 2. estimate
-        images=first.request.n, cost_micro=max(a.estimate_micro() for a in attempts)
+        images=first.request.n, cost_micro=worst.cost_micro, snapshot=worst.snapshot
     )
     route = "edits" if edit is not None else "generations"
     screening = guardrails.output_policies(principal, route)
@@ -192,18 +230,31 @@ def generate(
     meter.upstream_cost_micro = _upstream_cost(usage.get("cost"))
     produced = Counted(
         images=made,
-        size=result.metadata.get("size"),
+        size=_made_size(request, result),
         quality=result.metadata.get("quality"),
         usage=result.usage,
     )
-    cost, charged = attempt.cost_of(produced), len(data)
+    quote = attempt.quote_of(produced)
+    cost, charged = quote.cost_micro, len(data)
     if screened is not None:  # withheld images are paid for unless the policy says not
         charged = screened.charged
         cost = cost * charged // made if made else 0
-    settle(ticket, images=charged, cost_micro=cost)  # 7. settle
+    settle(ticket, images=charged, cost_micro=cost, snapshot=quote.snapshot)  # 7. settle
     if screened is not None:
         guardrails.refuse_output(principal, meter, screened)  # paid for, withheld
-    return results.response_body(data, request, result)
+    # The charge in the body, as on the record (and in x-aperture-cost-usd: routing/metered.py).
+    return results.with_cost(results.response_body(data, request, result), meter.cost_micro)
+
+
+def _made_size(request: ImageRequest, result: ImageResult) -> str | None:
+    """The size of the images made: as the upstream said; else, asked for "auto", as the
+    first image's header says (None: as asked)."""
+    said = result.metadata.get("size")
+    if isinstance(said, str) and said != "auto":
+        return said
+    if request.size != "auto" or not result.images:
+        return None
+    return results.measured_size(result.images[0])
 
 
 def _open_stream(ticket: Ticket, attempts: list[router.Attempt]) -> Relay:
@@ -215,18 +266,37 @@ def _open_stream(ticket: Ticket, attempts: list[router.Attempt]) -> Relay:
         meter.upstream_ms = int((time.monotonic() - started) * 1000)
         meter.attempts = [t.as_record() for t in tried]
     _served_by(meter, attempt, len(tried))
+    worst = attempt.estimate()
     return Relay(
         source=source.chunks,
         close_source=source.close,
         meter=meter,
         on_end=_settle_when_relayed(
             ticket,
-            Estimate(images=attempt.request.n, cost_micro=attempt.estimate_micro()),
-            attempt.cost_of,
+            Estimate(attempt.request.n, worst.cost_micro, worst.snapshot),
+            attempt.quote_of,
         ),
         tally=for_answer("openai", "text/event-stream", ""),
         drain_seconds=attempt.target.timeout_seconds,
+        stamp=_stamp_costs(ticket, attempt),
     )
+
+
+def _stamp_costs(ticket: Ticket, attempt: router.Attempt) -> Stamp:
+    """What a stream's `*.completed` events say in `usage.cost`: the charge for what the
+    stream held up to each. The one that completes the last image asked for settles the
+    request as it passes (6-7), so it carries the figure on the record; one the upstream
+    sends beyond that repeats it. A stream that ends short of `n` settles when it ends."""
+    meter, multiplier = ticket.meter, ticket.admitted.multiplier
+
+    def stamp(counted: Counted) -> str:
+        if not ticket.settled and counted.images >= attempt.request.n:
+            _settle_counted(ticket, Estimate(0, 0), attempt.quote_of, counted)
+        if ticket.settled:
+            return usd(meter.cost_micro)
+        return usd(admission.marked_up(attempt.cost_of(counted), multiplier))
+
+    return stamp
 
 
 # --- /{credential}/{native path}: passthrough ---------------------------------------------
@@ -276,18 +346,63 @@ def pass_through(
             ]
     meter.headers["x-aperture-provider"] = call.target.provider
     meter.headers["x-aperture-attempt"] = "1"
+    source, tally = read_chunks(upstream), passthrough.response_tally(call, upstream)
+    on_end = _settle_when_relayed(ticket, estimate, call.quote_of)
+    if tally is None or not tally.streaming:
+        # Settled before the answer's head goes out, so the head says what it cost.
+        source = _settled_ahead(ticket, estimate, call.quote_of, source, tally)
+        meter.headers["x-aperture-cost-usd"] = usd(meter.cost_micro)
+        tally = None
     return ProxiedResponse(
         status=upstream.status_code,
         headers=passthrough.answer_headers(upstream),
         body=Relay(
-            source=read_chunks(upstream),
+            source=source,
             close_source=upstream.close,
             meter=meter,
-            on_end=_settle_when_relayed(ticket, estimate, call.cost_of),
-            tally=passthrough.response_tally(call, upstream),
+            on_end=on_end,
+            tally=tally,
             drain_seconds=settings.PASSTHROUGH_READ_TIMEOUT,
         ),
     )
+
+
+def _settled_ahead(
+    ticket: Ticket,
+    estimate: Estimate,
+    quote_of: Callable[[Counted], pricing.Quote],
+    source: Iterator[bytes],
+    tally: ResponseTally | None,
+) -> Iterator[bytes]:
+    """Settle a passthrough answer that is not a stream before relaying it (6-7): nothing
+    to count costs nothing; an image route's answer is read whole first (up to the tally's
+    cap, within the hold's life), and settled on what it holds, or as estimated if it could
+    not be measured. Returns the body to relay: what was read, then the rest. An upstream
+    that broke while it was read is no image; the relay then ends the way it broke."""
+    if tally is None or tally.unreadable:
+        _settle_counted(ticket, estimate, quote_of, Counted() if tally is None else None)
+        return source
+    read: list[bytes] = []
+    deadline = time.monotonic() + max(60.0, settings.RESERVATION_TTL_SECONDS - 60.0)
+    try:
+        for chunk in source:
+            read.append(chunk)
+            tally.feed(chunk)
+            if tally.overflowed or time.monotonic() > deadline:
+                break
+        else:
+            _settle_counted(ticket, estimate, quote_of, tally.result())
+            return iter(read)
+    except UPSTREAM_ERRORS as broken:
+        _settle_counted(ticket, estimate, quote_of, Counted())
+        return _then_raise(read, broken)
+    _settle_counted(ticket, estimate, quote_of, None)  # too large, or too slow, to measure
+    return itertools.chain(read, source)
+
+
+def _then_raise(chunks: list[bytes], error: BaseException) -> Iterator[bytes]:
+    yield from chunks
+    raise error
 
 
 def _upstream_cost(value: Any) -> int | None:

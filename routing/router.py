@@ -31,6 +31,7 @@ from routing import health, selectors
 from routing.images import fanout
 from routing.images.edit_form import EditForm
 from routing.images.references import load_references
+from routing.images.sizing import largest_size
 from routing.images.validation import parse_edit_request, parse_image_request
 from routing.models import Deployment, ModelAlias
 from routing.providers.auth import auth_for
@@ -47,6 +48,7 @@ from routing.providers.base import (
     UpstreamTimedOut,
     UpstreamUnreachable,
 )
+from routing.providers.capabilities import ImageCapabilities
 from routing.providers.errors import api_error_for
 from routing.providers.registry import adapter_for
 from routing.tally import Counted
@@ -75,32 +77,60 @@ class Attempt:
     def free(self) -> bool:
         return self.deployment.free or self.deployment.credential.free
 
-    def estimate_micro(self) -> int:
-        """The most this attempt may cost: n images at the dearest price the request could hit."""
+    def _caps(self) -> ImageCapabilities:
+        return adapter_for(self.target.provider).capabilities(
+            self.target.upstream_model, self.target.options
+        )
+
+    def _input_images(self, images: int, caps: ImageCapabilities) -> int:
+        """Input or reference images the upstream bills: each upstream call is sent them
+        all, and a model making fewer images per call than asked is called several times."""
+        inputs = len(self.request.images) or len(self.request.references)
+        return inputs * -(-images // max(caps.max_n, 1)) if inputs and images else 0
+
+    def estimate(self) -> pricing.Quote:
+        """The most this attempt may cost (at the provider's price): n images at the dearest
+        price the request could hit; an open size at the largest the model makes."""
         if self.free:
-            return 0
-        per_image = pricing.per_image_estimate(
+            return pricing.Quote(0, {"rule": "free"})
+        request, caps = self.request, self._caps()
+        return pricing.quote(
             self.target.provider,
             self.target.upstream_model,
-            self.request.size,
-            self.request.quality,
+            images=request.n,
+            size=None if request.size == "auto" else request.size,
+            quality=request.quality,
+            tier=request.resolution,
+            input_images=self._input_images(request.n, caps),
+            largest=largest_size(caps),
+            worst_case=True,
         )
-        return per_image * self.request.n
 
-    def cost_of(self, produced: Counted) -> int:
-        """What the images this attempt produced cost (their size and quality as the
-        upstream said, else as asked)."""
-        if self.free or not produced.images:
-            return 0
-        request = self.request
-        return pricing.actual_cost(
+    def estimate_micro(self) -> int:
+        return self.estimate().cost_micro
+
+    def quote_of(self, produced: Counted) -> pricing.Quote:
+        """What the images this attempt produced cost (at the provider's price): their size
+        and quality as the upstream said or they measure, else as asked."""
+        if self.free:
+            return pricing.Quote(0, {"rule": "free"})
+        if not produced.images:
+            return pricing.Quote(0, {})
+        request, caps = self.request, self._caps()
+        return pricing.quote(
             self.target.provider,
             self.target.upstream_model,
             images=produced.images,
             size=produced.size or (None if request.size == "auto" else request.size),
             quality=produced.quality or request.quality,
+            tier=None if produced.size else request.resolution,
+            input_images=self._input_images(produced.images, caps),
             usage=produced.usage,
+            largest=largest_size(caps),
         )
+
+    def cost_of(self, produced: Counted) -> int:
+        return self.quote_of(produced).cost_micro
 
 
 def target_for(deployment: Deployment) -> Target:

@@ -4,17 +4,22 @@ Neutral ground for every answer relayed as it comes (a /v1 stream, a passthrough
 is counted the same way, and a buffered /v1 answer is priced from the same `Counted`. JSON
 bodies and server-sent events are read (gzip too), keeping at most `cap` bytes; an answer
 over the cap, or in an encoding that cannot be read, is reported as unmeasured (None), and
-the pipeline charges it at the estimate.
+the pipeline charges it at the estimate. Where an answer does not say its images' size
+(Gemini's), the first image's header does.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from django.conf import settings
+from PIL import Image
 
 from billing.pricing import token_count
 
@@ -54,20 +59,48 @@ def _take_openai_echoes(counted: Counted, body: dict[str, Any]) -> None:
             setattr(counted, name, value)
 
 
-def _gemini_images(body: dict[str, Any]) -> int:
-    images = 0
+# Enough of an image for its header (PNG's is in the first 33 bytes; JPEG's frame header
+# follows its metadata).
+HEAD_BYTES = 64 * 1024
+
+
+def image_size(*, data: bytes | None = None, b64: str | None = None) -> str | None:
+    """ "WxH" of an image, read from its header alone (bytes, or their base64); None if it
+    cannot be."""
+    head = data[:HEAD_BYTES] if data is not None else None
+    if head is None and isinstance(b64, str):
+        try:
+            head = base64.b64decode(b64[: HEAD_BYTES // 3 * 4])
+        except (binascii.Error, ValueError):
+            return None
+    if not head:
+        return None
+    try:
+        with Image.open(io.BytesIO(head)) as opened:
+            return f"{opened.width}x{opened.height}"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _gemini_images(body: dict[str, Any]) -> list[str]:
+    """The base64 of each image in a generateContent answer."""
+    images = []
     for candidate in body.get("candidates") or []:
         parts = ((candidate or {}).get("content") or {}).get("parts") or []
         for part in parts:
             inline = (part or {}).get("inlineData") or (part or {}).get("inline_data") or {}
             mime = inline.get("mimeType") or inline.get("mime_type") or ""
-            if isinstance(mime, str) and mime.startswith("image/") and inline.get("data"):
-                images += 1
+            data = inline.get("data")
+            if isinstance(mime, str) and mime.startswith("image/") and data:
+                images.append(data)
     return images
 
 
 def _take_gemini(counted: Counted, body: dict[str, Any]) -> None:
-    counted.images += _gemini_images(body)
+    images = _gemini_images(body)
+    counted.images += len(images)
+    if images and counted.size is None:  # Gemini does not say: priced by a resolution tier
+        counted.size = image_size(b64=images[0])
     usage = body.get("usageMetadata")
     if isinstance(usage, dict):  # streamed chunks repeat the running totals: keep the last
         counted.input_tokens = token_count(usage.get("promptTokenCount"))

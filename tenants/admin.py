@@ -31,7 +31,7 @@ class TeamInline(TabularInline[Team, Workspace]):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(ModelAdmin[Workspace]):
-    list_display = ["slug", "name", "status", "team_count", "created_at"]
+    list_display = ["slug", "name", "status", "price_multiplier", "team_count", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name", "public_id"]
     readonly_fields = ["public_id", "dashboard", "created_at", "updated_at"]
@@ -58,9 +58,18 @@ class WorkspaceAdmin(ModelAdmin[Workspace]):
         new_status = obj.status
         if status_changed:
             obj.status = form.initial["status"]
+        # A changed markup goes through its service: audited, and the keys' cache dropped.
+        multiplier_changed = change and "price_multiplier" in form.changed_data
+        new_multiplier = obj.price_multiplier
+        if multiplier_changed:
+            obj.price_multiplier = form.initial["price_multiplier"]
         obj.save()
         if status_changed:
             services.workspace_set_status(actor=_actor(request), workspace=obj, status=new_status)
+        if multiplier_changed:
+            services.workspace_set_price_multiplier(
+                actor=_actor(request), workspace=obj, multiplier=new_multiplier
+            )
         audit_record(
             actor=_actor(request),
             event="workspace.updated" if change else "workspace.created",
@@ -138,6 +147,8 @@ class ApiKeyForm(ModelForm[ApiKey]):
             "allowed_aliases",
             "rpm_limit",
             "ipm_limit",
+            "per_user_limit_images",
+            "per_user_rpm",
             "expires_at",
         ]
 
@@ -198,6 +209,8 @@ class ApiKeyAdmin(ModelAdmin[ApiKey]):
             allowed_aliases=data["allowed_aliases"],
             rpm_limit=data["rpm_limit"],
             ipm_limit=data["ipm_limit"],
+            per_user_limit_images=data["per_user_limit_images"],
+            per_user_rpm=data["per_user_rpm"],
             expires_at=data["expires_at"],
         )
         obj.pk = created.key.pk

@@ -2,8 +2,9 @@
 
 `manage:workspace` holds every scope in its workspace; `manage:team` holds `images` and
 `manage:team` in its own team. Beyond scopes, a key's own limits bound what it grants and
-which keys it may rotate, revoke or change: a key limited to some aliases, a rate, or an
-expiry cannot mint, widen or take over a key past them. `check_grant` is that one rule.
+which keys it may rotate, revoke or change: a key limited to some aliases, a rate (its own or
+per end user), or an expiry cannot mint, widen or take over a key past them. `check_grant` is
+that one rule.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Grant:
     expires_at: datetime | None
     workspace_id: int
     team_id: int
+    per_user_limit_images: int | None = None
+    per_user_rpm: int | None = None
 
     @classmethod
     def of(cls, key: ApiKey) -> Grant:
@@ -50,6 +53,8 @@ class Grant:
             expires_at=key.expires_at,
             workspace_id=key.workspace_id,
             team_id=key.team_id,
+            per_user_limit_images=key.per_user_limit_images,
+            per_user_rpm=key.per_user_rpm,
         )
 
 
@@ -91,6 +96,8 @@ def check_grant(grantor: KeyPrincipal, grant: Grant, *, action: Action = "grant"
     for name, own, granted in (
         ("rpm_limit", grantor.rpm_limit, grant.rpm_limit),
         ("ipm_limit", grantor.ipm_limit, grant.ipm_limit),
+        ("per_user_limit_images", grantor.per_user_limit_images, grant.per_user_limit_images),
+        ("per_user_rpm", grantor.per_user_rpm, grant.per_user_rpm),
     ):
         if own is not None and (granted is None or granted > own):
             raise _refuse(

@@ -9,6 +9,7 @@ request reads the database.
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
@@ -35,6 +36,12 @@ class KeyPrincipal:
     rpm_limit: int | None
     ipm_limit: int | None
     expires_at: datetime | None = None
+    # Limits per end user (the request's `user`); with either set, `user` is required.
+    per_user_limit_images: int | None = None  # images per UTC day
+    per_user_rpm: int | None = None
+    # The workspace's markup on provider prices (billing/admission.py): carried here so the
+    # hot path charges it without a query.
+    price_multiplier: Decimal = Decimal(1)
 
     is_authenticated = True
     is_anonymous = False
@@ -47,7 +54,7 @@ class KeyPrincipal:
 
 
 def _cache_key(public_id: str) -> str:
-    return f"apikey:v2:{public_id}"
+    return f"apikey:v3:{public_id}"  # v3: the entry carries the workspace's price multiplier
 
 
 def _load(public_id: str) -> dict[str, Any] | None:
@@ -66,10 +73,13 @@ def _load(public_id: str) -> dict[str, Any] | None:
             "allowed_aliases",
             "rpm_limit",
             "ipm_limit",
+            "per_user_limit_images",
+            "per_user_rpm",
             "expires_at",
             "revoked_at",
             "team__archived_at",
             "workspace__status",
+            "workspace__price_multiplier",
         )
         .first()
     )
@@ -87,10 +97,13 @@ def _load(public_id: str) -> dict[str, Any] | None:
         "allowed_aliases": tuple(key.allowed_aliases),
         "rpm_limit": key.rpm_limit,
         "ipm_limit": key.ipm_limit,
+        "per_user_limit_images": key.per_user_limit_images,
+        "per_user_rpm": key.per_user_rpm,
         "expires_at": key.expires_at,
         "revoked_at": key.revoked_at,
         "team_archived": key.team.archived_at is not None,
         "workspace_active": key.workspace.status == Workspace.Status.ACTIVE,
+        "price_multiplier": key.workspace.price_multiplier,
     }
 
 
@@ -163,6 +176,10 @@ def authenticate_secret(secret: str) -> KeyPrincipal:
         rpm_limit=entry["rpm_limit"],
         ipm_limit=entry["ipm_limit"],
         expires_at=entry["expires_at"],
+        # .get: an entry cached by a process from before these limits has neither.
+        per_user_limit_images=entry.get("per_user_limit_images"),
+        per_user_rpm=entry.get("per_user_rpm"),
+        price_multiplier=entry["price_multiplier"],
     )
 
 

@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -22,7 +23,15 @@ VALID_SCOPES = frozenset(ApiKey.Scope.values)
 MAX_ROTATION_GRACE_SECONDS = 24 * 3600
 # What key_change may set; scopes and team are fixed for a key's life.
 KEY_CHANGEABLE_FIELDS = frozenset(
-    {"name", "allowed_aliases", "rpm_limit", "ipm_limit", "expires_at"}
+    {
+        "name",
+        "allowed_aliases",
+        "rpm_limit",
+        "ipm_limit",
+        "per_user_limit_images",
+        "per_user_rpm",
+        "expires_at",
+    }
 )
 # Those of them that are part of what a key holds (tenants/grants.py).
 GRANT_FIELDS = KEY_CHANGEABLE_FIELDS - {"name"}
@@ -68,6 +77,30 @@ def workspace_rename(*, actor: str, workspace: Workspace, name: str) -> Workspac
     workspace.name = name
     workspace.save(update_fields=["name", "updated_at"])
     audit_record(actor=actor, event="workspace.renamed", target=workspace, workspace=workspace)
+    return workspace
+
+
+@transaction.atomic
+def workspace_set_price_multiplier(
+    *, actor: str, workspace: Workspace, multiplier: Decimal
+) -> Workspace:
+    """The workspace's markup on provider prices, from its next request on (its keys carry
+    it, so their cached lookups are dropped)."""
+    field = Workspace._meta.get_field("price_multiplier")
+    multiplier = field.clean(multiplier, workspace)  # its range and its four places
+    previous = Workspace.objects.values_list("price_multiplier", flat=True).get(pk=workspace.pk)
+    workspace.price_multiplier = multiplier
+    workspace.save(update_fields=["price_multiplier", "updated_at"])
+    audit_record(
+        actor=actor,
+        event="workspace.price_multiplier_changed",
+        target=workspace,
+        workspace=workspace,
+        data={"from": str(previous), "to": str(multiplier)},
+    )
+    forget_cached_keys(
+        ApiKey.objects.filter(workspace=workspace).values_list("public_id", flat=True)
+    )
     return workspace
 
 
@@ -120,6 +153,8 @@ def key_create(
     rpm_limit: int | None = None,
     ipm_limit: int | None = None,
     expires_at: datetime | None = None,
+    per_user_limit_images: int | None = None,
+    per_user_rpm: int | None = None,
 ) -> CreatedKey:
     new = generate_secret()
     key = ApiKey.objects.create(
@@ -132,6 +167,8 @@ def key_create(
         allowed_aliases=sorted(set(allowed_aliases)),
         rpm_limit=rpm_limit,
         ipm_limit=ipm_limit,
+        per_user_limit_images=per_user_limit_images,
+        per_user_rpm=per_user_rpm,
         expires_at=expires_at,
         created_by=actor,
     )
@@ -316,6 +353,8 @@ def key_issue(
     rpm_limit: int | None = None,
     ipm_limit: int | None = None,
     expires_at: datetime | None = None,
+    per_user_limit_images: int | None = None,
+    per_user_rpm: int | None = None,
 ) -> CreatedKey:
     """A key minted by another key: never holding more than the grantor does."""
     scopes, allowed_aliases = _clean_scopes(scopes), sorted(set(allowed_aliases))
@@ -331,6 +370,8 @@ def key_issue(
             expires_at=expires_at,
             workspace_id=team.workspace_id,
             team_id=team.pk,
+            per_user_limit_images=per_user_limit_images,
+            per_user_rpm=per_user_rpm,
         ),
     )
     return key_create(
@@ -342,6 +383,8 @@ def key_issue(
         rpm_limit=rpm_limit,
         ipm_limit=ipm_limit,
         expires_at=expires_at,
+        per_user_limit_images=per_user_limit_images,
+        per_user_rpm=per_user_rpm,
     )
 
 

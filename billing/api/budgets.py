@@ -19,14 +19,17 @@ from billing.api.serializers import BudgetCreateIn, BudgetOut, BudgetUpdateIn
 from billing.models import Budget
 from tenants import selectors
 from tenants.key_auth import KeyPrincipal
+from tenants.models import ApiKey
 from tenants.permissions import ManageWorkspaceForWrites, request_principal
 from tenants.services import actor_for
 
 TAGS = ["Budgets"]
 
 
-def _out(budget: Budget) -> dict[str, object]:
-    return dict(BudgetOut(billing_selectors.budget_status(budget)).data)
+def _out(budget: Budget, principal: KeyPrincipal) -> dict[str, object]:
+    """The budget; its alert settings whole only for a key that may change them."""
+    context = {"alert_settings": principal.has_scope(ApiKey.Scope.MANAGE_WORKSPACE)}
+    return dict(BudgetOut(billing_selectors.budget_status(budget), context=context).data)
 
 
 class BudgetListView(APIView):
@@ -39,8 +42,9 @@ class BudgetListView(APIView):
         summary="Budgets in scope, with this period's spend and what remains",
     )
     def get(self, request: Request) -> Response:
-        budgets = billing_selectors.budgets_visible(request_principal(request)).order_by("id")
-        return Response({"data": [_out(b) for b in budgets]})
+        principal = request_principal(request)
+        budgets = billing_selectors.budgets_visible(principal).order_by("id")
+        return Response({"data": [_out(b, principal) for b in budgets]})
 
     @extend_schema(
         tags=TAGS,
@@ -68,7 +72,7 @@ class BudgetListView(APIView):
                 budget = alerts.budget_set_alerts(
                     actor=actor, budget=budget, fields=_alert_settings(f)
                 )
-        return Response(_out(budget), status=201)
+        return Response(_out(budget, principal), status=201)
 
 
 class BudgetDetailView(APIView):
@@ -76,7 +80,8 @@ class BudgetDetailView(APIView):
 
     @extend_schema(tags=TAGS, responses=BudgetOut, summary="Retrieve a budget")
     def get(self, request: Request, budget_id: str) -> Response:
-        return Response(_out(billing_selectors.budget_get(request_principal(request), budget_id)))
+        principal = request_principal(request)
+        return Response(_out(billing_selectors.budget_get(principal, budget_id), principal))
 
     @extend_schema(
         tags=TAGS,
@@ -104,7 +109,7 @@ class BudgetDetailView(APIView):
                 budget = alerts.budget_set_alerts(
                     actor=actor, budget=budget, fields=_alert_settings(data)
                 )
-        return Response(_out(budget))
+        return Response(_out(budget, principal))
 
     @extend_schema(tags=TAGS, responses={204: None}, summary="Delete a team's or key's budget")
     def delete(self, request: Request, budget_id: str) -> Response:

@@ -1,5 +1,6 @@
 """Input and output shapes of the usage, budget and spend-alert routes."""
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -9,9 +10,10 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from aperture.api_fields import StrictSerializer, UsdField, usd
+from billing import alerts
 from billing.models import Budget, SpendAlert, UsageRecord
 from billing.selectors import BudgetStatus
-from billing.usage_reports import GROUPS, SummaryRow
+from billing.usage_reports import GROUPS, METADATA_KEY, METADATA_PREFIX, SummaryRow
 
 
 @extend_schema_field(OpenApiTypes.STR)
@@ -41,6 +43,9 @@ class DateOrDateTimeField(serializers.Field[Any, Any, Any, Any]):
         return str(value)
 
 
+_METADATA_VALUE = serializers.CharField(max_length=512, allow_blank=True)
+
+
 class UsageFilterIn(StrictSerializer):
     start = DateOrDateTimeField(required=False, help_text="From (a date: that day, inclusive).")
     end = DateOrDateTimeField(
@@ -56,9 +61,31 @@ class UsageFilterIn(StrictSerializer):
         required=False,
         help_text="An HTTP status (402), `success` (< 400) or `error` (>= 400).",
     )
+    user = serializers.CharField(
+        required=False, max_length=256, help_text="The end user: the requests' `user`."
+    )
     format = serializers.ChoiceField(
         choices=["json", "csv"], default="json", help_text="csv: the same data as a CSV file."
     )
+
+    def to_internal_value(self, data: Any) -> Any:
+        """`metadata.<key>=<value>` parameters, whatever their keys, become `metadata`: the
+        records whose metadata has every one of those values."""
+        rest, metadata = data.copy(), []
+        for name in [name for name in rest if name.startswith(METADATA_PREFIX)]:
+            key, value = name.removeprefix(METADATA_PREFIX), rest.pop(name)
+            value = value[-1] if isinstance(value, list) else value  # a QueryDict's values
+            if not METADATA_KEY.fullmatch(key):
+                raise serializers.ValidationError(
+                    {name: ["Metadata keys are 1-64 letters, digits, '_', '.', ':' or '-'."]}
+                )
+            try:
+                metadata.append((key, _METADATA_VALUE.run_validation(value)))
+            except serializers.ValidationError as error:
+                raise serializers.ValidationError({name: error.detail}) from None
+        attrs = super().to_internal_value(rest)
+        attrs["metadata"] = tuple(sorted(metadata))
+        return attrs
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "start" in attrs and "end" in attrs and attrs["start"] >= attrs["end"]:
@@ -72,7 +99,11 @@ class UsageRecordFilterIn(UsageFilterIn):
 
 
 class UsageSummaryFilterIn(UsageFilterIn):
-    group_by = serializers.ChoiceField(choices=list(GROUPS), default="day")
+    group_by = serializers.RegexField(
+        rf"^({'|'.join(GROUPS)}|{re.escape(METADATA_PREFIX)}{METADATA_KEY.pattern})$",
+        default="day",
+        help_text=f"One of {', '.join(GROUPS)}, or metadata.<key> (by that key's value).",
+    )
 
 
 class UsageRecordOut(serializers.Serializer[Any]):
@@ -102,13 +133,19 @@ class UsageRecordOut(serializers.Serializer[Any]):
     upstream_ms = serializers.IntegerField()
     bytes_in = serializers.IntegerField()
     bytes_out = serializers.IntegerField()
+    user = serializers.CharField(source="end_user", help_text="The request's `user`; or empty.")
+    metadata = serializers.DictField(
+        child=serializers.CharField(), help_text="The request's `metadata`."
+    )
 
     def get_cost_usd(self, record: UsageRecord) -> str:
         return usd(record.cost_micro)
 
 
 class SummaryRowOut(serializers.Serializer[Any]):
-    group = serializers.CharField(help_text="The day, alias, key id or team id.")
+    group = serializers.CharField(
+        help_text="The day, alias, key id, team id, end user, or metadata value (empty: none)."
+    )
     label = serializers.CharField(  # type: ignore[assignment]
         help_text="The key's name or team's slug; else the group."
     )
@@ -160,11 +197,23 @@ class BudgetOut(serializers.Serializer[Any]):
         help_text="Percentages of the limit at which a spend alert fires, once per period.",
     )
     alert_webhook_url = serializers.CharField(
-        source="budget.alert_webhook_url", help_text="Empty: no webhook."
+        source="budget.alert_webhook_url",
+        help_text="Empty: no webhook. Without `manage:workspace`: its scheme and host only.",
     )
     alert_emails = serializers.ListField(
-        child=serializers.CharField(), source="budget.alert_emails"
+        child=serializers.CharField(),
+        source="budget.alert_emails",
+        help_text="Without `manage:workspace`: each address's domain only.",
     )
+
+    def to_representation(self, instance: BudgetStatus) -> dict[str, Any]:
+        """Alert settings whole only for a reader that may change them (context
+        `alert_settings`): the webhook's URL often carries the receiver's token."""
+        data: dict[str, Any] = super().to_representation(instance)
+        if not self.context.get("alert_settings", False):
+            data["alert_webhook_url"] = alerts.masked_webhook_url(data["alert_webhook_url"])
+            data["alert_emails"] = alerts.masked_emails(data["alert_emails"])
+        return data
 
     def get_team(self, status: BudgetStatus) -> str | None:
         budget = status.budget

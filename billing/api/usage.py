@@ -38,9 +38,14 @@ from billing.usage_reports import (
 )
 from tenants import selectors
 from tenants.key_auth import KeyPrincipal
+from tenants.models import ApiKey
 from tenants.permissions import ManageScope, request_principal
 
 TAGS = ["Usage"]
+ATTRIBUTION = (
+    "Filter by end user with `user=<id>` and by the requests' metadata with any number of "
+    "`metadata.<key>=<value>` parameters (all must match)."
+)
 
 
 def usage_query(principal: KeyPrincipal, f: dict[str, Any]) -> UsageQuery:
@@ -57,6 +62,8 @@ def usage_query(principal: KeyPrincipal, f: dict[str, Any]) -> UsageQuery:
         status=f.get("status"),
         start=f.get("start"),
         end=f.get("end"),
+        end_user=f.get("user"),
+        metadata=f["metadata"],
     )
 
 
@@ -75,6 +82,7 @@ class UsageRecordListView(APIView):
         },
         operation_id="usage_list",
         summary="Usage records, newest first",
+        description=ATTRIBUTION,
     )
     def get(self, request: Request) -> Any:
         f = validated(UsageRecordFilterIn, request.query_params)
@@ -105,7 +113,10 @@ class UsageSummaryView(APIView):
             ),
             **_CSV,
         },
-        summary="Requests, images, errors and cost by day, alias, key or team; budgets",
+        summary="Requests, images, errors and cost by day, alias, key, team, end user or "
+        "metadata key; budgets",
+        description=f"{ATTRIBUTION} `group_by=user` groups by end user, "
+        "`group_by=metadata.<key>` by that key's value.",
     )
     def get(self, request: Request) -> Any:
         f = validated(UsageSummaryFilterIn, request.query_params)
@@ -128,6 +139,11 @@ class UsageSummaryView(APIView):
                 "group_by": group_by,
                 "data": data,
                 "total": {**total, "cost_usd": usd(total["cost_micro"])},
-                "budgets": BudgetOut(budgets, many=True).data,
+                "budgets": BudgetOut(
+                    budgets,
+                    many=True,
+                    # Alert settings whole only for a key that may change them (budgets.py).
+                    context={"alert_settings": principal.has_scope(ApiKey.Scope.MANAGE_WORKSPACE)},
+                ).data,
             }
         )

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 from operator import add
 from typing import Any, Literal
 
-from django.db.models import F, Q
+from django.db.models import BigIntegerField, Case, F, Q, Value, When
+from django.db.models.functions import Greatest
 
 from billing.budgets import period_start
 from billing.models import Budget
@@ -31,6 +32,7 @@ TOP = 10  # rows in the top-spender and breakdown tables
 CHART_SERIES = 5  # series in a breakdown chart; the rest are summed as "other"
 WORKSPACE_CHOICES = 500  # workspaces offered by the filter
 DEPLOYMENT_ROWS = 100
+NEAR_LIMIT_ROWS = 200
 
 
 @dataclass(frozen=True)
@@ -342,22 +344,29 @@ def budgets_near_limit(
             current,
             Q(limit_micro__gt=0, money_over__gte=0) | Q(limit_images__gt=0, images_over__gte=0),
         )
+        .annotate(  # the fuller limit's percent, so that the fullest are the rows kept
+            fullest=Greatest(
+                _share("used_micro", "limit_micro"), _share("used_images", "limit_images")
+            )
+        )
         .select_related("workspace", "team", "key")
+        .order_by("-fullest", "pk")
     )
     if workspace_id is not None:
         budgets = budgets.filter(workspace_id=workspace_id)
-    found = []
-    for budget in budgets[:200]:
-        shares = [
-            100 * used // limit
-            for used, limit in (
-                (budget.used_micro, budget.limit_micro),
-                (budget.used_images, budget.limit_images),
-            )
-            if limit
-        ]
-        found.append(BudgetUse(budget, max(shares), budget.used_micro, budget.used_images))
-    return sorted(found, key=lambda b: (-b.percent, b.budget.pk))
+    return [
+        BudgetUse(budget, budget.fullest, budget.used_micro, budget.used_images)
+        for budget in budgets[:NEAR_LIMIT_ROWS]
+    ]
+
+
+def _share(used: str, limit: str) -> Case:
+    """used * 100 // limit, in SQL (integer division); 0 without a limit."""
+    return Case(
+        When(**{f"{limit}__gt": 0}, then=F(used) * 100 / F(limit)),
+        default=Value(0),
+        output_field=BigIntegerField(),
+    )
 
 
 @dataclass(frozen=True)

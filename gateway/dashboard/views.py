@@ -3,6 +3,7 @@
 of models. `?range=24h|30d` picks the range, `?workspace=<id>` narrows every figure to one
 workspace (the workspace's admin page links there)."""
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -22,7 +23,9 @@ def _workspace(request: HttpRequest) -> Workspace | None:
     raw = request.GET.get("workspace", "")
     if not raw:
         return None
-    workspace = Workspace.objects.filter(pk=int(raw)).first() if raw.isdigit() else None
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    valid = re.fullmatch(r"[0-9]{1,18}", raw)
+    workspace = Workspace.objects.filter(pk=int(raw)).first() if valid else None
     if workspace is None:
         raise Http404("No such workspace.")
     return workspace

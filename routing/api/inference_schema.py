@@ -17,7 +17,7 @@ class ImageGenerationDoc(serializers.Serializer[Any]):
     model = serializers.CharField(help_text="An alias (GET /v1/models).")
     prompt = serializers.CharField()
     n = serializers.IntegerField(required=False, min_value=1)
-    size = serializers.CharField(required=False, help_text="WxH, 1K/2K/4K or auto.")
+    size = serializers.CharField(required=False, help_text="WxH, 512/1K/2K/4K or auto.")
     quality = serializers.CharField(required=False)
     style = serializers.CharField(required=False)  # type: ignore[assignment]
     background = serializers.CharField(required=False)
@@ -29,7 +29,7 @@ class ImageGenerationDoc(serializers.Serializer[Any]):
     seed = serializers.IntegerField(required=False, min_value=0)
     stream = serializers.BooleanField(required=False)
     partial_images = serializers.IntegerField(required=False, min_value=0, max_value=3)
-    resolution = serializers.ChoiceField(choices=["1K", "2K", "4K"], required=False)
+    resolution = serializers.ChoiceField(choices=["512", "1K", "2K", "4K"], required=False)
     aspect_ratio = serializers.CharField(required=False, help_text="e.g. 16:9")
     input_references = serializers.ListField(
         child=serializers.CharField(), required=False, help_text="Data URLs or http(s) URLs."
@@ -48,7 +48,38 @@ class ImageEditDoc(serializers.Serializer[Any]):
     quality = serializers.CharField(required=False)
     response_format = serializers.ChoiceField(choices=["b64_json", "url"], required=False)
     output_format = serializers.CharField(required=False)
+    moderation = serializers.CharField(required=False)
     stream = serializers.BooleanField(required=False)
+
+
+class ImageReferenceDoc(serializers.Serializer[Any]):
+    image_url = serializers.CharField(
+        help_text="An http(s) URL (fetched by the gateway; never a private address) or a "
+        "base64 data URL. (OpenAI's `file_id` is refused: it names a file in one upstream "
+        "account.)"
+    )
+
+
+class ImageEditJsonDoc(serializers.Serializer[Any]):
+    images = ImageReferenceDoc(many=True, help_text="1 to 16 images to edit.")
+    mask = ImageReferenceDoc(
+        required=False, help_text="A PNG the size of the first image; transparent = edit here."
+    )
+    prompt = serializers.CharField()
+    model = serializers.CharField(help_text="An alias (GET /v1/models).")
+    n = serializers.IntegerField(required=False, min_value=1)
+    size = serializers.CharField(required=False, help_text="WxH, 512/1K/2K/4K or auto.")
+    quality = serializers.CharField(required=False)
+    background = serializers.CharField(required=False)
+    output_format = serializers.ChoiceField(choices=["png", "jpeg", "webp"], required=False)
+    output_compression = serializers.IntegerField(required=False, min_value=0, max_value=100)
+    moderation = serializers.CharField(required=False)
+    input_fidelity = serializers.ChoiceField(choices=["high", "low"], required=False)
+    response_format = serializers.ChoiceField(choices=["b64_json", "url"], required=False)
+    user = serializers.CharField(required=False)
+    stream = serializers.BooleanField(required=False)
+    partial_images = serializers.IntegerField(required=False, min_value=0, max_value=3)
+    provider = serializers.DictField(required=False, help_text="Per-provider options.")
 
 
 class ImageDataDoc(serializers.Serializer[Any]):
@@ -93,9 +124,11 @@ generation_schema = extend_schema(
 )
 edit_schema = extend_schema(
     tags=IMAGE_TAGS,
-    request={"multipart/form-data": ImageEditDoc},
+    request={"multipart/form-data": ImageEditDoc, "application/json": ImageEditJsonDoc},
     responses={(200, "application/json"): ImagesResponseDoc, **_EVENTS},
     summary="Edit images",
+    description="multipart/form-data as the openai SDK's images.edit sends it, or OpenAI's "
+    'JSON shape with `images: [{"image_url": …}]`.',
 )
 model_list_schema = extend_schema(
     tags=IMAGE_TAGS,

@@ -134,8 +134,7 @@ def decode_data_url(value: str, param: str) -> bytes:
     if not match:
         raise InvalidRequest(f"'{param}' is not a base64 data URL.", param=param)
     payload = value[match.end() :]
-    if len(payload) * 3 // 4 > settings.EDIT_MAX_IMAGE_BYTES:
-        _check_size(len(payload) * 3 // 4, param)
+    _check_size(len(payload) * 3 // 4 - payload[-2:].count("="), param)  # before decoding
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

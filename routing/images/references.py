@@ -1,4 +1,5 @@
-"""`input_references`: reference images for image-to-image, as data URLs or http(s) URLs.
+"""`input_references`: reference images for image-to-image, as data URLs or http(s) URLs (and
+the images of a JSON edit, loaded the same way).
 
 URLs are fetched by the guarded fetcher (time limit, size cap, never a private, loopback or
 link-local address unless an operator allowlists it), must answer an image content type,
@@ -41,7 +42,9 @@ def parse_references(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _download(url: str, param: str) -> bytes:
+def download(url: str, param: str) -> bytes:
+    """The image at an http(s) URL a caller gave, through the guarded fetcher; a URL the
+    gateway will not or cannot fetch is the caller's 400 naming `param`."""
     try:
         data, content_type = fetch_image("reference", url)
     except FetchRefused:
@@ -67,14 +70,20 @@ def _download(url: str, param: str) -> bytes:
     return data
 
 
+def load_image(reference: str, param: str, *, filename: str) -> InputImage:
+    """A data URL decoded, or an http(s) URL fetched, then checked like an upload."""
+    if reference.startswith("data:"):
+        data = inputs.decode_data_url(reference, param)
+    elif reference.startswith(("http://", "https://")):
+        data = download(reference, param)
+    else:
+        raise InvalidRequest(f"'{param}' must be a base64 data URL or an http(s) URL.", param=param)
+    return inputs.from_bytes(data, param, filename=filename)
+
+
 def load_references(references: tuple[str, ...]) -> tuple[InputImage, ...]:
     """Each reference decoded and checked, in order."""
-    images = []
-    for index, reference in enumerate(references):
-        param = f"{FIELD}[{index}]"
-        if reference.startswith("data:"):
-            data = inputs.decode_data_url(reference, param)
-        else:
-            data = _download(reference, param)
-        images.append(inputs.from_bytes(data, param, filename=f"reference-{index}"))
-    return tuple(images)
+    return tuple(
+        load_image(reference, f"{FIELD}[{index}]", filename=f"reference-{index}")
+        for index, reference in enumerate(references)
+    )

@@ -1,5 +1,6 @@
 """An upstream's images shaped into OpenAI's response: `data` entries in the requested
-response_format and output_format, and the echoed size, quality and format."""
+response_format and output_format, the echoed size, quality and format, and `usage` with
+what the request was charged (`usage.cost`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+from aperture.api_fields import usd
 from aperture.offload import run_blocking
 from routing.images import conversion, hosting
 from routing.providers.base import (
@@ -20,6 +22,7 @@ from routing.providers.base import (
     is_base64,
 )
 from routing.providers.fetch import fetch_image
+from routing.tally import image_size
 
 UrlBuilder = Callable[[str], str]  # signed token → absolute URL
 
@@ -88,3 +91,16 @@ def response_body(
     if result.usage:
         response["usage"] = result.usage
     return response
+
+
+def with_cost(body: dict[str, Any], charged_micro: int) -> dict[str, Any]:
+    """`usage.cost`, what the request was charged in USD with six places ("0.040000"), next
+    to the provider's own usage fields (a `usage` of its own where the provider gave none)."""
+    usage = body.get("usage")
+    body["usage"] = {**(usage if isinstance(usage, dict) else {}), "cost": usd(charged_micro)}
+    return body
+
+
+def measured_size(image: GeneratedImage) -> str | None:
+    """ "WxH" of an upstream's image, read from its header alone; None if it cannot be."""
+    return image_size(data=image.data, b64=image.b64)

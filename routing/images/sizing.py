@@ -1,10 +1,11 @@
 """One size from the caller's size options: OpenAI pixels, tiers, or resolution + aspect ratio.
 
-Callers may say `size: "1024x1536"` (exact pixels), `size: "2K"` (a tier), or
-`resolution: "2K"` with `aspect_ratio: "3:2"`. The model's capability table then decides the
-concrete size: the listed size nearest in shape, then in area, or, for models that take any
-size, the ideal one rounded to the model's multiple and clamped to its bounds. Options that
-say different things (1024x1024 with 16:9, a 2K size with resolution 1K) are a 400.
+Callers may say `size: "1024x1536"` (exact pixels), `size: "2K"` (a tier: 512, 1K, 2K or
+4K), or `resolution: "2K"` with `aspect_ratio: "3:2"`. The model's capability table then
+decides the concrete size: the listed size nearest in shape, then in area, or, for models
+that take any size, the ideal one rounded to the model's multiple and clamped to its bounds
+(and its shape to the model's widest). Options that say different things (1024x1024 with
+16:9, a 2K size with resolution 1K) are a 400.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def nearest_size(caps: ImageCapabilities, tier: str, ratio: float) -> str:
             return shape, abs(math.log(w * h) - target_area)
 
         return min(caps.sizes, key=distance)
+    if caps.max_aspect:  # a shape beyond the model's limits: the nearest it can make
+        ratio = min(max(ratio, 1 / caps.max_aspect), caps.max_aspect)
     width, height = side * math.sqrt(ratio), side / math.sqrt(ratio)
     scale = min(1.0, caps.max_side / max(width, height))
     if caps.max_pixels:
@@ -158,7 +161,20 @@ def check_pixels(caps: ImageCapabilities, size: str | None, model: str) -> str:
                 detail += f", at most {caps.max_pixels} pixels"
             if caps.min_pixels:
                 detail += f", at least {caps.min_pixels} pixels"
+            if caps.max_aspect:
+                detail += f", and no longer than {caps.max_aspect:g}:1 either way"
         raise InvalidRequest(
             f"Invalid 'size' {size!r} for the model '{model}'; {detail}.", param="size"
         )
     return f"{width}x{height}"
+
+
+def largest_size(caps: ImageCapabilities) -> str:
+    """The largest image a model makes, as "WxH": what an open size is priced at (the
+    budget hold of a request that leaves its size to the model)."""
+    if caps.sizes:
+        return max(caps.sizes, key=lambda size: math.prod(_parse_pixels(size) or (0, 0)))
+    side = caps.max_side
+    if caps.max_pixels and side * side > caps.max_pixels:
+        return f"{side}x{max(1, caps.max_pixels // side)}"
+    return f"{side}x{side}"

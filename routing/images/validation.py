@@ -273,12 +273,13 @@ def parse_edit_request(form: EditForm, caps: ImageCapabilities, model: str) -> I
             f"{len(form.images)}.",
             param="image",
         )
-    for name in ("moderation", "style"):
-        if form.fields.get(name) is not None:
-            raise InvalidRequest(f"'{name}' does not apply to edits.", param=name)
+    # `moderation` applies to edits too (OpenAI's JSON edits take it); `style` does not.
+    if form.fields.get("style") is not None:
+        raise InvalidRequest("'style' does not apply to edits.", param="style")
     if form.fields.get("input_references") is not None:
         raise InvalidRequest(
-            "An edit takes its images as 'image' / 'image[]' files, not 'input_references'.",
+            "An edit takes its images as 'image' / 'image[]' files (or, in JSON, as 'images'), "
+            "not 'input_references'.",
             param="input_references",
         )
     request = parse_image_request(form.fields, caps, model)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import requests
 from django.conf import settings
@@ -21,6 +21,7 @@ from aperture.errors import InvalidRequest, PermissionError_
 from billing import pricing
 from billing.metering import Meter
 from routing import selectors
+from routing.images.sizing import largest_size
 from routing.passthrough import headers as header_rules
 from routing.passthrough import image_routes
 from routing.passthrough.body import IncomingBody, UploadStream, read_fields
@@ -28,6 +29,7 @@ from routing.passthrough.paths import check_allowed, parse_path, upstream_url
 from routing.providers import http
 from routing.providers.auth import base_url_for, credential_headers
 from routing.providers.base import ImageRoute
+from routing.providers.registry import adapter_for
 from routing.tally import Counted, ResponseTally, for_answer
 from tenants.key_auth import KeyPrincipal
 
@@ -60,30 +62,53 @@ class NativeCall:
     route: ImageRoute | None  # an image route: priced and counted
     facts: image_routes.RequestFacts | None  # on an image route, what the body asks for
     prompt: str = ""  # on an image route, what the guardrails read
+    tier: str | None = None  # on an image route, the resolution tier the body asks for
+    input_images: int = 0  # on an image route, the input and reference images it sends
+
+    def _largest(self, provider: str, model: str) -> str:
+        return largest_size(adapter_for(provider).capabilities(model))
+
+    def estimate(self) -> pricing.Quote:
+        """The most an image route's call may cost (at the provider's price); 0 for a free
+        credential or another route."""
+        if self.facts is None or self.route is None or self.target.free:
+            return pricing.Quote(0, {})
+        facts, provider = self.facts, self.route.provider
+        return pricing.quote(
+            provider,
+            facts.model,
+            images=facts.n,
+            size=facts.size,
+            quality=facts.quality,
+            tier=self.tier,
+            input_images=self.input_images,
+            largest=self._largest(provider, facts.model),
+            worst_case=True,
+        )
 
     def estimate_micro(self) -> int:
-        """The most an image route's call may cost; 0 for a free credential or another route."""
-        if self.facts is None or self.route is None or self.target.free:
-            return 0
-        facts = self.facts
-        per_image = pricing.per_image_estimate(
-            self.route.provider, facts.model, facts.size, facts.quality
-        )
-        return per_image * facts.n
+        return self.estimate().cost_micro
 
-    def cost_of(self, produced: Counted) -> int:
+    def quote_of(self, produced: Counted) -> pricing.Quote:
         """What the images in its answer cost (size and quality as the answer says, else as
         asked; tokens where the provider reports them in OpenAI's shape)."""
         if self.facts is None or self.route is None or self.target.free or not produced.images:
-            return 0
-        return pricing.actual_cost(
-            self.route.provider,
-            self.facts.model,
+            return pricing.Quote(0, {})
+        facts, provider = self.facts, self.route.provider
+        return pricing.quote(
+            provider,
+            facts.model,
             images=produced.images,
-            size=produced.size or self.facts.size,
-            quality=produced.quality or self.facts.quality,
+            size=produced.size or facts.size,
+            quality=produced.quality or facts.quality,
+            tier=None if produced.size else self.tier,
+            input_images=self.input_images,
             usage=produced.usage if self.route.family == "openai" else None,
+            largest=self._largest(provider, facts.model),
         )
+
+    def cost_of(self, produced: Counted) -> int:
+        return self.quote_of(produced).cost_micro
 
     def close(self) -> None:
         """Free a spooled form once it has been sent."""
@@ -131,11 +156,42 @@ def resolve(*, principal: KeyPrincipal, meter: Meter, request: NativeRequest) ->
         call.data = read.data
         call.facts = image_routes.request_facts(route, read.fields)
         call.prompt = image_routes.prompt_of(route, read.fields)
+        call.tier, call.input_images = _priced_inputs(route, read.fields, path.decoded)
         meter.upstream_model = call.facts.model
         pricing.require_price(target.provider, call.facts.model, free=target.free)
     elif method not in _BODYLESS or body.length:
         call.data = b"" if body.length == 0 else UploadStream(body, meter)
     return call
+
+
+def _first(mapping: Any, *names: str) -> Any:
+    """A field in whichever spelling the body uses (Google reads camelCase and snake_case)."""
+    if not isinstance(mapping, dict):
+        return None
+    return next((mapping[name] for name in names if name in mapping), None)
+
+
+def _priced_inputs(route: ImageRoute, fields: dict[str, Any], path: str) -> tuple[str | None, int]:
+    """What else the price of an image call reads from its body: the resolution tier
+    (Gemini's imageConfig.imageSize) and how many input or reference images it sends.
+    A multipart edit's files are not counted (its text fields are all that is read): one."""
+    if route.family == "gemini":
+        config = _first(fields, "generationConfig", "generation_config")
+        size = _first(_first(config, "imageConfig", "image_config"), "imageSize", "image_size")
+        contents = fields.get("contents")
+        parts = [
+            part
+            for content in (contents if isinstance(contents, list) else [contents])
+            for part in (_first(content, "parts") or [])
+            if isinstance(_first(part, "inlineData", "inline_data", "fileData", "file_data"), dict)
+        ]
+        return (size if isinstance(size, str) else None), len(parts)
+    images = fields.get("images")
+    count = len(images) if isinstance(images, list) else 0
+    count += 1 if fields.get("image") is not None else 0
+    if not count and path.rstrip("/").endswith("/images/edits"):
+        count = 1
+    return None, count
 
 
 def send(call: NativeCall) -> requests.Response:

@@ -3,7 +3,9 @@
 `{base}/openai/deployments/{deployment}/images/generations?api-version=…` with the `api-key`
 header; the body is OpenAI's, without `model` (the deployment decides). The deployment's
 upstream model id is the Azure deployment name; capabilities are looked up by that name, so
-name deployments after their model (e.g. `gpt-image-1`) to get exact validation.
+name deployments after their model (e.g. `gpt-image-2.5-flare`) to get exact validation.
+Edits go as multipart only: Azure's JSON edit shape is not documented, so `moderation` on an
+edit is not forwarded (as for any model without that knob).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class AzureProvider(OpenAIProvider):
     # One endpoint per resource: there is no default root.
     auth = ProviderAuth("api-key")
     check_path = "/openai/models"
+    json_edits = False
     image_routes = (
         ImageRoutePattern(
             re.compile(r"/openai/deployments/(?P<model>[^/]+)/images/(?:generations|edits)"),

@@ -212,6 +212,11 @@ class UpstreamUnreachable(UpstreamFailed):
     """No connection was made: nothing was sent, so another deployment may always be tried."""
 
 
+class UpstreamRetired(UpstreamFailed):
+    """The upstream no longer serves the deployment's model (its provider retired it): the
+    operator's problem. The next deployment is tried, and this one's health counts it."""
+
+
 class UpstreamTimedOut(ProviderError):
     """The request was sent and no answer came in time: the upstream may have done the work
     (and charged for it)."""
@@ -275,6 +280,15 @@ class ErrorShape:
         return None
 
 
+@dataclass(frozen=True)
+class UpstreamErrorBody:
+    """What an upstream's error answer says: its message, code and param."""
+
+    message: str
+    code: str
+    param: str | None
+
+
 # OpenAI's envelope, `{"error": {"message", "type", "param", "code"}}` (docs/providers.md §1.8).
 OPENAI_ERRORS = ErrorShape(("error", "message"), ("error", "code"), ("error", "param"))
 # OpenAI's safety refusals (docs/providers.md §1.8): what OpenAI-compatible upstreams, and the
@@ -293,8 +307,11 @@ class ProviderAdapter(ABC):
     # The free, read-only call that tells whether a credential works; None where none is
     # known (the credential cannot be tested without spending).
     check_path: ClassVar[str | None] = None
-    # Error codes of a 400 that is the upstream's safety system refusing the request.
+    # Error codes of an answer that is the upstream's safety system refusing the request, a
+    # pattern (whole code) for a family of them, and the statuses such an answer comes with.
     moderation_codes: ClassVar[frozenset[str]] = OPENAI_MODERATION_CODES
+    moderation_code_pattern: ClassVar[re.Pattern[str] | None] = None
+    moderation_statuses: ClassVar[frozenset[int]] = frozenset({400})
     # Where its error bodies keep message, code and param; None: read them the generic way.
     error_shape: ClassVar[ErrorShape | None] = None
     # Native paths that make images: passthrough reserves and charges for them.
@@ -306,6 +323,16 @@ class ProviderAdapter(ABC):
     def check_params(self, api_version: str) -> dict[str, str] | None:
         """Query parameters of the credential-check call."""
         return None
+
+    @classmethod
+    def is_moderation(cls, status: int, error: UpstreamErrorBody) -> bool:
+        """Whether an error answer is the upstream's safety system refusing the request."""
+        if status not in cls.moderation_statuses:
+            return False
+        pattern = cls.moderation_code_pattern
+        return error.code in cls.moderation_codes or (
+            pattern is not None and pattern.fullmatch(error.code) is not None
+        )
 
     # --- the calls ------------------------------------------------------------------------
 

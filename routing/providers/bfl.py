@@ -7,7 +7,10 @@ lives about ten minutes). Under gevent the waits are cooperative sleeps: no work
 is blocked, and the database connection was handed back before the upstream call. The
 credential is only ever sent to the credential's own host or to `*.bfl.ai` / `*.bfl.ml`
 (BFL polls from regional hosts); any other polling URL is replaced by `/v1/get_result`.
-`Request Moderated` and `Content Moderated` are 400 `content_policy_violation`.
+`Request Moderated` and `Content Moderated` are 400 `content_policy_violation`. FLUX.2
+models take width/height and up to eight reference images (`input_image`, `input_image_2`, …);
+their own options (`safety_tolerance`, [flex]'s `steps` and `guidance`) pass through from the
+credential's or the caller's provider options.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import io
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -57,6 +61,28 @@ FLUX_RATIO = ImageCapabilities(**{**FLUX_SIZED.__dict__, "max_side": 4096, "size
 FLUX_KONTEXT = ImageCapabilities(
     **{**FLUX_RATIO.__dict__, "edits": True, "mask": False, "max_edit_images": 1}
 )
+# FLUX.2 ([pro], [max], [flex], [klein] 4B/9B; docs/providers.md, updates of 2026-12-02):
+# width/height from 64x64 to 4 MP (a megapixel is 10^6 pixels: BFL calls 1920x1080 2.07 MP);
+# up to 8 reference images as input_image … input_image_8 (klein: 4). BFL works on a 16-px
+# grid yet lists 1920x1080 among its sizes, so any size is taken and the nearest multiples
+# of 16 are sent (1920x1080 → 1920x1088); the answer reports the size made.
+FLUX_2_GRID = 16
+FLUX_2 = ImageCapabilities(
+    sizes=None,
+    min_side=64,
+    max_side=4096,
+    max_pixels=4_000_000,
+    max_n=1,
+    qualities=(),
+    styles=(),
+    native_output_formats=("jpeg", "png"),
+    edits=True,
+    mask=False,
+    max_edit_images=8,
+    seed=True,
+    max_prompt_chars=32000,
+)
+FLUX_2_KLEIN = replace(FLUX_2, max_edit_images=4)
 RATIOS = ("21:9", "16:9", "3:2", "4:3", "1:1", "3:4", "2:3", "9:16", "9:21")
 MODERATED = frozenset({"Request Moderated", "Content Moderated"})
 FAILED = frozenset({"Error", "Failed", "Task not found"})
@@ -65,6 +91,17 @@ _TRUSTED_SUFFIXES = (".bfl.ai", ".bfl.ml")
 
 def _by_ratio(model: str) -> bool:
     return "ultra" in model or "kontext" in model
+
+
+def on_flux_2_grid(width: int, height: int) -> tuple[int, int]:
+    """The nearest multiples of 16 (at least 64), the longer side shortened while over 4 MP."""
+    w, h = (max(64, round(side / FLUX_2_GRID) * FLUX_2_GRID) for side in (width, height))
+    while w * h > (FLUX_2.max_pixels or 0):
+        if w >= h:
+            w -= FLUX_2_GRID
+        else:
+            h -= FLUX_2_GRID
+    return w, h
 
 
 class BFLProvider(ProviderAdapter):
@@ -77,6 +114,8 @@ class BFLProvider(ProviderAdapter):
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None
     ) -> ImageCapabilities:
+        if upstream_model.startswith("flux-2"):
+            return FLUX_2_KLEIN if "klein" in upstream_model else FLUX_2
         if "kontext" in upstream_model:
             return FLUX_KONTEXT
         return FLUX_RATIO if _by_ratio(upstream_model) else FLUX_SIZED
@@ -87,13 +126,16 @@ class BFLProvider(ProviderAdapter):
             width, height = request.dimensions
             if _by_ratio(target.upstream_model):
                 body["aspect_ratio"] = nearest_ratio(width, height, RATIOS)
+            elif target.upstream_model.startswith("flux-2"):
+                body["width"], body["height"] = on_flux_2_grid(width, height)
             else:
                 body["width"], body["height"] = width, height
         if request.seed is not None:
             body["seed"] = request.seed
         body["output_format"] = "png" if request.output_format in ("png", "webp") else "jpeg"
-        if request.images:
-            body["input_image"] = base64.b64encode(request.images[0].read()).decode()
+        for index, image in enumerate(request.images):  # Kontext takes one, FLUX.2 up to 8
+            name = "input_image" if index == 0 else f"input_image_{index + 1}"
+            body[name] = base64.b64encode(image.read()).decode()
         return body
 
     def _headers(self, target: Target) -> dict[str, str]:

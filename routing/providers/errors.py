@@ -9,6 +9,7 @@ from routing.providers.base import (
     UpstreamModerated,
     UpstreamRateLimited,
     UpstreamRejected,
+    UpstreamRetired,
     UpstreamTimedOut,
 )
 
@@ -25,4 +26,6 @@ def api_error_for(error: ProviderError) -> ApiError:
         return RateLimited(error.message, code="upstream_rate_limited", headers=headers)
     if isinstance(error, UpstreamTimedOut):
         return UpstreamTimeout(error.message)
+    if isinstance(error, UpstreamRetired):
+        return UpstreamError(error.message, code="model_retired")
     return UpstreamError(error.message)

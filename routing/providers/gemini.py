@@ -3,7 +3,8 @@ docs/providers.md §3.
 
 One credential kind serves both on the Gemini API root: models named `imagen-*` go to
 `:predict`, every other model to `:generateContent` with `responseModalities` and an
-`imageConfig` (aspect ratio and size tier) chosen from the caller's size. Gemini makes one
+`imageConfig` (aspect ratio and size tier: "512", 1K, 2K, 4K on Gemini 3.1 Flash Image, with
+its extra shapes 1:4 to 8:1) chosen from the caller's size. Gemini makes one
 image per call (the gateway fans out `n`); edits and reference images travel as inline image
 parts. A prompt or output the safety system blocked is a 400 `content_policy_violation`.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from routing.providers import http
@@ -43,21 +45,28 @@ _RATIO_1K = {
     "4:5": (896, 1088),
     "5:4": (1088, 896),
 }
-_TIER_SCALE = {"1K": 1, "2K": 2, "4K": 4}
+# Gemini 3.1 Flash Image's extra shapes (docs/providers.md, updates of 2026-12-02: H for the
+# ratios; these pixel sizes, about 1 MP each, are the gateway's estimate, L).
+_EXTREME_1K = {"1:4": (512, 2048), "4:1": (2048, 512), "1:8": (384, 3072), "8:1": (3072, 384)}
+# imageSize tiers as a scale of the 1K sizes; "512" is sent as it is (not "0.5K").
+_TIER_SCALE = {"512": 0.5, "1K": 1, "2K": 2, "4K": 4}
 
 
-def _size_table(tiers: tuple[str, ...]) -> dict[str, tuple[str, str]]:
-    """ "WxH" → (aspect ratio, size tier) for the tiers a model offers."""
+def _size_table(
+    tiers: tuple[str, ...], ratios: dict[str, tuple[int, int]] = _RATIO_1K
+) -> dict[str, tuple[str, str]]:
+    """ "WxH" → (aspect ratio, size tier) for the tiers and ratios a model offers."""
     table = {}
     for tier in tiers:
         scale = _TIER_SCALE[tier]
-        for ratio, (width, height) in _RATIO_1K.items():
-            table[f"{width * scale}x{height * scale}"] = (ratio, tier)
+        for ratio, (width, height) in ratios.items():
+            table[f"{int(width * scale)}x{int(height * scale)}"] = (ratio, tier)
     return table
 
 
 FLASH_SIZES = _size_table(("1K",))
 PRO_SIZES = _size_table(("1K", "2K", "4K"))
+FLASH_31_SIZES = _size_table(("512", "1K", "2K", "4K"), {**_RATIO_1K, **_EXTREME_1K})
 # Moderation verdicts of generateContent (docs/providers.md §3.2).
 BLOCKED_FINISH = frozenset(
     {
@@ -88,7 +97,31 @@ def _gemini_caps(sizes: dict[str, tuple[str, str]], references: int) -> ImageCap
 
 
 GEMINI_FLASH = _gemini_caps(FLASH_SIZES, 3)
+# Gemini 3 models take up to 14 reference images (docs/providers.md, updates of 2026-12-02).
 GEMINI_PRO = _gemini_caps(PRO_SIZES, 14)
+GEMINI_FLASH_31 = _gemini_caps(FLASH_31_SIZES, 14)
+# Google lists the preview's discontinuation on 2026-07-17 (M); the GA id serves on.
+GEMINI_FLASH_31_PREVIEW = replace(
+    GEMINI_FLASH_31, retired="2026-07-17", successor="gemini-3.1-flash-image"
+)
+
+
+@dataclass(frozen=True)
+class _GeminiImageModel:
+    caps: ImageCapabilities
+    sizes: dict[str, tuple[str, str]]
+    names_tier: bool  # whether imageConfig names the tier (2.5 Flash makes 1K only)
+
+
+def _gemini_model(model: str) -> _GeminiImageModel:
+    if model.startswith("gemini-3") and "flash" in model:
+        preview = model.startswith("gemini-3.1-flash-image-preview")
+        caps = GEMINI_FLASH_31_PREVIEW if preview else GEMINI_FLASH_31
+        return _GeminiImageModel(caps, FLASH_31_SIZES, True)
+    if model.startswith("gemini-3"):
+        return _GeminiImageModel(GEMINI_PRO, PRO_SIZES, True)
+    return _GeminiImageModel(GEMINI_FLASH, FLASH_SIZES, False)
+
 
 # Imagen: five aspect ratios, 1K (and 2K on Imagen 4 standard and ultra), 1-4 per call.
 _IMAGEN_1K = {
@@ -102,7 +135,7 @@ _IMAGEN_1K = {
 
 def _imagen_table(tiers: tuple[str, ...]) -> dict[str, tuple[str, str]]:
     return {
-        f"{w * _TIER_SCALE[tier]}x{h * _TIER_SCALE[tier]}": (ratio, tier)
+        f"{int(w * _TIER_SCALE[tier])}x{int(h * _TIER_SCALE[tier])}": (ratio, tier)
         for tier in tiers
         for ratio, (w, h) in _IMAGEN_1K.items()
     }
@@ -161,9 +194,7 @@ class GeminiProvider(ProviderAdapter):
     ) -> ImageCapabilities:
         if _is_imagen(upstream_model):
             return IMAGEN_2K if _imagen_sizes(upstream_model) is IMAGEN_2K_SIZES else IMAGEN
-        if upstream_model.startswith(("gemini-3", "gemini-3.1")):
-            return GEMINI_PRO
-        return GEMINI_FLASH
+        return _gemini_model(upstream_model).caps
 
     def _url(self, target: Target, method: str) -> str:
         return f"{target.base_url}/v1beta/models/{target.upstream_model}:{method}"
@@ -184,11 +215,11 @@ class GeminiProvider(ProviderAdapter):
                 }
             )
         image_config: dict[str, str] = {}
-        sizes = PRO_SIZES if self.capabilities(target.upstream_model) is GEMINI_PRO else FLASH_SIZES
-        if request.size in sizes:
-            ratio, tier = sizes[request.size]
+        model = _gemini_model(target.upstream_model)
+        if request.size in model.sizes:
+            ratio, tier = model.sizes[request.size]
             image_config["aspectRatio"] = ratio
-            if sizes is PRO_SIZES:
+            if model.names_tier:
                 image_config["imageSize"] = tier
         config: dict[str, Any] = {"responseModalities": ["TEXT", "IMAGE"]}
         if image_config:

@@ -10,7 +10,6 @@ another's.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,6 +24,7 @@ from routing.providers.base import (
     ProviderError,
     Target,
     UpstreamAuthFailed,
+    UpstreamErrorBody,
     UpstreamFailed,
     UpstreamModerated,
     UpstreamRateLimited,
@@ -137,15 +137,6 @@ def _generic_message(response: requests.Response, body: Any) -> tuple[str, str |
     return response.text.strip()[:500], None
 
 
-@dataclass(frozen=True)
-class UpstreamErrorBody:
-    """What an upstream's error answer says: its message, code and param."""
-
-    message: str
-    code: str
-    param: str | None
-
-
 def _generic_code(body: Any) -> str:
     error = body.get("error") if isinstance(body, dict) else None
     return str(error.get("code") or "") if isinstance(error, dict) else ""
@@ -169,16 +160,21 @@ def error_body(provider: str, response: requests.Response) -> UpstreamErrorBody:
 
 
 def check_status(provider: str, response: requests.Response) -> None:
-    """Map an upstream's error status to a ProviderError; return for 2xx. A 400 is the
-    upstream's moderation when its code is one the provider declares as such."""
-    from routing.providers.registry import moderation_codes  # see error_body
+    """Map an upstream's error status to a ProviderError; return for 2xx. An answer is the
+    upstream's moderation when its status and code are ones the provider declares as such
+    (Stability's is a 403: a refusal of the content, not of the gateway's credential)."""
+    from routing.providers.registry import is_moderation, moderation_statuses  # see error_body
 
     status = response.status_code
     if 200 <= status < 300:
         return
-    if status in (401, 403):
+    if status in (401, 403) and status not in moderation_statuses(provider):
         raise UpstreamAuthFailed(provider, status)
     error = error_body(provider, response)
+    if is_moderation(provider, status, error):
+        raise UpstreamModerated(provider, f"{provider}: {error.message}")
+    if status in (401, 403):
+        raise UpstreamAuthFailed(provider, status)
     message, param = error.message, error.param
     if status == 429:
         raise UpstreamRateLimited(
@@ -186,8 +182,6 @@ def check_status(provider: str, response: requests.Response) -> None:
         )
     if status == 402:  # the operator's account is out of credit: not the caller's doing
         raise UpstreamFailed(provider, f"{provider} refused for lack of credit: {message}")
-    if status == 400 and error.code in moderation_codes(provider):
-        raise UpstreamModerated(provider, f"{provider}: {message}")
     if 400 <= status < 500:
         raise UpstreamRejected(provider, f"{provider}: {message}", status=status, param=param)
     if 300 <= status < 400:

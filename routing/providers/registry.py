@@ -10,7 +10,7 @@ from __future__ import annotations
 from aperture.errors import Unsupported
 from routing.providers.auth import ProviderAuth
 from routing.providers.azure import AzureProvider
-from routing.providers.base import ErrorShape, ImageRoute, ProviderAdapter
+from routing.providers.base import ErrorShape, ImageRoute, ProviderAdapter, UpstreamErrorBody
 from routing.providers.bfl import BFLProvider
 from routing.providers.gemini import GeminiProvider
 from routing.providers.local import LocalProvider
@@ -53,9 +53,24 @@ def adapter_for(provider: str) -> ProviderAdapter:
         ) from None
 
 
+def _adapter_or_base(provider: str) -> ProviderAdapter | type[ProviderAdapter]:
+    """The provider's adapter; for an unknown provider, the base class's OpenAI-style facts."""
+    return ADAPTERS.get(provider) or ProviderAdapter
+
+
 def moderation_codes(provider: str) -> frozenset[str]:
     """The provider's safety-refusal codes; the OpenAI-style ones for an unknown provider."""
-    return (ADAPTERS.get(provider) or ProviderAdapter).moderation_codes
+    return _adapter_or_base(provider).moderation_codes
+
+
+def moderation_statuses(provider: str) -> frozenset[int]:
+    """The statuses a safety refusal of the provider comes with."""
+    return _adapter_or_base(provider).moderation_statuses
+
+
+def is_moderation(provider: str, status: int, error: UpstreamErrorBody) -> bool:
+    """Whether this error answer is the provider's safety system refusing the request."""
+    return _adapter_or_base(provider).is_moderation(status, error)
 
 
 def error_shape(provider: str) -> ErrorShape | None:

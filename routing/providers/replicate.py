@@ -7,6 +7,8 @@ running is polled at its `urls.get` (only on the credential's own host, since th
 credential goes with it) with a growing interval. Output URLs are downloaded at once.
 Inputs vary per model; the common ones are set (`prompt`, `aspect_ratio`, `seed`,
 `output_format`), the rest come from the credential's or the caller's provider options.
+A prediction that failed for safety (its `error` says NSFW, flagged, sensitive, …) and an API
+problem saying so are a 400 `content_policy_violation`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from routing.providers.base import (
     ImageResult,
     ProviderAdapter,
     Target,
+    UpstreamErrorBody,
     UpstreamFailed,
     UpstreamModerated,
     UpstreamTimedOut,
@@ -48,6 +51,13 @@ REPLICATE = ImageCapabilities(
 )
 RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
 DONE = frozenset({"succeeded", "failed", "canceled"})
+# How a model's safety checker words its refusal in a failed prediction's free-text `error`
+# ("NSFW content detected", "flagged as sensitive", …): Replicate has no code for it.
+_SAFETY_WORDS = re.compile(
+    r"\bnsfw\b|\bflagged\b|sensitive content|safety (?:check|filter|system)"
+    r"|content (?:moderation|policy)|\bmoderated\b",
+    re.IGNORECASE,
+)
 
 
 class ReplicateProvider(ProviderAdapter):
@@ -58,7 +68,19 @@ class ReplicateProvider(ProviderAdapter):
         re.compile(r"/v1/(?:models|deployments)/.*/predictions"),
     )
     check_path = "/v1/account"
-    error_shape = ErrorShape(("detail",))  # RFC 7807 problem details
+    # RFC 7807 problem details `{type, title, status, detail, instance}` (docs/providers.md,
+    # updates of 2026-12-02): the detail says what, the title is the kind.
+    error_shape = ErrorShape(("detail",), ("title",))
+    moderation_statuses = frozenset({400, 422})
+
+    @classmethod
+    def is_moderation(cls, status: int, error: UpstreamErrorBody) -> bool:
+        """A problem whose title or detail is a safety refusal (no code is documented), or a
+        proxy's OpenAI-style refusal."""
+        return super().is_moderation(status, error) or (
+            status in cls.moderation_statuses
+            and any(_SAFETY_WORDS.search(text) for text in (error.code, error.message))
+        )
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None
@@ -140,7 +162,7 @@ class ReplicateProvider(ProviderAdapter):
         status = prediction.get("status")
         if status != "succeeded":
             error = str(prediction.get("error") or status)
-            if "nsfw" in error.lower() or "safety" in error.lower():
+            if _SAFETY_WORDS.search(error):
                 raise UpstreamModerated(self.name, f"replicate refused: {error}")
             raise UpstreamFailed(self.name, f"replicate's prediction {status}: {error}")
         output = prediction.get("output")

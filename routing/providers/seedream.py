@@ -7,7 +7,8 @@ to true upstream; the gateway sends false unless the operator's credential optio
 otherwise. One image per call: `n` is fanned out (no `sequential_image_generation`, so each
 image is one predictable call). Results come back as URLs valid for 24 hours; the gateway
 downloads them when the caller wants base64. A group's per-image `error` entries are
-honoured: moderated images are left out, and none left is a 400.
+honoured: moderated images are left out, and none left is a 400. A 400 with one of Ark's
+safety codes (`InputTextSensitiveContentDetected`, …) is a 400 `content_policy_violation`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from routing.providers import http
 from routing.providers.auth import BEARER, ProviderAuth
 from routing.providers.base import (
     OPENAI_ERRORS,
+    OPENAI_MODERATION_CODES,
     GeneratedImage,
     ImageRequest,
     ImageResult,
@@ -60,7 +62,23 @@ SEEDREAM_3 = ImageCapabilities(
         "max_pixels": 2048 * 2048,
     }
 )
-_MODERATION_CODES = ("Sensitive", "Moderation", "Risk")
+# Ark's safety refusals (docs/providers.md, updates of 2026-12-02): a 400 with one of these
+# codes, and the same codes on a group's skipped images.
+MODERATION_CODES = frozenset(
+    {
+        "InputTextSensitiveContentDetected",
+        "InputImageSensitiveContentDetected",
+        "InputImageSensitiveContentDetected.PrivacyInformation",
+        "OutputImageSensitiveContentDetected",
+        "ContentSecurityDetectionError",
+    }
+)
+# The family: any …SensitiveContentDetected (with a variant after a dot) or …RiskDetection.
+MODERATION_CODE_PATTERN = re.compile(r"\w*(?:SensitiveContentDetected(?:\.\w+)?|RiskDetection)")
+
+
+def is_moderation_code(code: str) -> bool:
+    return code in MODERATION_CODES or MODERATION_CODE_PATTERN.fullmatch(code) is not None
 
 
 class SeedreamProvider(ProviderAdapter):
@@ -69,6 +87,8 @@ class SeedreamProvider(ProviderAdapter):
     uncounted_image_paths = (re.compile(r"/api/v3/images/.*"),)
     # Ark has no free call known that tests a key.
     error_shape = OPENAI_ERRORS  # `{"error": {"code", "message"}}` (docs/providers.md §4)
+    moderation_codes = MODERATION_CODES | OPENAI_MODERATION_CODES  # and proxies' in front
+    moderation_code_pattern = MODERATION_CODE_PATTERN
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None
@@ -125,7 +145,7 @@ class SeedreamProvider(ProviderAdapter):
             error = errors[0] if errors else body.get("error") or {}
             code = str(error.get("code", "")) if isinstance(error, dict) else ""
             message = str(error.get("message", "")) if isinstance(error, dict) else ""
-            if any(marker in code for marker in _MODERATION_CODES):
+            if is_moderation_code(code):
                 raise UpstreamModerated(self.name, f"seedream refused the image ({code}).")
             raise UpstreamFailed(self.name, f"seedream returned no image. {code} {message}".strip())
         first_size = next(

@@ -6,8 +6,9 @@ base64 beside its `finish_reason` and `seed`. The deployment's model id picks th
 `ultra`, `core`, or an SD 3.5 model (`sd3.5-large`, …) sent to `sd3` as `model`. Sizes are
 aspect ratios; one image per call (`n` is fanned out). Ultra and sd3 also edit (image to
 image, one image, no mask). `CONTENT_FILTERED`, even with a 200, and a 403
-`content_moderation` are 400 `content_policy_violation`. Error bodies are
-`{"name", "errors": [...]}` (not confirmed live: docs/providers.md marks them L).
+`content_moderation` are 400 `content_policy_violation` (the 403 is not an auth failure and
+does not count against the deployment). Error bodies are `{"id", "name", "errors": [...]}`
+(docs/providers.md, updates of 2026-12-02).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
 
-import orjson
-import requests
 from requests_toolbelt import MultipartEncoder
 
 from routing.providers import http
 from routing.providers.auth import BEARER, ProviderAuth, credential_headers
 from routing.providers.base import (
+    OPENAI_MODERATION_CODES,
     ErrorShape,
     GeneratedImage,
     ImageRequest,
@@ -73,6 +73,10 @@ class StabilityProvider(ProviderAdapter):
     uncounted_image_paths = (re.compile(r"/v2beta/.*"), re.compile(r"/v1/generation/.*"))
     check_path = "/v1/user/account"
     error_shape = ErrorShape(("errors",), ("name",))  # `{"id", "name", "errors": [...]}`
+    # Moderation is a 403 named content_moderation (docs/providers.md, updates of 2026-12-02):
+    # a refusal of the content, not of the credential.
+    moderation_codes = frozenset({"content_moderation"}) | OPENAI_MODERATION_CODES  # proxies
+    moderation_statuses = frozenset({400, 403})
 
     def capabilities(
         self, upstream_model: str, options: Mapping[str, Any] | None = None
@@ -119,23 +123,11 @@ class StabilityProvider(ProviderAdapter):
                 },
                 data=form,
             )
-        self._raise_for_moderation(response)
         http.check_status(self.name, response)
         return self.parse(http.json_object(self.name, response), request)
 
     def edit(self, request: ImageRequest, target: Target) -> ImageResult:
         return self.generate(request, target)
-
-    def _raise_for_moderation(self, response: requests.Response) -> None:
-        if response.status_code != 403:
-            return
-        try:
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(body, dict) and body.get("name") == "content_moderation":
-            errors = body.get("errors") or ["the request was flagged"]
-            raise UpstreamModerated(self.name, f"stability refused: {errors[0]}")
 
     def parse(self, body: dict[str, Any], request: ImageRequest) -> ImageResult:
         if body.get("finish_reason") == "CONTENT_FILTERED":

@@ -4,9 +4,10 @@ OpenAI's route and auth, but not its fields: xAI refuses `size`, `style` and `se
 takes `aspect_ratio` and `resolution` (`1k`, `2k`) instead. The gateway translates the
 caller's size into the nearest of xAI's ratios and a resolution, refuses style and seed
 with a 400 before the call (the capability table says so), and sends edits as JSON with
-the image as a data URL (one image, no mask). Moderation is silent: blocked images are
-simply missing from `data`; the caller gets the images that came and pays for those only,
-and none at all is a 400 `content_policy_violation`.
+the images as data URLs (up to three, no mask; docs/providers.md, updates of 2026-12-02).
+Moderation is silent: blocked images are simply missing from `data`; the caller gets the
+images that came and pays for those only, and none at all is a 400
+`content_policy_violation`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import base64
 import io
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from PIL import Image
@@ -63,13 +65,16 @@ GROK_IMAGINE = ImageCapabilities(
     native_response_formats=("url", "b64_json"),
     edits=True,
     mask=False,
-    max_edit_images=1,
+    max_edit_images=3,  # up to three source images per edit
     max_prompt_chars=8000,
 )
-GROK_IMAGINE_2 = ImageCapabilities(
-    **{**GROK_IMAGINE.__dict__, "qualities": ("low", "medium", "high")}
+# grok-imagine-image-2.0: price tiers by quality, low or medium only (M).
+GROK_IMAGINE_2 = replace(GROK_IMAGINE, qualities=("low", "medium"))
+# -pro is deprecated from 2026-05-15 for -quality (docs/providers.md, updates of 2026-12-02).
+GROK_IMAGINE_PRO = replace(
+    GROK_IMAGINE, retired="2026-05-15", successor="grok-imagine-image-quality"
 )
-GROK_2 = ImageCapabilities(**{**GROK_IMAGINE.__dict__, "edits": False, "max_pixels": 1024 * 1024})
+GROK_2 = replace(GROK_IMAGINE, edits=False, max_pixels=1024 * 1024)
 
 
 class XAIProvider(ProviderAdapter):
@@ -88,6 +93,8 @@ class XAIProvider(ProviderAdapter):
             return GROK_2
         if upstream_model.startswith("grok-imagine-image-2"):
             return GROK_IMAGINE_2
+        if upstream_model.startswith("grok-imagine-image-pro"):
+            return GROK_IMAGINE_PRO
         return GROK_IMAGINE
 
     def body(self, request: ImageRequest, target: Target) -> dict[str, Any]:
@@ -102,15 +109,22 @@ class XAIProvider(ProviderAdapter):
         if dimensions and not target.upstream_model.startswith("grok-2-image"):
             width, height = dimensions
             body["aspect_ratio"] = nearest_ratio(width, height, RATIOS)
-            body["resolution"] = "2k" if tier_of(width, height) != "1K" else "1k"
+            body["resolution"] = "2k" if tier_of(width, height) in ("2K", "4K") else "1k"
         if request.quality:
             body["quality"] = request.quality
         if request.user:
             body["user"] = request.user
-        if request.images:
-            image = request.images[0]
-            data = base64.b64encode(image.read()).decode()
-            body["image"] = {"url": f"data:{image.media_type};base64,{data}", "type": "image_url"}
+        sources = [
+            {
+                "url": f"data:{image.media_type};base64,{base64.b64encode(image.read()).decode()}",
+                "type": "image_url",
+            }
+            for image in request.images
+        ]
+        if len(sources) == 1:
+            body["image"] = sources[0]
+        elif sources:  # several: `images`, the REST counterpart of the SDK's image_urls (L)
+            body["images"] = sources
         return body
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:

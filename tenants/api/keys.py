@@ -99,7 +99,8 @@ class KeyDetailView(APIView):
         tags=TAGS,
         request=KeyUpdateIn,
         responses=KeyOut,
-        summary="Change a key's name, allowed aliases, rate limits or expiry (null clears)",
+        summary="Change a key's name, allowed aliases, rate limits (its own and per end "
+        "user) or expiry (null clears)",
     )
     def patch(self, request: Request, key_id: str) -> Response:
         principal = request_principal(request)

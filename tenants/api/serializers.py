@@ -50,6 +50,15 @@ class TeamRef(Serializer[Any]):
     slug = serializers.CharField()
 
 
+PER_USER_IMAGES_HELP = (
+    "Images per end user (the request's `user`) per UTC day. Set, a request without `user` "
+    "is refused (400)."
+)
+PER_USER_RPM_HELP = (
+    "Requests per end user per minute. Set, a request without `user` is refused (400)."
+)
+
+
 class KeyOut(Serializer[Any]):
     """A key as anyone may see it again: never its secret."""
 
@@ -63,6 +72,10 @@ class KeyOut(Serializer[Any]):
     )
     rpm_limit = serializers.IntegerField(allow_null=True)
     ipm_limit = serializers.IntegerField(allow_null=True)
+    per_user_limit_images = serializers.IntegerField(
+        allow_null=True, help_text=PER_USER_IMAGES_HELP
+    )
+    per_user_rpm = serializers.IntegerField(allow_null=True, help_text=PER_USER_RPM_HELP)
     expires_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
     last_used_at = serializers.DateTimeField(allow_null=True)
@@ -111,6 +124,8 @@ class KeyCreateIn(StrictSerializer):
     )
     rpm_limit = _limit(required=False, default=None)
     ipm_limit = _limit(required=False, default=None)
+    per_user_limit_images = _limit(required=False, default=None, help_text=PER_USER_IMAGES_HELP)
+    per_user_rpm = _limit(required=False, default=None, help_text=PER_USER_RPM_HELP)
     expires_at = serializers.DateTimeField(required=False, default=None, allow_null=True)
 
     def validate_expires_at(self, value: datetime | None) -> datetime | None:
@@ -124,6 +139,8 @@ class KeyUpdateIn(StrictSerializer):
     )
     rpm_limit = _limit(required=False)
     ipm_limit = _limit(required=False)
+    per_user_limit_images = _limit(required=False, help_text=PER_USER_IMAGES_HELP)
+    per_user_rpm = _limit(required=False, help_text=PER_USER_RPM_HELP)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     def validate_expires_at(self, value: datetime | None) -> datetime | None:

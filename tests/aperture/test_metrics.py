@@ -82,6 +82,8 @@ def test_without_a_token_a_loopback_caller_may_scrape(db: None, address: str) ->
         ("127.0.0.1", {"X-Forwarded-For": "127.0.0.1"}),  # a proxy on this host
         ("127.0.0.1", {"Forwarded": "for=203.0.113.9"}),
         ("127.0.0.1", {"X-Real-IP": "203.0.113.9"}),
+        ("127.0.0.1", {"Via": "1.1 proxy"}),
+        ("127.0.0.1", {"X-Forwarded-Port": "443"}),  # any X-Forwarded-*
     ],
 )
 def test_without_a_token_any_other_caller_is_refused(

@@ -176,16 +176,27 @@ def test_percentiles_merge_buckets_and_interpolate_inside_one() -> None:
     assert rollups.latency_percentile(buckets, 25) == 750
 
 
-def test_the_beat_task_rolls_up_the_current_and_the_previous_hour(api_key: CreatedKey) -> None:
+def test_the_beat_task_rolls_up_from_the_hour_before_the_one_its_last_run_reached(
+    api_key: CreatedKey,
+) -> None:
     key = api_key.key
-    for hours_ago in (0, 1, 2):
+    for hours_ago in (0, 1, 2, 5):
         record(key, HOUR - timedelta(hours=hours_ago))
+
+    def hours() -> list[datetime]:
+        return sorted(HourlyUsage.objects.values_list("hour", flat=True))
+
+    with time_machine.travel(HOUR - timedelta(hours=5, minutes=-4), tick=False):
+        assert rollup_hourly_usage() == 1  # the first run: from the oldest record
+    with time_machine.travel(HOUR - timedelta(hours=1, minutes=-4), tick=False):
+        HourlyUsage.objects.all().delete()  # to see which hours the next run rolls up
+        assert rollup_hourly_usage() == 3  # and those missed while the beat was down
+        assert hours() == [HOUR - timedelta(hours=h) for h in (5, 2, 1)]
     with time_machine.travel(HOUR + timedelta(minutes=4), tick=False):
-        assert rollup_hourly_usage() == 2
-        assert sorted(HourlyUsage.objects.values_list("hour", flat=True)) == [
-            HOUR - timedelta(hours=1),
-            HOUR,
-        ]
+        HourlyUsage.objects.all().delete()
+        assert rollup_hourly_usage() == 3  # the one before the last run's hour, to this one
+        assert hours() == [HOUR - timedelta(hours=h) for h in (2, 1, 0)]
+        assert rollup_hourly_usage() == 2  # run again: the previous hour and this one
         assert rollup_hourly_usage(hours=3) == 3
-    assert rollup_hourly_usage(hour=(HOUR - timedelta(hours=2)).isoformat()) == 1
-    assert HourlyUsage.objects.count() == 3
+    assert rollup_hourly_usage(hour=(HOUR - timedelta(hours=5)).isoformat()) == 1
+    assert HourlyUsage.objects.count() == 4

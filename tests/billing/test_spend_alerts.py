@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -239,25 +240,43 @@ def test_a_new_period_fires_the_thresholds_again(
     ]
 
 
-def test_a_lowered_limit_fires_the_thresholds_it_puts_behind_on_the_next_charge(
+def test_a_lowered_limit_fires_the_thresholds_it_puts_behind_at_once(
     api_key: CreatedKey, workspace: Workspace, queued: list[int]
 ) -> None:
     b = budget(workspace=workspace, key=api_key.key, period="lifetime", limit_micro=100_000)
     _charge(api_key.secret, 45_000)
     services.budget_change_limits(actor=ACTOR, budget=b, fields={"limit_micro": 50_000})
-    assert _fired(b) == []
+    assert _fired(b) == [(50, 45_000, 50_000), (80, 45_000, 50_000)]
     _charge(api_key.secret, 1_000)
-    assert _fired(b) == [(50, 46_000, 50_000), (80, 46_000, 50_000)]
+    assert _fired(b) == [(50, 45_000, 50_000), (80, 45_000, 50_000)]
 
 
-def test_a_threshold_added_after_spend_passed_it_fires_on_the_next_charge(
+def test_a_raised_limit_does_not_fire_again_what_fired_this_period(
+    api_key: CreatedKey, workspace: Workspace, queued: list[int]
+) -> None:
+    b = budget(workspace=workspace, key=api_key.key, period="lifetime", limit_micro=100_000)
+    _charge(api_key.secret, 100_000)
+    services.budget_change_limits(actor=ACTOR, budget=b, fields={"limit_micro": 1_000_000})
+    _charge(api_key.secret, 900_000)
+    assert _fired(b) == [(t, 100_000, 100_000) for t in (50, 80, 100)]  # once a period each
+
+
+def test_a_threshold_added_after_spend_passed_it_fires_at_once(
     api_key: CreatedKey, workspace: Workspace, queued: list[int]
 ) -> None:
     b = budget(workspace=workspace, key=api_key.key, period="lifetime", limit_micro=100_000)
     _charge(api_key.secret, 95_000)
     alerts.budget_set_alerts(actor=ACTOR, budget=b, fields={"alert_thresholds": [90, 50]})
-    _charge(api_key.secret, 1_000)
     assert sorted(t for t, *_ in _fired(b)) == [50, 80, 90]
+
+
+def test_a_zero_limit_has_no_thresholds_to_reach() -> None:
+    assert alerts.reached(
+        [1, 50, 100], used_micro=0, used_images=1, limit_micro=0, limit_images=100
+    ) == frozenset({1})
+    assert alerts.reached(
+        [50], used_micro=5, used_images=0, limit_micro=10, limit_images=0
+    ) == frozenset({50})
 
 
 def test_a_charge_that_reaches_no_new_threshold_costs_no_query(
@@ -578,8 +597,13 @@ def test_an_alert_is_emailed_to_the_budgets_addresses(
     )
     (mail,) = mailoutbox
     assert mail.to == ["ops@example.com", "cfo@example.com"]
-    assert mail.subject == "Aperture: Acme's workspace month budget reached 80%"
-    assert "Spent this period: $0.800000 and 8 images." in mail.body
+    assert mail.subject == f"Aperture: workspace month budget {b.public_id} reached 80%"
+    assert mail.body == (
+        f"The month budget {b.public_id} of workspace {workspace.public_id} has reached 80% "
+        "of its limit of $1.000000.\n\n"
+        "Spent this period: $0.800000 and 8 images.\n"
+        f"Period started: 2026-12-01T00:00:00Z\nAlert {alert.public_id} at 2026-12-17T09:41:12Z\n"
+    )
 
 
 def test_an_email_that_cannot_be_sent_is_retried_then_failed(
@@ -594,6 +618,44 @@ def test_an_email_that_cannot_be_sent_is_retried_then_failed(
     assert SpendAlert.objects.get(pk=alert.pk).email_status == Delivery.PENDING
     assert alert_delivery.deliver(alert_id=alert.pk, final=True) is False
     assert SpendAlert.objects.get(pk=alert.pk).email_status == Delivery.FAILED
+
+
+def test_a_webhook_that_trickles_its_answer_is_cut_off_at_the_attempts_deadline(
+    workspace: Workspace,
+    signing_secret: str,
+    loopback_allowed: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(alert_delivery, "TIMEOUT", (0.5, 0.5))  # a deadline of 1 s
+    done = threading.Event()
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with contextlib.suppress(OSError):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                while not done.wait(0.1):  # each line well within the read timeout
+                    self.wfile.write(b"X-Slow: a\r\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+        alert = _alert(_hooked_budget(workspace, url))
+        started = time.monotonic()
+        assert alert_delivery.deliver(alert_id=alert.pk, final=False) is True
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        server.shutdown()
+        server.server_close()
+    alert.refresh_from_db()
+    assert (alert.webhook_status, alert.webhook_last_error) == (Delivery.PENDING, "Timed out.")
+    assert took < 3  # its headers' 200 does not count: the answer never ended
 
 
 def test_a_webhook_is_never_sent_unsigned_nor_to_a_private_address(
@@ -764,6 +826,47 @@ def test_tenants_set_alerts_on_the_workspaces_budget_but_not_its_limits(
         ["ops@example.com"],
         1_000_000,
     )
+
+
+def test_a_key_that_cannot_change_alert_settings_reads_only_their_hosts(
+    admin: SchemaCheckedClient, manager: SchemaCheckedClient, workspace: Workspace
+) -> None:
+    b = budget(workspace=workspace, period="month", limit_micro=1_000_000)
+    Budget.objects.filter(pk=b.pk).update(
+        alert_webhook_url="https://hooks.example.com:8443/aperture?token=rcv_secret",
+        alert_emails=["cfo@acme.example", "ops@example.com"],
+    )
+    url = f"/api/v1/budgets/{b.public_id}"
+
+    def settings_of(response: Any) -> tuple[str, list[str]]:
+        return response.json()["alert_webhook_url"], response.json()["alert_emails"]
+
+    assert settings_of(manager.get(url)) == (
+        "https://hooks.example.com:8443/…",
+        ["…@acme.example", "…@example.com"],
+    )
+    (listed,) = manager.get("/api/v1/budgets").json()["data"]
+    assert (listed["alert_webhook_url"], listed["alert_emails"]) == settings_of(manager.get(url))
+    assert settings_of(admin.get(url)) == (
+        "https://hooks.example.com:8443/aperture?token=rcv_secret",
+        ["cfo@acme.example", "ops@example.com"],
+    )
+
+
+def test_a_workspaces_alert_emails_stop_at_the_daily_cap(
+    workspace: Workspace, mailoutbox: list[Any], settings: Any
+) -> None:
+    settings.ALERT_EMAILS_PER_DAY = 1
+    b = budget(workspace=workspace, period="month", limit_micro=1_000_000)
+    Budget.objects.filter(pk=b.pk).update(alert_emails=["ops@example.com"])
+    first, second = (_alert(b, threshold=t) for t in (50, 80))
+    SpendAlert.objects.update(fired_at=datetime.now(UTC))  # within the last 24 hours
+    for alert in (first, second):
+        assert alert_delivery.deliver(alert_id=alert.pk, final=False) is False
+    assert [m.subject for m in mailoutbox] == [
+        f"Aperture: workspace month budget {b.public_id} reached 50%"
+    ]
+    assert SpendAlert.objects.get(pk=second.pk).email_status == Delivery.FAILED
 
 
 def test_limits_and_alerts_change_together_or_not_at_all(

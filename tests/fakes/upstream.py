@@ -1,7 +1,8 @@
 """A fake image-provider upstream: a real HTTP server on 127.0.0.1.
 
-It speaks the real wire formats of OpenAI and Azure OpenAI (docs/providers.md §1, §2), Gemini's
-generateContent (§3) and Stability's multipart generate (for passthrough), answers with real
+It speaks the real wire formats of OpenAI and Azure OpenAI (docs/providers.md §1, §2; edits
+as multipart or JSON), Gemini's generateContent (§3) and Stability's multipart generate (for
+passthrough), answers with real
 images at the requested size, streams server-sent events for `stream: true` (the final
 event can be held back until the test releases it), serves large bodies in chunks, records
 every request byte for byte, and can be told to misbehave for the next requests: an error
@@ -372,15 +373,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._chunk(b"")
 
     def _edit(self, recorded: Recorded) -> None:
-        """OpenAI's multipart edit: one image back per `n`, at the size asked."""
+        """OpenAI's edit, multipart or JSON (`images: [{image_url}]`): one image back per `n`,
+        at the size asked."""
         content_type = recorded.headers.get("content-type", "")
-        if not content_type.startswith("multipart/form-data"):
+        if content_type.startswith("application/json") and isinstance(recorded.body, dict):
+            fields = self._json_edit_fields(recorded.body)
+            if fields is None:
+                return
+        elif not content_type.startswith("multipart/form-data"):
             self._json(400, _error("multipart/form-data is required"))
             return
-        fields = _form_fields(recorded.raw, content_type)
-        if not any(part.name in ("image", "image[]") for part in form_parts(recorded)):
-            self._json(400, _error("image is required", code="missing_image"))
-            return
+        else:
+            fields = _form_fields(recorded.raw, content_type)
+            if not any(part.name in ("image", "image[]") for part in form_parts(recorded)):
+                self._json(400, _error("image is required", code="missing_image"))
+                return
         if fields.get("stream") == "true":
             self._stream(
                 {**fields, "partial_images": int(fields.get("partial_images", 0))}, "image_edit"
@@ -391,6 +398,24 @@ class _Handler(BaseHTTPRequestHandler):
         data = png(width, height, fields.get("output_format", "png"))
         items = [{"b64_json": base64.b64encode(data).decode()}] * int(fields.get("n", "1"))
         self._json(200, {"created": int(time.time()), "data": items, "size": f"{width}x{height}"})
+
+    def _json_edit_fields(self, body: dict[str, Any]) -> dict[str, str] | None:
+        """A JSON edit's fields as a form's text fields; None once it has been refused (each
+        image must be a data URL: the fake fetches nothing)."""
+        images = body.get("images")
+        if not isinstance(images, list) or not images:
+            self._json(400, _error("images is required", code="missing_image"))
+            return None
+        for item in images + ([body["mask"]] if "mask" in body else []):
+            url = item.get("image_url", "") if isinstance(item, dict) else ""
+            if not url.startswith("data:image/"):
+                self._json(400, _error("image_url must be a data URL here", code="invalid_url"))
+                return None
+        return {
+            name: json.dumps(value) if isinstance(value, bool) else str(value)
+            for name, value in body.items()
+            if name not in ("images", "mask")
+        }
 
     def _replicate_create(self, recorded: Recorded) -> None:
         """Replicate (docs/providers.md §9.1): done at once under `Prefer: wait` unless the test
@@ -741,13 +766,14 @@ class _Handler(BaseHTTPRequestHandler):
                 output_format=fmt,
                 quality=body.get("quality", "medium"),
                 size=f"{width}x{height}",
-                usage={
+            )
+            if self.server.fake.usage:
+                response["usage"] = {
                     "input_tokens": 12,
                     "output_tokens": 1056,
                     "total_tokens": 1068,
                     "input_tokens_details": {"text_tokens": 12, "image_tokens": 0},
-                },
-            )
+                }
         self._json(200, response)
 
 
@@ -774,6 +800,8 @@ class FakeUpstream:
         self.replicate_processing = 0
         self.replicate_error = ""
         self.keep_bodies = True  # off for long benchmarks, whose memory must not grow
+        # Token usage in GPT-image answers; off, they are billed per image (as relays answer).
+        self.usage = True
         self.sent: list[bytes] = []  # bodies of the answers sent with a Content-Length
         self.streamed = bytearray()  # what chunked answers sent, de-chunked
         # Streams send their final event once this is set; set unless a test holds it.
@@ -876,8 +904,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--no-usage", action="store_true", help="answer without token usage")
     args = parser.parse_args()
     fake = FakeUpstream(port=args.port, delay=args.delay)
+    fake.usage = not args.no_usage
     fake.requests = _Discard()  # a long benchmark must not grow memory
     fake.keep_bodies = False
     print(f"fake upstream on {fake.url}", flush=True)

@@ -37,5 +37,10 @@ def gateway(django_db_setup: None, django_db_blocker) -> Iterator[Server]:
 @pytest.fixture
 def list_prices(transactional_db: None) -> None:
     """The seeded list prices (a transactional test's flush removes the migration's rows)."""
-    for migration in ("0002_seed_list_prices", "0005_seed_more_prices", "0007_seed_zai_prices"):
+    for migration in (
+        "0002_seed_list_prices",
+        "0005_seed_more_prices",
+        "0007_seed_zai_prices",
+        "0014_seed_price_rules",
+    ):
         importlib.import_module(f"billing.migrations.{migration}").seed(apps, None)

@@ -272,7 +272,7 @@ def test_workspaces_teams_prices_budgets_and_rate_limits_apply_idempotently(
         ),
         (
             "prices:\n  - provider: openai\n    model: m\n",
-            "line 2: a price needs per_image_usd and/or token rates",
+            "line 2: a price needs per_image_usd, token rates or megapixel rates",
         ),
         ("rate_limits:\n  - key: nobody\n    rpm: 1\n", "line 2: unknown key 'nobody'"),
     ],

@@ -265,11 +265,11 @@ def _upload(name: str, data: bytes, content_type: str = "image/png") -> io.Bytes
                 "model": "image-openai",
                 "prompt": "x",
                 "image": _upload("a.png", png(32, 32)),
-                "moderation": "low",
+                "style": "vivid",
             },
             400,
-            "moderation",
-            "'moderation' does not apply to edits.",
+            "style",
+            "'style' does not apply to edits.",
         ),
         (
             {
@@ -316,13 +316,14 @@ def test_bad_edits_get_a_clear_error_and_nothing_reaches_the_upstream(
     assert UsageRecord.objects.get().cost_micro == 0
 
 
-def test_an_edit_sent_as_json_is_told_to_use_multipart(
+def test_a_json_edit_without_images_is_told_what_to_send(
     client: APIClient, platform_alias: ModelAlias
 ) -> None:
     response = client.post(EDIT, {"model": "demo-image", "prompt": "x"}, format="json")
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_content_type"
-    assert "multipart/form-data" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert error["param"] == "images"
+    assert '{"image_url": "https://…" or "data:image/png;base64,…"}' in error["message"]
 
 
 def test_an_image_over_the_size_limit_is_413(

@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from routing import services
 from routing.models import ModelAlias, ProviderCredential
+from tenants.end_users import end_user_id
 from tenants.models import Team, Workspace
 from tenants.services import CreatedKey, key_create
 from tests.conftest import UPSTREAM_SECRET, make_alias
@@ -123,19 +124,19 @@ BAD_BODIES = [
     (
         {"model": "demo-image", "prompt": "x", "resolution": "8K"},
         "resolution",
-        "Invalid 'resolution' '8K'; supported: 1K, 2K, 4K.",
+        "Invalid 'resolution' '8K'; supported: 512, 1K, 2K, 4K.",
     ),
     (
         {"model": "demo-image", "prompt": "x", "aspect_ratio": "7:3"},
         "aspect_ratio",
         "Invalid 'aspect_ratio' '7:3'; supported: 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, "
-        "16:9, 21:9.",
+        "16:9, 21:9, 1:4, 4:1, 1:8, 8:1.",
     ),
     (
         {"model": "demo-image", "prompt": "x", "size": "3K"},
         "size",
-        "Invalid 'size' '3K': use WIDTHxHEIGHT in pixels (e.g. 1024x1024), a tier (1K, 2K, 4K) "
-        "or 'auto'.",
+        "Invalid 'size' '3K': use WIDTHxHEIGHT in pixels (e.g. 1024x1024), a tier (512, 1K, 2K, "
+        "4K) or 'auto'.",
     ),
     (
         {"model": "demo-image", "prompt": "x", "seed": -1},
@@ -161,7 +162,7 @@ BAD_BODIES = [
     (
         {"model": "image-openai", "prompt": "x", "size": "big"},
         "size",
-        "Invalid 'size' 'big': use WIDTHxHEIGHT in pixels (e.g. 1024x1024), a tier (1K, 2K, "
+        "Invalid 'size' 'big': use WIDTHxHEIGHT in pixels (e.g. 1024x1024), a tier (512, 1K, 2K, "
         "4K) or 'auto'.",
     ),
     (
@@ -346,7 +347,7 @@ def test_openai_gets_the_upstream_model_and_the_providers_key_never_the_callers(
         "output_compression": 80,
         "background": "opaque",
         "moderation": "low",
-        "user": "u-1",
+        "user": end_user_id(api_key.key.workspace_id, "u-1"),  # never the raw end user
         "future_option": {"x": 1},
     }
     assert received.headers["authorization"] == f"Bearer {UPSTREAM_SECRET}"

@@ -9,6 +9,7 @@ from openai import OpenAI
 
 from billing.models import UsageRecord
 from routing import services
+from tenants.end_users import end_user_id
 from tests.conftest import ACTOR, UPSTREAM_SECRET
 from tests.fakes.upstream import FakeUpstream, Misbehave, png
 from tests.routing.providers.conftest import AliasMaker, the_record
@@ -38,7 +39,7 @@ def test_cogview_returns_a_url_that_is_inlined_as_base64(
         "prompt": "a fox",
         "size": "1344x768",
         "quality": "hd",
-        "user_id": "bob___",
+        "user_id": end_user_id(the_record().workspace_id, "bob"),  # a hash, never "bob"
     }
     assert (the_record().images, the_record().cost_micro) == (2, 2 * 10_000)
 
