@@ -115,12 +115,26 @@ def pixels(size: str | None) -> tuple[int, int] | None:
     return None
 
 
-def billed_megapixels(size: str) -> int:
-    """Megapixels of an image of this size as FLUX.2 bills them: rounded up, at least 1."""
+def billed_megapixels(size: str, *, on_grid: bool = False) -> int:
+    """Megapixels of an image of this size as FLUX.2 bills them: rounded up, at least 1.
+    `on_grid` (the estimate): each side first rounded up to the multiple of 16 an adapter may
+    send instead (FLUX.2 takes only those), so the hold covers the size actually made."""
     found = pixels(size)
     if found is None:
         return 1
-    return max(1, math.ceil(found[0] * found[1] / MEGAPIXEL))
+    width, height = found
+    if on_grid:
+        width, height = -(-width // SIZE_GRID) * SIZE_GRID, -(-height // SIZE_GRID) * SIZE_GRID
+    return max(1, math.ceil(width * height / MEGAPIXEL))
+
+
+# The grid FLUX.2 sizes snap to: an estimate prices a size rounded up to it.
+SIZE_GRID = 16
+# The estimate of a token-priced model (gpt-image-1.5/2.x) holds its per-image row, which
+# covers the output tokens, plus the most its inputs may add: each input image at this many
+# image tokens (a high-fidelity input stays below it: unconfirmed ceiling, docs/providers.md
+# §10) and every byte of the prompt as a text token.
+MAX_INPUT_IMAGE_TOKENS = 8_192
 
 
 def _nearest_tier(size: str, tiers: set[str]) -> str | None:
@@ -185,10 +199,12 @@ def _priced_per_image(price: Price) -> bool:
     return price.per_image_micro is not None or price.first_megapixel_micro is not None
 
 
-def _image_price(price: Price, size: str | None) -> tuple[int, dict[str, Any]]:
+def _image_price(
+    price: Price, size: str | None, *, worst_case: bool = False
+) -> tuple[int, dict[str, Any]]:
     """One image at this row, and the figures used."""
     if price.first_megapixel_micro is not None:
-        megapixels = billed_megapixels(size) if size else 1
+        megapixels = billed_megapixels(size, on_grid=worst_case) if size else 1
         extra = price.extra_megapixel_micro or 0
         unit = price.first_megapixel_micro + (megapixels - 1) * extra
         figures = {
@@ -218,6 +234,7 @@ def quote(
     usage: Mapping[str, Any] | None = None,
     largest: str | None = None,
     worst_case: bool = False,
+    prompt_bytes: int = 0,
 ) -> Quote:
     """What `images` images of this model cost (`worst_case`: at most).
 
@@ -270,7 +287,7 @@ def quote(
         surcharge = chosen.per_input_image_micro or 0  # input tokens are priced already
     else:
         rows = _narrowed([p for p in matching if _priced_per_image(p)], ask)
-        priced = [(_image_price(p, read_at), p) for p in rows]
+        priced = [(_image_price(p, read_at, worst_case=worst_case), p) for p in rows]
         cost = 0
         if priced:
             (unit, unit_figures), chosen = max(priced, key=lambda pair: pair[0][0])
@@ -280,6 +297,18 @@ def quote(
     if input_images and surcharge:
         cost += input_images * surcharge
         figures.update(input_images=input_images, per_input_image_micro=surcharge)
+    token_row = next((p for p in candidates if p.token_priced), None)
+    if worst_case and token_row is not None:  # what input tokens may add to the settle
+        allowance = -(
+            -(
+                input_images * MAX_INPUT_IMAGE_TOKENS * (token_row.image_input_per_mtok_micro or 0)
+                + prompt_bytes * (token_row.text_input_per_mtok_micro or 0)
+            )
+            // 1_000_000
+        )
+        if allowance:
+            cost += allowance
+            figures.update(input_token_allowance_micro=allowance)
     minimum = _extra(chosen, matching, "minimum_micro")
     if minimum and cost < minimum:
         cost = minimum

@@ -29,7 +29,7 @@ import urllib3
 from django.conf import settings
 
 from billing.metering import Meter
-from routing.tally import Counted, ResponseTally
+from routing.tally import Counted, ResponseTally, tenant_usage
 
 logger = logging.getLogger(__name__)
 UPSTREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
@@ -107,8 +107,7 @@ class _EventStamper:
         cost = self._stamp(self._tally.counted)
         if cost is None:
             return event
-        usage = body.get("usage")
-        body["usage"] = {**(usage if isinstance(usage, dict) else {}), "cost": cost}
+        body["usage"] = tenant_usage(body.get("usage"), cost)
         out, placed = [], False
         for line in lines:  # the event's other fields as they were, one data line for its data
             if line.startswith(b"data:"):

@@ -104,6 +104,7 @@ class Attempt:
             input_images=self._input_images(request.n, caps),
             largest=largest_size(caps),
             worst_case=True,
+            prompt_bytes=len(request.prompt.encode()) * len(fanout.split(request.n, caps.max_n)),
         )
 
     def estimate_micro(self) -> int:

@@ -239,3 +239,28 @@ def for_answer(family: str, content_type: str, content_encoding: str) -> Respons
         content_encoding=content_encoding,
         cap=settings.PASSTHROUGH_METER_MAX_BYTES,
     )
+
+
+# The upstream's usage fields a tenant sees: token counts only. A provider's own price
+# (OpenRouter's `cost`, `cost_details`) is the operator's: a marked-up tenant never sees it.
+TENANT_USAGE_FIELDS = frozenset(
+    {
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "input_tokens_details",
+        "output_tokens_details",
+        "prompt_tokens",
+        "completion_tokens",
+    }
+)
+
+
+def tenant_usage(usage: object, cost: str) -> dict[str, Any]:
+    """`usage` as a tenant sees it: the provider's token counts and what it was charged."""
+    kept = (
+        {name: value for name, value in usage.items() if name in TENANT_USAGE_FIELDS}
+        if isinstance(usage, dict)
+        else {}
+    )
+    return {**kept, "cost": cost}

@@ -22,7 +22,7 @@ from routing.providers.base import (
     is_base64,
 )
 from routing.providers.fetch import fetch_image
-from routing.tally import image_size
+from routing.tally import image_size, tenant_usage
 
 UrlBuilder = Callable[[str], str]  # signed token → absolute URL
 
@@ -95,9 +95,8 @@ def response_body(
 
 def with_cost(body: dict[str, Any], charged_micro: int) -> dict[str, Any]:
     """`usage.cost`, what the request was charged in USD with six places ("0.040000"), next
-    to the provider's own usage fields (a `usage` of its own where the provider gave none)."""
-    usage = body.get("usage")
-    body["usage"] = {**(usage if isinstance(usage, dict) else {}), "cost": usd(charged_micro)}
+    to the provider's token counts (never a price of its own; a `usage` where it gave none)."""
+    body["usage"] = tenant_usage(body.get("usage"), usd(charged_micro))
     return body
 
 

@@ -84,6 +84,7 @@ class NativeCall:
             input_images=self.input_images,
             largest=self._largest(provider, facts.model),
             worst_case=True,
+            prompt_bytes=len(self.prompt.encode()),
         )
 
     def estimate_micro(self) -> int:
