@@ -110,14 +110,15 @@ CONCURRENT = 6
 
 
 def key_budget(key: CreatedKey) -> Budget:
-    """5 images and $0.25 for the key's lifetime: two calls of 2 medium 1024² images fit."""
+    """5 images and $0.35 for the key's lifetime: two calls of 2 medium 1024² images fit (an
+    edit's hold adds its input image's token allowance: about $0.166 a call)."""
     return billing_services.budget_set(
         actor=ACTOR,
         workspace=key.key.workspace,
         team=None,
         key=key.key,
         period=Budget.Period.LIFETIME,
-        limit_micro=250_000,
+        limit_micro=350_000,
         limit_images=5,
     )
 
