@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
@@ -79,6 +80,35 @@ def allowed_address(host: str, port: int) -> str:
     if not _allowlisted(host, addresses) and any(not a.is_global for a in addresses):
         raise PrivateAddress(f"{host} resolves to a private address")
     return str(infos[0][4][0])
+
+
+def public_url_problem(url: str, *, query_allowed: bool) -> str | None:
+    """Why the gateway would not call `url` on a workspace's behalf, or None: https (plain
+    http only for a host an operator allowlists), no user info or fragment (nor a query
+    unless allowed), on a host that resolves to public addresses unless allowlisted. A
+    connection checks the address again (DNS may change in between)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or not host:
+        return "Must be an https:// URL with a host name."
+    if query_allowed and (parts.username or parts.password or parts.fragment):
+        return "Must not carry user info or a fragment."
+    if not query_allowed and (parts.username or parts.password or parts.query or parts.fragment):
+        return "Must not carry user info, a query or a fragment."
+    if parts.scheme == "http" and host not in settings.FETCH_ALLOWED_HOSTS:
+        return "Must be https:// (plain http only for hosts an operator allowlists)."
+    try:
+        allowed_address(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except ValueError:
+        return "Has an invalid port."
+    except (socket.gaierror, UnicodeError):
+        return f"The host {host} does not resolve."
+    except PrivateAddress:
+        return (
+            f"The host {host} resolves to a private, loopback or link-local address; "
+            "the gateway does not call those for a workspace."
+        )
+    return None
 
 
 @dataclass

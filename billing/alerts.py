@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,14 +24,13 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from aperture.ids import public_id
-from aperture.outbound import PrivateAddress, allowed_address
+from aperture.outbound import public_url_problem
 from billing.models import Budget, SpendAlert
 from tenants.audit import audit_record
 from tenants.models import Workspace
@@ -241,29 +239,9 @@ def clean_webhook_url(url: str) -> str:
     Delivery checks the address again when it connects (aperture/outbound.py)."""
     if not url:
         return ""
-
-    def invalid(message: str) -> ValidationError:
-        return ValidationError({"alert_webhook_url": message})
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("https", "http") or not host:
-        raise invalid("Must be an https:// URL with a host name.")
-    if parts.username or parts.password or parts.fragment:
-        raise invalid("Must not carry user info or a fragment.")
-    if parts.scheme == "http" and host not in settings.FETCH_ALLOWED_HOSTS:
-        raise invalid("Must be https:// (plain http only for hosts an operator allowlists).")
-    try:
-        allowed_address(host, parts.port or (443 if parts.scheme == "https" else 80))
-    except ValueError as exc:
-        raise invalid("Has an invalid port.") from exc
-    except (socket.gaierror, UnicodeError) as exc:
-        raise invalid(f"The host {host} does not resolve.") from exc
-    except PrivateAddress as exc:
-        raise invalid(
-            f"The host {host} resolves to a private, loopback or link-local address; "
-            "the gateway does not call those for a workspace."
-        ) from exc
+    problem = public_url_problem(url, query_allowed=True)
+    if problem is not None:
+        raise ValidationError({"alert_webhook_url": problem})
     return url
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from django.core.validators import slug_re
 
+from routing.guardrails import services as guardrail_services
 from routing.models import GuardrailPolicy, ModelAlias, Provider
 from routing.providers.auth import auth_for
 from routing.services import RESERVED_CREDENTIAL_NAMES
@@ -548,29 +549,7 @@ def _guardrail(item: dict[str, Any]) -> GuardrailSpec:
     """A guardrail's shape; what its kind needs (valid patterns, known routes and detectors,
     an OpenAI credential) is checked by the policy rules when the file is planned."""
     what = "a guardrail"
-    _check_keys(
-        item,
-        {
-            "name",
-            "workspace",
-            "kind",
-            "action",
-            "applies_to",
-            "patterns",
-            "detectors",
-            "credential",
-            "moderation_model",
-            "categories",
-            "check_prompt",
-            "check_output",
-            "allow_partial",
-            "charge_withheld",
-            "timeout_seconds",
-            "fail_open",
-            "enabled",
-        },
-        what,
-    )
+    _check_keys(item, {"workspace", *guardrail_services.FIELDS}, what)
     line = item[LINE]
     name = _get(item, "name", str, what=what)
     if len(name) > 64 or not slug_re.match(name):

@@ -8,16 +8,13 @@ credential are checked again when they connect (aperture/outbound.py).
 
 from __future__ import annotations
 
-import socket
 from typing import Any
-from urllib.parse import urlsplit
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from aperture.errors import Conflict
-from aperture.outbound import PrivateAddress, allowed_address
+from aperture.outbound import public_url_problem
 from routing import services
 from routing.models import Provider, ProviderCredential
 from routing.providers.auth import auth_for
@@ -35,26 +32,9 @@ def check_base_url(provider: str, base_url: str) -> str:
     url = (base_url or auth_for(provider).default_base_url).rstrip("/")
     if not url:
         raise _invalid(f"A {provider} credential needs a base_url (the resource's endpoint).")
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("https", "http") or not host:
-        raise _invalid("Must be an https:// URL with a host name.")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise _invalid("Must not carry user info, a query or a fragment.")
-    if parts.scheme == "http" and host not in settings.FETCH_ALLOWED_HOSTS:
-        raise _invalid("Must be https:// (plain http only for hosts an operator allowlists).")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        allowed_address(host, port)
-    except ValueError as exc:
-        raise _invalid("Has an invalid port.") from exc
-    except (socket.gaierror, UnicodeError) as exc:
-        raise _invalid(f"The host {host} does not resolve.") from exc
-    except PrivateAddress as exc:
-        raise _invalid(
-            f"The host {host} resolves to a private, loopback or link-local address; "
-            "the gateway does not call those for a workspace."
-        ) from exc
+    problem = public_url_problem(url, query_allowed=False)
+    if problem is not None:
+        raise _invalid(problem)
     return url
 
 

@@ -269,18 +269,8 @@ class OpenAIProvider(ProviderAdapter):
             fields = {**self.edit_fields(request, target), **options}
             response = self._send_edit(request, target, fields, stream=True)
         else:
-            response = http.send(
-                self.name,
-                "POST",
-                self.url(target),
-                timeout=target.timeout_seconds,
-                connect_timeout=target.connect_timeout_seconds,
-                guarded=target.guarded,
-                headers=self.headers(target),
-                params=self.params(target),
-                json_body={**self.body(request, target), **options},
-                stream=True,
-            )
+            body = {**self.body(request, target), **options}
+            response = self._post(target, self.url(target), json_body=body, stream=True)
         try:
             self.check_status(response, target)
         except ProviderError:
@@ -296,18 +286,8 @@ class OpenAIProvider(ProviderAdapter):
         stream: bool = False,
     ) -> requests.Response:
         if self.as_json(request):
-            return http.send(
-                self.name,
-                "POST",
-                self.edit_url(target),
-                timeout=target.timeout_seconds,
-                connect_timeout=target.connect_timeout_seconds,
-                guarded=target.guarded,
-                headers=self.headers(target),
-                params=self.params(target),
-                json_body=self.json_edit_body(request, fields),
-                stream=stream,
-            )
+            body = self.json_edit_body(request, fields)
+            return self._post(target, self.edit_url(target), json_body=body, stream=stream)
         parts: list[tuple[str, Any]] = [
             (name, _form_value(value)) for name, value in fields.items()
         ]
@@ -321,15 +301,10 @@ class OpenAIProvider(ProviderAdapter):
                 handle = stack.enter_context(mask.open())
                 parts.append(("mask", (mask.filename, handle, mask.media_type)))
             form = MultipartEncoder(fields=parts)
-            return http.send(
-                self.name,
-                "POST",
+            return self._post(
+                target,
                 self.edit_url(target),
-                timeout=target.timeout_seconds,
-                connect_timeout=target.connect_timeout_seconds,
-                guarded=target.guarded,
-                headers={**self.headers(target), "Content-Type": form.content_type},
-                params=self.params(target),
+                content_type=form.content_type,
                 data=form,
                 stream=stream,
             )
@@ -343,19 +318,28 @@ class OpenAIProvider(ProviderAdapter):
         return body
 
     def generate(self, request: ImageRequest, target: Target) -> ImageResult:
-        response = http.send(
+        response = self._post(target, self.url(target), json_body=self.body(request, target))
+        self.check_status(response, target)
+        return self.parse(http.json_object(self.name, response), request)
+
+    def _post(
+        self, target: Target, url: str, *, content_type: str | None = None, **body: Any
+    ) -> requests.Response:
+        """One POST to `url` as the target's credential (`body`: json_body or data, stream)."""
+        headers = self.headers(target)
+        if content_type is not None:
+            headers = {**headers, "Content-Type": content_type}
+        return http.send(
             self.name,
             "POST",
-            self.url(target),
+            url,
             timeout=target.timeout_seconds,
             connect_timeout=target.connect_timeout_seconds,
             guarded=target.guarded,
-            headers=self.headers(target),
+            headers=headers,
             params=self.params(target),
-            json_body=self.body(request, target),
+            **body,
         )
-        self.check_status(response, target)
-        return self.parse(http.json_object(self.name, response), request)
 
     def parse(self, body: dict[str, Any], request: ImageRequest) -> ImageResult:
         items = body.get("data")
