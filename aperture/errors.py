@@ -109,6 +109,14 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class Unprocessable(ApiError):
+    """Well-formed, but not what this request may be (an Idempotency-Key reused with
+    another body)."""
+
+    status = 422
+    code = "unprocessable"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"

@@ -184,10 +184,16 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDI
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# How long a message handed to a worker may stay unacknowledged before Redis hands it out
+# again (a worker that died with it): an async image job found running on redelivery
+# ended with its worker (routing/jobs/run.py), so a job never runs longer than this.
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "max_connections": env.int("CELERY_BROKER_MAX_CONNECTIONS", default=100)
+    "max_connections": env.int("CELERY_BROKER_MAX_CONNECTIONS", default=100),
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
 }
 CELERY_TIMEZONE = "UTC"
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 
 # --- Auth, i18n, static, media --------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
@@ -467,4 +473,39 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": HEALTH_PROBE_INTERVAL_SECONDS,
         "options": {"expires": HEALTH_PROBE_INTERVAL_SECONDS},
     },
+    # Async image jobs (routing/jobs): jobs lost with their worker or never started fail,
+    # and their holds are released.
+    "sweep-image-jobs": {
+        "task": "routing.tasks.sweep_image_jobs",
+        "schedule": env.float("APERTURE_JOB_SWEEP_SECONDS", default=30.0),
+        "options": {"expires": env.float("APERTURE_JOB_SWEEP_SECONDS", default=30.0)},
+    },
+    # Retention: expired jobs, their results and inputs, idempotency records and hosted
+    # images are deleted, files and rows (routing/jobs/retention.py).
+    "delete-expired": {
+        "task": "routing.tasks.delete_expired",
+        "schedule": 300.0,
+        "options": {"expires": 300.0},
+    },
 }
+
+# --- Async image jobs, idempotency and retention ----------------------------------------
+# A job's result (and the job) is kept this long after it was submitted.
+JOB_RESULT_TTL_SECONDS = env.int("APERTURE_JOB_RESULT_TTL_SECONDS", default=24 * 3600)
+# A job must end this long after it was submitted: one still queued then fails `expired`,
+# one still running `worker_lost`; its hold lasts until then (and a minute more). Below the
+# broker's visibility timeout, so that a redelivered job is always one whose worker died.
+JOB_MAX_SECONDS = env.int("APERTURE_JOB_MAX_SECONDS", default=3000)
+if JOB_MAX_SECONDS >= CELERY_VISIBILITY_TIMEOUT:
+    raise ImproperlyConfigured(
+        "APERTURE_JOB_MAX_SECONDS must be below CELERY_VISIBILITY_TIMEOUT: a job still running "
+        "when the broker hands it out again would be failed as lost while it runs."
+    )
+# Without a broker (the embedded default), jobs run in the web process, in the background,
+# this many at a time.
+JOBS_IN_PROCESS = CELERY_TASK_ALWAYS_EAGER
+JOB_IN_PROCESS_WORKERS = env.int("APERTURE_JOB_IN_PROCESS_WORKERS", default=4)
+# Webhook deliveries of finished jobs are retried with exponential backoff for this long.
+JOB_WEBHOOK_RETRY_SECONDS = env.int("APERTURE_JOB_WEBHOOK_RETRY_SECONDS", default=24 * 3600)
+# An Idempotency-Key and the answer it replays are kept this long.
+IDEMPOTENCY_TTL_SECONDS = env.int("APERTURE_IDEMPOTENCY_TTL_SECONDS", default=24 * 3600)

@@ -14,9 +14,12 @@ Redis on 127.0.0.1) as their own processes, then measures on loopback:
   7. deployment health: an alias whose first deployment hangs vs one that is healthy;
   8. guardrails: the guard step with no policy, 10 local policies and a moderation policy;
   9. dashboard: the hourly rollup and the admin's landing page over 1,000,000 usage records;
-  10. metrics: p50 at c=1 and req/s at c=64 with metrics on and off (APERTURE_METRICS=false).
+  10. metrics: p50 at c=1 and req/s at c=64 with metrics on and off (APERTURE_METRICS=false);
+  11. jobs: 1,000 async jobs submitted in one burst against a 10-s upstream and run by a
+      Celery worker (gevent pool): submit p50/p99, time until all have ended, and the peak
+      memory of the web and the worker.
 `python -m bench --only passthrough` (or core, images, management, health, guardrails,
-dashboard, metrics) runs one section.
+dashboard, metrics, jobs) runs one section.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import requests
 
 from bench.health import run_health
 from bench.images import run_images
+from bench.jobs import run_jobs
 from bench.loadgen import run
 from bench.management import run_management
 from bench.metrics import run_metrics
@@ -127,6 +131,7 @@ def main() -> None:
             "guardrails",
             "dashboard",
             "metrics",
+            "jobs",
         ],
         help="run one section",
     )
@@ -229,6 +234,8 @@ def main() -> None:
         if args.only in (None, "dashboard"):
             dash = [sys.executable, "-m", "bench.dashboard", "--gateway", gateway_url]
             subprocess.run(dash, cwd=ROOT, env=env, check=True)
+        if args.only in (None, "jobs"):
+            run_jobs(env, upstream_url, key, BODY)
     finally:
         stack.close()
         for process in processes:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from aperture import metrics
 from aperture.errors import InvalidRequest
@@ -62,6 +64,7 @@ def admit(
     cost_micro: int,
     unpriced_call: bool = False,
     end_user: str = "",
+    held_until: datetime | None = None,
 ) -> Admission:
     """Rate limits (the key's and its end user's), then holds on the end user's day and on
     every budget; raises InvalidRequest (400: no `user` where the key needs one), RateLimited
@@ -97,6 +100,7 @@ def admit(
             request_id=request_id,
             amount_micro=max(marked_up(cost_micro, principal.price_multiplier), floor),
             images=max(images, floor),
+            held_until=held_until,
         )
     except BaseException:
         ratelimit.settle_daily(user_images, images=0)  # refused: the end user's day is as it was
@@ -108,6 +112,35 @@ def admit(
         headers=headers,
         user_images=user_images,
         multiplier=principal.price_multiplier,
+    )
+
+
+def dump(admission: Admission) -> dict[str, Any]:
+    """An admission as JSON, to be settled by another process (an async job's worker)."""
+    user = admission.user_images
+    return {
+        "holds": [
+            [h.reservation_id, h.budget_id, h.amount_micro, h.images, h.period_start.isoformat()]
+            for h in admission.hold.holds
+        ],
+        "headers": admission.headers,
+        "user_images": [user.counter, user.images] if user is not None else None,
+        "multiplier": str(admission.multiplier),
+    }
+
+
+def load(data: dict[str, Any]) -> Admission:
+    """The admission `dump` wrote."""
+    holds = tuple(
+        budgets.Held(int(r), int(b), int(a), int(i), datetime.fromisoformat(start))
+        for r, b, a, i, start in data.get("holds", [])
+    )
+    user = data.get("user_images")
+    return Admission(
+        hold=budgets.Hold(holds),
+        headers=dict(data.get("headers") or {}),
+        user_images=ratelimit.DailyHold(str(user[0]), int(user[1])) if user else None,
+        multiplier=Decimal(str(data.get("multiplier", "1"))),
     )
 
 

@@ -1,12 +1,9 @@
 """Delivery of a spend alert to its budget's webhook and email addresses (docs/alerts.md).
 
-The webhook is signed as Standard Webhooks specifies: `webhook-id` is the alert's id (the
-same on every retry, so a receiver can drop a duplicate), `webhook-timestamp` the attempt's
-Unix time, and `webhook-signature` `v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`
-under the workspace's secret (tenants/webhook_secrets.py). The URL is called through the
-private-address guard, without following redirects, on a connection of its own that is cut
-off when the attempt's time is up (however slowly the receiver trickles its answer). Each
-call of `deliver` is one attempt at whatever is still pending; billing/tasks.py retries.
+The webhook is signed and posted as aperture/webhooks.py does every webhook: `webhook-id` is
+the alert's id (the same on every retry, so a receiver can drop a duplicate), and each
+attempt is cut off when its time is up. Each call of `deliver` is one attempt at whatever is
+still pending; billing/tasks.py retries.
 
 An email carries public ids and figures only, never a name a tenant chose: its addresses are
 the tenant's to set and nobody confirms them. A workspace's alerts are emailed at most
@@ -22,18 +19,17 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from standardwebhooks.webhooks import Webhook
 
 from aperture import mail
 from aperture.api_fields import usd
 from aperture.db import release_connection
-from aperture.outbound import PrivateAddress, caused_by, deadline, fresh_guarded_session
+from aperture.webhooks import post_signed
+from aperture.webhooks import signed_headers as signed_headers  # kept where tests use it
 from billing.alerts import queue_delivery
 from billing.models import SpendAlert
 from tenants.audit import audit_record
@@ -86,16 +82,6 @@ def payload(alert: SpendAlert) -> dict[str, Any]:
         "spent_images": alert.used_images,
         "period_start": _iso(alert.period_start),
         "fired_at": _iso(alert.fired_at),
-    }
-
-
-def signed_headers(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, str]:
-    return {
-        "Content-Type": "application/json",
-        "User-Agent": "Aperture-Webhooks/1",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(timestamp.timestamp())),
-        "webhook-signature": str(Webhook(secret).sign(msg_id, timestamp, body)),
     }
 
 
@@ -199,37 +185,19 @@ def _webhook(alert: SpendAlert, *, final: bool, quick: bool) -> bool:
         _record(alert, Delivery.FAILED, "The workspace has no webhook signing secret.")
         return False
     body = json.dumps(payload(alert), separators=(",", ":"))
-    now = timezone.now().replace(microsecond=0)
-    headers = signed_headers(secret, alert.public_id, now, body)
-    permanent = False
-    timeout = EAGER_TIMEOUT if quick else TIMEOUT
-    release_connection()  # not held while the receiver answers
-    with fresh_guarded_session() as session, deadline(sum(timeout)) as attempt:
-        try:
-            response = session.post(
-                url,
-                data=body.encode(),
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=False,
-                stream=True,  # the answer's body is never read
-            )
-            response.close()
-            error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
-            permanent = caused_by(exc, PrivateAddress)
-            if isinstance(exc, requests.Timeout):
-                error = "Timed out."
-            elif permanent:
-                error = "The host resolves to a private address."
-            else:
-                error = f"Could not connect ({type(exc).__name__})."
-        if attempt.expired:  # cut off: an answer ended by the cut (its headers, say) is none
-            error = "Timed out."
+    attempt = post_signed(
+        url,
+        secret=secret,
+        msg_id=alert.public_id,
+        timestamp=timezone.now().replace(microsecond=0),
+        body=body,
+        timeout=EAGER_TIMEOUT if quick else TIMEOUT,
+    )
+    error = attempt.error
     if not error:
         status = Delivery.DELIVERED
     else:
-        status = Delivery.FAILED if final or permanent else Delivery.PENDING
+        status = Delivery.FAILED if final or attempt.permanent else Delivery.PENDING
         logger.warning("spend alert %s: webhook attempt failed: %s", alert.public_id, error)
     _record(alert, status, error)
     return status == Delivery.PENDING

@@ -121,8 +121,8 @@ WHERE id = %(id)s
 
 _HOLD = """
 INSERT INTO billing_reservation
-    (budget_id, request_id, amount_micro, images, period_start, created_at)
-VALUES (%(budget)s, %(request)s, %(amount)s, %(images)s, %(start)s, %(now)s)
+    (budget_id, request_id, amount_micro, images, period_start, created_at, held_until)
+VALUES (%(budget)s, %(request)s, %(amount)s, %(images)s, %(start)s, %(now)s, %(until)s)
 RETURNING id
 """
 
@@ -160,8 +160,17 @@ def _admit(ref: BudgetRef, start: datetime, amount: int, images: int) -> int:
         return int(cursor.rowcount)
 
 
-def reserve(*, principal: KeyPrincipal, request_id: str, amount_micro: int, images: int) -> Hold:
-    """Hold the estimate on every budget in scope, or raise InsufficientQuota (402)."""
+def reserve(
+    *,
+    principal: KeyPrincipal,
+    request_id: str,
+    amount_micro: int,
+    images: int,
+    held_until: datetime | None = None,
+) -> Hold:
+    """Hold the estimate on every budget in scope, or raise InsufficientQuota (402). The
+    hold of a request is reaped after RESERVATION_TTL_SECONDS; one `held_until` a moment
+    (an async job's deadline), after that moment."""
     refs = budgets_in_scope(principal)
     if not refs:
         return Hold(())
@@ -185,6 +194,7 @@ def reserve(*, principal: KeyPrincipal, request_id: str, amount_micro: int, imag
                         "images": images,
                         "start": _db_datetime(start),
                         "now": _db_datetime(now),
+                        "until": _db_datetime(held_until) if held_until else None,
                     },
                 )
                 holds.append(Held(cursor.fetchone()[0], ref.id, amount_micro, images, start))
@@ -283,10 +293,12 @@ def release(hold: Hold) -> None:
 
 def reap_orphaned_reservations(*, older_than: timedelta) -> int:
     """Release holds left by crashed workers; returns how many were released."""
-    cutoff = timezone.now() - older_than
+    now = timezone.now()
+    cutoff = now - older_than
+    orphaned = Q(held_until__isnull=True, created_at__lt=cutoff) | Q(held_until__lt=now)
     released = 0
     while True:
-        batch = list(Reservation.objects.filter(created_at__lt=cutoff).order_by("id")[:500])
+        batch = list(Reservation.objects.filter(orphaned).order_by("id")[:500])
         if not batch:
             return released
         with transaction.atomic():

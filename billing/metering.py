@@ -64,6 +64,10 @@ class Meter:
     # Attribution: the request's `user` and `metadata`.
     end_user: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    # Admitted: rate limits passed and budgets held (past this, the request may cost money).
+    admitted: bool = False
+    # Handed to an async job, which writes the record when it ends (routing/jobs).
+    deferred: bool = False
 
     def finish(self) -> None:
         """Stop the clock: the response is complete."""

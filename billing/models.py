@@ -220,6 +220,9 @@ class Reservation(models.Model):
     images = models.BigIntegerField()
     period_start = models.DateTimeField()
     created_at = models.DateTimeField(db_index=True)  # the reaper's query: oldest first
+    # An async job's hold lasts until the job ends, not RESERVATION_TTL_SECONDS: the reaper
+    # releases it after this (None: a request's hold, reaped by its age).
+    held_until = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         constraints = [

@@ -475,5 +475,5 @@ class DeploymentAdmin(UnpricedWarningMixin, _HealthColumns, admin.ModelAdmin[Dep
         )
 
 
-# Guardrail policies have an admin module of their own; importing it registers it.
-from routing import guardrail_admin  # noqa: E402, F401
+# Guardrail policies and async jobs have admin modules of their own; importing registers them.
+from routing import guardrail_admin, job_admin  # noqa: E402, F401

@@ -12,10 +12,13 @@ from rest_framework.response import Response
 
 from aperture.errors import NotFound, error_response
 from aperture.json_body import read_json_object
+from billing.metering import Meter
 from routing.api.inference_schema import edit_schema, generation_schema
 from routing.images import hosting
-from routing.images.edit_form import is_multipart, read_edit_form, read_json_edit
+from routing.images.edit_form import EditForm, is_multipart, read_edit_form, read_json_edit
 from routing.images.results import UrlBuilder
+from routing.jobs.objects import job_object
+from routing.jobs.submit import submit, take_webhook_url, wants_async
 from routing.metered import MeteredView
 from routing.pipeline import generate
 from routing.relay import Relay
@@ -39,12 +42,39 @@ def _url_builder(request: Request) -> UrlBuilder:
     return build
 
 
+def _submitted(
+    request: Request,
+    meter: Meter,
+    body: dict[str, Any],
+    webhook_url: str,
+    alias: str | None,
+    edit: EditForm | None = None,
+) -> Response:
+    """`Prefer: respond-async`: 202 with the job, queued, and where to poll it."""
+    job = submit(
+        principal=request_principal(request),
+        meter=meter,
+        body=body,
+        base_url=request.build_absolute_uri("/"),
+        alias_name=alias,
+        edit=edit,
+        webhook_url=webhook_url,
+    )
+    response = Response(job_object(job), status=202)
+    response["Location"] = request.build_absolute_uri(reverse("image-job", args=[job.public_id]))
+    return response
+
+
 class ImageGenerationView(MeteredView):
     endpoint = "images.generations"
 
     @generation_schema
     def post(self, request: Request, alias: str | None = None) -> HttpResponseBase:
         body = read_json_object(request._request)
+        is_async = wants_async(request._request)
+        webhook_url = take_webhook_url(body, is_async=is_async)
+        if is_async:
+            return _submitted(request, self.meter, body, webhook_url, alias)
         result = generate(
             principal=request_principal(request),
             body=body,
@@ -69,6 +99,10 @@ class ImageEditView(MeteredView):
     def post(self, request: Request, alias: str | None = None) -> HttpResponseBase:
         raw = request._request
         form = read_edit_form(raw) if is_multipart(raw) else read_json_edit(raw)
+        is_async = wants_async(raw)
+        webhook_url = take_webhook_url(form.fields, is_async=is_async)
+        if is_async:
+            return _submitted(request, self.meter, form.fields, webhook_url, alias, form)
         result = generate(
             principal=request_principal(request),
             body=form.fields,

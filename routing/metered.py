@@ -1,7 +1,8 @@
 """The base of every inference view: each authenticated request leaves one usage record, and
 each of its answers that is not relayed as it comes says what it was charged
 (`x-aperture-cost-usd`, the usage record's figure; a passthrough answer gets it from the
-pipeline, which settles it before its head goes out)."""
+pipeline, which settles it before its head goes out). A POST with an `Idempotency-Key` is
+claimed once authenticated, and its answer kept or replayed (routing/idempotency.py)."""
 
 import logging
 from decimal import Decimal
@@ -13,12 +14,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aperture import metrics
 from aperture.api_fields import usd
 from aperture.renderers import ORJSONRenderer
 from aperture.request_context import current_request_id
 from billing.metering import Meter, record_usage
+from routing import idempotency
 from tenants.key_auth import KeyPrincipal
-from tenants.permissions import ImagesScope
+from tenants.permissions import ImagesScope, request_principal
 
 request_logger = logging.getLogger("aperture.requests")
 COST_HEADER = "x-aperture-cost-usd"
@@ -31,6 +34,9 @@ class MeteredView(APIView):
     renderer_classes = [ORJSONRenderer]
     endpoint = ""
     meter: Meter
+    # With an Idempotency-Key: the claim this request holds, or the first answer it replays.
+    idempotent: idempotency.Claim | None = None
+    replayed: idempotency.Replayed | None = None
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         declared = str(request.META.get("CONTENT_LENGTH") or "0")
@@ -40,6 +46,26 @@ class MeteredView(APIView):
             bytes_in=int(declared) if declared.isdigit() else 0,  # a bad header is no 500
         )
         super().initial(request, *args, **kwargs)
+        if idempotency.requested(request._request):  # raises Replayed with the first answer
+            self.idempotent = idempotency.claim(
+                principal=request_principal(request),
+                request=request._request,
+                request_id=self.meter.request_id,
+            )
+
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        except BaseException:  # past DRF's handler (it catches Exception): the key is let go
+            if self.idempotent is not None:
+                idempotency.release(self.idempotent)
+            raise
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, idempotency.Replayed):
+            self.replayed = exc
+            return exc.response  # type: ignore[return-value]
+        return super().handle_exception(exc)
 
     def perform_authentication(self, request: Request) -> None:
         super().perform_authentication(request)
@@ -58,6 +84,20 @@ class MeteredView(APIView):
         meter = getattr(self, "meter", None)
         if meter is None:
             return response
+        if self.replayed is not None:
+            # The original's usage record stands: a replay costs nothing and records nothing.
+            meter.finish()
+            status = response.status_code
+            response._resource_closers.append(  # type: ignore[attr-defined]
+                lambda: metrics.observe_request(meter, status=status, error_code="")
+            )
+            return response
+        response = self._metered(response, meter)
+        if self.idempotent is not None:
+            response = idempotency.keep(self.idempotent, response, meter)
+        return response
+
+    def _metered(self, response: HttpResponseBase, meter: Meter) -> HttpResponseBase:
         for name, value in meter.headers.items():
             if name not in response:
                 response[name] = value
@@ -73,7 +113,8 @@ class MeteredView(APIView):
             )
             return response
         assert isinstance(response, Response)
-        if meter.principal is not None:  # settled by now (a request refused early: nothing)
+        # Settled by now (a request refused early: nothing); an async job's, when it ends.
+        if meter.principal is not None and not meter.deferred:
             response[COST_HEADER] = usd(meter.cost_micro)
         error_code = meter.error_code  # the pipeline's own word for it (e.g. "guardrail")
         response.render()
@@ -95,8 +136,10 @@ class MeteredView(APIView):
 
 
 def _recorded(meter: Meter, *, status: int, error_code: str, bytes_out: int) -> None:
-    """The request's usage record, then its log line."""
-    record_usage(meter, status=status, error_code=error_code, bytes_out=bytes_out)
+    """The request's usage record (an async job's submit: when the job ends), then its log
+    line."""
+    if not meter.deferred:
+        record_usage(meter, status=status, error_code=error_code, bytes_out=bytes_out)
     log_request(meter, status=status, error_code=error_code)
 
 

@@ -356,3 +356,123 @@ class GuardrailPolicy(models.Model):
     def __str__(self) -> str:
         scope = self.workspace.slug if self.workspace else "platform"
         return f"{self.name} ({scope}, {self.kind}, {self.action})"
+
+
+def job_public_id() -> str:
+    return f"job_{public_id()}{public_id()}"
+
+
+class ImageJob(models.Model):
+    """One asynchronous generation or edit (routing/jobs): submitted with
+    `Prefer: respond-async`, admitted at once (its hold lasts until it ends), run by a
+    worker through the same pipeline as a synchronous call, polled, and deleted with its
+    result when it expires."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class Webhook(models.TextChoices):
+        NONE = "none"
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    public_id = models.CharField(max_length=40, unique=True, default=job_public_id, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="image_jobs")
+    key = models.ForeignKey("tenants.ApiKey", on_delete=models.CASCADE, related_name="image_jobs")
+    request_id = models.CharField(max_length=128)  # the submit's: the usage record's too
+    endpoint = models.CharField(max_length=32)  # images.generations | images.edits
+    model = models.CharField(max_length=128)  # the alias asked for
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # What the worker needs to run it: the body's fields, the stored input images (edits),
+    # the hold taken at submit, and the meter's attribution (routing/jobs/state.py).
+    request = models.JSONField(default=dict)
+    inputs = models.JSONField(default=list)
+    admission = models.JSONField(default=dict)
+    context = models.JSONField(default=dict)
+    result_name = models.CharField(max_length=300, blank=True)  # storage: the result body
+    error = models.JSONField(null=True, blank=True)  # the envelope a sync call would return
+    error_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    cost_micro = models.BigIntegerField(default=0)
+    webhook_url = models.URLField(max_length=2000, blank=True)
+    webhook_status = models.CharField(max_length=16, choices=Webhook.choices, default=Webhook.NONE)
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()  # the job and its result are deleted then
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "succeeded", "failed", "cancelled"]),
+                name="image_job_status_known",
+            ),
+        ]
+        indexes = [
+            # A key's jobs, newest first (GET /v1/images/jobs), by status too.
+            models.Index(fields=["key", "-created_at", "-id"], name="image_job_by_key"),
+            # The sweeps: unfinished jobs, and expired ones.
+            models.Index(fields=["status", "created_at"], name="image_job_by_status"),
+            models.Index(fields=["expires_at"], name="image_job_expiry"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.status})"
+
+
+class JobDelivery(models.Model):
+    """One attempt at delivering a finished job to its webhook."""
+
+    job = models.ForeignKey(ImageJob, on_delete=models.CASCADE, related_name="deliveries")
+    attempt = models.PositiveIntegerField()
+    url = models.URLField(max_length=2000)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    delivered = models.BooleanField(default=False)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["job", "attempt"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt"], name="job_delivery_attempt_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job.public_id} attempt {self.attempt}"
+
+
+class IdempotentRequest(models.Model):
+    """An inference POST sent with an `Idempotency-Key` (routing/idempotency.py): the first
+    one's answer, replayed to the same key and body for IDEMPOTENCY_TTL_SECONDS."""
+
+    class Status(models.TextChoices):
+        IN_FLIGHT = "in_flight"
+        DONE = "done"
+
+    key = models.ForeignKey(
+        "tenants.ApiKey", on_delete=models.CASCADE, related_name="idempotent_requests"
+    )
+    idempotency_key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)  # sha256 of method, path and body
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.IN_FLIGHT)
+    job = models.ForeignKey(ImageJob, null=True, blank=True, on_delete=models.CASCADE)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_name = models.CharField(max_length=300, blank=True)  # storage: the body
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key", "idempotency_key"], name="idempotency_key_unique_per_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.idempotency_key} ({self.status})"

@@ -18,7 +18,8 @@ Azure-style routes and passthrough — runs these steps, in this order:
 7. settle    the hold into what was produced (never past a budget)
 8. record    one usage record, once the answer has gone out (routing/metered.py)
 
-A route adds only what is its own: parsing its body, shaping its answer.
+A route adds only what is its own: parsing its body, shaping its answer. An async job
+(routing/jobs) is let in (1-3) when it is submitted, and produced (4-8) by a worker.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -39,6 +41,7 @@ from billing import admission, pricing
 from billing.metering import Meter
 from routing import router
 from routing.guardrails import check as guardrails
+from routing.guardrails.policies import ActivePolicy
 from routing.images import attribution, results
 from routing.images.edit_form import EditForm
 from routing.images.results import UrlBuilder
@@ -68,11 +71,17 @@ class Ticket:
 
     meter: Meter
     admitted: admission.Admission
+    principal: KeyPrincipal
     settled: bool = False
 
 
 def admit(
-    principal: KeyPrincipal, meter: Meter, estimate: Estimate, *, unpriced_call: bool = False
+    principal: KeyPrincipal,
+    meter: Meter,
+    estimate: Estimate,
+    *,
+    unpriced_call: bool = False,
+    held_until: datetime | None = None,
 ) -> Ticket:
     admitted = admission.admit(
         principal=principal,
@@ -81,9 +90,11 @@ def admit(
         cost_micro=estimate.cost_micro,
         unpriced_call=unpriced_call,
         end_user=meter.end_user,
+        held_until=held_until,
     )
     meter.headers = admitted.headers
-    return Ticket(meter=meter, admitted=admitted)
+    meter.admitted = True
+    return Ticket(meter=meter, admitted=admitted, principal=principal)
 
 
 def settle(
@@ -161,6 +172,15 @@ def _served_by(meter: Meter, attempt: router.Attempt, number: int) -> None:
 # --- /v1/images/generations and /v1/images/edits (and the Azure-style routes) -------------
 
 
+@dataclass
+class Admitted:
+    """A generation or edit let in (1-3 done): what the call (4-7) then needs."""
+
+    plan: router.Plan
+    ticket: Ticket
+    screening: list[ActivePolicy]
+
+
 def generate(
     *,
     principal: KeyPrincipal,
@@ -172,28 +192,76 @@ def generate(
 ) -> dict[str, Any] | Relay:
     """OpenAI's response body for a generation (or, with `edit`, an edit), or for
     `stream: true` its server-sent events as a Relay that settles when it ends."""
+    admitted = let_in(principal=principal, meter=meter, body=body, alias_name=alias_name, edit=edit)
+    return produce(admitted, url_for)
+
+
+def let_in(
+    *,
+    principal: KeyPrincipal,
+    meter: Meter,
+    body: dict[str, Any],
+    alias_name: str | None = None,
+    edit: EditForm | None = None,
+    held_until: datetime | None = None,
+) -> Admitted:
+    """Steps 1-3 of a generation or edit: resolved, estimated, guarded and admitted, or a
+    4xx. An async job is let in at submit, its hold `held_until` its deadline."""
     attribution.note(meter=meter, principal=principal, body=body)  # user (hashed), metadata
     alias_name = alias_name or model_name(body)
     meter.alias = alias_name  # the caller's own record says what it asked for
     planned = router.plan(principal, body, alias_name, edit)  # 1. resolve
-    # Resolved: only now may the name become a metric label (aperture/metrics.py).
-    meter.alias_owner = "workspace" if planned.alias.workspace_id is not None else "platform"
+    _resolved(meter, planned)
     attempts = planned.attempts
     first = attempts[0]
-    meter.provider, meter.upstream_model = first.target.provider, first.target.upstream_model
-    meter.size, meter.quality = first.request.size, first.request.quality or ""
     worst = max((a.estimate() for a in attempts), key=lambda quote: quote.cost_micro)
     estimate = Estimate(  # 2. estimate
         images=first.request.n, cost_micro=worst.cost_micro, snapshot=worst.snapshot
     )
-    route = "edits" if edit is not None else "generations"
+    route = _route(edit)
     screening = guardrails.output_policies(principal, route)
     if first.request.stream:
         guardrails.refuse_unscreenable(screening, stream=True)
     guardrails.check_prompt(  # guard
         principal=principal, meter=meter, route=route, prompt=first.request.prompt
     )
-    ticket = admit(principal, meter, estimate)  # 3. admit
+    ticket = admit(principal, meter, estimate, held_until=held_until)  # 3. admit
+    return Admitted(plan=planned, ticket=ticket, screening=screening)
+
+
+def resume(
+    *,
+    principal: KeyPrincipal,
+    ticket: Ticket,
+    body: dict[str, Any],
+    alias_name: str,
+    edit: EditForm | None = None,
+) -> Admitted:
+    """A generation or edit let in earlier (an async job's, by its worker): resolved again
+    (a deployment may have changed since), on the hold taken then."""
+    planned = router.plan(principal, body, alias_name, edit)  # 1. resolve
+    _resolved(ticket.meter, planned)
+    screening = guardrails.output_policies(principal, _route(edit))
+    return Admitted(plan=planned, ticket=ticket, screening=screening)
+
+
+def _route(edit: EditForm | None) -> str:
+    return "edits" if edit is not None else "generations"
+
+
+def _resolved(meter: Meter, planned: router.Plan) -> None:
+    # Resolved: only now may the name become a metric label (aperture/metrics.py).
+    meter.alias_owner = "workspace" if planned.alias.workspace_id is not None else "platform"
+    first = planned.attempts[0]
+    meter.provider, meter.upstream_model = first.target.provider, first.target.upstream_model
+    meter.size, meter.quality = first.request.size, first.request.quality or ""
+
+
+def produce(admitted: Admitted, url_for: UrlBuilder) -> dict[str, Any] | Relay:
+    """Steps 4-7 of a generation or edit let in: the call, its tally and its settlement."""
+    ticket, planned, screening = admitted.ticket, admitted.plan, admitted.screening
+    meter, principal = ticket.meter, ticket.principal
+    first = planned.attempts[0]
     with released_if_failed(ticket):
         release_connection()  # 4. release
         attempts = router.order(planned)  # by strategy, skipping open circuits

@@ -2,7 +2,8 @@
 
 from django.urls import path
 
-from routing import images_api, models_api, passthrough_list_api
+from routing import images_api, jobs_api, models_api, passthrough_list_api
+from routing.jobs.deliveries_api import JobDeliveriesView
 
 urlpatterns = [
     path("v1/models", models_api.ModelListView.as_view(), name="models-list"),
@@ -19,6 +20,18 @@ urlpatterns = [
     ),
     path("v1/images/edits", images_api.ImageEditView.as_view(), name="images-edits"),
     path("v1/images/files/<str:token>", images_api.hosted_image, name="hosted-image"),
+    path("v1/images/jobs", jobs_api.JobListView.as_view(), name="image-jobs"),
+    path("v1/images/jobs/<str:job_id>", jobs_api.JobDetailView.as_view(), name="image-job"),
+    path(
+        "v1/images/jobs/<str:job_id>/cancel",
+        jobs_api.JobCancelView.as_view(),
+        name="image-job-cancel",
+    ),
+    path(
+        "v1/images/jobs/<str:job_id>/deliveries",
+        JobDeliveriesView.as_view(),
+        name="image-job-deliveries",
+    ),
     path(
         "openai/deployments/<str:alias>/images/generations",
         images_api.AzureImageGenerationView.as_view(),

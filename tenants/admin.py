@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import ModelAdmin, TabularInline
+from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
@@ -137,6 +138,12 @@ class ApiKeyForm(ModelForm[ApiKey]):
     allowed_aliases = _AliasListField(
         required=False, help_text="Comma-separated alias names; empty allows every alias."
     )
+    webhook_url = forms.URLField(
+        max_length=2000,
+        required=False,
+        assume_scheme="https",
+        help_text=ApiKey._meta.get_field("webhook_url").help_text,
+    )
 
     class Meta:
         model = ApiKey
@@ -150,7 +157,18 @@ class ApiKeyForm(ModelForm[ApiKey]):
             "per_user_limit_images",
             "per_user_rpm",
             "expires_at",
+            "webhook_url",
         ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        team = data.get("team") or getattr(self.instance, "team", None)
+        if "webhook_url" in self.changed_data and data.get("webhook_url") and team is not None:
+            try:
+                services.clean_key_webhook_url(team.workspace, data["webhook_url"])
+            except ValidationError as refused:
+                self.add_error(None, refused)
+        return data
 
 
 @admin.register(ApiKey)
@@ -199,6 +217,9 @@ class ApiKeyAdmin(ModelAdmin[ApiKey]):
                 name=data["name"],
                 scopes=data["scopes"],
                 allowed_aliases=data["allowed_aliases"],
+                webhook_url=(data["webhook_url"] or "")
+                if "webhook_url" in form.changed_data
+                else None,
             )
             return
         created = services.key_create(
@@ -212,6 +233,7 @@ class ApiKeyAdmin(ModelAdmin[ApiKey]):
             per_user_limit_images=data["per_user_limit_images"],
             per_user_rpm=data["per_user_rpm"],
             expires_at=data["expires_at"],
+            webhook_url=data["webhook_url"] or "",
         )
         obj.pk = created.key.pk
         request._aperture_new_secret = created.secret  # type: ignore[attr-defined]

@@ -160,12 +160,27 @@ def authenticate_secret(secret: str) -> KeyPrincipal:
         raise AuthenticationError("Incorrect API key provided.")
     if not _secret_accepted(secret, entry, now):
         raise AuthenticationError("Incorrect API key provided.")
+    principal = _principal(entry, now)
+    _touch_last_used(entry["id"], now)
+    return principal
+
+
+def principal_of(public_id: str) -> KeyPrincipal:
+    """The principal of a key as it stands now, without its secret: for work a key asked for
+    earlier (an async job) that must stop if the key was revoked or its workspace suspended
+    meanwhile. AuthenticationError (401) or PermissionError_ (403)."""
+    entry = _lookup(public_id)
+    if entry is None:
+        raise AuthenticationError("This API key no longer exists.")
+    return _principal(entry, timezone.now())
+
+
+def _principal(entry: dict[str, Any], now: datetime) -> KeyPrincipal:
     reason = _refused(now, entry)
     if reason:
         raise AuthenticationError(reason)
     if not entry["workspace_active"]:
         raise PermissionError_("This API key's workspace is suspended.", code="workspace_suspended")
-    _touch_last_used(entry["id"], now)
     return KeyPrincipal(
         key_id=entry["id"],
         public_id=entry["public_id"],

@@ -114,6 +114,12 @@ class ApiKey(models.Model):
         blank=True,
         help_text="Requests per end user per minute; set, a request without `user` is refused.",
     )
+    webhook_url = models.URLField(
+        max_length=2000,
+        blank=True,
+        help_text="Where this key's finished async image jobs are delivered (signed), unless "
+        "a request names its own.",
+    )
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(

@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -12,6 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from aperture.errors import Conflict
+from aperture.webhooks import NO_SIGNING_KEY, url_problem
 from tenants import key_auth
 from tenants.audit import audit_record
 from tenants.grants import Grant, check_grant, check_may_manage
@@ -31,10 +33,11 @@ KEY_CHANGEABLE_FIELDS = frozenset(
         "per_user_limit_images",
         "per_user_rpm",
         "expires_at",
+        "webhook_url",
     }
 )
 # Those of them that are part of what a key holds (tenants/grants.py).
-GRANT_FIELDS = KEY_CHANGEABLE_FIELDS - {"name"}
+GRANT_FIELDS = KEY_CHANGEABLE_FIELDS - {"name", "webhook_url"}
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,25 @@ def team_archive(*, actor: str, team: Team) -> Team:
     return team
 
 
+def clean_key_webhook_url(workspace: Workspace, url: str) -> str:
+    """Where a key's finished async jobs go (docs/webhooks.md), or "" for nowhere: checked
+    by the private-address guard (aperture/webhooks.py), and only once the workspace has a
+    signing secret (a webhook is never sent unsigned)."""
+    if not url:
+        return ""
+    if not workspace.webhook_secret_ciphertext:  # first: it needs no DNS lookup
+        raise ValidationError({"webhook_url": NO_SIGNING_KEY})
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValidationError({"webhook_url": problem})
+    return url
+
+
+def _webhook_host(url: str) -> str:
+    """What the audit trail keeps of a webhook URL: its host (a query may carry a token)."""
+    return urlsplit(url).hostname or ""
+
+
 def _clean_scopes(scopes: Iterable[str]) -> list[str]:
     cleaned = sorted(set(scopes))
     unknown = [s for s in cleaned if s not in VALID_SCOPES]
@@ -155,7 +177,10 @@ def key_create(
     expires_at: datetime | None = None,
     per_user_limit_images: int | None = None,
     per_user_rpm: int | None = None,
+    webhook_url: str = "",
 ) -> CreatedKey:
+    if webhook_url:
+        webhook_url = clean_key_webhook_url(team.workspace, webhook_url)
     new = generate_secret()
     key = ApiKey.objects.create(
         public_id=new.public_id,
@@ -170,15 +195,13 @@ def key_create(
         per_user_limit_images=per_user_limit_images,
         per_user_rpm=per_user_rpm,
         expires_at=expires_at,
+        webhook_url=webhook_url,
         created_by=actor,
     )
-    audit_record(
-        actor=actor,
-        event="key.created",
-        target=key,
-        workspace=team.workspace,
-        data={"name": name, "team": team.slug, "scopes": key.scopes},
-    )
+    data: dict[str, Any] = {"name": name, "team": team.slug, "scopes": key.scopes}
+    if webhook_url:
+        data["webhook_host"] = _webhook_host(webhook_url)
+    audit_record(actor=actor, event="key.created", target=key, workspace=team.workspace, data=data)
     forget_cached_keys([key.public_id])  # the id may be cached as unknown (tenants/key_auth.py)
     return CreatedKey(key=key, secret=new.secret)
 
@@ -194,8 +217,9 @@ def key_update(
     rpm_limit: int | None = None,
     ipm_limit: int | None = None,
     expires_at: datetime | None = None,
+    webhook_url: str | None = None,
 ) -> ApiKey:
-    """Update the given fields; None leaves a field unchanged."""
+    """Update the given fields; None leaves a field unchanged ("" clears the webhook)."""
     changes: dict[str, object] = {}
     if name is not None:
         changes["name"] = name
@@ -209,6 +233,8 @@ def key_update(
         changes["ipm_limit"] = ipm_limit
     if expires_at is not None:
         changes["expires_at"] = expires_at
+    if webhook_url is not None:
+        changes["webhook_url"] = clean_key_webhook_url(key.workspace, webhook_url)
     for field, value in changes.items():
         setattr(key, field, value)
     key.save()
@@ -217,7 +243,7 @@ def key_update(
         event="key.updated",
         target=key,
         workspace=key.workspace,
-        data={"fields": sorted(changes)},
+        data=_update_data(changes),
     )
     forget_cached_keys([key.public_id])
     return key
@@ -234,6 +260,8 @@ def key_change(*, actor: str, key: ApiKey, fields: dict[str, Any]) -> ApiKey:
     changes = dict(fields)
     if "allowed_aliases" in changes:
         changes["allowed_aliases"] = sorted(set(changes["allowed_aliases"]))
+    if "webhook_url" in changes:
+        changes["webhook_url"] = clean_key_webhook_url(key.workspace, changes["webhook_url"] or "")
     for field, value in changes.items():
         setattr(key, field, value)
     key.save(update_fields=[*sorted(changes), "updated_at"])
@@ -242,10 +270,17 @@ def key_change(*, actor: str, key: ApiKey, fields: dict[str, Any]) -> ApiKey:
         event="key.updated",
         target=key,
         workspace=key.workspace,
-        data={"fields": sorted(changes)},
+        data=_update_data(changes),
     )
     forget_cached_keys([key.public_id])
     return key
+
+
+def _update_data(changes: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {"fields": sorted(changes)}
+    if "webhook_url" in changes:
+        data["webhook_host"] = _webhook_host(changes["webhook_url"])
+    return data
 
 
 @transaction.atomic
@@ -355,6 +390,7 @@ def key_issue(
     expires_at: datetime | None = None,
     per_user_limit_images: int | None = None,
     per_user_rpm: int | None = None,
+    webhook_url: str = "",
 ) -> CreatedKey:
     """A key minted by another key: never holding more than the grantor does."""
     scopes, allowed_aliases = _clean_scopes(scopes), sorted(set(allowed_aliases))
@@ -385,6 +421,7 @@ def key_issue(
         expires_at=expires_at,
         per_user_limit_images=per_user_limit_images,
         per_user_rpm=per_user_rpm,
+        webhook_url=webhook_url,
     )
 
 

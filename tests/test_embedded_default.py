@@ -69,6 +69,7 @@ def test_make_run_serves_the_demo_and_prints_a_working_key(tmp_path: Path) -> No
         png = base64.b64decode(generated.json()["data"][0]["b64_json"])
         assert Image.open(io.BytesIO(png)).size == (512, 512)
         assert png.startswith(b"\x89PNG")
+        _an_async_job_runs_in_the_background(base, key.group(1))
         admin = requests.get(f"{base}/admin/login/", timeout=5)
         assert admin.status_code == 200
         css = re.search(r'href="(/static/admin/css/[^"]+)"', admin.text)
@@ -82,6 +83,32 @@ def test_make_run_serves_the_demo_and_prints_a_working_key(tmp_path: Path) -> No
         reader.join(timeout=5)
         assert process.stdout is not None
         process.stdout.close()
+
+
+def _an_async_job_runs_in_the_background(base: str, key: str) -> None:
+    """No broker here: the web process runs the job in a background thread of its own."""
+    headers = {"Authorization": f"Bearer {key}"}
+    submitted = requests.post(
+        f"{base}/v1/images/generations",
+        headers={**headers, "Prefer": "respond-async"},
+        json={"model": "demo-image", "prompt": "a lighthouse at dusk", "size": "512x512"},
+        timeout=30,
+    )
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.json()["status"] == "queued"
+    location = submitted.headers["Location"]
+
+    def ended() -> bool:
+        return requests.get(location, headers=headers, timeout=5).json()["status"] not in (
+            "queued",
+            "running",
+        )
+
+    wait_for(ended, timeout=60, what="the job to end")
+    job = requests.get(location, headers=headers, timeout=5).json()
+    assert job["status"] == "succeeded", job
+    png = base64.b64decode(job["result"]["data"][0]["b64_json"])
+    assert Image.open(io.BytesIO(png)).size == (512, 512)
 
 
 def _walk_through_the_management_api(base: str, admin_key: str) -> None:

@@ -7,7 +7,12 @@ the test suite checks real responses against them.
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers
 
 IMAGE_TAGS = ["Images (OpenAI-compatible)"]
@@ -36,6 +41,9 @@ class ImageGenerationDoc(serializers.Serializer[Any]):
     )
     provider = serializers.DictField(required=False, help_text="Per-provider options.")
     allow_partial = serializers.BooleanField(required=False)
+    webhook_url = serializers.URLField(
+        required=False, help_text="With `Prefer: respond-async`: where the finished job goes."
+    )
 
 
 class ImageEditDoc(serializers.Serializer[Any]):
@@ -50,6 +58,7 @@ class ImageEditDoc(serializers.Serializer[Any]):
     output_format = serializers.CharField(required=False)
     moderation = serializers.CharField(required=False)
     stream = serializers.BooleanField(required=False)
+    webhook_url = serializers.URLField(required=False)
 
 
 class ImageReferenceDoc(serializers.Serializer[Any]):
@@ -80,6 +89,7 @@ class ImageEditJsonDoc(serializers.Serializer[Any]):
     stream = serializers.BooleanField(required=False)
     partial_images = serializers.IntegerField(required=False, min_value=0, max_value=3)
     provider = serializers.DictField(required=False, help_text="Per-provider options.")
+    webhook_url = serializers.URLField(required=False)
 
 
 class ImageDataDoc(serializers.Serializer[Any]):
@@ -110,20 +120,69 @@ class ModelDoc(serializers.Serializer[Any]):
     )
 
 
+class ImageJobDoc(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    object = serializers.CharField(help_text="image.job")
+    status = serializers.ChoiceField(
+        choices=["queued", "running", "succeeded", "failed", "cancelled"]
+    )
+    model = serializers.CharField()
+    created_at = serializers.IntegerField()
+    started_at = serializers.IntegerField(allow_null=True)
+    finished_at = serializers.IntegerField(allow_null=True)
+    expires_at = serializers.IntegerField(help_text="The job and its result are deleted then.")
+    result = ImagesResponseDoc(
+        allow_null=True, help_text="Once succeeded: exactly the synchronous response body."
+    )
+    error = serializers.DictField(
+        allow_null=True, help_text="Once failed: the error envelope a synchronous call answers."
+    )
+
+
+class JobDeliveryDoc(serializers.Serializer[Any]):
+    attempt = serializers.IntegerField()
+    status_code = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField()
+    delivered = serializers.BooleanField()
+    duration_ms = serializers.IntegerField()
+    created_at = serializers.IntegerField()
+
+
 _EVENTS = {
     (200, "text/event-stream"): OpenApiResponse(
         OpenApiTypes.STR, description="With stream: true, OpenAI's image events."
-    )
+    ),
+    (202, "application/json"): OpenApiResponse(
+        ImageJobDoc, description="With `Prefer: respond-async`: the job, queued (Location)."
+    ),
 }
+
+_INFERENCE_HEADERS = [
+    OpenApiParameter(
+        "Prefer",
+        str,
+        OpenApiParameter.HEADER,
+        description="`respond-async`: answer 202 with a job to poll (GET /v1/images/jobs/{id}).",
+    ),
+    OpenApiParameter(
+        "Idempotency-Key",
+        str,
+        OpenApiParameter.HEADER,
+        description="1-255 printable ASCII characters: the same request with the same key "
+        "within 24 h returns the first answer, without a second upstream call or charge.",
+    ),
+]
 
 generation_schema = extend_schema(
     tags=IMAGE_TAGS,
+    parameters=_INFERENCE_HEADERS,
     request=ImageGenerationDoc,
     responses={(200, "application/json"): ImagesResponseDoc, **_EVENTS},
     summary="Generate images",
 )
 edit_schema = extend_schema(
     tags=IMAGE_TAGS,
+    parameters=_INFERENCE_HEADERS,
     request={"multipart/form-data": ImageEditDoc, "application/json": ImageEditJsonDoc},
     responses={(200, "application/json"): ImagesResponseDoc, **_EVENTS},
     summary="Edit images",
@@ -140,4 +199,40 @@ model_list_schema = extend_schema(
 )
 model_detail_schema = extend_schema(
     tags=IMAGE_TAGS, responses=ModelDoc, summary="One alias and its capabilities"
+)
+job_list_schema = extend_schema(
+    tags=IMAGE_TAGS,
+    parameters=[
+        OpenApiParameter(
+            "status", str, enum=["queued", "running", "succeeded", "failed", "cancelled"]
+        ),
+        OpenApiParameter("limit", int, description="1 to 100 jobs a page (20)."),
+        OpenApiParameter("cursor", str, description="From `next`."),
+    ],
+    responses=inline_serializer(
+        "ImageJobList",
+        {
+            "object": serializers.CharField(),
+            "data": ImageJobDoc(many=True),
+            "has_more": serializers.BooleanField(),
+            "next": serializers.CharField(allow_null=True),
+        },
+    ),
+    summary="This key's async jobs, newest first (without their results)",
+    operation_id="v1_images_jobs_list",
+)
+job_detail_schema = extend_schema(tags=IMAGE_TAGS, responses=ImageJobDoc, summary="One async job")
+job_cancel_schema = extend_schema(
+    tags=IMAGE_TAGS,
+    request=None,
+    responses=ImageJobDoc,
+    summary="Cancel a queued job (no charge); a running one is a 409",
+)
+job_deliveries_schema = extend_schema(
+    tags=IMAGE_TAGS,
+    responses=inline_serializer(
+        "JobDeliveryList",
+        {"object": serializers.CharField(), "data": JobDeliveryDoc(many=True)},
+    ),
+    summary="The webhook delivery attempts of one async job",
 )

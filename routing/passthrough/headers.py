@@ -43,6 +43,9 @@ NOT_FORWARDED = frozenset(
         "x-forwarded-prefix",
         "x-real-ip",
         "via",
+        # The gateway keeps that promise itself (routing/idempotency.py), per gateway key; an
+        # upstream would hold it per credential, which many workspaces may share.
+        "idempotency-key",
     }
 )
 # Never from an upstream to a caller on the gateway's origin: cookies, and what would bind

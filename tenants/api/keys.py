@@ -100,7 +100,7 @@ class KeyDetailView(APIView):
         request=KeyUpdateIn,
         responses=KeyOut,
         summary="Change a key's name, allowed aliases, rate limits (its own and per end "
-        "user) or expiry (null clears)",
+        'user), webhook URL ("" clears) or expiry (null clears)',
     )
     def patch(self, request: Request, key_id: str) -> Response:
         principal = request_principal(request)

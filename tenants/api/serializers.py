@@ -22,8 +22,9 @@ class WorkspaceOut(Serializer[Any]):
 
 class WebhookSecretOut(Serializer[Any]):
     secret = serializers.CharField(
-        help_text="Signs spend-alert webhooks (Standard Webhooks, whsec_…). Shown in this "
-        "response only: store it now. It replaces the previous secret at once."
+        help_text="Signs the workspace's webhooks, spend alerts and async jobs (Standard "
+        "Webhooks, whsec_…). Shown in this response only: store it now. It replaces the "
+        "previous secret at once."
     )
     rotated_at = serializers.DateTimeField()
 
@@ -57,6 +58,12 @@ PER_USER_IMAGES_HELP = (
 PER_USER_RPM_HELP = (
     "Requests per end user per minute. Set, a request without `user` is refused (400)."
 )
+WEBHOOK_URL_HELP = (
+    "Where this key's finished async image jobs are POSTed, signed with the workspace's "
+    "webhook secret (Standard Webhooks), unless a request names its own `webhook_url`. "
+    "https on a public address (plain http only for hosts the operator allowlists); the "
+    "workspace needs its secret first. Empty: none."
+)
 
 
 class KeyOut(Serializer[Any]):
@@ -76,6 +83,7 @@ class KeyOut(Serializer[Any]):
         allow_null=True, help_text=PER_USER_IMAGES_HELP
     )
     per_user_rpm = serializers.IntegerField(allow_null=True, help_text=PER_USER_RPM_HELP)
+    webhook_url = serializers.CharField(help_text=WEBHOOK_URL_HELP)
     expires_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
     last_used_at = serializers.DateTimeField(allow_null=True)
@@ -103,6 +111,13 @@ def _limit(**kwargs: Any) -> serializers.IntegerField:
     return serializers.IntegerField(min_value=1, max_value=10_000_000, allow_null=True, **kwargs)
 
 
+def _webhook_url(**kwargs: Any) -> serializers.URLField:
+    """Its host and the workspace's secret are checked by the service (tenants/services.py)."""
+    return serializers.URLField(
+        max_length=2000, allow_blank=True, required=False, help_text=WEBHOOK_URL_HELP, **kwargs
+    )
+
+
 def _future(value: datetime | None) -> datetime | None:
     if value is not None and value <= timezone.now():
         raise serializers.ValidationError("Must be in the future.")
@@ -126,6 +141,7 @@ class KeyCreateIn(StrictSerializer):
     ipm_limit = _limit(required=False, default=None)
     per_user_limit_images = _limit(required=False, default=None, help_text=PER_USER_IMAGES_HELP)
     per_user_rpm = _limit(required=False, default=None, help_text=PER_USER_RPM_HELP)
+    webhook_url = _webhook_url(default="")
     expires_at = serializers.DateTimeField(required=False, default=None, allow_null=True)
 
     def validate_expires_at(self, value: datetime | None) -> datetime | None:
@@ -141,6 +157,7 @@ class KeyUpdateIn(StrictSerializer):
     ipm_limit = _limit(required=False)
     per_user_limit_images = _limit(required=False, help_text=PER_USER_IMAGES_HELP)
     per_user_rpm = _limit(required=False, help_text=PER_USER_RPM_HELP)
+    webhook_url = _webhook_url()
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     def validate_expires_at(self, value: datetime | None) -> datetime | None:

@@ -62,6 +62,10 @@ INFERENCE_OPERATIONS = {
     ("get", "/v1/passthrough"),
     ("post", "/openai/deployments/{alias}/images/generations"),
     ("post", "/openai/deployments/{alias}/images/edits"),
+    ("get", "/v1/images/jobs"),
+    ("get", "/v1/images/jobs/{job_id}"),
+    ("post", "/v1/images/jobs/{job_id}/cancel"),
+    ("get", "/v1/images/jobs/{job_id}/deliveries"),
 }
 
 

@@ -8,6 +8,7 @@ import pytest
 from django.apps import apps
 from django.conf import settings
 
+from tests.billing.conftest import priced_alias  # noqa: F401 - a priced model, for jobs
 from tests.support import Server, gunicorn, subprocess_database_url
 
 
