@@ -117,6 +117,13 @@ class Unprocessable(ApiError):
     code = "unprocessable"
 
 
+class Cancelled(ApiError):
+    """The caller cancelled the work while it ran (an async job): nothing was produced."""
+
+    status = 499
+    code = "cancelled"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"

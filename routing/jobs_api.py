@@ -72,9 +72,11 @@ class JobCancelView(APIView):
         if not run.cancel(job):
             job.refresh_from_db()
             if job.status == ImageJob.Status.RUNNING:
+                if run.request_cancel(job):  # stopped at the adapter's next poll
+                    return Response(job_object(job), status=202)
                 raise Conflict(
-                    "The job is running: its upstream call is under way and cannot be "
-                    "stopped, so it will be charged for what it produces.",
+                    "The job is running and its provider cannot stop a call under way, so "
+                    "it will be charged for what it produces.",
                     code="job_running",
                 )
             if job.status != ImageJob.Status.CANCELLED:

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -236,10 +236,20 @@ def resume(
     body: dict[str, Any],
     alias_name: str,
     edit: EditForm | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> Admitted:
     """A generation or edit let in earlier (an async job's, by its worker): resolved again
-    (a deployment may have changed since), on the hold taken then."""
+    (a deployment may have changed since), on the hold taken then. `stop_requested` tells
+    an adapter that can stop a call under way (Replicate's) that the caller cancelled."""
     planned = router.plan(principal, body, alias_name, edit)  # 1. resolve
+    if stop_requested is not None:
+        planned = replace(
+            planned,
+            attempts=[
+                replace(a, request=replace(a.request, stop_requested=stop_requested))
+                for a in planned.attempts
+            ],
+        )
     _resolved(ticket.meter, planned)
     screening = guardrails.output_policies(principal, _route(edit))
     return Admitted(plan=planned, ticket=ticket, screening=screening)

@@ -42,6 +42,7 @@ from routing.providers.base import (
     ProviderError,
     Target,
     UpstreamAuthFailed,
+    UpstreamCancelled,
     UpstreamModerated,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -270,6 +271,8 @@ def _outcome(error: ProviderError) -> tuple[str, bool]:
         return "rate_limited", True
     if isinstance(error, UpstreamTimedOut):
         return "timeout", True
+    if isinstance(error, UpstreamCancelled):
+        return "cancelled", False
     if isinstance(error, UpstreamUnreachable):
         return "unreachable", True
     return "failed", True

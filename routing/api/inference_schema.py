@@ -225,8 +225,15 @@ job_detail_schema = extend_schema(tags=IMAGE_TAGS, responses=ImageJobDoc, summar
 job_cancel_schema = extend_schema(
     tags=IMAGE_TAGS,
     request=None,
-    responses=ImageJobDoc,
-    summary="Cancel a queued job (no charge); a running one is a 409",
+    responses={
+        200: OpenApiResponse(ImageJobDoc, description="Cancelled (a queued job: no charge)."),
+        202: OpenApiResponse(
+            ImageJobDoc,
+            description="A running job whose provider can stop it (Replicate): it ends "
+            "`cancelled` at the next poll.",
+        ),
+    },
+    summary="Cancel a queued job, or a running one its provider can stop (else 409)",
 )
 job_deliveries_schema = extend_schema(
     tags=IMAGE_TAGS,

@@ -19,7 +19,8 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
-from aperture.errors import ApiError, error_body
+from aperture import safe_cache
+from aperture.errors import ApiError, Cancelled, error_body
 from billing import admission
 from billing.metering import Meter, record_usage
 from routing import pipeline
@@ -50,7 +51,8 @@ def run_job(job_id: int) -> None:
         result = _produce(job, meter)
     except ApiError as error:
         meter.error_code = meter.error_code or str(error.code or error.type)
-        _ended(job, meter, Status.FAILED, code=error.status, error=error.body())
+        ended = Status.CANCELLED if isinstance(error, Cancelled) else Status.FAILED
+        _ended(job, meter, ended, code=error.status, error=error.body())
     except Exception:
         logger.exception("async job %s failed", job.public_id)
         meter.error_code = "server_error"
@@ -75,6 +77,7 @@ def _produce(job: ImageJob, meter: Meter) -> dict[str, Any]:
             body=job.request,
             alias_name=job.model,
             edit=submit.input_images(job),
+            stop_requested=lambda: cancel_requested(job),
         )
     answer = pipeline.produce(admitted, _url_builder(job))
     assert isinstance(answer, dict)  # never a stream: refused at submit
@@ -211,6 +214,26 @@ def fail(job: ImageJob, why: tuple[dict[str, Any], int, str], *, from_status: st
     _record(job, meter, status=status, error_code=code)
     _queue_webhook(job.pk)
     return True
+
+
+def _cancel_key(job: ImageJob) -> str:
+    return f"job-cancel:{job.public_id}"
+
+
+def request_cancel(job: ImageJob) -> bool:
+    """Ask a running job to stop, if every deployment it may use can stop a call under way
+    (the worker's adapter sees it at its next poll: routing/providers/replicate.py); False
+    if it cannot be stopped."""
+    if not job.context.get("cancellable"):
+        return False
+    safe_cache.set(_cancel_key(job), 1, settings.JOB_MAX_SECONDS)
+    return True
+
+
+def cancel_requested(job: ImageJob) -> bool:
+    """Whether the job's caller asked it to stop (read from the shared cache: no database
+    connection is taken while the upstream works)."""
+    return safe_cache.get(_cancel_key(job)) is not None
 
 
 def cancel(job: ImageJob) -> bool:

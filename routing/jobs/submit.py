@@ -22,6 +22,7 @@ from routing.images.hosting import EXTENSIONS
 from routing.jobs import dispatch, files, webhooks
 from routing.models import ImageJob
 from routing.providers.base import InputImage
+from routing.providers.registry import adapter_for
 from tenants.key_auth import KeyPrincipal
 from tenants.models import ApiKey
 
@@ -91,7 +92,13 @@ def submit(
             model=meter.alias,
             request=body,  # as let in: the end user hashed, no metadata
             admission=admission.dump(ticket.admitted),
-            context=_context(meter, base_url, alias_name, edit),
+            context={
+                **_context(meter, base_url, alias_name, edit),
+                # Every deployment it may go to can stop a call under way (Replicate).
+                "cancellable": all(
+                    adapter_for(a.target.provider).cancels_running for a in admitted.plan.attempts
+                ),
+            },
             webhook_url=webhook_url,
             created_at=now,
             expires_at=now + timedelta(seconds=settings.JOB_RESULT_TTL_SECONDS),

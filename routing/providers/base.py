@@ -84,6 +84,9 @@ class ImageRequest:
     # Server-sent events: `partial_images` previews, then each final image.
     stream: bool = False
     partial_images: int = 0
+    # Whether the caller has asked to stop the call while it runs (an async job cancelled):
+    # an adapter whose upstream can stop work under way checks it as it polls.
+    stop_requested: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     @property
     def event_prefix(self) -> str:
@@ -217,6 +220,10 @@ class UpstreamRetired(UpstreamFailed):
     operator's problem. The next deployment is tried, and this one's health counts it."""
 
 
+class UpstreamCancelled(ProviderError):
+    """The caller cancelled the call while it ran, and the upstream was told to stop."""
+
+
 class UpstreamTimedOut(ProviderError):
     """The request was sent and no answer came in time: the upstream may have done the work
     (and charged for it)."""
@@ -314,6 +321,8 @@ class ProviderAdapter(ABC):
     moderation_statuses: ClassVar[frozenset[int]] = frozenset({400})
     # Where its error bodies keep message, code and param; None: read them the generic way.
     error_shape: ClassVar[ErrorShape | None] = None
+    # Whether a call under way can be stopped (its adapter honours `stop_requested`).
+    cancels_running: ClassVar[bool] = False
     # Native paths that make images: passthrough reserves and charges for them.
     image_routes: ClassVar[tuple[ImageRoutePattern, ...]] = ()
     # Native paths that make images the gateway cannot count (submit-and-poll, chat with

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from aperture.errors import ApiError, InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
+from aperture.errors import (
+    ApiError,
+    Cancelled,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from routing.providers.base import (
     ProviderError,
     UpstreamAuthFailed,
+    UpstreamCancelled,
     UpstreamModerated,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -15,6 +23,8 @@ from routing.providers.base import (
 
 
 def api_error_for(error: ProviderError) -> ApiError:
+    if isinstance(error, UpstreamCancelled):
+        return Cancelled("The job was cancelled while it ran; nothing was produced.")
     if isinstance(error, UpstreamModerated):
         return InvalidRequest(error.message, code="content_policy_violation")
     if isinstance(error, UpstreamRejected):

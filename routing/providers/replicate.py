@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from django.conf import settings
 
@@ -31,6 +31,7 @@ from routing.providers.base import (
     ProviderAdapter,
     Target,
     UpstreamErrorBody,
+    UpstreamCancelled,
     UpstreamFailed,
     UpstreamModerated,
     UpstreamTimedOut,
@@ -68,6 +69,7 @@ class ReplicateProvider(ProviderAdapter):
         re.compile(r"/v1/(?:models|deployments)/.*/predictions"),
     )
     check_path = "/v1/account"
+    cancels_running = True  # a prediction being polled is cancelled when the caller asks
     # RFC 7807 problem details `{type, title, status, detail, instance}` (docs/providers.md,
     # updates of 2026-12-02): the detail says what, the title is the kind.
     error_shape = ErrorShape(("detail",), ("title",))
@@ -123,7 +125,8 @@ class ReplicateProvider(ProviderAdapter):
             json_body=body,
         )
         http.check_status(self.name, created)
-        prediction = self._until_done(http.json_object(self.name, created), target, deadline)
+        prediction = http.json_object(self.name, created)
+        prediction = self._until_done(prediction, request, target, deadline)
         return self._result(prediction)
 
     def poll_url(self, prediction: dict[str, Any], target: Target) -> str:
@@ -136,12 +139,15 @@ class ReplicateProvider(ProviderAdapter):
         return f"{target.base_url}/v1/predictions/{prediction.get('id')}"
 
     def _until_done(
-        self, prediction: dict[str, Any], target: Target, deadline: float
+        self, prediction: dict[str, Any], request: ImageRequest, target: Target, deadline: float
     ) -> dict[str, Any]:
         interval = settings.UPSTREAM_POLL_INTERVAL_SECONDS
         while prediction.get("status") not in DONE:
             if not isinstance(prediction.get("id"), str):
                 raise UpstreamFailed(self.name, "replicate returned a prediction without an id.")
+            if request.stop_requested is not None and request.stop_requested():
+                self._cancel(prediction, target)
+                raise UpstreamCancelled(self.name, "The prediction was cancelled while it ran.")
             if time.monotonic() + interval > deadline:
                 raise UpstreamTimedOut(self.name, "replicate's prediction was not done in time.")
             time.sleep(interval)  # cooperative under gevent
@@ -157,6 +163,20 @@ class ReplicateProvider(ProviderAdapter):
             http.check_status(self.name, polled)
             prediction = http.json_object(self.name, polled)
         return prediction
+
+    def _cancel(self, prediction: dict[str, Any], target: Target) -> None:
+        """Tell Replicate to stop the prediction (`POST /v1/predictions/{id}/cancel`, on the
+        credential's own host): it stops billing its compute time then."""
+        url = f"{target.base_url}/v1/predictions/{quote(prediction['id'], safe='')}/cancel"
+        answer = http.send(
+            self.name,
+            "POST",
+            url,
+            timeout=30,
+            guarded=target.guarded,
+            headers=self._headers(target),
+        )
+        http.check_status(self.name, answer)
 
     def _result(self, prediction: dict[str, Any]) -> ImageResult:
         status = prediction.get("status")

@@ -286,6 +286,8 @@ class _Handler(BaseHTTPRequestHandler):
             parts.path.startswith("/v1/models/") and parts.path.endswith("/predictions")
         ):
             self._replicate_create(recorded)
+        elif parts.path.startswith("/v1/predictions/") and parts.path.endswith("/cancel"):
+            self._replicate_cancel(parts.path.split("/")[3])
         elif (
             parts.path == "/v1/images/generations" and isinstance(body, dict) and body.get("stream")
         ):
@@ -425,10 +427,25 @@ class _Handler(BaseHTTPRequestHandler):
         fake.replicate_predictions[prediction] = [fake.replicate_processing, recorded.body]
         self._replicate_state(prediction)
 
+    def _replicate_cancel(self, prediction: str) -> None:
+        """`POST /v1/predictions/{id}/cancel`: the prediction stops, as `canceled`."""
+        fake = self.server.fake
+        if prediction not in fake.replicate_predictions:
+            self._json(404, {"detail": "Not found."})
+            return
+        fake.replicate_predictions[prediction][0] = "canceled"
+        self._replicate_state(prediction)
+
     def _replicate_state(self, prediction: str) -> None:
         fake = self.server.fake
         state = fake.replicate_predictions[prediction]
-        urls = {"get": f"{fake.url}/v1/predictions/{prediction}"}
+        urls = {
+            "get": f"{fake.url}/v1/predictions/{prediction}",
+            "cancel": f"{fake.url}/v1/predictions/{prediction}/cancel",
+        }
+        if state[0] == "canceled":
+            self._json(200, {"id": prediction, "status": "canceled", "output": None, "urls": urls})
+            return
         if state[0] > 0:
             state[0] -= 1
             self._json(

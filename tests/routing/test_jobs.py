@@ -19,7 +19,7 @@ from tenants.services import CreatedKey
 from tests.billing.conftest import budget
 from tests.conftest import ACTOR
 from tests.fakes.upstream import FakeUpstream
-from tests.support import client_for
+from tests.support import client_for, wait_for
 
 ASYNC: dict[str, Any] = {"HTTP_PREFER": "respond-async"}
 BODY = {"model": "priced", "prompt": "a lighthouse", "size": "1024x1024", "quality": "low"}
@@ -312,3 +312,71 @@ def test_an_async_edit_keeps_its_images_until_the_worker_runs_it(
     assert ended["status"] == "succeeded" and len(ended["result"]["data"]) == 1
     (call,) = fake_upstream.requests
     assert call.path.endswith("/images/edits") and png(64, 64) in call.raw
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_replicate_job_is_cancelled_upstream_and_charged_nothing(
+    client: APIClient,
+    workspace: Workspace,
+    fake_upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+) -> None:
+    import threading
+
+    from django.db import connections
+
+    from routing import services as routing_services
+    from routing.jobs import dispatch
+    from tests.conftest import UPSTREAM_SECRET, make_alias
+
+    settings.UPSTREAM_POLL_INTERVAL_SECONDS = 0.01
+    monkeypatch.setattr(dispatch, "start", lambda job_id: None)  # run below, in a thread
+    credential = routing_services.credential_create(
+        actor=ACTOR,
+        name="replicate",
+        provider="replicate",
+        base_url=fake_upstream.url,
+        secret=UPSTREAM_SECRET,
+        free=True,
+    )
+    make_alias("slow-fox", credential, "stability-ai/sdxl:7762fd07")
+    row = budget(workspace=workspace, period="month", limit_images=10)
+    fake_upstream.replicate_processing = 100_000  # polled until cancelled
+    job = _job(_submit(client, {"model": "slow-fox", "prompt": "a fox"}))
+    assert job.context["cancellable"] is True
+    def work() -> None:
+        try:
+            run.run_job(job.pk)
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        wait_for(lambda: any(c.method == "GET" for c in fake_upstream.requests), what="a poll")
+        asked = client.post(f"/v1/images/jobs/{job.public_id}/cancel")
+        assert asked.status_code == 202 and asked.json()["status"] == "running"
+    finally:
+        worker.join(timeout=30)
+    ended = client.get(f"/v1/images/jobs/{job.public_id}").json()
+    assert ended["status"] == "cancelled", ended
+    assert ended["error"]["error"]["code"] == "cancelled"
+    assert [c.path for c in fake_upstream.requests if c.path.endswith("/cancel")] == [
+        f"/v1/predictions/{next(iter(fake_upstream.replicate_predictions))}/cancel"
+    ]
+    row.refresh_from_db()
+    assert (row.used_images, row.reserved_images) == (0, 0)
+    record = UsageRecord.objects.get(request_id=job.request_id)
+    assert (record.status, record.images, record.error_code) == (499, 0, "cancelled")
+
+
+@pytest.mark.django_db
+def test_a_running_job_its_provider_cannot_stop_is_a_409(
+    client: APIClient, priced_alias: ModelAlias
+) -> None:
+    job = _job(_submit(client))
+    assert job.context["cancellable"] is False
+    ImageJob.objects.filter(pk=job.pk).update(status="running")
+    refused = client.post(f"/v1/images/jobs/{job.public_id}/cancel")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_running"
