@@ -152,6 +152,18 @@ class UpstreamTimeout(ApiError):
     code = "upstream_timeout"
 
 
+class Overloaded(ApiError):
+    """This process is past its capacity: refused on purpose, before anything is held or
+    called (aperture/load_shedding.py), and retried after `Retry-After`."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class GuardrailUnavailable(ApiError):
     """A fail-closed moderation policy could not get a verdict."""
 
@@ -189,6 +201,11 @@ def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, 
 def _translate(exc: Exception) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
+    if _pool_exhausted(exc):
+        return Overloaded(
+            "The gateway is past its capacity (every database connection is busy): retry "
+            "after the time in Retry-After."
+        )
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge("Request body is too large.")
     if isinstance(exc, drf.ValidationError):
@@ -225,6 +242,16 @@ def _translate(exc: Exception) -> ApiError | None:
         error.status = exc.status_code
         return error
     return None
+
+
+def _pool_exhausted(exc: BaseException) -> bool:
+    """A wait for a pooled database connection that timed out (psycopg_pool's PoolTimeout,
+    as it comes or wrapped in Django's OperationalError)."""
+    while exc is not None:
+        if type(exc).__name__ == "PoolTimeout" and type(exc).__module__.startswith("psycopg_pool"):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:

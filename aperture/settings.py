@@ -75,6 +75,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "aperture.middleware.RequestIdMiddleware",
+    # Before anything reads the body or the database: a process past its capacity says so.
+    "aperture.load_shedding.LoadSheddingMiddleware",
     "aperture.middleware.AllowedHostMiddleware",
     "aperture.middleware.BodySizeLimitMiddleware",
     "aperture.middleware.BodyDeadlineMiddleware",
@@ -488,6 +490,15 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": 300.0},
     },
 }
+
+# --- Capacity ---------------------------------------------------------------------------
+# Requests one web worker process serves at once; past it, new ones get 503 `overloaded`
+# with Retry-After (aperture/load_shedding.py). gunicorn's gevent workers accept up to
+# APERTURE_WORKER_CONNECTIONS (gunicorn.conf.py); the rest is left for health checks.
+MAX_IN_FLIGHT = env.int(
+    "APERTURE_MAX_IN_FLIGHT",
+    default=int(env.int("APERTURE_WORKER_CONNECTIONS", default=2000) * 0.95),
+)
 
 # --- Async image jobs, idempotency and retention ----------------------------------------
 # A job's result (and the job) is kept this long after it was submitted.
