@@ -87,8 +87,13 @@ def public_url_problem(url: str, *, query_allowed: bool) -> str | None:
     http only for a host an operator allowlists), no user info or fragment (nor a query
     unless allowed), on a host that resolves to public addresses unless allowlisted. A
     connection checks the address again (DNS may change in between)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    if any(not c.isprintable() for c in url):
+        return "Must not contain control characters."
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:  # an unclosed [ipv6 bracket, say
+        return "Is not a valid URL."
     if parts.scheme not in ("https", "http") or not host:
         return "Must be an https:// URL with a host name."
     if query_allowed and (parts.username or parts.password or parts.fragment):

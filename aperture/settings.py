@@ -503,15 +503,18 @@ MAX_IN_FLIGHT = env.int(
 # --- Async image jobs, idempotency and retention ----------------------------------------
 # A job's result (and the job) is kept this long after it was submitted.
 JOB_RESULT_TTL_SECONDS = env.int("APERTURE_JOB_RESULT_TTL_SECONDS", default=24 * 3600)
-# A job must end this long after it was submitted: one still queued then fails `expired`,
-# one still running `worker_lost`; its hold lasts until then (and a minute more). Below the
-# broker's visibility timeout, so that a redelivered job is always one whose worker died.
+# A job must start this long after it was submitted, or it fails `job_expired` (its hold
+# lasts until then, and a minute more).
 JOB_MAX_SECONDS = env.int("APERTURE_JOB_MAX_SECONDS", default=3000)
-if JOB_MAX_SECONDS >= CELERY_VISIBILITY_TIMEOUT:
+if JOB_RESULT_TTL_SECONDS < JOB_MAX_SECONDS:
     raise ImproperlyConfigured(
-        "APERTURE_JOB_MAX_SECONDS must be below CELERY_VISIBILITY_TIMEOUT: a job still running "
-        "when the broker hands it out again would be failed as lost while it runs."
+        "APERTURE_JOB_RESULT_TTL_SECONDS must not be below APERTURE_JOB_MAX_SECONDS: a job "
+        "would be deleted before it could run."
     )
+# A running job's worker says it is alive this often (and keeps the job's hold); a running
+# job not heard of for JOB_LOST_AFTER_SECONDS ended with its worker: it fails `worker_lost`.
+JOB_HEARTBEAT_SECONDS = env.float("APERTURE_JOB_HEARTBEAT_SECONDS", default=10.0)
+JOB_LOST_AFTER_SECONDS = env.float("APERTURE_JOB_LOST_AFTER_SECONDS", default=60.0)
 # Without a broker (the embedded default), jobs run in the web process, in the background,
 # this many at a time.
 JOBS_IN_PROCESS = CELERY_TASK_ALWAYS_EAGER

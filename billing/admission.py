@@ -18,7 +18,7 @@ the charge are what the tenant pays, so budgets count the charged cost.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -113,6 +113,22 @@ def admit(
         user_images=user_images,
         multiplier=principal.price_multiplier,
     )
+
+
+def cover(admission: Admission, *, images: int, cost_micro: int) -> Admission:
+    """The admission, its hold grown to cover a worst case (at the provider's price) that
+    rose since it was let in (an async job, run later); InsufficientQuota (402) if a budget
+    cannot take the difference."""
+    holds = admission.hold.holds
+    if not holds:
+        return admission
+    needed = marked_up(cost_micro, admission.multiplier)
+    extra_micro = needed - min(h.amount_micro for h in holds)
+    extra_images = images - min(h.images for h in holds)
+    if extra_micro <= 0 and extra_images <= 0:
+        return admission
+    hold = budgets.enlarge(admission.hold, amount_micro=extra_micro, images=extra_images)
+    return replace(admission, hold=hold)
 
 
 def dump(admission: Admission) -> dict[str, Any]:

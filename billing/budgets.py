@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from aperture import config_cache
@@ -285,6 +285,63 @@ def _within_room(hold: Hold, still_held: set[int], cost_micro: int, images: int)
             room = row.limit_images - row.used_images - row.reserved_images + freed
             images = min(images, max(room, 0))
     return cost_micro, images
+
+
+_ENLARGE = """
+UPDATE billing_budget SET
+    reserved_micro = reserved_micro + %(amount)s,
+    reserved_images = reserved_images + %(images)s
+WHERE id = %(id)s AND period_start = %(start)s
+    AND (limit_micro IS NULL OR used_micro + reserved_micro + %(amount)s <= limit_micro)
+    AND (limit_images IS NULL OR used_images + reserved_images + %(images)s <= limit_images)
+"""
+
+
+def enlarge(hold: Hold, *, amount_micro: int, images: int) -> Hold:
+    """Hold `amount_micro` and `images` more on every budget of a hold (an async job whose
+    worst case rose since it was let in: a new price, another deployment), or raise
+    InsufficientQuota (402) and change nothing. The hold must still be there."""
+    if hold.empty or (amount_micro <= 0 and images <= 0):
+        return hold
+    amount_micro, images = max(amount_micro, 0), max(images, 0)
+    grown = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for held in hold.holds:
+            cursor.execute(
+                _ENLARGE,
+                {
+                    "id": held.budget_id,
+                    "start": _db_datetime(held.period_start),
+                    "amount": amount_micro,
+                    "images": images,
+                },
+            )
+            kept = Reservation.objects.filter(pk=held.reservation_id).update(
+                amount_micro=F("amount_micro") + amount_micro, images=F("images") + images
+            )
+            if not cursor.rowcount or not kept:
+                raise InsufficientQuota(
+                    "The job's budget cannot cover its cost as it stands now (its price or "
+                    "deployment changed since it was submitted)."
+                )
+            grown.append(
+                Held(
+                    held.reservation_id,
+                    held.budget_id,
+                    held.amount_micro + amount_micro,
+                    held.images + images,
+                    held.period_start,
+                )
+            )
+    return Hold(tuple(grown))
+
+
+def keep(hold: Hold, *, until: datetime) -> None:
+    """Keep a hold from the reaper until `until` (a running job's, as its worker beats)."""
+    if not hold.empty:
+        Reservation.objects.filter(pk__in=[h.reservation_id for h in hold.holds]).update(
+            held_until=until
+        )
 
 
 def release(hold: Hold) -> None:

@@ -402,6 +402,8 @@ class ImageJob(models.Model):
     webhook_status = models.CharField(max_length=16, choices=Webhook.choices, default=Webhook.NONE)
     created_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
+    # While running: its worker's last word that it is alive (routing/jobs/run.py).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()  # the job and its result are deleted then
 

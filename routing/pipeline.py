@@ -212,12 +212,8 @@ def let_in(
     meter.alias = alias_name  # the caller's own record says what it asked for
     planned = router.plan(principal, body, alias_name, edit)  # 1. resolve
     _resolved(meter, planned)
-    attempts = planned.attempts
-    first = attempts[0]
-    worst = max((a.estimate() for a in attempts), key=lambda quote: quote.cost_micro)
-    estimate = Estimate(  # 2. estimate
-        images=first.request.n, cost_micro=worst.cost_micro, snapshot=worst.snapshot
-    )
+    first = planned.attempts[0]
+    estimate = _worst_case(planned)  # 2. estimate
     route = _route(edit)
     screening = guardrails.output_policies(principal, route)
     if first.request.stream:
@@ -227,6 +223,14 @@ def let_in(
     )
     ticket = admit(principal, meter, estimate, held_until=held_until)  # 3. admit
     return Admitted(plan=planned, ticket=ticket, screening=screening)
+
+
+def _worst_case(planned: router.Plan) -> Estimate:
+    """Every image the call may produce, at the dearest deployment's price."""
+    worst = max((a.estimate() for a in planned.attempts), key=lambda quote: quote.cost_micro)
+    return Estimate(
+        images=planned.attempts[0].request.n, cost_micro=worst.cost_micro, snapshot=worst.snapshot
+    )
 
 
 def resume(
@@ -239,9 +243,14 @@ def resume(
     stop_requested: Callable[[], bool] | None = None,
 ) -> Admitted:
     """A generation or edit let in earlier (an async job's, by its worker): resolved again
-    (a deployment may have changed since), on the hold taken then. `stop_requested` tells
-    an adapter that can stop a call under way (Replicate's) that the caller cancelled."""
+    (a deployment may have changed since), on the hold taken then, grown if its worst case
+    rose meanwhile (or a 402). `stop_requested` tells an adapter that can stop a call under
+    way (Replicate's) that the caller cancelled."""
     planned = router.plan(principal, body, alias_name, edit)  # 1. resolve
+    estimate = _worst_case(planned)  # 2. estimate, 3. the hold covers it
+    ticket.admitted = admission.cover(
+        ticket.admitted, images=estimate.images, cost_micro=estimate.cost_micro
+    )
     if stop_requested is not None:
         planned = replace(
             planned,

@@ -5,6 +5,7 @@ job succeeded, `error` exactly the envelope a synchronous call would have answer
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from routing.models import ImageJob
 from tenants.key_auth import KeyPrincipal
 
 OBJECT = "image.job"
+JOB_ID = re.compile(r"job_[A-Za-z0-9]{1,64}")
 FINAL = (ImageJob.Status.SUCCEEDED, ImageJob.Status.FAILED, ImageJob.Status.CANCELLED)
 
 
@@ -43,6 +45,8 @@ def job_object(job: ImageJob, *, with_result: bool = True) -> dict[str, Any]:
 
 def job_of(principal: KeyPrincipal, public_id: str) -> ImageJob:
     """The workspace's job with this id, or a 404 (whoever's it is otherwise)."""
+    if not JOB_ID.fullmatch(public_id):  # never a query with what no id can be (a NUL)
+        raise NotFound(f"No job '{public_id[:64]!r}'.", param="id", code="job_not_found")
     job = (
         ImageJob.objects.select_related("key")
         .filter(public_id=public_id, workspace_id=principal.workspace_id)

@@ -75,8 +75,11 @@ def _delete_idempotency(now: datetime) -> int:
 def _delete_jobs(now: datetime) -> tuple[int, int]:
     """Expired jobs that ended, with their files; returns (jobs, idempotency records that
     pointed at them and went with them). A job still queued or running past its expiry is
-    the sweep's to fail first (routing/jobs/run.py): it is left alone."""
-    expired = ImageJob.objects.filter(expires_at__lte=now, status__in=FINAL)
+    the sweep's to fail first (routing/jobs/run.py): it is left alone, and so is one whose
+    webhook is still being retried (until it is delivered or given up on)."""
+    expired = ImageJob.objects.filter(expires_at__lte=now, status__in=FINAL).exclude(
+        webhook_status=ImageJob.Webhook.PENDING
+    )
     jobs = replays = last_id = 0
     while batch := list(
         expired.filter(pk__gt=last_id)

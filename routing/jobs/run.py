@@ -3,25 +3,32 @@ of the pipeline on the hold taken at submit, then the result stored, the record 
 the webhook queued.
 
 A job is called upstream at most once per deployment attempt. It is claimed (queued →
-running) before anything is called; a job found running when its message comes again was
-being run by a worker that died (the broker hands a message out again only after its
-visibility timeout, which no job outlives: JOB_MAX_SECONDS), so it fails `worker_lost`, its
-hold released, and is never run a second time. The sweep fails what ran out of time.
+running, before its deadline) before anything is called, and while it runs its worker beats
+(JOB_HEARTBEAT_SECONDS): the job's `heartbeat_at`, and its hold kept from the reaper. A job
+found running whose worker has not beaten for JOB_LOST_AFTER_SECONDS ended with its worker:
+it fails `worker_lost`, its hold released, and is never run a second time — whether its
+message came again (the broker's redelivery) or the sweep found it. One found running with
+a live worker is left to it. A job still queued at its deadline fails `job_expired`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connections
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
 from aperture import safe_cache
 from aperture.errors import ApiError, Cancelled, error_body
-from billing import admission
+from billing import admission, budgets
 from billing.metering import Meter, record_usage
 from routing import pipeline
 from routing.images.results import UrlBuilder
@@ -36,29 +43,81 @@ CANCELLED_STATUS = 499  # the usage record of a job cancelled before it ran
 
 
 def run_job(job_id: int) -> None:
-    claimed = ImageJob.objects.filter(pk=job_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=timezone.now()
-    )
+    now = timezone.now()
+    claimed = ImageJob.objects.filter(
+        pk=job_id, status=Status.QUEUED, created_at__gte=_deadline_passed(now)
+    ).update(status=Status.RUNNING, started_at=now, heartbeat_at=now)
     job = ImageJob.objects.select_related("key").filter(pk=job_id).first()
     if job is None:
         return  # deleted (its workspace or key was)
     if not claimed:
-        if job.status == Status.RUNNING:  # handed out again: its worker died mid-run
-            fail(job, _lost(), from_status=Status.RUNNING)
-        return  # a duplicate of a job that ended
+        if job.status == Status.QUEUED:  # past its deadline: its hold may be gone
+            fail(job, _expired(), from_status=Status.QUEUED)
+        elif job.status == Status.RUNNING:  # handed out again: lost if its worker is silent
+            fail(job, _lost(), from_status=Status.RUNNING, silent_since=_lost_if_before(now))
+        return  # a duplicate of a job that ended, or one its live worker is running
     meter = meter_of(job)
+    with _beating(job):
+        try:
+            result = _produce(job, meter)
+        except ApiError as error:
+            meter.error_code = meter.error_code or str(error.code or error.type)
+            ended = Status.CANCELLED if isinstance(error, Cancelled) else Status.FAILED
+            _ended(job, meter, ended, code=error.status, error=error.body())
+        except Exception:
+            logger.exception("async job %s failed", job.public_id)
+            meter.error_code = "server_error"
+            _ended(job, meter, Status.FAILED, code=500, error=_server_error())
+        else:
+            _ended(job, meter, Status.SUCCEEDED, code=200, result=result)
+
+
+def _deadline_passed(now: datetime) -> datetime:
+    """Jobs submitted before this are past their deadline to start."""
+    return now - timedelta(seconds=settings.JOB_MAX_SECONDS)
+
+
+def _lost_if_before(now: datetime) -> datetime:
+    """A running job whose worker last beat before this is lost."""
+    return now - timedelta(seconds=settings.JOB_LOST_AFTER_SECONDS)
+
+
+@contextmanager
+def _beating(job: ImageJob) -> Iterator[None]:
+    """While the job runs: its heartbeat, and its hold kept from the reaper (a while past
+    the moment it would be found lost), every JOB_HEARTBEAT_SECONDS, from a thread of its
+    own (a greenlet under gevent) with a connection of its own, returned after each beat."""
+    stopped = threading.Event()
+    hold = admission.load(job.admission).hold
+
+    def beat() -> None:
+        try:  # the claim was its first beat
+            while not stopped.wait(settings.JOB_HEARTBEAT_SECONDS):
+                now = timezone.now()
+                ImageJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(heartbeat_at=now)
+                budgets.keep(hold, until=now + _hold_lease())
+                connections.close_all()
+        except Exception:
+            logger.exception("async job %s: its heartbeat stopped", job.public_id)
+        finally:
+            connections.close_all()
+
+    beating = threading.Thread(target=beat, name=f"heartbeat-{job.public_id}", daemon=True)
+    beating.start()
     try:
-        result = _produce(job, meter)
-    except ApiError as error:
-        meter.error_code = meter.error_code or str(error.code or error.type)
-        ended = Status.CANCELLED if isinstance(error, Cancelled) else Status.FAILED
-        _ended(job, meter, ended, code=error.status, error=error.body())
-    except Exception:
-        logger.exception("async job %s failed", job.public_id)
-        meter.error_code = "server_error"
-        _ended(job, meter, Status.FAILED, code=500, error=_server_error())
-    else:
-        _ended(job, meter, Status.SUCCEEDED, code=200, result=result)
+        yield
+    finally:
+        stopped.set()
+        beating.join(timeout=30)
+
+
+def _silent(since: datetime) -> Q:
+    """Jobs whose worker has not beaten since `since` (or never did)."""
+    return Q(heartbeat_at__lt=since) | Q(heartbeat_at__isnull=True)
+
+
+def _hold_lease() -> timedelta:
+    return timedelta(seconds=settings.JOB_LOST_AFTER_SECONDS + 60)
 
 
 def _produce(job: ImageJob, meter: Meter) -> dict[str, Any]:
@@ -79,6 +138,8 @@ def _produce(job: ImageJob, meter: Meter) -> dict[str, Any]:
             edit=submit.input_images(job),
             stop_requested=lambda: cancel_requested(job),
         )
+        if ticket.admitted is not held:  # grown to a worst case that rose: kept as it is now
+            ImageJob.objects.filter(pk=job.pk).update(admission=admission.dump(ticket.admitted))
     answer = pipeline.produce(admitted, _url_builder(job))
     assert isinstance(answer, dict)  # never a stream: refused at submit
     return answer
@@ -120,7 +181,21 @@ def _ended(
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> None:
-    """Store the answer, end the job (if it is still running), write its record."""
+    """Store the answer, end the job (if it is still running), write its record. A result
+    that cannot be stored fails the job, charged as the call was (the upstream made it)."""
+    if result is not None:
+        try:
+            result_name = files.save_result(job, result)
+        except Exception:
+            logger.exception("async job %s: its result could not be stored", job.public_id)
+            status, code, result, result_name = Status.FAILED, 503, None, ""
+            meter.error_code = "result_not_stored"
+            error = error_body(
+                "The job's result could not be stored; it was charged for what the upstream "
+                "made. Submit it again.",
+                type_="server_error",
+                code="result_not_stored",
+            )
     fields: dict[str, Any] = {
         "status": status,
         "finished_at": timezone.now(),
@@ -129,7 +204,7 @@ def _ended(
         "error_status": code if error is not None else None,
     }
     if result is not None:
-        fields["result_name"] = files.save_result(job, result)
+        fields["result_name"] = result_name
     if not ImageJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(**fields):
         logger.warning("async job %s ended after it was failed as lost", job.public_id)
         return
@@ -196,11 +271,21 @@ def _server_error() -> dict[str, Any]:
     )
 
 
-def fail(job: ImageJob, why: tuple[dict[str, Any], int, str], *, from_status: str) -> bool:
+def fail(
+    job: ImageJob,
+    why: tuple[dict[str, Any], int, str],
+    *,
+    from_status: str,
+    silent_since: datetime | None = None,
+) -> bool:
     """End a job that never produced anything: its hold released, its record written, its
-    webhook queued. False if it was no longer `from_status` (someone else ended it)."""
+    webhook queued. False if it was no longer `from_status` (someone else ended it), or,
+    with `silent_since`, if its worker has beaten since (it is alive)."""
     error, status, code = why
-    ended = ImageJob.objects.filter(pk=job.pk, status=from_status).update(
+    still = ImageJob.objects.filter(pk=job.pk, status=from_status)
+    if silent_since is not None:
+        still = still.filter(_silent(silent_since))
+    ended = still.update(
         status=Status.CANCELLED if code == "cancelled" else Status.FAILED,
         finished_at=timezone.now(),
         error=error,
@@ -248,14 +333,17 @@ def cancel(job: ImageJob) -> bool:
 
 
 def sweep(*, now: datetime) -> int:
-    """Fail jobs past their deadline: still queued (never started) or still running (lost
-    with their worker, its message not handed out again). Returns how many."""
-    cutoff = now - timedelta(seconds=settings.JOB_MAX_SECONDS)
+    """Fail jobs still queued past their deadline (never started), and running jobs whose
+    worker fell silent (lost with it, its message not handed out again). Returns how many."""
     ended = 0
+    silent_since = _lost_if_before(now)
     late = ImageJob.objects.select_related("key").filter(
-        status__in=[Status.QUEUED, Status.RUNNING], created_at__lt=cutoff
+        Q(status=Status.QUEUED, created_at__lt=_deadline_passed(now))
+        | (Q(status=Status.RUNNING) & _silent(silent_since))
     )
     for job in late.order_by("id")[:1000]:
-        why = _expired() if job.status == Status.QUEUED else _lost()
-        ended += fail(job, why, from_status=job.status)
+        if job.status == Status.QUEUED:
+            ended += fail(job, _expired(), from_status=Status.QUEUED)
+        else:
+            ended += fail(job, _lost(), from_status=Status.RUNNING, silent_since=silent_since)
     return ended

@@ -69,6 +69,7 @@ def submit(
             "An async job cannot stream: drop 'stream' or 'Prefer: respond-async'.",
             param="stream",
         )
+    _refuse_nul(body)  # the job's row could not keep it (PostgreSQL's text refuses NUL)
     webhook_url = webhook_url or _key_webhook_url(principal)
     if webhook_url:
         webhooks.require_secret(principal.workspace_id)
@@ -105,10 +106,31 @@ def submit(
         )
         if edit is not None:
             job.inputs = _stored_inputs(job, edit)
-        job.save()
+        try:
+            job.save()
+        except BaseException:
+            files.delete_files(job)  # nothing half-written
+            raise
     meter.deferred = True  # the job's record is written when it ends
     dispatch.start(job.pk)
     return job
+
+
+def _refuse_nul(value: Any, name: str | None = None) -> None:
+    """A 400 naming the first field with a NUL character in it (in a key or a value)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidRequest(
+                f"'{name}' must not contain NUL characters." if name else "NUL in the body.",
+                param=name,
+            )
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _refuse_nul(str(key), name or str(key))
+            _refuse_nul(inner, name or str(key))
+    elif isinstance(value, list):
+        for inner in value:
+            _refuse_nul(inner, name)
 
 
 def _key_webhook_url(principal: KeyPrincipal) -> str:

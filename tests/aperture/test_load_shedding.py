@@ -48,8 +48,8 @@ def test_a_database_pool_that_times_out_is_a_503_overloaded() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_burst_past_the_limit_is_shed_before_any_hold_or_upstream_call(
     api_key: CreatedKey,
-    priced_alias: ModelAlias,
-    fake_upstream: FakeUpstream,  # noqa: F811
+    priced_alias: ModelAlias,  # noqa: F811 - the fixture
+    fake_upstream: FakeUpstream,
 ) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("the server needs PostgreSQL")

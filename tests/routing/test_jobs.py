@@ -345,6 +345,7 @@ def test_a_running_replicate_job_is_cancelled_upstream_and_charged_nothing(
     fake_upstream.replicate_processing = 100_000  # polled until cancelled
     job = _job(_submit(client, {"model": "slow-fox", "prompt": "a fox"}))
     assert job.context["cancellable"] is True
+
     def work() -> None:
         try:
             run.run_job(job.pk)

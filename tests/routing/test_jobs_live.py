@@ -155,11 +155,12 @@ def test_a_worker_killed_mid_call_fails_the_job_worker_lost_with_one_upstream_ca
     row = budget(workspace=api_key.key.workspace, period="month", limit_micro=10_000_000)
     secret = api_key.secret
     fake_upstream.delay = 120.0  # the call is under way when the worker dies
-    # A short visibility window, and a beat that sweeps every second.
+    # A short visibility window and heartbeat, and a beat that sweeps every second.
     worker_env = {
         **live_env,
         "CELERY_VISIBILITY_TIMEOUT": "4",
-        "APERTURE_JOB_MAX_SECONDS": "3",
+        "APERTURE_JOB_HEARTBEAT_SECONDS": "0.5",
+        "APERTURE_JOB_LOST_AFTER_SECONDS": "3",
         "APERTURE_JOB_SWEEP_SECONDS": "1",
     }
     log = tmp_path / "w.log"
