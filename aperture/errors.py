@@ -164,6 +164,14 @@ class Overloaded(ApiError):
         super().__init__(message, headers={"Retry-After": "1"})
 
 
+class QueueUnavailable(ApiError):
+    """An async job could not be handed to the broker."""
+
+    status = 503
+    type = "server_error"
+    code = "queue_unavailable"
+
+
 class GuardrailUnavailable(ApiError):
     """A fail-closed moderation policy could not get a verdict."""
 

@@ -187,8 +187,9 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # How long a message handed to a worker may stay unacknowledged before Redis hands it out
-# again (a worker that died with it): an async image job found running on redelivery
-# ended with its worker (routing/jobs/run.py), so a job never runs longer than this.
+# again (a worker that died with it; tasks are acknowledged when they end). An async job
+# found running then is failed `worker_lost` only if its worker's heartbeat went silent
+# (routing/jobs/run.py).
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "max_connections": env.int("CELERY_BROKER_MAX_CONNECTIONS", default=100),

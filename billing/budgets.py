@@ -12,7 +12,7 @@ without another query (billing/alerts.py).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -201,17 +201,19 @@ def reserve(
     return Hold(tuple(holds))
 
 
-def _delete_reservations(ids: list[int]) -> set[int]:
-    """Delete these reservations; the ids that were still there (the reaper may have won)."""
+def _delete_reservations(ids: list[int]) -> dict[int, tuple[int, int]]:
+    """Delete these reservations; those that were still there (the reaper may have won),
+    with what each held as it stood (a job's hold may have grown since it was taken)."""
     if not ids:
-        return set()
+        return {}
     placeholders = ", ".join(["%s"] * len(ids))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"DELETE FROM billing_reservation WHERE id IN ({placeholders}) RETURNING id",  # noqa: S608
+            f"DELETE FROM billing_reservation WHERE id IN ({placeholders}) "  # noqa: S608
+            "RETURNING id, amount_micro, images",
             ids,
         )
-        return {row[0] for row in cursor.fetchall()}
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
 
 
 def _apply(held: Held, *, released: bool, cost_micro: int, images: int) -> alerts.Spend | None:
@@ -240,7 +242,16 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
     if hold.empty:
         return cost_micro, images
     with transaction.atomic():
-        still_held = _delete_reservations([h.reservation_id for h in hold.holds])
+        rows = _delete_reservations([h.reservation_id for h in hold.holds])
+        hold = Hold(  # as each reservation stood when deleted
+            tuple(
+                replace(h, amount_micro=rows[h.reservation_id][0], images=rows[h.reservation_id][1])
+                if h.reservation_id in rows
+                else h
+                for h in hold.holds
+            )
+        )
+        still_held = set(rows)
         if not all(
             h.reservation_id in still_held and cost_micro <= h.amount_micro and images <= h.images
             for h in hold.holds
@@ -362,6 +373,7 @@ def reap_orphaned_reservations(*, older_than: timedelta) -> int:
             still_held = _delete_reservations([r.pk for r in batch])
             for r in batch:
                 if r.pk in still_held:
-                    held = Held(r.pk, r.budget_id, r.amount_micro, r.images, r.period_start)
+                    amount, images = still_held[r.pk]
+                    held = Held(r.pk, r.budget_id, amount, images, r.period_start)
                     _apply(held, released=True, cost_micro=0, images=0)
                     released += 1

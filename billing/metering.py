@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from aperture import metrics
 from aperture.request_context import current_client_request_id
+from billing.models import UsageRecord
 from tenants.key_auth import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -169,3 +170,30 @@ def _insert(
     )
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, values)
+
+
+def rewrite_usage(meter: Meter, *, status: int, error_code: str) -> None:
+    """Correct a request's record to what it came to after all (an async job failed as
+    lost whose call then ended, and was settled)."""
+    principal = meter.principal
+    if principal is None:
+        return
+    UsageRecord.objects.filter(
+        request_id=meter.request_id, workspace_id=principal.workspace_id
+    ).update(
+        status=status,
+        error_code=error_code[:64],
+        images=meter.images,
+        cost_micro=meter.cost_micro,
+        provider_cost_micro=(
+            meter.cost_micro if meter.provider_cost_micro is None else meter.provider_cost_micro
+        ),
+        input_tokens=meter.input_tokens,
+        output_tokens=meter.output_tokens,
+        upstream_ms=meter.upstream_ms,
+        deployment_id=meter.deployment_id,
+        provider=meter.provider,
+        upstream_model=meter.upstream_model,
+        attempts=meter.attempts,
+        price_snapshot=meter.price_snapshot,
+    )

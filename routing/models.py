@@ -389,7 +389,7 @@ class ImageJob(models.Model):
     model = models.CharField(max_length=128)  # the alias asked for
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     # What the worker needs to run it: the body's fields, the stored input images (edits),
-    # the hold taken at submit, and the meter's attribution (routing/jobs/state.py).
+    # the hold taken at submit, and the meter's attribution (routing/jobs/submit.py).
     request = models.JSONField(default=dict)
     inputs = models.JSONField(default=list)
     admission = models.JSONField(default=dict)
@@ -460,7 +460,8 @@ class IdempotentRequest(models.Model):
         "tenants.ApiKey", on_delete=models.CASCADE, related_name="idempotent_requests"
     )
     idempotency_key = models.CharField(max_length=255)
-    fingerprint = models.CharField(max_length=64)  # sha256 of method, path and body
+    # sha256 of method, target, body and the headers that change the answer (routing/idempotency.py)
+    fingerprint = models.CharField(max_length=64)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.IN_FLIGHT)
     job = models.ForeignKey(ImageJob, null=True, blank=True, on_delete=models.CASCADE)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)

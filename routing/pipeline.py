@@ -16,7 +16,8 @@ Azure-style routes and passthrough — runs these steps, in this order:
              is tallied as it passes, and read to its end if the caller hangs up
    screen    with an output moderation policy, the images before they are returned
 7. settle    the hold into what was produced (never past a budget)
-8. record    one usage record, once the answer has gone out (routing/metered.py)
+8. record    one usage record, once the answer has gone out (routing/metered.py; an async
+             job's when it ends: routing/jobs/run.py)
 
 A route adds only what is its own: parsing its body, shaping its answer. An async job
 (routing/jobs) is let in (1-3) when it is submitted, and produced (4-8) by a worker.

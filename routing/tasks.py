@@ -26,8 +26,9 @@ def run_image_job(job_id: int) -> None:
 
 @shared_task(name="routing.tasks.sweep_image_jobs", ignore_result=True)
 def sweep_image_jobs() -> int:
-    """Hand out again the messages of workers that died (past the visibility timeout), so
-    that their jobs fail `worker_lost`; then fail jobs that ran out of time."""
+    """Hand out again the messages of workers that died (past the visibility timeout);
+    restart webhook deliveries whose next attempt never came; fail running jobs whose worker
+    fell silent (`worker_lost`) and queued ones past their deadline (`job_expired`)."""
     _restore_unacknowledged()
     now = timezone.now()
     webhooks.resume_orphaned(now)  # deliveries whose next attempt never came

@@ -46,7 +46,7 @@ def job_object(job: ImageJob, *, with_result: bool = True) -> dict[str, Any]:
 def job_of(principal: KeyPrincipal, public_id: str) -> ImageJob:
     """The workspace's job with this id, or a 404 (whoever's it is otherwise)."""
     if not JOB_ID.fullmatch(public_id):  # never a query with what no id can be (a NUL)
-        raise NotFound(f"No job '{public_id[:64]!r}'.", param="id", code="job_not_found")
+        raise NotFound("No such job.", param="id", code="job_not_found")
     job = (
         ImageJob.objects.select_related("key")
         .filter(public_id=public_id, workspace_id=principal.workspace_id)

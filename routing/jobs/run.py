@@ -29,7 +29,7 @@ from django.utils import timezone
 from aperture import safe_cache
 from aperture.errors import ApiError, Cancelled, error_body
 from billing import admission, budgets
-from billing.metering import Meter, record_usage
+from billing.metering import Meter, record_usage, rewrite_usage
 from routing import pipeline
 from routing.images.results import UrlBuilder
 from routing.jobs import files, submit, webhooks
@@ -91,16 +91,15 @@ def _beating(job: ImageJob) -> Iterator[None]:
     hold = admission.load(job.admission).hold
 
     def beat() -> None:
-        try:  # the claim was its first beat
-            while not stopped.wait(settings.JOB_HEARTBEAT_SECONDS):
-                now = timezone.now()
+        while not stopped.wait(settings.JOB_HEARTBEAT_SECONDS):  # the claim was its first
+            now = timezone.now()
+            try:
                 ImageJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(heartbeat_at=now)
                 budgets.keep(hold, until=now + _hold_lease())
+            except Exception:  # a database blip: the next beat tries again
+                logger.exception("async job %s: a heartbeat failed", job.public_id)
+            finally:
                 connections.close_all()
-        except Exception:
-            logger.exception("async job %s: its heartbeat stopped", job.public_id)
-        finally:
-            connections.close_all()
 
     beating = threading.Thread(target=beat, name=f"heartbeat-{job.public_id}", daemon=True)
     beating.start()
@@ -205,17 +204,29 @@ def _ended(
     }
     if result is not None:
         fields["result_name"] = result_name
-    if not ImageJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(**fields):
-        logger.warning("async job %s ended after it was failed as lost", job.public_id)
-        return
     meter.finish()
-    _record(job, meter, status=code, error_code=meter.error_code if code >= 400 else "")
-    _queue_webhook(job.pk)
+    error_code = meter.error_code if code >= 400 else ""
+    if ImageJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(**fields):
+        _record(job, meter, status=code, error_code=error_code)
+        _queue_webhook(job.pk)
+        return
+    # Failed as lost while it ran (its worker silent past JOB_LOST_AFTER_SECONDS), and the
+    # call ended after all, settled on what it made: the job and its record say so.
+    if ImageJob.objects.filter(pk=job.pk, status=Status.FAILED, error_status=503).update(**fields):
+        logger.warning("async job %s ended after it was failed as lost", job.public_id)
+        _principal_of_record(job, meter)
+        rewrite_usage(meter, status=code, error_code=error_code)
 
 
 def _record(job: ImageJob, meter: Meter, *, status: int, error_code: str) -> None:
     """The one usage record of the submit's request, written as the job ends, against its
     key (as it was: a key revoked meanwhile still has its record)."""
+    _principal_of_record(job, meter)
+    record_usage(meter, status=status, error_code=error_code, bytes_out=0)
+    log_request(meter, status=status, error_code=error_code)
+
+
+def _principal_of_record(job: ImageJob, meter: Meter) -> None:
     key = job.key
     meter.principal = KeyPrincipal(
         key_id=key.pk,
@@ -227,8 +238,6 @@ def _record(job: ImageJob, meter: Meter, *, status: int, error_code: str) -> Non
         rpm_limit=None,
         ipm_limit=None,
     )
-    record_usage(meter, status=status, error_code=error_code, bytes_out=0)
-    log_request(meter, status=status, error_code=error_code)
 
 
 def _queue_webhook(job_id: int) -> None:
@@ -260,6 +269,18 @@ def _expired() -> tuple[dict[str, Any], int, str]:
         ),
         503,
         "job_expired",
+    )
+
+
+def not_queued() -> tuple[dict[str, Any], int, str]:
+    return (
+        error_body(
+            "The job could not be queued (the broker is unavailable); nothing was charged.",
+            type_="server_error",
+            code="queue_unavailable",
+        ),
+        503,
+        "queue_unavailable",
     )
 
 

@@ -381,3 +381,78 @@ def test_a_running_job_its_provider_cannot_stop_is_a_409(
     ImageJob.objects.filter(pk=job.pk).update(status="running")
     refused = client.post(f"/v1/images/jobs/{job.public_id}/cancel")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_running"
+
+
+@pytest.mark.django_db
+def test_a_hold_grown_at_run_is_released_whole_even_from_the_submit_s_copy(
+    client: APIClient, workspace: Workspace, priced_alias: ModelAlias
+) -> None:
+    """A worker that grew a job's hold and died before saving it: the sweep releases the
+    hold from the submit's smaller copy, and the budget keeps nothing reserved."""
+    from billing import admission
+
+    row = budget(workspace=workspace, period="month", limit_micro=10_000_000)
+    job = _job(_submit(client))
+    held = admission.load(job.admission)
+    budgets.enlarge(held.hold, amount_micro=5_000, images=1)  # and then the worker died
+    admission.settle(held, images=0, cost_micro=0)
+    row.refresh_from_db()
+    assert (row.reserved_micro, row.reserved_images, row.used_micro) == (0, 0, 0)
+
+
+@pytest.mark.django_db
+def test_a_job_failed_as_lost_whose_call_then_ends_says_what_it_was_charged(
+    client: APIClient,
+    workspace: Workspace,
+    priced_alias: ModelAlias,
+    fake_upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its worker silent too long (a stall), the sweep failed it; the call ended after all
+    and was settled: the job, its one record and the budget agree."""
+    from routing import router
+
+    row = budget(workspace=workspace, period="month", limit_micro=10_000_000)
+    job = _job(_submit(client))
+    real_call = router.call
+
+    def stalled(*args: Any, **kwargs: Any) -> Any:
+        ImageJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+        assert run.sweep(now=timezone.now()) == 1
+        return real_call(*args, **kwargs)
+
+    monkeypatch.setattr(router, "call", stalled)
+    run.run_job(job.pk)
+    job.refresh_from_db()
+    row.refresh_from_db()
+    (record,) = UsageRecord.objects.filter(request_id=job.request_id)
+    assert job.status == "succeeded" and job.error is None
+    assert (record.status, record.images) == (200, 1)
+    assert record.cost_micro == row.used_micro == job.cost_micro > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_that_cannot_take_the_job_is_a_503_and_costs_nothing(
+    client: APIClient,
+    workspace: Workspace,
+    priced_alias: ModelAlias,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    from routing.tasks import run_image_job
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(run_image_job, "delay", down)
+    row = budget(workspace=workspace, period="month", limit_micro=10_000_000)
+    answer = _submit(client)
+    assert answer.status_code == 503, answer.content
+    assert answer.json()["error"]["code"] == "queue_unavailable"
+    assert answer["Retry-After"] == "5"
+    (job,) = ImageJob.objects.all()
+    assert job.status == "failed" and job.error_status == 503
+    row.refresh_from_db()
+    assert (row.reserved_micro, row.used_micro) == (0, 0)
+    assert UsageRecord.objects.get(request_id=job.request_id).status == 503

@@ -2,8 +2,8 @@
 would: what a job costs against what its budget and its usage record say, when a job may
 still be run, what bad input at submit answers, and the isolation of idempotent submits.
 
-Tests that pin behaviour that held up say so in their docstring; every other test here fails
-because of a defect."""
+Each test was written to fail on a defect the review found (its docstring says what the
+defect was: "DEFECT (fixed)"); they now pin the fixes. "PINNED" tests held up from the start."""
 
 from __future__ import annotations
 
@@ -67,13 +67,13 @@ def test_a_job_that_started_late_and_is_swept_mid_call_is_recorded_as_charged(
     fake_upstream: FakeUpstream,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """DEFECT. The sweep fails every job still `running` past created_at + JOB_MAX_SECONDS as
-    `worker_lost`, but a worker may claim a queued job a moment before that deadline (a
-    backlog) and then call an upstream that takes minutes. The sweep then releases the hold,
-    writes a usage record of 503 / $0 and a webhook saying "nothing was charged"; the live
-    worker's call completes, its settle charges the budget anyway (the hold being gone, as far
-    as the room allows), and its result is thrown away. The budget and the usage record
-    disagree, and the tenant paid for an image it never gets."""
+    """DEFECT (fixed). The sweep failed every job still `running` past created_at +
+    JOB_MAX_SECONDS as `worker_lost`, but a worker may claim a queued job a moment before
+    that deadline (a backlog) and then call an upstream that takes minutes. The sweep then
+    released the hold, wrote a usage record of 503 / $0 and a webhook saying "nothing was
+    charged"; the live worker's call completed, its settle charged the budget anyway (the
+    hold being gone, as far as the room allowed), and its result was thrown away. The budget
+    and the usage record disagreed, and the tenant paid for an image it never got."""
     row = budget(workspace=workspace, period="month", limit_micro=10_000_000)
     job = _job(_submit(client))
     almost_late = timezone.now() - timedelta(seconds=django_settings.JOB_MAX_SECONDS - 5)
@@ -106,7 +106,7 @@ def test_a_job_past_its_deadline_is_not_run_on_a_hold_already_reaped(
     priced_alias: ModelAlias,
     fake_upstream: FakeUpstream,
 ) -> None:
-    """DEFECT. `run_job` claims any queued job, however old: nothing checks its deadline. A
+    """DEFECT (fixed). `run_job` claims any queued job, however old: nothing checks its deadline. A
     job whose message reaches a worker after the deadline (a backlog, the beat stopped or
     between two sweeps) runs on a hold the reaper already released and whose room another
     request has since taken: the upstream is called beyond the budget, and the job's record
@@ -140,8 +140,8 @@ def test_a_second_hand_off_of_a_job_while_it_runs_does_not_fail_it_as_lost(
     fake_upstream: FakeUpstream,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """DEFECT. Without a broker, every web process's housekeeping hands over the jobs it finds
-    queued for more than 30 s (routing/jobs/dispatch.py). With more than one process
+    """DEFECT (fixed). Without a broker, every web process's housekeeping hands over the jobs
+    it finds queued for more than 30 s (routing/jobs/dispatch.py). With more than one process
     (WEB_CONCURRENCY > 1, or eager tasks on a production database), a job another process is
     about to run is picked up too; the second `run_job` finds it `running` and fails it
     `worker_lost` while it runs. The first worker's call then charges the budget, its
@@ -169,12 +169,12 @@ def test_a_job_whose_price_rose_after_submit_is_not_run_past_its_budget(
     priced_alias: ModelAlias,
     fake_upstream: FakeUpstream,
 ) -> None:
-    """DEFECT. The worker re-plans the job (`pipeline.resume`) but keeps the hold estimated
+    """DEFECT (fixed). The worker re-plans the job (`pipeline.resume`) but keeps the hold estimated
     at submit. When the price (or the alias's deployments) changed in between, the upstream
     is called for a cost the job's budget cannot take — a synchronous call of the same body
-    is refused 402 at that moment — and the settle then caps the charge at the budget's room:
-    the upstream produced $0.05 against a $0.02 budget, and the caller is charged $0.02.
-    Either the job is refused (402, no call) or it pays what was produced."""
+    is refused 402 at that moment — and the settle then caps the charge at the budget's
+    room: the upstream produced $0.05 against a $0.02 budget, and the caller is charged
+    $0.02. Either the job is refused (402, no call) or it pays what was produced."""
     row = budget(workspace=workspace, period="month", limit_micro=2 * PRICE_MICRO)
     job = _job(_submit(client))  # holds one image at $0.01
     price = Price.objects.get(model_pattern="priced-model")
@@ -205,7 +205,7 @@ def test_a_result_that_cannot_be_stored_does_not_leave_a_charged_job_running_as_
     fake_upstream: FakeUpstream,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """DEFECT. `_ended` stores the result (storage: S3 in production) outside the job's
+    """DEFECT (fixed). `_ended` stores the result (storage: S3 in production) outside the job's
     error handling, after the call was settled. A storage error then escapes `run_job`: the
     job stays `running` (polls say so for 50 minutes), no record is written, and the sweep
     finally fails it `worker_lost` with a 503 / $0 record and "nothing was charged" — while
@@ -232,11 +232,12 @@ def test_a_result_that_cannot_be_stored_does_not_leave_a_charged_job_running_as_
 def test_retention_does_not_delete_a_job_whose_webhook_is_still_being_retried(
     api_key: CreatedKey, settings: Any, tmp_path: Any
 ) -> None:
-    """DEFECT (low). A webhook is retried until 24 h after its first attempt
+    """DEFECT (fixed, low). A webhook is retried until 24 h after its first attempt
     (docs/webhooks.md), but retention deletes a finished job 24 h after its submission
-    (docs/retention.md). A job that ended 50 minutes after its submit, whose receiver is down,
-    is deleted with its pending delivery at 24 h: the last attempts are silently dropped, its
-    `webhook_status` never becomes `failed`, and its deliveries endpoint answers 404."""
+    (docs/retention.md). A job that ended 50 minutes after its submit, whose receiver is
+    down, is deleted with its pending delivery at 24 h: the last attempts are silently
+    dropped, its `webhook_status` never becomes `failed`, and its deliveries endpoint
+    answers 404."""
     settings.MEDIA_ROOT = tmp_path
     submitted = timezone.now() - timedelta(hours=24, seconds=1)
     ended = submitted + timedelta(minutes=50)
@@ -292,11 +293,12 @@ def test_a_nul_character_in_an_async_body_is_not_a_500(
     fake_upstream: FakeUpstream,
     body: dict[str, Any],
 ) -> None:
-    """DEFECT. The job keeps its body in a JSONB column (and its webhook URL in a varchar),
-    which PostgreSQL refuses with a NUL in any string: the INSERT fails after the request was
-    let in (rate limits taken, budget held) and the submit answers 500. The same body without
-    `Prefer: respond-async` is served (the prompt, an extra field) or, for `webhook_url`, must
-    be a 400 naming it; `user` and `metadata` already refuse NUL with a 400."""
+    """DEFECT (fixed). The job keeps its body in a JSONB column (and its webhook URL in a varchar),
+    which PostgreSQL refuses with a NUL in any string: the INSERT fails after the request
+    was let in (rate limits taken, budget held) and the submit answers 500. The same body
+    without `Prefer: respond-async` is served (the prompt, an extra field) or, for
+    `webhook_url`, must be a 400 naming it; `user` and `metadata` already refuse NUL with a
+    400."""
     webhook_secrets.webhook_secret_rotate(actor=ACTOR, workspace=workspace)
     answer = _submit(client, body)
     assert answer.status_code < 500, answer.content
@@ -311,7 +313,7 @@ def test_an_async_edit_with_a_nul_in_a_field_is_not_a_500_and_leaves_no_input_fi
     settings: Any,
     tmp_path: Path,
 ) -> None:
-    """DEFECT. The same NUL in a multipart edit's text field: the edit's images are written
+    """DEFECT (fixed). The same NUL in a multipart edit's text field: the edit's images are written
     to storage (`jobs/…/input-0.png`) before the job's row, whose INSERT then fails — a 500,
     and an input image that no row names is left behind (only the orphan sweep, a day or
     more later, deletes it): not "nothing half-written"."""
@@ -339,7 +341,7 @@ def test_a_webhook_url_with_a_broken_bracketed_host_is_a_400(
     fake_upstream: FakeUpstream,
     url: str,
 ) -> None:
-    """DEFECT. `urlsplit` raises ValueError ("Invalid IPv6 URL") on an unclosed bracket; the
+    """DEFECT (fixed). `urlsplit` raises ValueError ("Invalid IPv6 URL") on an unclosed bracket; the
     guard (aperture/outbound.py public_url_problem) calls it outside its try, so the request's
     `webhook_url` — a new tenant-controlled input on every image route — answers 500."""
     webhook_secrets.webhook_secret_rotate(actor=ACTOR, workspace=workspace)
@@ -354,7 +356,7 @@ def test_a_webhook_url_with_a_broken_bracketed_host_is_a_400(
 def test_a_job_id_with_a_nul_byte_is_a_404(
     client: APIClient, priced_alias: ModelAlias, suffix: str
 ) -> None:
-    """DEFECT (low). `/v1/images/jobs/{id}` takes any string as the id and filters a varchar
+    """DEFECT (fixed, low). `/v1/images/jobs/{id}` takes any string as the id and filters a varchar
     with it: a `%00` in it makes psycopg refuse the query and the route answer 500 (the
     management API's key routes share the pattern)."""
     method = client.post if suffix == "/cancel" else client.get
