@@ -522,5 +522,9 @@ JOBS_IN_PROCESS = CELERY_TASK_ALWAYS_EAGER
 JOB_IN_PROCESS_WORKERS = env.int("APERTURE_JOB_IN_PROCESS_WORKERS", default=4)
 # Webhook deliveries of finished jobs are retried with exponential backoff for this long.
 JOB_WEBHOOK_RETRY_SECONDS = env.int("APERTURE_JOB_WEBHOOK_RETRY_SECONDS", default=24 * 3600)
+# The first retry's delay; each one after doubles it (up to 30 minutes).
+JOB_WEBHOOK_FIRST_RETRY_SECONDS = env.float(
+    "APERTURE_JOB_WEBHOOK_FIRST_RETRY_SECONDS", default=30.0
+)
 # An Idempotency-Key and the answer it replays are kept this long.
 IDEMPOTENCY_TTL_SECONDS = env.int("APERTURE_IDEMPOTENCY_TTL_SECONDS", default=24 * 3600)

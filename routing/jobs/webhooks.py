@@ -44,7 +44,6 @@ EVENT_TYPES = {
 TIMEOUT = (3.0, 10.0)
 # Retries after 30 s, 1, 2, 4, 8, 16 minutes, then every 30 minutes (at most half the broker's
 # visibility timeout: a retry waiting longer would be handed out a second time).
-FIRST_RETRY_SECONDS = 30
 MAX_RETRY_SECONDS = 1800
 # What an attempt's row says until its answer is recorded (and forever if its process died).
 NO_ANSWER = "No answer recorded."
@@ -123,7 +122,8 @@ def deliver_in_background(job_id: int, number: int) -> None:
 def backoff(number: int) -> int:
     """Seconds from failed attempt `number` (1, 2, …) to the next one."""
     ceiling = min(MAX_RETRY_SECONDS, settings.CELERY_VISIBILITY_TIMEOUT // 2)
-    return int(min(FIRST_RETRY_SECONDS * 2 ** min(number - 1, 20), ceiling))
+    first = settings.JOB_WEBHOOK_FIRST_RETRY_SECONDS
+    return int(min(first * 2 ** min(number - 1, 20), ceiling))
 
 
 def gives_up(number: int, first_at: datetime, now: datetime) -> bool:

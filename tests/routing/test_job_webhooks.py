@@ -348,7 +348,7 @@ def test_without_a_broker_a_web_processs_background_delivers_and_retries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings.JOBS_IN_PROCESS = True
-    monkeypatch.setattr(webhooks, "FIRST_RETRY_SECONDS", 0.2)  # not half a minute in a test
+    settings.JOB_WEBHOOK_FIRST_RETRY_SECONDS = 0.2  # not half a minute in a test
     with receiver(statuses=[500]) as hooks:
         job = _job(api_key.key, hooks.url, webhook_status=Hook.NONE)
         webhooks.queue(job)  # no transaction: started at once, answered in the background

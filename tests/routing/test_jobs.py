@@ -456,3 +456,18 @@ def test_a_broker_that_cannot_take_the_job_is_a_503_and_costs_nothing(
     row.refresh_from_db()
     assert (row.reserved_micro, row.used_micro) == (0, 0)
     assert UsageRecord.objects.get(request_id=job.request_id).status == 503
+
+
+@pytest.mark.django_db
+def test_the_job_s_result_is_the_synchronous_body_for_the_same_seed(
+    client: APIClient, platform_alias: ModelAlias
+) -> None:
+    """On the `local` provider, which renders the same image for the same prompt and seed."""
+    body = {"model": "demo-image", "prompt": "a lighthouse", "size": "256x256", "seed": 42}
+    job = _job(_submit(client, body))
+    run.run_job(job.pk)
+    result = client.get(f"/v1/images/jobs/{job.public_id}").json()["result"]
+    synchronous = client.post("/v1/images/generations", body, format="json").json()
+    assert result["data"] == synchronous["data"] and result["data"][0]["b64_json"]
+    other_seed = client.post("/v1/images/generations", {**body, "seed": 7}, format="json").json()
+    assert other_seed["data"] != result["data"]

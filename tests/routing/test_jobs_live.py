@@ -188,3 +188,98 @@ def test_a_worker_killed_mid_call_fails_the_job_worker_lost_with_one_upstream_ca
     assert len(fake_upstream.requests) == 1
     row = Budget.objects.get(pk=row.pk)
     assert (row.reserved_micro, row.used_micro) == (0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_delivers_the_signed_job_and_a_receiver_failing_twice_gets_the_third(
+    live_env: dict[str, str],
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    from tenants import webhook_secrets
+    from tests.billing.test_spend_alerts import receiver
+    from tests.conftest import ACTOR
+
+    secret = webhook_secrets.webhook_secret_rotate(actor=ACTOR, workspace=api_key.key.workspace)
+    env = {
+        **live_env,
+        "APERTURE_FETCH_ALLOWED_HOSTS": "127.0.0.1",  # the receiver listens on loopback
+        "APERTURE_JOB_WEBHOOK_FIRST_RETRY_SECONDS": "1",  # retries after 1 s, then 2 s
+    }
+    log = tmp_path / "w.log"
+    with (
+        receiver(statuses=[500, 500]) as hooks,
+        gunicorn(env, workers=1) as base,
+        celery_worker(env, log),
+    ):
+        job = _submit(base, api_key.secret, {**BODY, "webhook_url": hooks.url})
+        wait_for(lambda: len(hooks.received) == 3, timeout=60, what="the third delivery")
+        deliveries = requests.get(
+            f"{base}/v1/images/jobs/{job['id']}/deliveries",
+            headers={"Authorization": f"Bearer {api_key.secret}"},
+            timeout=10,
+        ).json()["data"]
+    assert [(d["attempt"], d["status_code"], d["delivered"]) for d in deliveries] == [
+        (1, 500, False),
+        (2, 500, False),
+        (3, 204 if deliveries[2]["status_code"] == 204 else 200, True),
+    ], log.read_text()[-2000:]
+    third = hooks.received[2]
+    event = Webhook(secret).verify(third.body, third.headers)
+    assert event["type"] == "image.job.succeeded" and event["data"]["id"] == job["id"]
+    assert event["data"]["result"]["data"][0]["b64_json"]
+    assert {r.headers["webhook-id"] for r in hooks.received} == {f"msg_{job['id']}"}
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + "A" * 43 + "=").verify(third.body, third.headers)
+    assert ImageJob.objects.get(public_id=job["id"]).webhook_status == "delivered"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_idempotency_key_on_two_parallel_async_submits_makes_one_job_and_one_charge(
+    live_env: dict[str, str],
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    row = budget(workspace=api_key.key.workspace, period="month", limit_micro=10_000_000)
+    headers = {
+        "Authorization": f"Bearer {api_key.secret}",
+        "Prefer": "respond-async",
+        "Idempotency-Key": "batch-7",
+    }
+    with gunicorn(live_env, workers=2) as base, celery_worker(live_env, tmp_path / "w.log"):
+
+        def submit(_: int) -> requests.Response:
+            return requests.post(
+                f"{base}/v1/images/generations", json=BODY, headers=headers, timeout=30
+            )
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first, second = pool.map(submit, range(2))
+        statuses = sorted([first.status_code, second.status_code])
+        assert statuses in ([202, 202], [202, 409]), (first.text, second.text)
+        accepted = [a.json()["id"] for a in (first, second) if a.status_code == 202]
+        assert len(set(accepted)) == 1  # the replay names the same job
+        job_id = accepted[0]
+        wait_for(
+            lambda: _poll(base, api_key.secret, job_id)["status"] == "succeeded",
+            timeout=60,
+            what="the job",
+        )
+        replay = submit(0)
+    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["id"] == job_id and replay.json()["status"] == "succeeded"
+    assert ImageJob.objects.count() == 1
+    assert len(fake_upstream.requests) == 1
+    row = Budget.objects.get(pk=row.pk)
+    # The job's record; a 409 answered while it was in flight has its own, charged nothing.
+    assert row.used_micro == UsageRecord.objects.get(status=200).cost_micro > 0
+    assert not UsageRecord.objects.exclude(status__in=[200, 409]).exists()
+    assert row.reserved_micro == 0
