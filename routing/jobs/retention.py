@@ -18,12 +18,12 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage, default_storage
 
 from routing.jobs import files
+from routing.jobs.objects import FINAL
 from routing.models import IdempotentRequest, ImageJob
 
 logger = logging.getLogger(__name__)
 
 BATCH = 500  # rows per query and per DELETE; names per lookup of the rows that own them
-FINAL = (ImageJob.Status.SUCCEEDED, ImageJob.Status.FAILED, ImageJob.Status.CANCELLED)
 # A hosted image is signed as it is stored, so its link is dead IMAGE_URL_TTL_SECONDS after
 # the file's modified time; the margin covers the storage's clock against ours.
 IMAGE_MARGIN = timedelta(minutes=5)

@@ -1,0 +1,286 @@
+"""Two gateway nodes behave as one: two gunicorn masters on their own ports, one PostgreSQL,
+one Redis (and, for async jobs, one Celery worker and one beat). Budgets, revocations,
+configuration changes and rate limits made or counted on one node hold on the other."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from django.conf import settings
+from django.db import connection
+
+from billing.models import Budget, UsageRecord
+from routing.models import ImageJob, ModelAlias
+from tenants import services
+from tenants.models import Team
+from tenants.services import CreatedKey
+from tests.billing.conftest import PRICE_MICRO, budget, priced_alias  # noqa: F401 - fixture
+from tests.conftest import ACTOR
+from tests.fakes.upstream import FakeUpstream
+from tests.routing.test_jobs_live import celery_beat, celery_worker
+from tests.support import ROOT, Server, gunicorn, subprocess_database_url, wait_for
+
+BODY = {"model": "priced", "prompt": "a lighthouse", "size": "1024x1024"}
+NEXT_SECRET = "sk-fake-next-upstream-9876543210"
+SWEPT = re.compile(r"Task routing\.tasks\.sweep_image_jobs\[[^\]]+\] succeeded")
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def live_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """What every process of the deployment shares: the database, Redis (inherited
+    REDIS_URL), a broker queue of this test's own, and storage."""
+    if connection.vendor != "postgresql" or not settings.REDIS_URL:
+        pytest.skip("the nodes need PostgreSQL and Redis")
+    queue = f"test-nodes-{uuid.uuid4().hex}"
+    yield {
+        "DATABASE_URL": subprocess_database_url(),
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "CELERY_TASK_DEFAULT_QUEUE": queue,
+        "APERTURE_MEDIA_ROOT": str(tmp_path / "media"),
+    }
+    # Messages no worker will take (spend alerts the nodes queued) and kombu's bindings.
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        left = list(client.scan_iter(match=f"*{queue}*", count=1000))
+        if left:
+            client.delete(*left)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def nodes(live_env: dict[str, str], transactional_db: None) -> Iterator[tuple[Server, Server]]:
+    """Node A and node B: separate gunicorn masters, each with its own worker process."""
+    with gunicorn(live_env, workers=1) as a, gunicorn(live_env, workers=1) as b:
+        yield a, b
+
+
+def _bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def _generate(node: str, secret: str) -> requests.Response:
+    return requests.post(
+        f"{node}/v1/images/generations", json=BODY, headers=_bearer(secret), timeout=60
+    )
+
+
+def _models(node: str, secret: str) -> requests.Response:
+    return requests.get(f"{node}/v1/models", headers=_bearer(secret), timeout=10)
+
+
+def _split(nodes: tuple[Server, Server], secret: str, count: int) -> list[requests.Response]:
+    """`count` concurrent generations, every other one through node B; none may fail."""
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        answers = list(pool.map(lambda i: _generate(nodes[i % 2], secret), range(count)))
+    failed = [f"{a.status_code} {a.text[:300]}" for a in answers if a.status_code >= 500]
+    assert not failed, "\n".join([*failed, *(node.log_tail() for node in nodes)])
+    return answers
+
+
+def test_a_budget_is_exact_across_both_nodes_under_a_split_race(
+    nodes: tuple[Server, Server],
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,  # noqa: F811
+    fake_upstream: FakeUpstream,
+) -> None:
+    allowed, concurrent = 20, 60
+    row = budget(workspace=api_key.key.workspace, period="month", limit_images=allowed)
+    fake_upstream.delay = 0.2  # every hold is still in flight while the others arrive
+    for node in nodes:  # both warm: neither node wins the race by starting first
+        assert _models(node, api_key.secret).status_code == 200
+
+    answers = _split(nodes, api_key.secret, concurrent)
+
+    statuses = Counter(answer.status_code for answer in answers)
+    assert statuses == {200: allowed, 402: concurrent - allowed}
+    refused = [a.json()["error"] for a in answers if a.status_code == 402]
+    assert {(e["type"], e["code"]) for e in refused} == {
+        ("insufficient_quota", "insufficient_quota")
+    }
+    assert len(fake_upstream.requests) == allowed
+    row = Budget.objects.get(pk=row.pk)
+    served = UsageRecord.objects.filter(status=200)
+    assert (row.used_images, row.reserved_images, row.reserved_micro) == (allowed, 0, 0)
+    assert served.count() == allowed
+    assert sum(served.values_list("images", flat=True)) == allowed
+    assert row.used_micro == sum(served.values_list("cost_micro", flat=True))
+    assert row.used_micro == allowed * PRICE_MICRO
+    assert UsageRecord.objects.filter(status=402, cost_micro=0).count() == concurrent - allowed
+
+
+def test_a_key_revoked_through_node_a_is_refused_by_node_b_on_its_next_request(
+    nodes: tuple[Server, Server],
+    api_key: CreatedKey,
+    admin_key: CreatedKey,
+) -> None:
+    a, b = nodes
+    assert _models(b, api_key.secret).status_code == 200  # node B has looked the key up
+    assert _models(a, api_key.secret).status_code == 200
+
+    revoked = requests.post(
+        f"{a}/api/v1/keys/{api_key.key.public_id}/revoke",
+        headers=_bearer(admin_key.secret),
+        timeout=10,
+    )
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["status"] == "revoked"
+
+    refused = _models(b, api_key.secret)
+    assert refused.status_code == 401
+    assert refused.json() == {
+        "error": {
+            "message": "This API key has been revoked.",
+            "type": "authentication_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    assert _models(a, api_key.secret).status_code == 401
+
+
+APPLIED = """\
+credentials:
+  - name: openai-next
+    provider: openai
+    base_url: {url}
+    secret_env: TWO_NODES_NEXT_UPSTREAM_KEY
+aliases:
+  - name: priced
+    deployments:
+      - credential: openai-next
+        model: priced-model
+"""
+
+
+def test_an_alias_changed_by_apply_on_node_a_routes_on_node_b_within_a_second(
+    nodes: tuple[Server, Server],
+    live_env: dict[str, str],
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,  # noqa: F811
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    a, b = nodes
+    secret = api_key.secret
+    with FakeUpstream(expected_secret=NEXT_SECRET) as next_upstream:
+        # Both nodes have resolved `priced` to the first upstream, and keep it in memory.
+        for node in (b, a, b):
+            assert _generate(node, secret).status_code == 200
+        assert (len(fake_upstream.requests), len(next_upstream.requests)) == (3, 0)
+
+        config = tmp_path / "gateway.yaml"
+        config.write_text(APPLIED.format(url=next_upstream.url))
+        applied = subprocess.run(
+            [sys.executable, "manage.py", "apply", str(config)],
+            cwd=ROOT,
+            env={**os.environ, **live_env, "TWO_NODES_NEXT_UPSTREAM_KEY": NEXT_SECRET},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        applied_at = time.monotonic()
+        assert applied.returncode == 0, applied.stderr
+        assert applied.stdout.splitlines() == [
+            "create credential openai-next (platform)",
+            "create deployment priced → openai-next:priced-model",
+            "delete deployment priced → openai-main:priced-model",
+            "3 change(s); changed.",
+        ]
+
+        def b_routes_to_the_new_deployment() -> bool:
+            assert _generate(b, secret).status_code == 200
+            return len(next_upstream.requests) == 1
+
+        wait_for(b_routes_to_the_new_deployment, timeout=1.0, what="node B to route anew")
+        elapsed = time.monotonic() - applied_at
+        assert elapsed <= 1.0, f"node B routed anew {elapsed:.3f} s after apply exited"
+        before = len(fake_upstream.requests)
+        for node in (a, b, a, b):
+            assert _generate(node, secret).status_code == 200
+    assert len(next_upstream.requests) == 5
+    assert len(fake_upstream.requests) == before  # nothing reaches the old deployment again
+
+
+def test_a_keys_rate_limit_is_counted_once_across_both_nodes(
+    nodes: tuple[Server, Server],
+    team: Team,
+    priced_alias: ModelAlias,  # noqa: F811
+    fake_upstream: FakeUpstream,
+) -> None:
+    limited = services.key_create(actor=ACTOR, team=team, name="limited", rpm_limit=10)
+
+    answers = _split(nodes, limited.secret, 12)  # six through each node
+
+    assert Counter(a.status_code for a in answers) == {200: 10, 429: 2}
+    served = [a for a in answers if a.status_code == 200]
+    # One window: each admission, on either node, left one fewer.
+    assert sorted(int(a.headers["x-ratelimit-remaining-requests"]) for a in served) == list(
+        range(10)
+    )
+    for refused in (a for a in answers if a.status_code == 429):
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert len(fake_upstream.requests) == 10
+
+
+def test_a_job_submitted_through_node_a_runs_on_the_worker_and_is_polled_through_node_b(
+    live_env: dict[str, str],
+    nodes: tuple[Server, Server],
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,  # noqa: F811
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    a, b = nodes
+    secret = api_key.secret
+    log = tmp_path / "celery.log"
+    beat_env = {**live_env, "APERTURE_JOB_SWEEP_SECONDS": "1"}
+    with celery_worker(live_env, log), celery_beat(beat_env, log, tmp_path / "beat"):
+        submitted = requests.post(
+            f"{a}/v1/images/generations",
+            json=BODY,
+            headers={**_bearer(secret), "Prefer": "respond-async"},
+            timeout=30,
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+
+        def polled() -> dict[str, Any]:
+            answer = requests.get(
+                f"{b}/v1/images/jobs/{job_id}", headers=_bearer(secret), timeout=10
+            )
+            assert answer.status_code == 200, answer.text
+            return dict(answer.json())
+
+        wait_for(lambda: polled()["status"] not in ("queued", "running"), 60, "the job to end")
+        ended = polled()
+        assert ended["status"] == "succeeded", (ended, log.read_text()[-3000:])
+        # The beat's schedule reaches the worker through the same broker.
+        wait_for(
+            lambda: SWEPT.search(log.read_text()) is not None,
+            30,
+            "a sweep sent by the beat to run on the worker",
+        )
+    synchronous = _generate(b, secret).json()
+    assert {k: v for k, v in ended["result"].items() if k != "created"} == {
+        k: v for k, v in synchronous.items() if k != "created"
+    }
+    assert len(fake_upstream.requests) == 2
+    job = ImageJob.objects.get(public_id=job_id)
+    record = UsageRecord.objects.get(request_id=job.request_id)
+    assert (record.status, record.images, record.cost_micro) == (200, 1, PRICE_MICRO)
