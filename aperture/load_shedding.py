@@ -2,24 +2,20 @@
 503 `overloaded` and `Retry-After`, before anything is held or called upstream, instead of
 queueing them until a database pool times out (a 500) or memory runs out.
 
-The capacity is APERTURE_MAX_IN_FLIGHT requests in flight per worker process (by default
-95% of gunicorn's worker connections, so that the last few are left for health checks and
-polls). Health checks, metrics and static files are never shed nor counted. A request
-counts until its response is closed, streams included.
+The capacity is APERTURE_MAX_IN_FLIGHT inference requests (the image routes and
+passthrough: routing/metered.py) in flight per worker process, by default 95% of gunicorn's
+worker connections, so that the last few are left for polls, the management API and health
+checks, which are never shed. A request counts until its response is closed (the WSGI server
+closes every response), streams included.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest
-from django.http.response import HttpResponseBase
 
-from aperture.errors import Overloaded, error_response
-
-NEVER_SHED = ("/healthz", "/readyz", "/metrics", "/static/")
+from aperture.errors import Overloaded
 
 
 class Gate:
@@ -44,25 +40,11 @@ class Gate:
 GATE = Gate()
 
 
-class LoadSheddingMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if request.path.startswith(NEVER_SHED):
-            return self.get_response(request)
-        if not GATE.enter(settings.MAX_IN_FLIGHT):
-            return error_response(
-                Overloaded(
-                    f"The gateway is serving {settings.MAX_IN_FLIGHT} requests in this "
-                    "process, its capacity: retry after the time in Retry-After."
-                )
-            )
-        try:
-            response = self.get_response(request)
-        except BaseException:
-            GATE.leave()
-            raise
-        # Left when the server closes the response: after a stream's last byte too.
-        response._resource_closers.append(GATE.leave)  # type: ignore[attr-defined]
-        return response
+def admit_or_shed() -> None:
+    """Count one more request in flight, or raise Overloaded (503) past the capacity; the
+    caller must `GATE.leave()` once the response is closed."""
+    if not GATE.enter(settings.MAX_IN_FLIGHT):
+        raise Overloaded(
+            f"The gateway is serving {settings.MAX_IN_FLIGHT} requests in this process, its "
+            "capacity: retry after the time in Retry-After."
+        )

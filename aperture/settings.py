@@ -75,8 +75,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "aperture.middleware.RequestIdMiddleware",
-    # Before anything reads the body or the database: a process past its capacity says so.
-    "aperture.load_shedding.LoadSheddingMiddleware",
     "aperture.middleware.AllowedHostMiddleware",
     "aperture.middleware.BodySizeLimitMiddleware",
     "aperture.middleware.BodyDeadlineMiddleware",

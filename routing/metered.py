@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aperture import metrics
+from aperture import load_shedding, metrics
 from aperture.api_fields import usd
 from aperture.renderers import ORJSONRenderer
 from aperture.request_context import current_request_id
@@ -34,11 +34,15 @@ class MeteredView(APIView):
     renderer_classes = [ORJSONRenderer]
     endpoint = ""
     meter: Meter
+    counted = False  # in flight (aperture/load_shedding.py) until the response is closed
     # With an Idempotency-Key: the claim this request holds, or the first answer it replays.
     idempotent: idempotency.Claim | None = None
     replayed: idempotency.Replayed | None = None
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Before the key, the body or the database: a process past its capacity says so.
+        load_shedding.admit_or_shed()
+        self.counted = True
         declared = str(request.META.get("CONTENT_LENGTH") or "0")
         self.meter = Meter(
             request_id=current_request_id(),
@@ -81,6 +85,8 @@ class MeteredView(APIView):
             *args,
             **kwargs,
         )
+        if self.counted:  # closed by the server after the last byte, streams included
+            response._resource_closers.append(load_shedding.GATE.leave)  # type: ignore[attr-defined]
         meter = getattr(self, "meter", None)
         if meter is None:
             return response

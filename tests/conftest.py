@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from aperture import load_shedding
 from routing import health
 from routing import services as routing_services
 from routing.models import ModelAlias, Provider, ProviderCredential
@@ -44,6 +45,9 @@ def _clear_cache() -> Iterator[None]:
     _clear_shared_state()
     key_auth._touched_here.clear()  # keyed by row id, which SQLite reuses between tests
     health.forget_cached()  # deployment health this process remembers, by row id too
+    # A streamed answer a test does not read to its end is never closed (a WSGI server always
+    # closes it): its request would stay counted in flight in this process.
+    load_shedding.GATE.in_flight = 0
     yield
     _clear_shared_state()
 

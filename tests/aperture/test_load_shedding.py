@@ -28,11 +28,12 @@ def test_past_its_capacity_a_process_sheds_with_503_overloaded_but_answers_healt
     client: APIClient, settings: Any
 ) -> None:
     settings.MAX_IN_FLIGHT = 0
-    refused = client.get("/v1/models")
+    refused = client.post("/v1/images/generations", BODY, format="json")
     assert refused.status_code == 503
     assert refused["Retry-After"] == "1"
     assert refused.json()["error"]["code"] == "overloaded"
     assert client.get("/healthz").status_code == 200
+    assert client.get("/v1/models").status_code == 200  # polls and lists are not shed
 
 
 def test_a_database_pool_that_times_out_is_a_503_overloaded() -> None:
@@ -81,3 +82,17 @@ def test_a_burst_past_the_limit_is_shed_before_any_hold_or_upstream_call(
     assert row.reserved_micro == 0
     assert UsageRecord.objects.filter(status=200).count() == 6
     assert row.used_micro == sum(UsageRecord.objects.values_list("cost_micro", flat=True))
+
+
+@pytest.mark.django_db
+def test_a_request_stops_counting_once_its_response_is_closed(
+    client: APIClient,
+    priced_alias: ModelAlias,  # noqa: F811 - the fixture
+    fake_upstream: FakeUpstream,
+) -> None:
+    from aperture.load_shedding import GATE
+
+    served = client.post("/v1/images/generations", BODY, format="json")
+    refused = client.post("/v1/images/generations", {**BODY, "n": 0}, format="json")
+    assert (served.status_code, refused.status_code) == (200, 400)
+    assert GATE.in_flight == 0
