@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit
 
 import requests
 from standardwebhooks.webhooks import Webhook
@@ -46,15 +45,6 @@ def url_problem(url: str) -> str | None:
     if len(url) > URL_MAX_LENGTH:
         return f"Must be at most {URL_MAX_LENGTH} characters."
     return public_url_problem(url, query_allowed=True)
-
-
-def masked_url(url: str) -> str:
-    """`url` as a reader who did not set it sees it: its scheme and host only (its path or
-    query often carries the receiver's token)."""
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
 
 
 def signed_headers(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from aperture.ids import public_id
 from aperture.outbound import public_url_problem
+from aperture.webhooks import NO_SIGNING_KEY
 from billing.models import Budget, SpendAlert
 from tenants.audit import audit_record
 from tenants.models import Workspace
@@ -272,12 +273,7 @@ def clean_alert_fields(workspace: Workspace, fields: dict[str, Any]) -> dict[str
     if "alert_webhook_url" in fields:
         cleaned["alert_webhook_url"] = clean_webhook_url(fields["alert_webhook_url"] or "")
         if cleaned["alert_webhook_url"] and not workspace.webhook_secret_ciphertext:
-            raise ValidationError(
-                {
-                    "alert_webhook_url": "The workspace has no webhook signing secret yet: "
-                    "create one first (POST /api/v1/workspace/webhook-secret/rotate)."
-                }
-            )
+            raise ValidationError({"alert_webhook_url": NO_SIGNING_KEY})
     return cleaned
 
 

@@ -5,7 +5,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aperture.errors import Conflict, InvalidRequest
+from aperture.errors import InvalidRequest
 from aperture.pagination import NewestFirst
 from aperture.renderers import ORJSONRenderer
 from routing.api.inference_schema import (
@@ -69,17 +69,5 @@ class JobCancelView(APIView):
     @job_cancel_schema
     def post(self, request: Request, job_id: str) -> Response:
         job = job_of(request_principal(request), job_id)
-        if not run.cancel(job):
-            job.refresh_from_db()
-            if job.status == ImageJob.Status.RUNNING:
-                if run.request_cancel(job):  # stopped at the adapter's next poll
-                    return Response(job_object(job), status=202)
-                raise Conflict(
-                    "The job is running and its provider cannot stop a call under way, so "
-                    "it will be charged for what it produces.",
-                    code="job_running",
-                )
-            if job.status != ImageJob.Status.CANCELLED:
-                raise Conflict(f"The job has already {job.status}.", code="job_finished")
-        job.refresh_from_db()
-        return Response(job_object(job))
+        stopping = run.job_cancel(job)
+        return Response(job_object(job), status=202 if stopping else 200)

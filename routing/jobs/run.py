@@ -27,7 +27,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from aperture import safe_cache
-from aperture.errors import ApiError, Cancelled, error_body
+from aperture.errors import ApiError, Cancelled, Conflict, error_body
 from billing import admission, budgets
 from billing.metering import Meter, record_usage, rewrite_usage
 from routing import pipeline
@@ -320,6 +320,25 @@ def fail(
     _record(job, meter, status=status, error_code=code)
     _queue_webhook(job.pk)
     return True
+
+
+def job_cancel(job: ImageJob) -> bool:
+    """A caller's cancel: a queued job ends `cancelled`, charged nothing (again: answered
+    as it is); a running one its provider can stop is asked to (True: it is stopping, see
+    `job` refreshed); anything else is a 409. `job` is refreshed to how it stands."""
+    cancelled = cancel(job)
+    job.refresh_from_db()
+    if cancelled or job.status == Status.CANCELLED:
+        return False
+    if job.status == Status.RUNNING:
+        if request_cancel(job):  # stopped at the adapter's next poll
+            return True
+        raise Conflict(
+            "The job is running and its provider cannot stop a call under way, so it will "
+            "be charged for what it produces.",
+            code="job_running",
+        )
+    raise Conflict(f"The job has already {job.status}.", code="job_finished")
 
 
 def _cancel_key(job: ImageJob) -> str:
