@@ -17,9 +17,13 @@ Redis on 127.0.0.1) as their own processes, then measures on loopback:
   10. metrics: p50 at c=1 and req/s at c=64 with metrics on and off (APERTURE_METRICS=false);
   11. jobs: 1,000 async jobs submitted in one burst against a 10-s upstream and run by a
       Celery worker (gevent pool): submit p50/p99, time until all have ended, and the peak
-      memory of the web and the worker.
+      memory of the web and the worker;
+  12. throughput: added p50/p99 at c=1 and req/s at c=16 and 64, directly, through the
+      gateway with no budget and with three nested budgets; a burst of 5,000 (`--burst`)
+      against a 10-s upstream under the three budgets, gateway vs direct; and req/s at c=64
+      over two gateway nodes (a second gunicorn master).
 `python -m bench --only passthrough` (or core, images, management, health, guardrails,
-dashboard, metrics, jobs) runs one section.
+dashboard, metrics, jobs, throughput) runs one section.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from bench.management import run_management
 from bench.metrics import run_metrics
 from bench.passthrough import run_passthrough
 from bench.seed import BENCH_MODEL, RACE_IMAGES
+from bench.throughput import run_throughput
 from tests.fakes.upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +69,7 @@ BODY = json.dumps(
         "quality": "low",
     }
 ).encode()
+SLOW_BODY = json.dumps({**json.loads(BODY), "model": "bench-slow"}).encode()
 DIRECT_BODY = json.dumps(
     {
         "model": BENCH_MODEL,
@@ -118,6 +124,9 @@ def main() -> None:
     parser.add_argument("--race", type=int, default=1000, help="concurrent requests in the race")
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
     parser.add_argument(
+        "--burst", type=int, help="concurrent 10-s requests in the throughput burst (5,000)"
+    )
+    parser.add_argument(
         "--usage-records", type=int, default=200_000, help="usage records for the management run"
     )
     parser.add_argument(
@@ -132,13 +141,16 @@ def main() -> None:
             "dashboard",
             "metrics",
             "jobs",
+            "throughput",
         ],
         help="run one section",
     )
     args = parser.parse_args()
 
-    upstream_port, gateway_port = 9741, 9742
+    upstream_port, gateway_port, slow_port = 9741, 9742, 9744
     upstream_url = f"http://127.0.0.1:{upstream_port}"
+    slow_url = f"http://127.0.0.1:{slow_port}"  # 10 s an answer, its own process
+    throughput = args.only in (None, "throughput")
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     env = {
         **os.environ,
@@ -168,6 +180,15 @@ def main() -> None:
                 start_new_session=True,
             )
         )
+        if throughput:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "bench.throughput", str(slow_port)],
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
         )
@@ -176,7 +197,8 @@ def main() -> None:
         stack.enter_context(hanging)
         seeded = json.loads(
             subprocess.run(
-                [sys.executable, "-m", "bench.seed", upstream_url, hanging.url],
+                [sys.executable, "-m", "bench.seed", upstream_url, hanging.url]
+                + ([slow_url] if throughput else []),
                 cwd=ROOT,
                 env=env,
                 check=True,
@@ -204,6 +226,21 @@ def main() -> None:
         if args.only in (None, "core"):
             _core(args, gateway, gateway_url, upstream_url, seeded)
         requests.post(f"{upstream_url}/_control/delay", json={"delay": 0}, timeout=5)
+        if throughput:
+            _wait(f"{slow_url}/files/none")
+            run_throughput(
+                env=env,
+                gateway_url=gateway_url,
+                upstream_url=upstream_url,
+                slow_url=slow_url,
+                keys={"plain": seeded["plain"], "budgeted": seeded["budgeted"]},
+                body=BODY,
+                slow_body=SLOW_BODY,
+                direct_body=DIRECT_BODY,
+                rss=lambda: _rss_mb(gateway.pid),
+                quick=args.quick,
+                burst=args.burst or (1000 if args.quick else 5000),
+            )
         if args.only in (None, "passthrough"):
             run_passthrough(gateway_url, upstream_url, key, quick=args.quick)
         if args.only in (None, "images"):

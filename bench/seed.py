@@ -1,5 +1,8 @@
 """Seed the benchmark database: a tenant, keys, budgets and an alias on the fake upstream.
 
+Arguments: the fake upstream's URL, then optionally a hanging one's (alias bench-resilient)
+and a 10-s one's (alias bench-slow).
+
 Prints JSON: {"plain": key without budgets, "budgeted": key under three roomy nested budgets,
 "race": key whose budget allows exactly RACE_IMAGES images}.
 """
@@ -70,6 +73,21 @@ def main() -> None:
                 priority=priority,
                 timeout_seconds=2,
             )
+    if len(sys.argv) > 3:  # a 10-s upstream of its own: the throughput section's burst
+        slow = routing.credential_create(
+            actor=actor,
+            name="slow",
+            provider="openai",
+            base_url=sys.argv[3],
+            secret="sk-bench-upstream",  # noqa: S106 - the fake checks no key
+        )
+        routing.deployment_create(
+            actor=actor,
+            alias=routing.alias_create(actor=actor, name="bench-slow"),
+            credential=slow,
+            upstream_model=BENCH_MODEL,
+            timeout_seconds=120,
+        )
     price = pricing.per_image_estimate("openai", BENCH_MODEL, "1024x1024", "low")
     keys: dict[str, str | int] = {}
     for name in ("plain", "budgeted", "race"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import json
 import os
@@ -54,9 +55,22 @@ class Misbehave:
     reset: bool = False
 
 
+_PNG_LOCK = threading.Lock()
+
+
 def png(
     width: int, height: int, fmt: str = "png", color: tuple[int, int, int] = (30, 120, 200)
 ) -> bytes:
+    # Under the lock, a burst of first requests for one image waits for a single encoding
+    # instead of each making its own (1,000 threads at once: 4 GB and 20 s of CPU).
+    with _PNG_LOCK:
+        return _png(width, height, fmt, color)
+
+
+# Memoized: encoding a 1024x1024 PNG costs ~20 ms of CPU, which would make the fake, not the
+# gateway, the bottleneck of a benchmark. The bytes are immutable: every caller may share them.
+@functools.lru_cache(maxsize=256)
+def _png(width: int, height: int, fmt: str, color: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()
     image = Image.new("RGB", (width, height), color)
     image.save(buffer, {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt])
