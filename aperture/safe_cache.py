@@ -26,6 +26,14 @@ def get(key: str) -> Any:
         return None
 
 
+def get_many(keys: list[str]) -> dict[str, Any]:
+    try:
+        return dict(cache.get_many(keys))
+    except Exception as exc:  # noqa: BLE001 - any cache failure means "not cached"
+        _warn("get_many", exc)
+        return {}
+
+
 def set(key: str, value: Any, timeout: float | None) -> None:  # noqa: A001 - mirrors the cache API
     try:
         cache.set(key, value, timeout)

@@ -446,6 +446,17 @@ REDIS_MAX_CONNECTIONS = env.int("APERTURE_REDIS_MAX_CONNECTIONS", default=50)
 CACHE_KEY_PREFIX = _cache_prefix
 # Holds older than this are orphans of crashed workers (above the longest upstream timeout).
 RESERVATION_TTL_SECONDS = env.int("APERTURE_RESERVATION_TTL_SECONDS", default=960)
+# Budget slices (billing/leases.py, docs/budget-slices.md): each process leases at most
+# 1/SHARE of a budget's remaining room, only while that covers MIN_REQUESTS requests like the
+# one at hand, and admits from it locally. A slice is renewed while its process lives and
+# returns LEASE_SECONDS after it stops; an idle one returns after IDLE_SECONDS. A request a
+# budget would refuse while slices of it are out waits up to RECLAIM_WAIT_SECONDS for them.
+BUDGET_LEASES = env.bool("APERTURE_BUDGET_LEASES", default=True)
+BUDGET_LEASE_SHARE = env.int("APERTURE_BUDGET_LEASE_SHARE", default=16)
+BUDGET_LEASE_MIN_REQUESTS = env.int("APERTURE_BUDGET_LEASE_MIN_REQUESTS", default=4)
+BUDGET_LEASE_SECONDS = env.float("APERTURE_BUDGET_LEASE_SECONDS", default=30.0)
+BUDGET_LEASE_IDLE_SECONDS = env.float("APERTURE_BUDGET_LEASE_IDLE_SECONDS", default=1.0)
+BUDGET_RECLAIM_WAIT_SECONDS = env.float("APERTURE_BUDGET_RECLAIM_WAIT_SECONDS", default=2.0)
 CELERY_BEAT_SCHEDULE = {
     "reap-orphaned-reservations": {
         "task": "billing.tasks.reap_reservations",

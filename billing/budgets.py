@@ -12,17 +12,19 @@ without another query (billing/alerts.py).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from aperture import config_cache
 from aperture.errors import InsufficientQuota
-from billing import alerts
+from billing import alerts, leases
 from billing.models import LIFETIME_START, Budget, Reservation
 from tenants.key_auth import KeyPrincipal
 
@@ -34,6 +36,12 @@ class BudgetRef:
     id: int
     scope: str
     period: str
+    limit_micro: int | None = None
+    limit_images: int | None = None
+
+    @property
+    def limits(self) -> leases.Limits:
+        return self.limit_micro, self.limit_images
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,11 @@ class Held:
     amount_micro: int
     images: int
     period_start: datetime
+    lease_id: int = 0  # held in this process's slice of the budget (billing/leases.py)
+
+    @property
+    def taken(self) -> leases.Taken:
+        return leases.Taken(self.lease_id, self.amount_micro, self.images)
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ def budgets_in_scope(principal: KeyPrincipal) -> list[BudgetRef]:
                 | Q(scope=Budget.Scope.KEY, key_id=principal.key_id)
             )
             .order_by("id")
-            .values_list("id", "scope", "period")
+            .values_list("id", "scope", "period", "limit_micro", "limit_images")
         )
         return [BudgetRef(*row) for row in rows]
 
@@ -160,6 +173,11 @@ def _admit(ref: BudgetRef, start: datetime, amount: int, images: int) -> int:
         return int(cursor.rowcount)
 
 
+class _Refused(Exception):
+    def __init__(self, ref: BudgetRef) -> None:
+        self.ref = ref
+
+
 def reserve(
     *,
     principal: KeyPrincipal,
@@ -168,23 +186,89 @@ def reserve(
     images: int,
     held_until: datetime | None = None,
 ) -> Hold:
-    """Hold the estimate on every budget in scope, or raise InsufficientQuota (402). The
-    hold of a request is reaped after RESERVATION_TTL_SECONDS; one `held_until` a moment
-    (an async job's deadline), after that moment."""
+    """Hold the estimate on every budget in scope, or raise InsufficientQuota (402). A
+    request's hold is taken from this process's slice of each budget where it has one
+    (billing/leases.py), else held on the budget's row and reaped after
+    RESERVATION_TTL_SECONDS; one `held_until` a moment (an async job's, settled by another
+    process) is always held on the row, and reaped after that moment.
+
+    A budget that refuses while slices of it are out is reclaimed from their holders: the
+    request waits up to BUDGET_RECLAIM_WAIT_SECONDS for room before it is refused."""
     refs = budgets_in_scope(principal)
     if not refs:
         return Hold(())
-    now = timezone.now()
+    sliced = held_until is None and settings.BUDGET_LEASES
+    deadline = time.monotonic() + settings.BUDGET_RECLAIM_WAIT_SECONDS
+    pause, final = 0.01, False
+    while True:
+        now = timezone.now()
+        try:
+            return _reserve(refs, now, request_id, amount_micro, images, held_until, sliced)
+        except _Refused as refused:
+            if final or time.monotonic() >= deadline:
+                raise _refusal(refused.ref, now) from None
+            final = not leases.reclaim(refused.ref.id)  # no slice out: one last try
+        if not final:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+
+def _reserve(
+    refs: list[BudgetRef],
+    now: datetime,
+    request_id: str,
+    amount_micro: int,
+    images: int,
+    held_until: datetime | None,
+    sliced: bool,
+) -> Hold:
+    """One try of `reserve`: raises _Refused, having held nothing."""
+    taken: list[Held] = []
+    on_rows: list[tuple[BudgetRef, datetime]] = []
+    for ref in refs:
+        start = period_start(ref.period, now)
+        piece = _from_slice(ref, start, amount_micro, images) if sliced else None
+        if piece is None:
+            on_rows.append((ref, start))
+        else:
+            taken.append(Held(0, ref.id, amount_micro, images, start, piece.lease_id))
+    try:
+        held = _hold_on_rows(on_rows, now, request_id, amount_micro, images, held_until)
+    except BaseException:
+        leases.give_back([h.taken for h in taken])
+        raise
+    return Hold(tuple(sorted(taken + held, key=lambda h: h.budget_id)))
+
+
+def _from_slice(ref: BudgetRef, start: datetime, amount: int, images: int) -> leases.Taken | None:
+    return leases.take(ref.id, start, ref.limits, amount, images) or leases.acquire(
+        ref.id,
+        start,
+        ref.limits,
+        amount,
+        images,
+        grant=lambda micro, count: bool(_admit(ref, start, micro, count)),
+    )
+
+
+def _hold_on_rows(
+    on_rows: list[tuple[BudgetRef, datetime]],
+    now: datetime,
+    request_id: str,
+    amount_micro: int,
+    images: int,
+    held_until: datetime | None,
+) -> list[Held]:
+    """The request's hold on each budget's row, all or none (raises _Refused)."""
+    if not on_rows:
+        return []
+    holds = []
     with transaction.atomic():
-        starts = []
-        for ref in refs:
-            start = period_start(ref.period, now)
+        for ref, start in on_rows:
             if not _admit(ref, start, amount_micro, images):
-                raise _refusal(ref, now)
-            starts.append(start)
-        holds = []
+                raise _Refused(ref)
         with connection.cursor() as cursor:
-            for ref, start in zip(refs, starts, strict=True):
+            for ref, start in on_rows:
                 cursor.execute(
                     _HOLD,
                     {
@@ -198,7 +282,7 @@ def reserve(
                     },
                 )
                 holds.append(Held(cursor.fetchone()[0], ref.id, amount_micro, images, start))
-    return Hold(tuple(holds))
+    return holds
 
 
 def _delete_reservations(ids: list[int]) -> dict[int, tuple[int, int]]:
@@ -241,6 +325,34 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
     so that each budget in scope and the usage record get the same figure."""
     if hold.empty:
         return cost_micro, images
+    sliced = [h for h in hold.holds if h.lease_id]
+    on_rows = Hold(tuple(h for h in hold.holds if not h.lease_id))
+    if sliced:
+        cost_micro, images = leases.room([h.taken for h in sliced], cost_micro, images)
+    spends: list[alerts.Spend | None] = []
+    if not on_rows.empty:
+        cost_micro, images, spends = _settle_rows(on_rows, cost_micro, images)
+    if sliced:
+        rows = leases.settle([h.taken for h in sliced], cost_micro, images)
+        for held in sliced:
+            row = rows.get(held.lease_id)
+            if row is not None:
+                spends.append(alerts.Spend.from_row(held.period_start, row))
+            else:  # its lease was reaped meanwhile: charged on the row, within its room
+                with transaction.atomic():
+                    cost_micro, images = _within_room(Hold((held,)), set(), cost_micro, images)
+                    spends.append(
+                        _apply(held, released=False, cost_micro=cost_micro, images=images)
+                    )
+    if cost_micro or images:  # spend alerts: arithmetic on the rows, a query only to fire
+        alerts.fire_reached([s for s in spends if s is not None])
+    return cost_micro, images
+
+
+def _settle_rows(
+    hold: Hold, cost_micro: int, images: int
+) -> tuple[int, int, list[alerts.Spend | None]]:
+    """Settle the holds on budgets' rows: the charge, and the budgets as they then stand."""
     with transaction.atomic():
         rows = _delete_reservations([h.reservation_id for h in hold.holds])
         hold = Hold(  # as each reservation stood when deleted
@@ -266,9 +378,7 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
             )
             for held in hold.holds
         ]
-        if cost_micro or images:  # spend alerts: arithmetic on the rows, a query only to fire
-            alerts.fire_reached([s for s in spends if s is not None])
-    return cost_micro, images
+    return cost_micro, images, spends
 
 
 def _within_room(hold: Hold, still_held: set[int], cost_micro: int, images: int) -> tuple[int, int]:

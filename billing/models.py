@@ -236,6 +236,34 @@ class Reservation(models.Model):
         return f"{self.amount_micro} µUSD / {self.images} images for {self.request_id}"
 
 
+class BudgetLease(models.Model):
+    """A slice of one budget's room leased by one gateway process, which admits requests
+    from it locally (billing/leases.py). `amount_*` is counted in the budget's `reserved_*`
+    until spent or returned; a slice whose holder stopped renewing it returns after
+    `expires_at`."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="leases")
+    holder = models.CharField(max_length=128)  # host:pid:token of the process
+    period_start = models.DateTimeField()
+    amount_micro = models.BigIntegerField()
+    images = models.BigIntegerField()
+    expires_at = models.DateTimeField(db_index=True)
+    # Admits nothing more: what it still holds is held by its requests in flight.
+    retired = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount_micro__gte=0) & Q(images__gte=0),
+                name="budget_lease_not_negative",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount_micro} µUSD / {self.images} images of budget {self.budget_id}"
+
+
 class UsageRecord(models.Model):
     """One row per authenticated request: served, refused or failed."""
 

@@ -1,13 +1,15 @@
 """Writes for billing configuration: prices and budgets, each audited."""
 
+import time
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from aperture.errors import Conflict, InvalidRequest
-from billing import alerts
+from billing import alerts, leases
 from billing.budgets import period_start
 from billing.models import Budget, Price
 from billing.selectors import enclosing_budgets
@@ -255,20 +257,32 @@ def budget_change_limits(
     def this_period(column: str) -> Case:
         return Case(When(current, then=F(column)), default=Value(0))
 
-    changed = (
-        Budget.objects.filter(pk=budget.pk)
-        .filter(fits)
-        .update(
-            limit_micro=limit_micro,
-            limit_images=limit_images,
-            used_micro=this_period("used_micro"),
-            reserved_micro=this_period("reserved_micro"),
-            used_images=this_period("used_images"),
-            reserved_images=this_period("reserved_images"),
-            period_start=start,
-            updated_at=timezone.now(),
+    def update() -> int:
+        return (
+            Budget.objects.filter(pk=budget.pk)
+            .filter(fits)
+            .update(
+                limit_micro=limit_micro,
+                limit_images=limit_images,
+                used_micro=this_period("used_micro"),
+                reserved_micro=this_period("reserved_micro"),
+                used_images=this_period("used_images"),
+                reserved_images=this_period("reserved_images"),
+                period_start=start,
+                updated_at=timezone.now(),
+            )
         )
-    )
+
+    changed = update()
+    # What gateway processes hold as slices of the budget counts as held: they give back
+    # what no request holds (billing/leases.py), and the limit is tried again.
+    deadline = time.monotonic() + settings.BUDGET_RECLAIM_WAIT_SECONDS
+    while not changed:
+        waiting = leases.reclaim(budget.pk)
+        changed = update()
+        if changed or not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
     budget.refresh_from_db()
     if not changed:
         raise Conflict(

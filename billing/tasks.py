@@ -1,4 +1,5 @@
-"""Celery housekeeping: release orphaned reservations; roll usage up per day and per hour."""
+"""Celery housekeeping: release orphaned reservations and expired budget slices; roll usage up
+per day and per hour."""
 
 from datetime import date, datetime, timedelta
 
@@ -6,13 +7,17 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from billing import alert_delivery, budgets, rollups
+from billing import alert_delivery, budgets, leases, rollups
 
 
 @shared_task(name="billing.tasks.reap_reservations")
 def reap_reservations() -> int:
-    return budgets.reap_orphaned_reservations(
-        older_than=timedelta(seconds=settings.RESERVATION_TTL_SECONDS)
+    """Release the holds of crashed workers and the expired slices of stopped processes."""
+    return (
+        budgets.reap_orphaned_reservations(
+            older_than=timedelta(seconds=settings.RESERVATION_TTL_SECONDS)
+        )
+        + leases.reap_expired()
     )
 
 

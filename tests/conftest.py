@@ -9,6 +9,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from aperture import load_shedding
+from billing import leases
 from routing import health
 from routing import services as routing_services
 from routing.models import ModelAlias, Provider, ProviderCredential
@@ -48,6 +49,10 @@ def _clear_cache() -> Iterator[None]:
     # A streamed answer a test does not read to its end is never closed (a WSGI server always
     # closes it): its request would stay counted in flight in this process.
     load_shedding.GATE.in_flight = 0
+    # Budget slices this process leased live in a test's transaction, rolled back after it;
+    # tests run the keeper's round themselves (another thread cannot see their rows).
+    leases.KEEPER_ENABLED = False
+    leases.forget()
     yield
     _clear_shared_state()
 

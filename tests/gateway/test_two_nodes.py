@@ -4,6 +4,7 @@ configuration changes and rate limits made or counted on one node hold on the ot
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 
-from billing.models import Budget, UsageRecord
+from billing.models import Budget, BudgetLease, UsageRecord
 from routing.models import ImageJob, ModelAlias
 from tenants import services
 from tenants.models import Team
@@ -91,6 +92,10 @@ def _split(nodes: tuple[Server, Server], secret: str, count: int) -> list[reques
     return answers
 
 
+def _wait_for_records(count: int) -> None:
+    wait_for(lambda: UsageRecord.objects.count() >= count, timeout=15, what="usage records")
+
+
 def test_a_budget_is_exact_across_both_nodes_under_a_split_race(
     nodes: tuple[Server, Server],
     api_key: CreatedKey,
@@ -115,11 +120,83 @@ def test_a_budget_is_exact_across_both_nodes_under_a_split_race(
     row = Budget.objects.get(pk=row.pk)
     served = UsageRecord.objects.filter(status=200)
     assert (row.used_images, row.reserved_images, row.reserved_micro) == (allowed, 0, 0)
+    _wait_for_records(concurrent)  # each is written once its response has gone out
     assert served.count() == allowed
     assert sum(served.values_list("images", flat=True)) == allowed
     assert row.used_micro == sum(served.values_list("cost_micro", flat=True))
     assert row.used_micro == allowed * PRICE_MICRO
     assert UsageRecord.objects.filter(status=402, cost_micro=0).count() == concurrent - allowed
+
+
+def test_a_budget_leased_in_slices_by_both_nodes_is_exact_under_a_split_race(
+    nodes: tuple[Server, Server],
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,  # noqa: F811
+    fake_upstream: FakeUpstream,
+) -> None:
+    """Roomy enough that each node admits from slices of it (billing/leases.py) until its
+    last part, admitted per request: exactly what it allows is served, the rest refused."""
+    allowed, concurrent = 128, 300
+    row = budget(workspace=api_key.key.workspace, period="month", limit_images=allowed)
+    fake_upstream.delay = 0.1
+    for node in nodes:
+        assert _models(node, api_key.secret).status_code == 200
+
+    answers = _split(nodes, api_key.secret, concurrent)
+
+    statuses = Counter(answer.status_code for answer in answers)
+    logs = "\n".join(
+        line
+        for node in nodes
+        for line in node.log.read_text(errors="replace").splitlines()
+        if " INFO " not in line
+    )
+    assert statuses == {200: allowed, 402: concurrent - allowed}, f"{statuses}\n{logs}"
+    assert len(fake_upstream.requests) == allowed
+    _wait_for_records(concurrent)
+    served = UsageRecord.objects.filter(status=200)
+    assert sum(served.values_list("images", flat=True)) == allowed
+    row = Budget.objects.get(pk=row.pk)
+    assert (row.used_images, row.used_micro) == (allowed, allowed * PRICE_MICRO)
+    # Each node's keeper gives back its idle slices: nothing stays held.
+    wait_for(
+        lambda: not Budget.objects.filter(pk=row.pk, reserved_images__gt=0).exists(),
+        timeout=15,
+        what="both nodes to give back their slices",
+    )
+    assert not BudgetLease.objects.exists()
+
+
+def test_a_slice_of_a_node_killed_mid_flight_returns_when_its_lease_expires(
+    live_env: dict[str, str],
+    transactional_db: None,
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,  # noqa: F811
+    fake_upstream: FakeUpstream,
+) -> None:
+    allowed = 64  # node A's first slice: 4 images
+    row = budget(workspace=api_key.key.workspace, period="month", limit_images=allowed)
+    short = {**live_env, "APERTURE_BUDGET_LEASE_SECONDS": "3"}
+    with gunicorn(short, workers=1) as a:
+        assert _generate(a, api_key.secret).status_code == 200
+        lease = BudgetLease.objects.get()
+        assert lease.images == 3  # one of its 4 spent
+        _wait_for_records(1)
+        os.killpg(a.pid, signal.SIGKILL)  # no goodbye: the slice stays leased
+    with gunicorn(short, workers=1) as b:
+        served, deadline = 0, time.monotonic() + 60
+        while served < allowed - 1 and time.monotonic() < deadline:
+            answer = _generate(b, api_key.secret)
+            assert answer.status_code in (200, 402), answer.text
+            served += answer.status_code == 200
+            if answer.status_code == 402:  # what node A held is not back yet
+                time.sleep(0.2)
+        assert served == allowed - 1
+        assert _generate(b, api_key.secret).status_code == 402
+    assert not BudgetLease.objects.filter(pk=lease.pk).exists()
+    row = Budget.objects.get(pk=row.pk)
+    assert row.used_images == allowed
+    assert UsageRecord.objects.filter(status=200).count() == allowed
 
 
 def test_a_key_revoked_through_node_a_is_refused_by_node_b_on_its_next_request(

@@ -17,6 +17,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from billing import leases
 from billing.models import Budget, Reservation, UsageRecord
 from routing import idempotency
 from routing.jobs import run
@@ -90,6 +91,7 @@ def _key_budget(key: CreatedKey, **fields: int) -> Budget:
 
 
 def _spent(budget: Budget) -> tuple[int, int, int]:
+    leases.return_all()  # this process's idle budget slices: only requests' holds remain
     budget.refresh_from_db()
     return budget.used_micro, budget.reserved_micro, budget.used_images
 

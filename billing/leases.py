@@ -1,0 +1,566 @@
+"""Budget slices: a process leases a share of a budget's room and admits requests from it
+with no query (docs/budget-slices.md says why and what it costs).
+
+A slice is taken like a request's hold, by the conditional UPDATE that admits a request
+(billing/budgets.py), and written down as a BudgetLease row: it counts in the budget's
+`reserved_*`, so `used + reserved <= limit` holds exactly as before, on every node. Requests
+admitted from the slice hold their worst case in it, in this process's memory. Settling a
+request moves its cost from the slice to the budget's `used_*` in one statement (the
+budget's row is locked for that statement only), so spend, alerts and the usage API stay
+current, and the unused part of its hold goes back to the slice.
+
+A slice is at most 1/BUDGET_LEASE_SHARE of the room left, and is only taken while that
+covers BUDGET_LEASE_MIN_REQUESTS requests like the one at hand: the last part of a budget
+is admitted one request at a time, on the exact path. A slice that can no longer be used
+(spent, its period over, its budget reclaimed, or idle) is retired: shrunk at once to what
+its requests in flight hold, and deleted when they end. A request that a budget would
+refuse while slices of it are out asks their holders to retire them (`reclaim`) and waits
+up to BUDGET_RECLAIM_WAIT_SECONDS before it is refused. Each process renews its leases
+while it lives (a keeper thread); the slice of a process that died returns when its lease
+expires (`reap_expired`, also run by a request that waits for it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from aperture import safe_cache
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.25
+# False in the test process, whose tests run in transactions another thread cannot see:
+# they call `tick()` themselves. Served processes keep their leases with a keeper thread.
+KEEPER_ENABLED = True
+
+Limits = tuple[int | None, int | None]  # the budget's limit_micro and limit_images
+
+
+@dataclass
+class Slice:
+    """One leased slice as this process sees it; `amount_*` mirrors the lease row."""
+
+    lease_id: int
+    budget_id: int
+    period_start: datetime
+    limits: Limits
+    amount_micro: int
+    amount_images: int
+    held_micro: int = 0  # held by the requests in flight admitted from it
+    held_images: int = 0
+    inflight: int = 0
+    retired: bool = False
+    used_at: float = field(default_factory=time.monotonic)
+    renewed_at: float = field(default_factory=time.monotonic)
+
+    def covers(self, micro: int, images: int) -> bool:
+        return (self.limits[0] is None or self.held_micro + micro <= self.amount_micro) and (
+            self.limits[1] is None or self.held_images + images <= self.amount_images
+        )
+
+    def usable(self, period_start: datetime, limits: Limits, now: float) -> bool:
+        """Admits more: not retired, of this period and these limits, and surely still leased
+        (renewed within two thirds of its lease, whatever the keeper's luck)."""
+        fresh = now - self.renewed_at < settings.BUDGET_LEASE_SECONDS * 2 / 3
+        return (
+            not self.retired
+            and fresh
+            and self.period_start == period_start
+            and self.limits == limits
+        )
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What one request holds in one slice."""
+
+    lease_id: int
+    micro: int
+    images: int
+
+
+_lock = threading.Lock()
+_current: dict[int, Slice] = {}  # budget id -> the slice requests are admitted from
+_slices: dict[int, Slice] = {}  # lease id -> every slice of this process, retired ones too
+_acquiring: dict[int, threading.Lock] = {}
+_holder = ""
+_keeper: threading.Thread | None = None
+
+
+def holder() -> str:
+    """This process's name on its leases."""
+    global _holder
+    if not _holder:
+        _holder = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
+    return _holder
+
+
+def forget() -> None:
+    """Drop what this process knows of its slices (a forked child; a test's rollback)."""
+    global _holder, _keeper
+    with _lock:
+        _current.clear()
+        _slices.clear()
+        _acquiring.clear()
+    _holder = ""
+    _keeper = None
+
+
+os.register_at_fork(after_in_child=forget)
+
+
+def _reclaim_key(budget_id: int) -> str:
+    return f"budget-reclaim:{budget_id}"
+
+
+# --- Admitting -----------------------------------------------------------------------------
+
+
+def take(
+    budget_id: int, period_start: datetime, limits: Limits, micro: int, images: int
+) -> Taken | None:
+    """Hold a request's worst case in this process's slice of the budget, if it covers it."""
+    now = time.monotonic()
+    with _lock:
+        piece = _current.get(budget_id)
+        if piece is None or not piece.usable(period_start, limits, now):
+            return None
+        if not piece.covers(micro, images):
+            return None
+        piece.held_micro += micro
+        piece.held_images += images
+        piece.inflight += 1
+        piece.used_at = now
+        return Taken(piece.lease_id, micro, images)
+
+
+def give_back(taken: Sequence[Taken]) -> None:
+    """Undo `take` (another budget refused the request)."""
+    with _lock:
+        for hold in taken:
+            piece = _slices.get(hold.lease_id)
+            if piece is not None:
+                piece.held_micro -= hold.micro
+                piece.held_images -= hold.images
+                piece.inflight -= 1
+
+
+def acquire(
+    budget_id: int,
+    period_start: datetime,
+    limits: Limits,
+    micro: int,
+    images: int,
+    *,
+    grant: Callable[[int, int], bool],
+) -> Taken | None:
+    """Lease a new slice of the budget and hold the request in it; None where the budget is
+    to be admitted per request (too little room left, or its slices are being reclaimed).
+    `grant(micro, images)` adds that to the budget's reserved amounts if it has the room."""
+    with _lock:
+        gate = _acquiring.setdefault(budget_id, threading.Lock())
+    if not gate.acquire(timeout=1.0):
+        return None
+    try:
+        taken = take(budget_id, period_start, limits, micro, images)  # another did it meanwhile
+        if taken is not None:
+            return taken
+        with _lock:
+            stale = _current.pop(budget_id, None)
+        if stale is not None:
+            _retire(stale)
+        if safe_cache.get(_reclaim_key(budget_id)) is not None:
+            return None
+        size = _slice_size(budget_id, period_start, limits, micro, images)
+        if size is None:
+            return None
+        piece = _lease(budget_id, period_start, limits, size, grant)
+        if piece is None:
+            return None
+        with _lock:
+            _current[budget_id] = piece
+            _slices[piece.lease_id] = piece
+        _start_keeper()
+        return take(budget_id, period_start, limits, micro, images)
+    finally:
+        gate.release()
+
+
+def _slice_size(
+    budget_id: int, period_start: datetime, limits: Limits, micro: int, images: int
+) -> tuple[int, int] | None:
+    """At most 1/SHARE of the room left on each limited amount; None if that would cover
+    fewer than MIN_REQUESTS requests of this size, or the limits changed meanwhile."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT limit_micro, limit_images, used_micro + reserved_micro, "
+            "used_images + reserved_images, period_start FROM billing_budget WHERE id = %s",
+            [budget_id],
+        )
+        row = cursor.fetchone()
+    if row is None or (row[0], row[1]) != limits:
+        return None
+    stored_start = row[4]
+    if isinstance(stored_start, str):  # SQLite
+        stored_start = datetime.fromisoformat(stored_start)
+    if timezone.is_naive(stored_start):
+        stored_start = timezone.make_aware(stored_start, timezone.get_fixed_timezone(0))
+    current = stored_start == period_start
+    share, least = settings.BUDGET_LEASE_SHARE, settings.BUDGET_LEASE_MIN_REQUESTS
+    size = []
+    for limit, taken_so_far, want in ((row[0], row[2], micro), (row[1], row[3], images)):
+        if limit is None:
+            size.append(0)  # not limited: nothing to hold
+            continue
+        room = limit - (taken_so_far if current else 0)
+        piece = room // share
+        if piece < max(want, 1) * least:
+            return None
+        size.append(piece)
+    return size[0], size[1]
+
+
+def _lease(
+    budget_id: int,
+    period_start: datetime,
+    limits: Limits,
+    size: tuple[int, int],
+    grant: Callable[[int, int], bool],
+) -> Slice | None:
+    expires = timezone.now() + timedelta(seconds=settings.BUDGET_LEASE_SECONDS)
+    with transaction.atomic():
+        if not grant(*size):
+            return None  # the room shrank meanwhile
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO billing_budgetlease (budget_id, holder, period_start, amount_micro, "
+                "images, expires_at, retired, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "RETURNING id",
+                [
+                    budget_id,
+                    holder(),
+                    _db(period_start),
+                    size[0],
+                    size[1],
+                    _db(expires),
+                    False,
+                    _db(timezone.now()),
+                ],
+            )
+            lease_id = cursor.fetchone()[0]
+    return Slice(lease_id, budget_id, period_start, limits, size[0], size[1])
+
+
+# --- Settling ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Move:
+    """What one settled request does to its slice and to the budget."""
+
+    lease_id: int
+    freed_micro: int  # off the slice and the budget's reserved amounts
+    freed_images: int
+    cost_micro: int  # onto the budget's used amounts
+    cost_images: int
+
+
+def room(taken: Sequence[Taken], micro: int, images: int) -> tuple[int, int]:
+    """A charge capped at what every slice can still take for its request: its hold, and
+    beyond it what is free in a slice still in use."""
+    with _lock:
+        for hold in taken:
+            piece = _slices.get(hold.lease_id)
+            spare = piece is not None and not piece.retired
+            limits = piece.limits if piece is not None else (0, 0)
+            if limits[0] is not None:
+                free = piece.amount_micro - piece.held_micro if spare and piece else 0
+                micro = min(micro, hold.micro + max(free, 0))
+            if limits[1] is not None:
+                free = piece.amount_images - piece.held_images if spare and piece else 0
+                images = min(images, hold.images + max(free, 0))
+    return micro, images
+
+
+def settle(taken: Sequence[Taken], micro: int, images: int) -> dict[int, Any]:
+    """Charge `micro` and `images` (within `room`) to each slice's budget and free the rest
+    of the request's holds; the budgets' rows as they then stand (alerts.Spend columns), by
+    lease id. A lease missing from the answer was gone (its holder stalled past the lease):
+    its budget is to be charged without it, within its room."""
+    moves, pieces = [], []
+    with _lock:
+        for hold in taken:
+            piece = _slices.get(hold.lease_id)
+            if piece is None:
+                continue
+            pieces.append(piece)
+            piece.held_micro -= hold.micro
+            piece.held_images -= hold.images
+            limited = piece.limits[0] is not None, piece.limits[1] is not None
+            freed = (
+                (hold.micro if piece.retired else micro) if limited[0] else 0,
+                (hold.images if piece.retired else images) if limited[1] else 0,
+            )
+            piece.amount_micro -= freed[0]
+            piece.amount_images -= freed[1]
+            moves.append(Move(hold.lease_id, freed[0], freed[1], micro, images))
+    try:
+        return _move(moves) if moves else {}
+    finally:
+        with _lock:  # in flight until moved: a slice is returned only once all are
+            for piece in pieces:
+                piece.inflight -= 1
+
+
+# One statement per slice: the lease's row, then its budget's, each locked only while it
+# runs. (One statement for several slices would lock their rows in whatever order the plan
+# meets them, and two such statements can deadlock.)
+_MOVE_PG = """
+WITH lease AS (
+    UPDATE billing_budgetlease SET
+        amount_micro = amount_micro - %(freed_micro)s,
+        images = images - %(freed_images)s,
+        retired = retired OR %(retire)s
+    WHERE id = %(lease)s
+    RETURNING budget_id, period_start
+)
+UPDATE billing_budget AS b SET
+    used_micro = b.used_micro + %(cost_micro)s,
+    reserved_micro = b.reserved_micro - %(freed_micro)s,
+    used_images = b.used_images + %(cost_images)s,
+    reserved_images = b.reserved_images - %(freed_images)s
+FROM lease WHERE b.id = lease.budget_id AND b.period_start = lease.period_start
+RETURNING b.id, b.public_id, b.workspace_id, b.used_micro, b.used_images, b.limit_micro,
+    b.limit_images, b.alert_thresholds
+"""
+
+_MOVE_LEASE = """
+UPDATE billing_budgetlease SET
+    amount_micro = amount_micro - %(freed_micro)s,
+    images = images - %(freed_images)s,
+    retired = retired OR %(retire)s
+WHERE id = %(lease)s
+RETURNING budget_id, period_start
+"""
+_MOVE_BUDGET = """
+UPDATE billing_budget SET
+    used_micro = used_micro + %(cost_micro)s,
+    reserved_micro = reserved_micro - %(freed_micro)s,
+    used_images = used_images + %(cost_images)s,
+    reserved_images = reserved_images - %(freed_images)s
+WHERE id = %(budget)s AND period_start = %(start)s
+RETURNING id, public_id, workspace_id, used_micro, used_images, limit_micro, limit_images,
+    alert_thresholds
+"""
+
+
+def _move(moves: list[Move], *, retire: bool = False) -> dict[int, Any]:
+    """Apply each move (and mark its lease retired if `retire`); each budget's row as it then
+    stands, by lease id (none where the lease is gone or its budget is in a new period)."""
+    rows = {}
+    for m in moves:
+        params = {
+            "lease": m.lease_id,
+            "freed_micro": m.freed_micro,
+            "freed_images": m.freed_images,
+            "cost_micro": m.cost_micro,
+            "cost_images": m.cost_images,
+            "retire": retire,
+        }
+        row = _move_pg(params) if connection.vendor == "postgresql" else _move_apart(params)
+        if row is not None:
+            rows[m.lease_id] = row
+    return rows
+
+
+def _move_pg(params: dict[str, Any]) -> Any:
+    with connection.cursor() as cursor:
+        cursor.execute(_MOVE_PG, params)
+        return cursor.fetchone()
+
+
+def _move_apart(params: dict[str, Any]) -> Any:
+    """`_MOVE_PG` where data-modifying WITH is not supported (SQLite)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_MOVE_LEASE, params)
+        lease = cursor.fetchone()
+        if lease is None:
+            return None
+        cursor.execute(_MOVE_BUDGET, {**params, "budget": lease[0], "start": lease[1]})
+        return cursor.fetchone()
+
+
+# --- Retiring, returning, renewing ---------------------------------------------------------
+
+
+def _retire(piece: Slice) -> None:
+    """Admit nothing more from this slice, and give back at once what its requests in
+    flight do not hold."""
+    with _lock:
+        piece.retired = True
+        if _current.get(piece.budget_id) is piece:
+            del _current[piece.budget_id]
+        spare_micro = max(piece.amount_micro - piece.held_micro, 0)
+        spare_images = max(piece.amount_images - piece.held_images, 0)
+        piece.amount_micro -= spare_micro
+        piece.amount_images -= spare_images
+    _move([Move(piece.lease_id, spare_micro, spare_images, 0, 0)], retire=True)
+
+
+def return_lease(piece: Slice) -> None:
+    """Give back a retired slice whose requests have all ended, and forget it."""
+    with _lock:
+        _slices.pop(piece.lease_id, None)
+        if _current.get(piece.budget_id) is piece:
+            del _current[piece.budget_id]
+    _return_rows("id = %s", [piece.lease_id])
+
+
+def _return_rows(which: str, params: list[Any]) -> int:
+    """Delete the leases matching `which` and give back to their budgets what they held;
+    how many there were."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM billing_budgetlease WHERE {which} "  # noqa: S608 - constant clauses
+            "RETURNING budget_id, period_start, amount_micro, images",
+            params,
+        )
+        rows = cursor.fetchall()
+        for budget_id, start, micro, images in sorted(rows):  # rows locked in one order
+            if micro or images:
+                cursor.execute(
+                    "UPDATE billing_budget SET reserved_micro = reserved_micro - %s, "
+                    "reserved_images = reserved_images - %s WHERE id = %s AND period_start = %s",
+                    [micro, images, budget_id, start],
+                )
+    return len(rows)
+
+
+def reap_expired(budget_id: int | None = None) -> int:
+    """Return the slices of processes that stopped renewing them; how many."""
+    which, params = "expires_at < %s", [_db(timezone.now())]
+    if budget_id is not None:
+        which, params = which + " AND budget_id = %s", [*params, budget_id]
+    return _return_rows(which, params)
+
+
+def reclaim(budget_id: int) -> bool:
+    """A request this budget would refuse: ask every holder to retire its slices of it (for
+    a few seconds, no new slice of it is leased), retire ours, return expired ones. True if
+    slices of it are still out, so that waiting may free room."""
+    flag_seconds = max(int(settings.BUDGET_RECLAIM_WAIT_SECONDS * 3), 5)
+    safe_cache.set(_reclaim_key(budget_id), 1, flag_seconds)
+    with _lock:
+        ours = [p for p in _slices.values() if p.budget_id == budget_id and not p.retired]
+    for piece in ours:
+        _retire(piece)
+    reap_expired(budget_id)
+    return _out(budget_id)
+
+
+def _out(budget_id: int) -> bool:
+    """Whether a slice of this budget may still hold room no request holds: one not retired
+    yet (a retired one holds only what its requests in flight hold, like their holds)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM billing_budgetlease WHERE budget_id = %s AND NOT retired LIMIT 1",
+            [budget_id],
+        )
+        return cursor.fetchone() is not None
+
+
+def tick() -> None:
+    """The keeper's round: retire what is reclaimed or idle, return retired slices whose
+    requests have ended, renew the rest."""
+    now = time.monotonic()
+    with _lock:
+        pieces = list(_slices.values())
+    if not pieces:
+        return
+    flags = safe_cache.get_many([_reclaim_key(p.budget_id) for p in pieces if not p.retired])
+    for piece in pieces:
+        idle = piece.inflight == 0 and now - piece.used_at > settings.BUDGET_LEASE_IDLE_SECONDS
+        if not piece.retired and (idle or _reclaim_key(piece.budget_id) in flags):
+            _retire(piece)
+        if piece.retired and piece.inflight == 0:
+            return_lease(piece)
+    _renew(now)
+
+
+def _renew(now: float) -> None:
+    with _lock:
+        due = [
+            p for p in _slices.values() if now - p.renewed_at > settings.BUDGET_LEASE_SECONDS / 3
+        ]
+    if not due:
+        return
+    expires = timezone.now() + timedelta(seconds=settings.BUDGET_LEASE_SECONDS)
+    ids = [p.lease_id for p in due]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE billing_budgetlease SET expires_at = %s "  # noqa: S608 - placeholders only
+            f"WHERE id IN ({', '.join(['%s'] * len(ids))}) RETURNING id",
+            [_db(expires), *ids],
+        )
+        kept = {row[0] for row in cursor.fetchall()}
+    with _lock:
+        for piece in due:
+            if piece.lease_id in kept:
+                piece.renewed_at = now
+            else:  # reaped: its room went back; never admit from it again
+                piece.retired = True
+                piece.amount_micro = piece.amount_images = 0
+                _slices.pop(piece.lease_id, None)
+                if _current.get(piece.budget_id) is piece:
+                    del _current[piece.budget_id]
+
+
+def return_all() -> None:
+    """Retire and return every slice of this process (it is stopping)."""
+    with _lock:
+        pieces = list(_slices.values())
+    for piece in pieces:
+        _retire(piece)
+        if piece.inflight == 0:
+            return_lease(piece)
+
+
+def _keep() -> None:
+    from django.db import connections
+
+    while KEEPER_ENABLED:
+        time.sleep(TICK_SECONDS)
+        try:
+            tick()
+        except Exception:
+            logger.exception("the budget lease keeper's round failed")
+        finally:
+            connections.close_all()
+
+
+def _start_keeper() -> None:
+    global _keeper
+    if not KEEPER_ENABLED or (_keeper is not None and _keeper.is_alive()):
+        return
+    with _lock:
+        if _keeper is not None and _keeper.is_alive():
+            return
+        _keeper = threading.Thread(target=_keep, name="budget-leases", daemon=True)
+        _keeper.start()
+
+
+def _db(value: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)

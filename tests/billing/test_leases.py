@@ -1,0 +1,238 @@
+"""Budget slices (billing/leases.py) in one process, without HTTP: exact at the last cents,
+across a period's end, when an operator lowers the limit, and when a slice's holder dies.
+Two live nodes racing for one budget: tests/gateway/test_two_nodes.py."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from django.db.models import F
+from django.utils import timezone
+
+from aperture.errors import InsufficientQuota
+from billing import budgets, leases, services
+from billing.models import Budget, BudgetLease, Reservation
+from tenants.key_auth import KeyPrincipal, authenticate_secret
+from tenants.models import Workspace
+from tenants.services import CreatedKey
+from tests.billing.conftest import budget
+from tests.conftest import ACTOR
+
+PRICE = 1_000
+ROOMY = 100 * PRICE  # a first slice of 1/16 of it covers 6 requests: slices are used
+
+
+def _principal(api_key: CreatedKey) -> KeyPrincipal:
+    principal = authenticate_secret(api_key.secret)
+    assert principal is not None
+    return principal
+
+
+def _reserve(principal: KeyPrincipal, request_id: str = "r", amount: int = PRICE) -> budgets.Hold:
+    return budgets.reserve(
+        principal=principal, request_id=request_id, amount_micro=amount, images=1
+    )
+
+
+def _counters(row: Budget) -> tuple[int, int]:
+    row.refresh_from_db()
+    return row.used_micro, row.reserved_micro
+
+
+def _foreign_slice(row: Budget, amount: int, *, expires_in: float) -> BudgetLease:
+    """A slice another process holds (it took it as this process would: counted as held)."""
+    start = budgets.period_start(row.period, timezone.now())
+    Budget.objects.filter(pk=row.pk).update(
+        reserved_micro=F("reserved_micro") + amount, period_start=start
+    )
+    return BudgetLease.objects.create(
+        budget=row,
+        holder="elsewhere:1:dead",
+        period_start=start,
+        amount_micro=amount,
+        images=0,
+        expires_at=timezone.now() + timedelta(seconds=expires_in),
+    )
+
+
+def test_requests_are_admitted_from_a_slice_and_the_budget_shows_their_spend_at_once(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    first, second = _reserve(principal, "a"), _reserve(principal, "b")
+    lease = BudgetLease.objects.get()  # one slice for both, and no hold row per request
+    assert not Reservation.objects.exists()
+    assert _counters(row) == (0, ROOMY // 16) and lease.amount_micro == ROOMY // 16
+
+    assert budgets.settle(first, cost_micro=800, images=1) == (800, 1)
+    lease.refresh_from_db()
+    assert _counters(row) == (800, ROOMY // 16 - 800) == (800, lease.amount_micro)
+    assert row.used_images == 1
+    budgets.release(second)
+    leases.return_all()
+    assert _counters(row) == (800, 0)
+    assert not BudgetLease.objects.exists()
+
+
+def test_the_last_cents_of_a_budget_are_admitted_and_not_one_more(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY + 500)
+    principal = _principal(api_key)
+    holds = []
+    with pytest.raises(InsufficientQuota):
+        for number in range(1_000):
+            holds.append(_reserve(principal, f"r{number}"))
+    assert len(holds) == 100  # all in flight at once: exactly what the limit allows
+    assert BudgetLease.objects.exists() and Reservation.objects.exists()  # slices, then rows
+    assert _counters(row)[1] <= ROOMY + 500
+    for hold in holds:
+        budgets.settle(hold, cost_micro=PRICE, images=1)
+    leases.return_all()
+    assert _counters(row) == (ROOMY, 0)
+    assert _reserve(principal, "the last", amount=500).holds  # the last 500 µUSD too
+    with pytest.raises(InsufficientQuota):
+        _reserve(principal, "over", amount=1)
+
+
+def test_a_charge_above_the_hold_takes_only_what_the_slice_has(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    hold = _reserve(principal)
+    assert budgets.settle(hold, cost_micro=1_500, images=1) == (1_500, 1)  # the slice had it
+    huge = _reserve(principal, "huge")
+    assert budgets.settle(huge, cost_micro=10 * ROOMY, images=1) == (ROOMY // 16 - 1_500, 1)
+    leases.return_all()
+    assert _counters(row) == (ROOMY // 16, 0)
+
+
+def test_a_dead_nodes_slice_returns_when_its_lease_expires(
+    api_key: CreatedKey, workspace: Workspace, settings: Any
+) -> None:
+    settings.BUDGET_RECLAIM_WAIT_SECONDS = 0.3
+    row = budget(workspace=workspace, period="month", limit_micro=10 * PRICE)
+    principal = _principal(api_key)
+    lease = _foreign_slice(row, 9 * PRICE, expires_in=60)  # alive, as far as anyone knows
+    _reserve(principal, "fits")
+    with pytest.raises(InsufficientQuota):  # its holder never answers the reclaim
+        _reserve(principal, "waits, then refused")
+    BudgetLease.objects.filter(pk=lease.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert _reserve(principal, "after the lease ran out").holds
+    assert not BudgetLease.objects.filter(pk=lease.pk).exists()
+    assert _counters(row) == (0, 2 * PRICE)
+
+
+def test_the_reaper_returns_expired_slices(api_key: CreatedKey, workspace: Workspace) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=10 * PRICE)
+    _foreign_slice(row, 4 * PRICE, expires_in=-1)
+    _foreign_slice(row, 3 * PRICE, expires_in=-1)
+    kept = _foreign_slice(row, 2 * PRICE, expires_in=60)
+    assert leases.reap_expired() == 2
+    assert _counters(row) == (0, 2 * PRICE)
+    assert list(BudgetLease.objects.values_list("pk", flat=True)) == [kept.pk]
+
+
+def test_a_slice_of_another_period_admits_nothing_and_charges_the_old_period_only(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="day", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    with time_machine.travel(datetime(2026, 12, 1, 23, 59, tzinfo=UTC), tick=False) as clock:
+        yesterdays = _reserve(principal, "late")
+        clock.move_to(datetime(2026, 12, 2, 0, 1, tzinfo=UTC))
+        todays = _reserve(principal, "early")
+        assert BudgetLease.objects.count() == 2  # a new slice of the new day's room
+        budgets.settle(yesterdays, cost_micro=PRICE, images=1)
+        budgets.settle(todays, cost_micro=PRICE, images=1)
+        leases.return_all()
+    row.refresh_from_db()
+    assert row.period_start == datetime(2026, 12, 2, tzinfo=UTC)
+    assert (row.used_micro, row.reserved_micro) == (PRICE, 0)  # yesterday's call not in today
+    assert not BudgetLease.objects.exists()
+
+
+def test_an_operator_lowers_the_limit_below_a_slice_and_nothing_passes_the_new_one(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    in_flight = _reserve(principal)
+    assert _counters(row) == (0, ROOMY // 16)
+
+    services.budget_change_limits(actor=ACTOR, budget=row, fields={"limit_micro": 3 * PRICE})
+
+    assert _counters(row) == (0, PRICE)  # the slice gave back all but the request's hold
+    admitted = [_reserve(principal, "b"), _reserve(principal, "c")]
+    with pytest.raises(InsufficientQuota):
+        _reserve(principal, "d")
+    for hold in [in_flight, *admitted]:
+        budgets.settle(hold, cost_micro=PRICE, images=1)
+    leases.return_all()
+    assert _counters(row) == (3 * PRICE, 0)
+
+
+def test_the_keeper_returns_idle_slices_and_renews_busy_ones(
+    api_key: CreatedKey, workspace: Workspace, settings: Any
+) -> None:
+    settings.BUDGET_LEASE_IDLE_SECONDS = 0
+    settings.BUDGET_LEASE_SECONDS = 30
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    busy = _reserve(principal)
+    lease = BudgetLease.objects.get()
+    BudgetLease.objects.update(expires_at=timezone.now() + timedelta(seconds=5))
+    leases._slices[lease.pk].renewed_at -= 11  # renewed a third of its lease ago
+    leases.tick()
+    assert BudgetLease.objects.get().expires_at > timezone.now() + timedelta(seconds=25)
+    assert _counters(row)[1] == ROOMY // 16  # in use: kept whole
+
+    budgets.settle(busy, cost_micro=PRICE, images=1)
+    leases.tick()  # idle now
+    assert _counters(row) == (PRICE, 0)
+    assert not BudgetLease.objects.exists() and not leases._slices
+
+
+def test_a_retired_slice_is_returned_only_once_its_last_request_is_charged(
+    api_key: CreatedKey,
+    workspace: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    hold = _reserve(_principal(api_key))
+    assert not leases.reclaim(row.pk)  # retired: it holds only the request's hold now
+    assert _counters(row) == (0, PRICE)
+    moving = leases._move
+
+    def keeper_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        leases.tick()  # the keeper's round while the charge is on its way to the database
+        return moving(*args, **kwargs)
+
+    monkeypatch.setattr(leases, "_move", keeper_meanwhile)
+    assert budgets.settle(hold, cost_micro=PRICE, images=1) == (PRICE, 1)
+    assert "beyond its hold" not in caplog.text  # charged through its slice, not around it
+    assert _counters(row) == (PRICE, 0)
+    leases.tick()
+    assert not BudgetLease.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the fallback runs outside any test transaction
+def test_a_request_in_flight_on_a_reaped_slice_is_charged_within_the_room(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    hold = _reserve(principal)
+    BudgetLease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert leases.reap_expired() == 1  # this process stalled past its lease
+    assert _counters(row) == (0, 0)
+    Budget.objects.filter(pk=row.pk).update(used_micro=ROOMY - 300)  # others spent meanwhile
+    assert budgets.settle(hold, cost_micro=PRICE, images=1) == (300, 1)
+    assert _counters(row) == (ROOMY, 0)
+    leases._slices[next(iter(leases._slices))].renewed_at -= 11
+    leases.tick()  # the renewal finds it gone: never admitted from again
+    assert not leases._slices
