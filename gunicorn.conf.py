@@ -21,7 +21,7 @@ from typing import Any
 bind = os.environ.get("APERTURE_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_connections = int(os.environ.get("APERTURE_WORKER_CONNECTIONS", "2000"))
+worker_connections = int(os.environ.get("APERTURE_WORKER_CONNECTIONS", "4000"))
 # Image generation upstreams take 5-60 s; gevent workers keep heartbeating meanwhile.
 timeout = int(os.environ.get("APERTURE_WORKER_TIMEOUT", "180"))
 graceful_timeout = 30

@@ -23,7 +23,7 @@ from django.db import transaction
 from aperture import safe_cache
 from aperture.request_context import current_request_id
 
-_GENERATION_KEY = "routing:generation"
+GENERATION_KEY = "routing:generation"
 _MAX_ENTRIES = 10_000
 T = TypeVar("T")
 
@@ -43,11 +43,19 @@ def _generation() -> str | None:
     return token
 
 
+def remember_generation(token: Any) -> None:
+    """The token as the caller read it for this request, in the same round trip as
+    something else (the API key's lookup): the request's own read of it."""
+    request_id = current_request_id()
+    if isinstance(token, str) and request_id != "-":
+        _request_memo.set((request_id, token))
+
+
 def _read_generation() -> str | None:
-    token = safe_cache.get(_GENERATION_KEY)
+    token = safe_cache.get(GENERATION_KEY)
     if token is None:
-        safe_cache.add(_GENERATION_KEY, uuid.uuid4().hex, None)
-        token = safe_cache.get(_GENERATION_KEY)
+        safe_cache.add(GENERATION_KEY, uuid.uuid4().hex, None)
+        token = safe_cache.get(GENERATION_KEY)
     return token if isinstance(token, str) else None
 
 
@@ -72,7 +80,7 @@ def cached(key: tuple[Any, ...], load: Callable[[], T]) -> T:
 
 def _new_generation() -> None:
     _request_memo.set(None)
-    safe_cache.set(_GENERATION_KEY, uuid.uuid4().hex, None)
+    safe_cache.set(GENERATION_KEY, uuid.uuid4().hex, None)
 
 
 def invalidate() -> None:

@@ -406,7 +406,7 @@ METRICS_TOKEN = _optional_secret("APERTURE_METRICS_TOKEN")
 METRICS_CELERY_QUEUES = env.list("APERTURE_METRICS_CELERY_QUEUES", default=["celery"])
 
 # --- Upstreams and hosted images ------------------------------------------------------
-UPSTREAM_POOL_SIZE = env.int("APERTURE_UPSTREAM_POOL_SIZE", default=1000)
+UPSTREAM_POOL_SIZE = env.int("APERTURE_UPSTREAM_POOL_SIZE", default=4000)
 # Connecting to an upstream: a dead host should cost little (each deployment may set its own).
 UPSTREAM_CONNECT_TIMEOUT = env.float("APERTURE_UPSTREAM_CONNECT_TIMEOUT", default=3.0)
 # Deployment health (routing/health.py): failures within the window that open a circuit, and
@@ -507,7 +507,7 @@ CELERY_BEAT_SCHEDULE = {
 # APERTURE_WORKER_CONNECTIONS (gunicorn.conf.py); the rest is left for health checks.
 MAX_IN_FLIGHT = env.int(
     "APERTURE_MAX_IN_FLIGHT",
-    default=int(env.int("APERTURE_WORKER_CONNECTIONS", default=2000) * 0.95),
+    default=int(env.int("APERTURE_WORKER_CONNECTIONS", default=4000) * 0.95),
 )
 
 # --- Async image jobs, idempotency and retention ----------------------------------------

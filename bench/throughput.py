@@ -221,7 +221,7 @@ def _burst(
     print(f"gateway / direct wall time: {via.wall / direct.wall:.2f}x")
     print(f"gateway memory (master + workers): {before:.0f} MB before, peak {peak[0]:.0f} MB")
     # What bounds a burst: gunicorn.conf.py's defaults as the gateway was started.
-    connections = int(env.get("APERTURE_WORKER_CONNECTIONS", "2000"))
+    connections = int(env.get("APERTURE_WORKER_CONNECTIONS", "4000"))
     in_flight = env.get("APERTURE_MAX_IN_FLIGHT", str(int(connections * 0.95)))
     somaxconn = Path("/proc/sys/net/core/somaxconn").read_text().strip()
     print(

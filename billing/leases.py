@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from aperture import safe_cache
@@ -272,6 +272,7 @@ class Move:
     """What one settled request does to its slice and to the budget."""
 
     lease_id: int
+    budget_id: int
     freed_micro: int  # off the slice and the budget's reserved amounts
     freed_images: int
     cost_micro: int  # onto the budget's used amounts
@@ -316,7 +317,7 @@ def settle(taken: Sequence[Taken], micro: int, images: int) -> dict[int, Any]:
             )
             piece.amount_micro -= freed[0]
             piece.amount_images -= freed[1]
-            moves.append(Move(hold.lease_id, freed[0], freed[1], micro, images))
+            moves.append(Move(hold.lease_id, piece.budget_id, freed[0], freed[1], micro, images))
     try:
         return _move(moves) if moves else {}
     finally:
@@ -325,27 +326,38 @@ def settle(taken: Sequence[Taken], micro: int, images: int) -> dict[int, Any]:
                 piece.inflight -= 1
 
 
-# One statement per slice: the lease's row, then its budget's, each locked only while it
-# runs. (One statement for several slices would lock their rows in whatever order the plan
-# meets them, and two such statements can deadlock.)
+# One statement for a request's slices. It locks their budgets' rows first, in id order
+# (`locked`, which the lease update waits for), so that no two such statements, nor a
+# statement and a per-request hold (budgets.py, also in id order), take them in opposite
+# orders; then the leases' rows; each row only while the statement runs.
 _MOVE_PG = """
-WITH lease AS (
-    UPDATE billing_budgetlease SET
-        amount_micro = amount_micro - %(freed_micro)s,
-        images = images - %(freed_images)s,
-        retired = retired OR %(retire)s
-    WHERE id = %(lease)s
-    RETURNING budget_id, period_start
+WITH moves (lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images) AS (
+    VALUES {values}
+),
+locked AS (
+    SELECT id FROM billing_budget WHERE id IN (SELECT budget_id FROM moves)
+    ORDER BY id FOR UPDATE
+),
+lease AS (
+    UPDATE billing_budgetlease AS l SET
+        amount_micro = l.amount_micro - m.freed_micro,
+        images = l.images - m.freed_images,
+        retired = l.retired OR %s
+    FROM moves AS m
+    WHERE l.id = m.lease_id AND (SELECT count(*) FROM locked) >= 0
+    RETURNING l.id, l.budget_id, l.period_start, m.freed_micro, m.freed_images,
+        m.cost_micro, m.cost_images
 )
 UPDATE billing_budget AS b SET
-    used_micro = b.used_micro + %(cost_micro)s,
-    reserved_micro = b.reserved_micro - %(freed_micro)s,
-    used_images = b.used_images + %(cost_images)s,
-    reserved_images = b.reserved_images - %(freed_images)s
+    used_micro = b.used_micro + lease.cost_micro,
+    reserved_micro = b.reserved_micro - lease.freed_micro,
+    used_images = b.used_images + lease.cost_images,
+    reserved_images = b.reserved_images - lease.freed_images
 FROM lease WHERE b.id = lease.budget_id AND b.period_start = lease.period_start
-RETURNING b.id, b.public_id, b.workspace_id, b.used_micro, b.used_images, b.limit_micro,
-    b.limit_images, b.alert_thresholds
+RETURNING lease.id, b.id, b.public_id, b.workspace_id, b.used_micro, b.used_images,
+    b.limit_micro, b.limit_images, b.alert_thresholds
 """
+_MOVE_ROW = "(" + ", ".join(["%s::bigint"] * 6) + ")"
 
 _MOVE_LEASE = """
 UPDATE billing_budgetlease SET
@@ -368,32 +380,37 @@ RETURNING id, public_id, workspace_id, used_micro, used_images, limit_micro, lim
 
 
 def _move(moves: list[Move], *, retire: bool = False) -> dict[int, Any]:
-    """Apply each move (and mark its lease retired if `retire`); each budget's row as it then
-    stands, by lease id (none where the lease is gone or its budget is in a new period)."""
-    rows = {}
+    """Apply the moves (and mark their leases retired if `retire`); each budget's row as it
+    then stands, by lease id (none where the lease is gone or its budget is in a new
+    period)."""
+    if connection.vendor != "postgresql":
+        return {m.lease_id: row for m in moves if (row := _move_apart(m, retire)) is not None}
+    params: list[Any] = []
     for m in moves:
-        params = {
-            "lease": m.lease_id,
-            "freed_micro": m.freed_micro,
-            "freed_images": m.freed_images,
-            "cost_micro": m.cost_micro,
-            "cost_images": m.cost_images,
-            "retire": retire,
-        }
-        row = _move_pg(params) if connection.vendor == "postgresql" else _move_apart(params)
-        if row is not None:
-            rows[m.lease_id] = row
-    return rows
+        params += [m.lease_id, m.budget_id, m.freed_micro, m.freed_images]
+        params += [m.cost_micro, m.cost_images]
+    sql = _MOVE_PG.format(values=", ".join([_MOVE_ROW] * len(moves)))
+    for attempt in range(3):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [*params, retire])
+                return {row[0]: row[1:] for row in cursor.fetchall()}
+        except OperationalError as error:  # one statement: a deadlock undid all of it
+            if attempt == 2 or connection.in_atomic_block or "deadlock" not in str(error):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _move_pg(params: dict[str, Any]) -> Any:
-    with connection.cursor() as cursor:
-        cursor.execute(_MOVE_PG, params)
-        return cursor.fetchone()
-
-
-def _move_apart(params: dict[str, Any]) -> Any:
-    """`_MOVE_PG` where data-modifying WITH is not supported (SQLite)."""
+def _move_apart(m: Move, retire: bool) -> Any:
+    """One move as `_MOVE_PG` makes it, where data-modifying WITH is not supported (SQLite)."""
+    params = {
+        "lease": m.lease_id,
+        "freed_micro": m.freed_micro,
+        "freed_images": m.freed_images,
+        "cost_micro": m.cost_micro,
+        "cost_images": m.cost_images,
+        "retire": retire,
+    }
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_MOVE_LEASE, params)
         lease = cursor.fetchone()
@@ -417,7 +434,7 @@ def _retire(piece: Slice) -> None:
         spare_images = max(piece.amount_images - piece.held_images, 0)
         piece.amount_micro -= spare_micro
         piece.amount_images -= spare_images
-    _move([Move(piece.lease_id, spare_micro, spare_images, 0, 0)], retire=True)
+    _move([Move(piece.lease_id, piece.budget_id, spare_micro, spare_images, 0, 0)], retire=True)
 
 
 def return_lease(piece: Slice) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from aperture import safe_cache
+from aperture import config_cache, safe_cache
 from aperture.errors import AuthenticationError, PermissionError_
 from tenants.keys import parse_public_id, secret_matches
 from tenants.models import ApiKey, Workspace
@@ -117,7 +117,10 @@ _NO_SUCH_HASH = "0" * 64
 
 def _lookup(public_id: str) -> dict[str, Any] | None:
     cache_key = _cache_key(public_id)
-    entry: dict[str, Any] | None = safe_cache.get(cache_key)
+    # One round trip for the key and the routing generation the request reads next.
+    found = safe_cache.get_many([cache_key, config_cache.GENERATION_KEY])
+    config_cache.remember_generation(found.get(config_cache.GENERATION_KEY))
+    entry: dict[str, Any] | None = found.get(cache_key)
     if entry is None:
         entry = _load(public_id) or _UNKNOWN
         safe_cache.set(cache_key, entry, CACHE_SECONDS)
