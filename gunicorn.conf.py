@@ -110,6 +110,18 @@ def child_exit(server: Any, worker: Any) -> None:
             os.remove(os.path.join(directory, f"gauge_{mode}_{worker.pid}.db"))
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """A worker stopping gracefully gives its budget slices back (billing/leases.py) rather
+    than leave them held until their leases expire. Imported here, in the worker, where the
+    application (and gevent's patching) is already loaded."""
+    try:
+        from billing import leases
+
+        leases.return_all()
+    except Exception:  # a stopping worker must stop; its leases expire anyway
+        server.log.exception("could not give the budget slices back")
+
+
 def on_exit(server: Any) -> None:
     directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
     if _own(directory):

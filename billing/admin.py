@@ -7,11 +7,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from aperture.errors import ApiError
-from billing import alert_delivery, alerts, services
+from billing import alert_delivery, alerts, leases, services
 from billing.models import Budget, DailyUsage, Price, SpendAlert, UsageRecord
 from billing.selectors import budget_status
 from tenants.audit import audit_record, operator_actor
@@ -178,6 +178,19 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
         if status.period_start != obj.period_start:
             return "0"
         return f"{status.spent_images} (+{status.reserved_images})"
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # Before the admin's transaction: gateway processes give the budget's slices back
+        # (billing/leases.py), so that the form's check and the save see what requests hold.
+        if request.method == "POST" and object_id and object_id.isdigit():
+            leases.reclaim_and_wait(int(object_id))
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
         """A new budget is saved whole; a change writes only what changed, never the

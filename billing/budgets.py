@@ -23,6 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from aperture import config_cache
+from aperture.db import release_connection
 from aperture.errors import InsufficientQuota
 from billing import alerts, leases
 from billing.models import LIFETIME_START, Budget, Reservation
@@ -209,6 +210,7 @@ def reserve(
                 raise _refusal(refused.ref, now) from None
             final = not leases.reclaim(refused.ref.id)  # no slice out: one last try
         if not final:
+            release_connection()  # not held while waiting: the pool serves other requests
             time.sleep(pause)
             pause = min(pause * 2, 0.2)
 
@@ -225,14 +227,14 @@ def _reserve(
     """One try of `reserve`: raises _Refused, having held nothing."""
     taken: list[Held] = []
     on_rows: list[tuple[BudgetRef, datetime]] = []
-    for ref in refs:
-        start = period_start(ref.period, now)
-        piece = _from_slice(ref, start, amount_micro, images) if sliced else None
-        if piece is None:
-            on_rows.append((ref, start))
-        else:
-            taken.append(Held(0, ref.id, amount_micro, images, start, piece.lease_id))
     try:
+        for ref in refs:
+            start = period_start(ref.period, now)
+            piece = _from_slice(ref, start, amount_micro, images) if sliced else None
+            if piece is None:
+                on_rows.append((ref, start))
+            else:
+                taken.append(Held(0, ref.id, amount_micro, images, start, piece.lease_id))
         held = _hold_on_rows(on_rows, now, request_id, amount_micro, images, held_until)
     except BaseException:
         leases.give_back([h.taken for h in taken])
@@ -327,13 +329,19 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
         return cost_micro, images
     sliced = [h for h in hold.holds if h.lease_id]
     on_rows = Hold(tuple(h for h in hold.holds if not h.lease_id))
-    if sliced:
-        cost_micro, images = leases.room([h.taken for h in sliced], cost_micro, images)
+    claim = None
+    if sliced:  # taken in the slices at once, capped: their free room is this request's
+        claim = leases.claim([h.taken for h in sliced], cost_micro, images)
+        cost_micro, images = claim.micro, claim.images
     spends: list[alerts.Spend | None] = []
-    if not on_rows.empty:
-        cost_micro, images, spends = _settle_rows(on_rows, cost_micro, images)
+    rows: dict[int, Any] = {}
+    try:
+        if not on_rows.empty:
+            cost_micro, images, spends = _settle_rows(on_rows, cost_micro, images)
+    finally:
+        if claim is not None:
+            rows = leases.apply(claim, cost_micro, images)
     if sliced:
-        rows = leases.settle([h.taken for h in sliced], cost_micro, images)
         for held in sliced:
             row = rows.get(held.lease_id)
             if row is not None:

@@ -38,6 +38,7 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from aperture import safe_cache
+from aperture.db import release_connection
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +64,14 @@ class Slice:
     held_images: int = 0
     inflight: int = 0
     retired: bool = False
+    retired_at: float = 0.0
     used_at: float = field(default_factory=time.monotonic)
     renewed_at: float = field(default_factory=time.monotonic)
 
     def covers(self, micro: int, images: int) -> bool:
-        return (self.limits[0] is None or self.held_micro + micro <= self.amount_micro) and (
-            self.limits[1] is None or self.held_images + images <= self.amount_images
+        return (
+            self.held_micro + micro <= self.amount_micro
+            and self.held_images + images <= self.amount_images
         )
 
     def usable(self, period_start: datetime, limits: Limits, now: float) -> bool:
@@ -203,7 +206,9 @@ def _slice_size(
     budget_id: int, period_start: datetime, limits: Limits, micro: int, images: int
 ) -> tuple[int, int] | None:
     """At most 1/SHARE of the room left on each limited amount; None if that would cover
-    fewer than MIN_REQUESTS requests of this size, or the limits changed meanwhile."""
+    fewer than MIN_REQUESTS requests of this size, or the limits changed meanwhile. An amount
+    with no limit is held too (SHARE x MIN_REQUESTS requests' worth), so that the requests in
+    flight count in `reserved_*` should a limit be set on it."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT limit_micro, limit_images, used_micro + reserved_micro, "
@@ -223,7 +228,7 @@ def _slice_size(
     size = []
     for limit, taken_so_far, want in ((row[0], row[2], micro), (row[1], row[3], images)):
         if limit is None:
-            size.append(0)  # not limited: nothing to hold
+            size.append(max(want, 1) * least * share)
             continue
         room = limit - (taken_so_far if current else 0)
         piece = room // share
@@ -240,6 +245,9 @@ def _lease(
     size: tuple[int, int],
     grant: Callable[[int, int], bool],
 ) -> Slice | None:
+    # One moment for both clocks, before the grant (which may wait on the budget's row): the
+    # slice is never thought fresher than its lease.
+    asked = time.monotonic()
     expires = timezone.now() + timedelta(seconds=settings.BUDGET_LEASE_SECONDS)
     with transaction.atomic():
         if not grant(*size):
@@ -261,13 +269,15 @@ def _lease(
                 ],
             )
             lease_id = cursor.fetchone()[0]
-    return Slice(lease_id, budget_id, period_start, limits, size[0], size[1])
+    return Slice(
+        lease_id, budget_id, period_start, limits, size[0], size[1], used_at=asked, renewed_at=asked
+    )
 
 
 # --- Settling ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class Move:
     """What one settled request does to its slice and to the budget."""
 
@@ -277,52 +287,86 @@ class Move:
     freed_images: int
     cost_micro: int  # onto the budget's used amounts
     cost_images: int
+    active: bool = True  # its slice still admitted when it was claimed
 
 
-def room(taken: Sequence[Taken], micro: int, images: int) -> tuple[int, int]:
-    """A charge capped at what every slice can still take for its request: its hold, and
-    beyond it what is free in a slice still in use."""
+@dataclass
+class Claim:
+    """A request's charge, taken in its slices' memory before any query."""
+
+    moves: list[Move]
+    pieces: list[Slice]
+    micro: int
+    images: int
+
+
+def claim(taken: Sequence[Taken], micro: int, images: int) -> Claim:
+    """Take a request's charge in its slices, in one step under the lock (no other request
+    can take the same free room meanwhile): the charge capped, on each limited amount, at the
+    request's hold plus what its slice has free (nothing free in a retired slice); each
+    request's hold freed. `apply` then writes it."""
     with _lock:
-        for hold in taken:
-            piece = _slices.get(hold.lease_id)
-            spare = piece is not None and not piece.retired
-            limits = piece.limits if piece is not None else (0, 0)
-            if limits[0] is not None:
-                free = piece.amount_micro - piece.held_micro if spare and piece else 0
+        found = [(hold, _slices.get(hold.lease_id)) for hold in taken]
+        for hold, piece in found:
+            if piece is None:
+                continue  # forgotten: charged on the budget's row, within its room
+            spare = not piece.retired
+            if piece.limits[0] is not None:
+                free = piece.amount_micro - piece.held_micro if spare else 0
                 micro = min(micro, hold.micro + max(free, 0))
-            if limits[1] is not None:
-                free = piece.amount_images - piece.held_images if spare and piece else 0
+            if piece.limits[1] is not None:
+                free = piece.amount_images - piece.held_images if spare else 0
                 images = min(images, hold.images + max(free, 0))
-    return micro, images
-
-
-def settle(taken: Sequence[Taken], micro: int, images: int) -> dict[int, Any]:
-    """Charge `micro` and `images` (within `room`) to each slice's budget and free the rest
-    of the request's holds; the budgets' rows as they then stand (alerts.Spend columns), by
-    lease id. A lease missing from the answer was gone (its holder stalled past the lease):
-    its budget is to be charged without it, within its room."""
-    moves, pieces = [], []
-    with _lock:
-        for hold in taken:
-            piece = _slices.get(hold.lease_id)
+        moves, pieces = [], []
+        for hold, piece in found:
             if piece is None:
                 continue
             pieces.append(piece)
             piece.held_micro -= hold.micro
             piece.held_images -= hold.images
-            limited = piece.limits[0] is not None, piece.limits[1] is not None
-            freed = (
-                (hold.micro if piece.retired else micro) if limited[0] else 0,
-                (hold.images if piece.retired else images) if limited[1] else 0,
-            )
+            if piece.retired:  # it holds only what its requests hold: this one's goes
+                freed = hold.micro, hold.images
+            else:  # the charge, out of the slice (where no limit capped it, what is there)
+                freed = (
+                    min(micro, max(piece.amount_micro - piece.held_micro, 0)),
+                    min(images, max(piece.amount_images - piece.held_images, 0)),
+                )
             piece.amount_micro -= freed[0]
             piece.amount_images -= freed[1]
-            moves.append(Move(hold.lease_id, piece.budget_id, freed[0], freed[1], micro, images))
+            moves.append(
+                Move(
+                    hold.lease_id,
+                    piece.budget_id,
+                    freed[0],
+                    freed[1],
+                    micro,
+                    images,
+                    active=not piece.retired,
+                )
+            )
+    return Claim(moves, pieces, micro, images)
+
+
+def apply(charge: Claim, micro: int, images: int) -> dict[int, Any]:
+    """Write a claimed charge, lowered to `micro` and `images` if budgets held on rows took
+    less: the budgets' rows as they then stand (alerts.Spend columns), by lease id. A lease
+    missing from the answer was gone (its holder stalled past the lease): its budget is to
+    be charged without it, within its room."""
     try:
-        return _move(moves) if moves else {}
+        with _lock:
+            for move in charge.moves:
+                if move.active:  # what the lower charge leaves goes back to the slice
+                    kept = min(move.freed_micro, micro), min(move.freed_images, images)
+                    piece = _slices.get(move.lease_id)
+                    if piece is not None:
+                        piece.amount_micro += move.freed_micro - kept[0]
+                        piece.amount_images += move.freed_images - kept[1]
+                    move.freed_micro, move.freed_images = kept
+                move.cost_micro, move.cost_images = micro, images
+        return _move(charge.moves) if charge.moves else {}
     finally:
-        with _lock:  # in flight until moved: a slice is returned only once all are
-            for piece in pieces:
+        with _lock:  # in flight until written: a slice is returned only once all are
+            for piece in charge.pieces:
                 piece.inflight -= 1
 
 
@@ -427,7 +471,8 @@ def _retire(piece: Slice) -> None:
     """Admit nothing more from this slice, and give back at once what its requests in
     flight do not hold."""
     with _lock:
-        piece.retired = True
+        if not piece.retired:
+            piece.retired, piece.retired_at = True, time.monotonic()
         if _current.get(piece.budget_id) is piece:
             del _current[piece.budget_id]
         spare_micro = max(piece.amount_micro - piece.held_micro, 0)
@@ -488,13 +533,24 @@ def reclaim(budget_id: int) -> bool:
     return _out(budget_id)
 
 
+def reclaim_and_wait(budget_id: int) -> None:
+    """Reclaim the budget's slices and wait (up to BUDGET_RECLAIM_WAIT_SECONDS) until no
+    process holds one unretired: before its limits change. Never inside a transaction: the
+    other processes give their slices back through the budget's row."""
+    deadline = time.monotonic() + settings.BUDGET_RECLAIM_WAIT_SECONDS
+    while reclaim(budget_id) and time.monotonic() < deadline:
+        release_connection()
+        time.sleep(0.05)
+
+
 def _out(budget_id: int) -> bool:
     """Whether a slice of this budget may still hold room no request holds: one not retired
     yet (a retired one holds only what its requests in flight hold, like their holds)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT 1 FROM billing_budgetlease WHERE budget_id = %s AND NOT retired LIMIT 1",
-            [budget_id],
+            "SELECT 1 FROM billing_budgetlease WHERE budget_id = %s AND NOT retired "
+            "AND expires_at >= %s LIMIT 1",
+            [budget_id, _db(timezone.now())],
         )
         return cursor.fetchone() is not None
 
@@ -509,18 +565,27 @@ def tick() -> None:
         return
     flags = safe_cache.get_many([_reclaim_key(p.budget_id) for p in pieces if not p.retired])
     for piece in pieces:
-        idle = piece.inflight == 0 and now - piece.used_at > settings.BUDGET_LEASE_IDLE_SECONDS
-        if not piece.retired and (idle or _reclaim_key(piece.budget_id) in flags):
-            _retire(piece)
-        if piece.retired and piece.inflight == 0:
-            return_lease(piece)
+        try:
+            idle = piece.inflight == 0 and now - piece.used_at > settings.BUDGET_LEASE_IDLE_SECONDS
+            if not piece.retired and (idle or _reclaim_key(piece.budget_id) in flags):
+                _retire(piece)
+            if piece.retired and piece.inflight == 0:
+                return_lease(piece)
+        except Exception:  # one budget's trouble (a lock wait, a blip) is not every tenant's
+            logger.exception("could not retire or return the budget slice %s", piece.lease_id)
     _renew(now)
 
 
 def _renew(now: float) -> None:
+    # A retired slice whose requests outlived RESERVATION_TTL_SECONDS (never settled: a bug,
+    # a lost greenlet) is no longer renewed, so its hold is reaped like a row's would be.
+    abandoned = now - settings.RESERVATION_TTL_SECONDS
     with _lock:
         due = [
-            p for p in _slices.values() if now - p.renewed_at > settings.BUDGET_LEASE_SECONDS / 3
+            p
+            for p in _slices.values()
+            if now - p.renewed_at > settings.BUDGET_LEASE_SECONDS / 3
+            and not (p.retired and p.retired_at < abandoned)
         ]
     if not due:
         return

@@ -1,13 +1,12 @@
 """Writes for billing configuration: prices and budgets, each audited."""
 
-import time
 from decimal import Decimal
 
-from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 
+from aperture import config_cache
 from aperture.errors import Conflict, InvalidRequest
 from billing import alerts, leases
 from billing.budgets import period_start
@@ -218,7 +217,6 @@ def budget_create(
         raise
 
 
-@transaction.atomic
 def budget_change_limits(
     *,
     actor: str,
@@ -228,6 +226,28 @@ def budget_change_limits(
 ) -> Budget:
     """Set `limit_micro` and/or `limit_images` (None removes that limit); a tenant's change
     stays `within_enclosing` budgets, an operator's need not.
+
+    Gateway processes first give back their slices of the budget (billing/leases.py) so
+    that only what requests in flight hold counts against the new limit; a caller inside a
+    transaction does that before opening it (`leases.reclaim_and_wait`), since it waits on
+    other processes and they on the budget's row.
+    """
+    if not connection.in_atomic_block:
+        leases.reclaim_and_wait(budget.pk)
+    return _change_limits(
+        actor=actor, budget=budget, fields=fields, within_enclosing=within_enclosing
+    )
+
+
+@transaction.atomic
+def _change_limits(
+    *,
+    actor: str,
+    budget: Budget,
+    fields: dict[str, int | None],
+    within_enclosing: bool,
+) -> Budget:
+    """`budget_change_limits` once slices are back.
 
     One conditional UPDATE: it also starts a new period if the stored one is over, and
     changes nothing if the current period has already spent or holds more than the new
@@ -274,15 +294,7 @@ def budget_change_limits(
         )
 
     changed = update()
-    # What gateway processes hold as slices of the budget counts as held: they give back
-    # what no request holds (billing/leases.py), and the limit is tried again.
-    deadline = time.monotonic() + settings.BUDGET_RECLAIM_WAIT_SECONDS
-    while not changed:
-        waiting = leases.reclaim(budget.pk)
-        changed = update()
-        if changed or not waiting or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
+    config_cache.invalidate()  # every process's cached limits, and the slices taken under them
     budget.refresh_from_db()
     if not changed:
         raise Conflict(

@@ -185,7 +185,10 @@ class BudgetOut(serializers.Serializer[Any]):
     resets_at = serializers.DateTimeField(allow_null=True)
     spent_micro = serializers.IntegerField()
     spent_usd = serializers.SerializerMethodField()
-    reserved_micro = serializers.IntegerField(help_text="Held by requests in flight.")
+    reserved_micro = serializers.IntegerField(
+        help_text="Held by requests in flight, and by gateway processes' slices of a busy budget "
+        "(given back when idle or when the budget runs low)."
+    )
     remaining_micro = serializers.IntegerField(allow_null=True)
     remaining_usd = serializers.SerializerMethodField()
     spent_images = serializers.IntegerField()

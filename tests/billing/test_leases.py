@@ -7,14 +7,16 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.core.cache import cache
+from django.db import OperationalError
 from django.db.models import F
 from django.utils import timezone
 
-from aperture.errors import InsufficientQuota
+from aperture.errors import Conflict, InsufficientQuota
 from billing import budgets, leases, services
 from billing.models import Budget, BudgetLease, Reservation
 from tenants.key_auth import KeyPrincipal, authenticate_secret
-from tenants.models import Workspace
+from tenants.models import Team, Workspace
 from tenants.services import CreatedKey
 from tests.billing.conftest import budget
 from tests.conftest import ACTOR
@@ -155,6 +157,7 @@ def test_a_slice_of_another_period_admits_nothing_and_charges_the_old_period_onl
     assert not BudgetLease.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)  # the change reclaims outside any transaction
 def test_an_operator_lowers_the_limit_below_a_slice_and_nothing_passes_the_new_one(
     api_key: CreatedKey, workspace: Workspace
 ) -> None:
@@ -236,3 +239,84 @@ def test_a_request_in_flight_on_a_reaped_slice_is_charged_within_the_room(
     leases._slices[next(iter(leases._slices))].renewed_at -= 11
     leases.tick()  # the renewal finds it gone: never admitted from again
     assert not leases._slices
+
+
+def test_a_charge_above_the_hold_claims_the_free_room_before_anyone_else_can(
+    api_key: CreatedKey, workspace: Workspace, team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sliced = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    on_row = budget(workspace=workspace, team=team, period="month", limit_micro=10 * ROOMY)
+    cache.set(leases._reclaim_key(on_row.pk), 1, 60)  # reclaimed: held on its row meanwhile
+    principal = _principal(api_key)
+    costly = _reserve(principal, "costly")
+    assert any(h.lease_id for h in costly.holds) and any(not h.lease_id for h in costly.holds)
+    others: list[budgets.Hold] = []
+    settle_rows = budgets._settle_rows
+
+    def others_arrive(*args: Any) -> Any:  # while the row's settle waits on the database
+        with pytest.raises(InsufficientQuota):
+            for number in range(200):
+                others.append(_reserve(principal, f"other {number}"))
+        return settle_rows(*args)
+
+    monkeypatch.setattr(budgets, "_settle_rows", others_arrive)
+    charged, _ = budgets.settle(costly, cost_micro=ROOMY, images=1)
+    monkeypatch.undo()
+    for hold in others:
+        assert budgets.settle(hold, cost_micro=PRICE, images=1) == (PRICE, 1)
+    leases.return_all()
+    sliced.refresh_from_db()
+    assert sliced.used_micro == charged + PRICE * len(others) <= ROOMY
+    assert sliced.reserved_micro == 0
+
+
+def test_a_money_limit_added_to_an_images_budget_counts_the_requests_in_flight(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_images=10_000)
+    principal = _principal(api_key)
+    in_flight = [_reserve(principal, "a"), _reserve(principal, "b")]
+    assert all(h.lease_id for hold in in_flight for h in hold.holds)
+    with pytest.raises(Conflict):  # 2,000 µUSD are held by the two requests in flight
+        leases.reclaim_and_wait(row.pk)
+        services.budget_change_limits(actor=ACTOR, budget=row, fields={"limit_micro": 1_500})
+    services.budget_change_limits(actor=ACTOR, budget=row, fields={"limit_micro": 3 * PRICE})
+    assert _reserve(principal, "c").holds
+    with pytest.raises(InsufficientQuota):
+        _reserve(principal, "d")
+
+
+def test_a_changed_limit_reaches_the_cached_budgets_and_slices_resume(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    budgets.release(_reserve(principal))
+    leases.reclaim_and_wait(row.pk)
+    services.budget_change_limits(actor=ACTOR, budget=row, fields={"limit_micro": 2 * ROOMY})
+    assert budgets.budgets_in_scope(principal)[0].limits == (2 * ROOMY, None)
+    cache.delete(leases._reclaim_key(row.pk))  # the reclaim's pause on new slices is over
+    hold = _reserve(principal, "after")
+    assert all(h.lease_id for h in hold.holds)  # a slice again, under the new limit
+
+
+def test_an_error_leasing_a_later_budget_gives_back_the_earlier_slice(
+    api_key: CreatedKey, workspace: Workspace, team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    budget(workspace=workspace, team=team, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    budgets.release(_reserve(principal))  # both have a slice now
+    taking = leases.take
+
+    def second_fails(budget_id: int, *args: Any) -> Any:
+        if budget_id != first.pk:
+            raise OperationalError("the database went away")
+        return taking(budget_id, *args)
+
+    monkeypatch.setattr(leases, "take", second_fails)
+    with pytest.raises(OperationalError):
+        _reserve(principal, "broken")
+    monkeypatch.undo()
+    leases.return_all()
+    assert _counters(first) == (0, 0)  # the first budget's take was given back

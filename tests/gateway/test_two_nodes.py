@@ -199,6 +199,23 @@ def test_a_slice_of_a_node_killed_mid_flight_returns_when_its_lease_expires(
     assert UsageRecord.objects.filter(status=200).count() == allowed
 
 
+def test_a_node_stopped_gracefully_gives_its_slices_back(
+    live_env: dict[str, str],
+    transactional_db: None,
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,  # noqa: F811
+    fake_upstream: FakeUpstream,
+) -> None:
+    row = budget(workspace=api_key.key.workspace, period="month", limit_images=64)
+    with gunicorn(live_env, workers=1) as node:
+        assert _generate(node, api_key.secret).status_code == 200
+        assert BudgetLease.objects.exists()
+    # SIGTERM, and the master waited for its worker: the slice came back on the way out.
+    assert not BudgetLease.objects.exists()
+    row = Budget.objects.get(pk=row.pk)
+    assert (row.used_images, row.reserved_images) == (1, 0)
+
+
 def test_a_key_revoked_through_node_a_is_refused_by_node_b_on_its_next_request(
     nodes: tuple[Server, Server],
     api_key: CreatedKey,
