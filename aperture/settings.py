@@ -406,7 +406,10 @@ METRICS_TOKEN = _optional_secret("APERTURE_METRICS_TOKEN")
 METRICS_CELERY_QUEUES = env.list("APERTURE_METRICS_CELERY_QUEUES", default=["celery"])
 
 # --- Upstreams and hosted images ------------------------------------------------------
-UPSTREAM_POOL_SIZE = env.int("APERTURE_UPSTREAM_POOL_SIZE", default=4000)
+# As many kept-alive connections per upstream host as a worker serves requests at once.
+UPSTREAM_POOL_SIZE = env.int(
+    "APERTURE_UPSTREAM_POOL_SIZE", default=env.int("APERTURE_WORKER_CONNECTIONS", default=4000)
+)
 # Connecting to an upstream: a dead host should cost little (each deployment may set its own).
 UPSTREAM_CONNECT_TIMEOUT = env.float("APERTURE_UPSTREAM_CONNECT_TIMEOUT", default=3.0)
 # Deployment health (routing/health.py): failures within the window that open a circuit, and

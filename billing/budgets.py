@@ -1,12 +1,14 @@
-"""Exact budgets under concurrency: reserve before the upstream call, settle after.
+"""Exact budgets under concurrency: hold before the upstream call, settle after.
 
-Each budget in scope (workspace, team, key) takes the request's estimated maximum with one
-conditional UPDATE — admitted only if used + reserved + estimate stays within the limit —
-inside one short transaction with no network wait, so a refusal on any budget undoes the
-others. A new period resets the counters in that same UPDATE. Settlement turns the hold
-into the actual cost; a failed call releases it. CheckConstraints back every write. The
-settling UPDATE returns each budget's new counters, from which its spend alerts are checked
-without another query (billing/alerts.py).
+Each budget in scope (workspace, team, key) holds the request's estimated maximum, all or
+none. A busy budget holds it in this process's slice of the budget, in memory
+(billing/leases.py, docs/budget-slices.md); otherwise (the last part of a budget, an async
+job's hold) with one conditional UPDATE on the budget's row — admitted only if used +
+reserved + estimate stays within the limit — and a hold row, in one short transaction with
+no network wait. A new period resets the counters in that same UPDATE. Settlement turns the
+hold into the actual cost; a failed call releases it. CheckConstraints back every write.
+The settling statements return each budget's new counters, from which its spend alerts are
+checked without another query (billing/alerts.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from aperture import safe_cache
@@ -43,8 +43,9 @@ from aperture.db import release_connection
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.25
-# False in the test process, whose tests run in transactions another thread cannot see:
-# they call `tick()` themselves. Served processes keep their leases with a keeper thread.
+# Served processes keep their leases with a keeper thread. The test suite turns it off
+# (tests/conftest.py): its tests run in transactions another thread cannot see, and call
+# `tick()` themselves.
 KEEPER_ENABLED = True
 
 Limits = tuple[int | None, int | None]  # the budget's limit_micro and limit_images
@@ -112,12 +113,13 @@ def holder() -> str:
 
 
 def forget() -> None:
-    """Drop what this process knows of its slices (a forked child; a test's rollback)."""
-    global _holder, _keeper
-    with _lock:
-        _current.clear()
-        _slices.clear()
-        _acquiring.clear()
+    """Drop what this process knows of its slices (a forked child; a test's rollback). A new
+    lock: a forked child must not inherit one its parent's keeper held."""
+    global _holder, _keeper, _lock
+    _lock = threading.Lock()
+    _current.clear()
+    _slices.clear()
+    _acquiring.clear()
     _holder = ""
     _keeper = None
 
@@ -184,7 +186,11 @@ def acquire(
         with _lock:
             stale = _current.pop(budget_id, None)
         if stale is not None:
-            _retire(stale)
+            try:
+                _retire(stale)
+            except DatabaseError:  # the keeper tries again; this request goes on the row
+                logger.exception("could not retire the budget slice %s", stale.lease_id)
+                return None
         if safe_cache.get(_reclaim_key(budget_id)) is not None:
             return None
         size = _slice_size(budget_id, period_start, limits, micro, images)
@@ -205,10 +211,8 @@ def acquire(
 def _slice_size(
     budget_id: int, period_start: datetime, limits: Limits, micro: int, images: int
 ) -> tuple[int, int] | None:
-    """At most 1/SHARE of the room left on each limited amount; None if that would cover
-    fewer than MIN_REQUESTS requests of this size, or the limits changed meanwhile. An amount
-    with no limit is held too (SHARE x MIN_REQUESTS requests' worth), so that the requests in
-    flight count in `reserved_*` should a limit be set on it."""
+    """As many requests like this one as 1/SHARE of the room left on every limited amount
+    covers; None if that is fewer than MIN_REQUESTS, or the limits changed meanwhile."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT limit_micro, limit_images, used_micro + reserved_micro, "
@@ -225,16 +229,17 @@ def _slice_size(
         stored_start = timezone.make_aware(stored_start, timezone.get_fixed_timezone(0))
     current = stored_start == period_start
     share, least = settings.BUDGET_LEASE_SHARE, settings.BUDGET_LEASE_MIN_REQUESTS
-    size = []
-    for limit, taken_so_far, want in ((row[0], row[2], micro), (row[1], row[3], images)):
-        if limit is None:
-            size.append(max(want, 1) * least * share)
-            continue
-        room = limit - (taken_so_far if current else 0)
-        piece = room // share
-        if piece < max(want, 1) * least:
-            return None
-        size.append(piece)
+    wants = (max(micro, 1), max(images, 1))
+    covered = []  # how many requests like this one each limited amount's slice covers
+    for limit, taken_so_far, want in ((row[0], row[2], wants[0]), (row[1], row[3], wants[1])):
+        if limit is not None:
+            covered.append((limit - (taken_so_far if current else 0)) // share // want)
+    requests = min(covered)
+    if requests < least:
+        return None
+    # Each amount as many requests' worth: one with no limit is held too, so that requests
+    # in flight count in `reserved_*` should a limit be set on it later.
+    size = [requests * want for want in wants]
     return size[0], size[1]
 
 
@@ -440,9 +445,13 @@ def _move(moves: list[Move], *, retire: bool = False) -> dict[int, Any]:
                 cursor.execute(sql, [*params, retire])
                 return {row[0]: row[1:] for row in cursor.fetchall()}
         except OperationalError as error:  # one statement: a deadlock undid all of it
-            if attempt == 2 or connection.in_atomic_block or "deadlock" not in str(error):
+            if attempt == 2 or connection.in_atomic_block or not _deadlock(error):
                 raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    return {}  # pragma: no cover - the loop returns or raises
+
+
+def _deadlock(error: OperationalError) -> bool:
+    return getattr(error.__cause__, "sqlstate", None) == "40P01"
 
 
 def _move_apart(m: Move, retire: bool) -> Any:
@@ -484,30 +493,64 @@ def _retire(piece: Slice) -> None:
 
 def return_lease(piece: Slice) -> None:
     """Give back a retired slice whose requests have all ended, and forget it."""
+    _return_rows("id = %s", [piece.lease_id])
     with _lock:
         _slices.pop(piece.lease_id, None)
         if _current.get(piece.budget_id) is piece:
             del _current[piece.budget_id]
-    _return_rows("id = %s", [piece.lease_id])
+
+
+# Like _MOVE_PG, the budgets' rows first, in id order, then the leases'.
+_RETURN_PG = """
+WITH target AS (SELECT id, budget_id FROM billing_budgetlease WHERE {which}),
+locked AS (
+    SELECT id FROM billing_budget WHERE id IN (SELECT budget_id FROM target)
+    ORDER BY id FOR UPDATE
+),
+gone AS (
+    DELETE FROM billing_budgetlease
+    WHERE id IN (SELECT id FROM target) AND (SELECT count(*) FROM locked) >= 0
+    RETURNING budget_id, period_start, amount_micro, images
+),
+returned AS (
+    SELECT budget_id, period_start, sum(amount_micro) AS micro, sum(images) AS images, count(*)
+    FROM gone GROUP BY budget_id, period_start
+),
+changed AS (
+    UPDATE billing_budget AS b SET
+        reserved_micro = b.reserved_micro - returned.micro,
+        reserved_images = b.reserved_images - returned.images
+    FROM returned WHERE b.id = returned.budget_id AND b.period_start = returned.period_start
+)
+SELECT coalesce(sum(count), 0) FROM returned
+"""
 
 
 def _return_rows(which: str, params: list[Any]) -> int:
     """Delete the leases matching `which` and give back to their budgets what they held;
     how many there were."""
-    with transaction.atomic(), connection.cursor() as cursor:
+    if connection.vendor == "postgresql":
+        for attempt in range(3):
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(_RETURN_PG.format(which=which), params)
+                    return int(cursor.fetchone()[0])
+            except OperationalError as error:  # one statement: a deadlock undid all of it
+                if attempt == 2 or connection.in_atomic_block or not _deadlock(error):
+                    raise
+    with transaction.atomic(), connection.cursor() as cursor:  # SQLite: one writer at a time
         cursor.execute(
             f"DELETE FROM billing_budgetlease WHERE {which} "  # noqa: S608 - constant clauses
             "RETURNING budget_id, period_start, amount_micro, images",
             params,
         )
         rows = cursor.fetchall()
-        for budget_id, start, micro, images in sorted(rows):  # rows locked in one order
-            if micro or images:
-                cursor.execute(
-                    "UPDATE billing_budget SET reserved_micro = reserved_micro - %s, "
-                    "reserved_images = reserved_images - %s WHERE id = %s AND period_start = %s",
-                    [micro, images, budget_id, start],
-                )
+        for budget_id, start, micro, images in rows:
+            cursor.execute(
+                "UPDATE billing_budget SET reserved_micro = reserved_micro - %s, "
+                "reserved_images = reserved_images - %s WHERE id = %s AND period_start = %s",
+                [micro, images, budget_id, start],
+            )
     return len(rows)
 
 
@@ -520,17 +563,20 @@ def reap_expired(budget_id: int | None = None) -> int:
 
 
 def reclaim(budget_id: int) -> bool:
-    """A request this budget would refuse: ask every holder to retire its slices of it (for
-    a few seconds, no new slice of it is leased), retire ours, return expired ones. True if
-    slices of it are still out, so that waiting may free room."""
-    flag_seconds = max(int(settings.BUDGET_RECLAIM_WAIT_SECONDS * 3), 5)
-    safe_cache.set(_reclaim_key(budget_id), 1, flag_seconds)
+    """A request this budget would refuse: retire our slices of it, return expired ones and,
+    if other processes still hold slices of it, ask them to retire theirs (for a few seconds
+    no new slice of it is leased anywhere). True if such slices are out, so that waiting may
+    free room."""
     with _lock:
         ours = [p for p in _slices.values() if p.budget_id == budget_id and not p.retired]
     for piece in ours:
         _retire(piece)
     reap_expired(budget_id)
-    return _out(budget_id)
+    out = _out(budget_id)
+    if out:
+        flag_seconds = max(int(settings.BUDGET_RECLAIM_WAIT_SECONDS * 3), 5)
+        safe_cache.set(_reclaim_key(budget_id), 1, flag_seconds)
+    return out
 
 
 def reclaim_and_wait(budget_id: int) -> None:
@@ -615,9 +661,12 @@ def return_all() -> None:
     with _lock:
         pieces = list(_slices.values())
     for piece in pieces:
-        _retire(piece)
-        if piece.inflight == 0:
-            return_lease(piece)
+        try:
+            _retire(piece)
+            if piece.inflight == 0:
+                return_lease(piece)
+        except Exception:  # the others still go back; this one's lease expires
+            logger.exception("could not return the budget slice %s", piece.lease_id)
 
 
 def _keep() -> None:

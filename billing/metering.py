@@ -11,7 +11,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import psycopg
 from django.db import connection
 from django.utils import timezone
 
@@ -169,13 +168,6 @@ def _insert(
         meter.end_user[:256],
         connection.ops.adapt_json_value(meter.metadata, None),
     )
-    if connection.vendor == "postgresql":
-        # Bound on the server: the 32 values travel apart from the statement, which spares
-        # quoting each of them into it in Python (Django's cursors bind on the client).
-        connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(_INSERT, values)
-        return
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, values)
 

@@ -277,23 +277,20 @@ def _change_limits(
     def this_period(column: str) -> Case:
         return Case(When(current, then=F(column)), default=Value(0))
 
-    def update() -> int:
-        return (
-            Budget.objects.filter(pk=budget.pk)
-            .filter(fits)
-            .update(
-                limit_micro=limit_micro,
-                limit_images=limit_images,
-                used_micro=this_period("used_micro"),
-                reserved_micro=this_period("reserved_micro"),
-                used_images=this_period("used_images"),
-                reserved_images=this_period("reserved_images"),
-                period_start=start,
-                updated_at=timezone.now(),
-            )
+    changed = (
+        Budget.objects.filter(pk=budget.pk)
+        .filter(fits)
+        .update(
+            limit_micro=limit_micro,
+            limit_images=limit_images,
+            used_micro=this_period("used_micro"),
+            reserved_micro=this_period("reserved_micro"),
+            used_images=this_period("used_images"),
+            reserved_images=this_period("reserved_images"),
+            period_start=start,
+            updated_at=timezone.now(),
         )
-
-    changed = update()
+    )
     config_cache.invalidate()  # every process's cached limits, and the slices taken under them
     budget.refresh_from_db()
     if not changed:

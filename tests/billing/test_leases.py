@@ -23,6 +23,7 @@ from tests.conftest import ACTOR
 
 PRICE = 1_000
 ROOMY = 100 * PRICE  # a first slice of 1/16 of it covers 6 requests: slices are used
+SLICE = 6 * PRICE  # as many whole requests as 1/16 of the room covers
 
 
 def _principal(api_key: CreatedKey) -> KeyPrincipal:
@@ -66,11 +67,11 @@ def test_requests_are_admitted_from_a_slice_and_the_budget_shows_their_spend_at_
     first, second = _reserve(principal, "a"), _reserve(principal, "b")
     lease = BudgetLease.objects.get()  # one slice for both, and no hold row per request
     assert not Reservation.objects.exists()
-    assert _counters(row) == (0, ROOMY // 16) and lease.amount_micro == ROOMY // 16
+    assert _counters(row) == (0, SLICE) and lease.amount_micro == SLICE
 
     assert budgets.settle(first, cost_micro=800, images=1) == (800, 1)
     lease.refresh_from_db()
-    assert _counters(row) == (800, ROOMY // 16 - 800) == (800, lease.amount_micro)
+    assert _counters(row) == (800, SLICE - 800) == (800, lease.amount_micro)
     assert row.used_images == 1
     budgets.release(second)
     leases.return_all()
@@ -107,9 +108,9 @@ def test_a_charge_above_the_hold_takes_only_what_the_slice_has(
     hold = _reserve(principal)
     assert budgets.settle(hold, cost_micro=1_500, images=1) == (1_500, 1)  # the slice had it
     huge = _reserve(principal, "huge")
-    assert budgets.settle(huge, cost_micro=10 * ROOMY, images=1) == (ROOMY // 16 - 1_500, 1)
+    assert budgets.settle(huge, cost_micro=10 * ROOMY, images=1) == (SLICE - 1_500, 1)
     leases.return_all()
-    assert _counters(row) == (ROOMY // 16, 0)
+    assert _counters(row) == (SLICE, 0)
 
 
 def test_a_dead_nodes_slice_returns_when_its_lease_expires(
@@ -164,7 +165,7 @@ def test_an_operator_lowers_the_limit_below_a_slice_and_nothing_passes_the_new_o
     row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
     principal = _principal(api_key)
     in_flight = _reserve(principal)
-    assert _counters(row) == (0, ROOMY // 16)
+    assert _counters(row) == (0, SLICE)
 
     services.budget_change_limits(actor=ACTOR, budget=row, fields={"limit_micro": 3 * PRICE})
 
@@ -191,7 +192,7 @@ def test_the_keeper_returns_idle_slices_and_renews_busy_ones(
     leases._slices[lease.pk].renewed_at -= 11  # renewed a third of its lease ago
     leases.tick()
     assert BudgetLease.objects.get().expires_at > timezone.now() + timedelta(seconds=25)
-    assert _counters(row)[1] == ROOMY // 16  # in use: kept whole
+    assert _counters(row)[1] == SLICE  # in use: kept whole
 
     budgets.settle(busy, cost_micro=PRICE, images=1)
     leases.tick()  # idle now
@@ -295,7 +296,6 @@ def test_a_changed_limit_reaches_the_cached_budgets_and_slices_resume(
     leases.reclaim_and_wait(row.pk)
     services.budget_change_limits(actor=ACTOR, budget=row, fields={"limit_micro": 2 * ROOMY})
     assert budgets.budgets_in_scope(principal)[0].limits == (2 * ROOMY, None)
-    cache.delete(leases._reclaim_key(row.pk))  # the reclaim's pause on new slices is over
     hold = _reserve(principal, "after")
     assert all(h.lease_id for h in hold.holds)  # a slice again, under the new limit
 
