@@ -335,11 +335,11 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
     if sliced:  # taken in the slices at once, capped: their free room is this request's
         claim = leases.claim([h.taken for h in sliced], cost_micro, images)
         cost_micro, images = claim.micro, claim.images
-    spends: list[alerts.Spend | None] = []
+    spends: list[alerts.Spend | None] = []  # the sliced budgets' (the rows' fire as they settle)
     rows: dict[int, Any] = {}
     try:
         if not on_rows.empty:
-            cost_micro, images, spends = _settle_rows(on_rows, cost_micro, images)
+            cost_micro, images = _settle_rows(on_rows, cost_micro, images)
     finally:
         if claim is not None:
             rows = leases.apply(claim, cost_micro, images)
@@ -359,10 +359,8 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
     return cost_micro, images
 
 
-def _settle_rows(
-    hold: Hold, cost_micro: int, images: int
-) -> tuple[int, int, list[alerts.Spend | None]]:
-    """Settle the holds on budgets' rows: the charge, and the budgets as they then stand."""
+def _settle_rows(hold: Hold, cost_micro: int, images: int) -> tuple[int, int]:
+    """Settle the holds on budgets' rows, and fire the alerts their spend reached: the charge."""
     with transaction.atomic():
         rows = _delete_reservations([h.reservation_id for h in hold.holds])
         hold = Hold(  # as each reservation stood when deleted
@@ -388,7 +386,9 @@ def _settle_rows(
             )
             for held in hold.holds
         ]
-    return cost_micro, images, spends
+        if cost_micro or images:  # while the rows are locked: the alert records the spend
+            alerts.fire_reached([s for s in spends if s is not None])  # that crossed it
+    return cost_micro, images
 
 
 def _within_room(hold: Hold, still_held: set[int], cost_micro: int, images: int) -> tuple[int, int]:
