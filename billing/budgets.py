@@ -14,7 +14,6 @@ checked without another query (billing/alerts.py).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +24,6 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from aperture import config_cache
-from aperture.db import release_connection
 from aperture.errors import InsufficientQuota
 from billing import alerts, leases
 from billing.models import LIFETIME_START, Budget, Reservation
@@ -201,20 +199,17 @@ def reserve(
     if not refs:
         return Hold(())
     sliced = held_until is None and settings.BUDGET_LEASES
-    deadline = time.monotonic() + settings.BUDGET_RECLAIM_WAIT_SECONDS
-    pause, final = 0.01, False
-    while True:
-        now = timezone.now()
-        try:
-            return _reserve(refs, now, request_id, amount_micro, images, held_until, sliced)
-        except _Refused as refused:
-            if final or time.monotonic() >= deadline:
-                raise _refusal(refused.ref, now) from None
-            final = not leases.reclaim(refused.ref.id)  # no slice out: one last try
-        if not final:
-            release_connection()  # not held while waiting: the pool serves other requests
-            time.sleep(pause)
-            pause = min(pause * 2, 0.2)
+    now = timezone.now()
+    try:
+        return _reserve(refs, now, request_id, amount_micro, images, held_until, sliced)
+    except _Refused as refused:
+        if leases.reclaim(refused.ref.id):  # other processes' slices of it are out
+            leases.wait_until_returned(refused.ref.id)
+    now = timezone.now()  # one last try, with whatever came back
+    try:
+        return _reserve(refs, now, request_id, amount_micro, images, held_until, sliced)
+    except _Refused as refused:
+        raise _refusal(refused.ref, now) from None
 
 
 def _reserve(

@@ -120,6 +120,7 @@ def forget() -> None:
     _current.clear()
     _slices.clear()
     _acquiring.clear()
+    _polled.clear()
     _holder = ""
     _keeper = None
 
@@ -580,13 +581,41 @@ def reclaim(budget_id: int) -> bool:
 
 
 def reclaim_and_wait(budget_id: int) -> None:
-    """Reclaim the budget's slices and wait (up to BUDGET_RECLAIM_WAIT_SECONDS) until no
-    process holds one unretired: before its limits change. Never inside a transaction: the
-    other processes give their slices back through the budget's row."""
+    """Reclaim the budget's slices and wait until no other process holds one unretired:
+    before its limits change. Never inside a transaction: the other processes give their
+    slices back through the budget's row."""
+    if reclaim(budget_id):
+        wait_until_returned(budget_id)
+
+
+def wait_until_returned(budget_id: int) -> None:
+    """Wait, up to BUDGET_RECLAIM_WAIT_SECONDS, until no process holds an unretired slice of
+    the budget: without a database connection, and with one query per budget and process
+    every POLL_SECONDS however many requests wait (a refused burst must not drain the pool)."""
     deadline = time.monotonic() + settings.BUDGET_RECLAIM_WAIT_SECONDS
-    while reclaim(budget_id) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         release_connection()
-        time.sleep(0.05)
+        time.sleep(POLL_SECONDS)
+        if not _out_now(budget_id):
+            return
+
+
+POLL_SECONDS = 0.05
+_polled: dict[int, tuple[float, bool]] = {}  # budget id -> when last asked, and the answer
+
+
+def _out_now(budget_id: int) -> bool:
+    """`_out`, asked at most once per POLL_SECONDS by this process for a budget."""
+    now = time.monotonic()
+    with _lock:
+        last = _polled.get(budget_id)
+        if last is not None and now - last[0] < POLL_SECONDS:
+            return last[1]
+        _polled[budget_id] = (now, last[1] if last is not None else True)  # others wait on it
+    out = _out(budget_id)
+    with _lock:
+        _polled[budget_id] = (time.monotonic(), out)
+    return out
 
 
 def _out(budget_id: int) -> bool:
