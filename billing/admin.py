@@ -148,7 +148,23 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
         "reserved_micro",
         "used_images",
         "reserved_images",
+        "slices",
     ]
+
+    @admin.display(description="Held as slices")
+    def slices(self, obj: Budget) -> str:
+        """Who holds what of `reserved` as budget slices (billing/leases.py): the gateway
+        process, its amounts, whether it still admits from it, and when its lease ends."""
+        leases = obj.leases.order_by("id") if obj.pk else []
+        return (
+            "; ".join(
+                f"{lease.holder}: {usd(lease.amount_micro)}, {lease.images} images, "
+                f"{'retired' if lease.retired else 'admitting'}, until "
+                f"{lease.expires_at:%Y-%m-%d %H:%M:%S}Z"
+                for lease in leases
+            )
+            or "—"
+        )
 
     @admin.display(description="Alerts at")
     def alerts_at(self, obj: Budget) -> str:

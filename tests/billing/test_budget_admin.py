@@ -1,8 +1,11 @@
 """Operators change budgets in the admin without a 500 and without touching the counters."""
 
-from django.test import Client
+from datetime import timedelta
 
-from billing.models import Budget
+from django.test import Client
+from django.utils import timezone
+
+from billing.models import Budget, BudgetLease
 from tenants.models import AuditEvent, Workspace
 from tests.billing.conftest import budget
 
@@ -62,3 +65,20 @@ def test_a_second_budget_for_one_target_and_period_is_a_form_error_in_the_admin(
     assert response.status_code == 200  # the form again, with the reason
     assert "This workspace already has a budget for this period." in response.content.decode()
     assert list(Budget.objects.values_list("pk", flat=True)) == [b.pk]
+
+
+def test_an_operator_sees_which_gateway_processes_hold_slices_of_a_budget(
+    admin_client: Client, workspace: Workspace
+) -> None:
+    b = budget(workspace=workspace, period="lifetime", limit_micro=50_000_000)
+    BudgetLease.objects.create(
+        budget=b,
+        holder="web-3:4242:ab12",
+        period_start=b.period_start,
+        amount_micro=6_000_000,
+        images=64,
+        expires_at=timezone.now() + timedelta(seconds=30),
+    )
+    page = admin_client.get(f"/admin/billing/budget/{b.pk}/change/").content.decode()
+    assert "Held as slices" in page
+    assert "web-3:4242:ab12: $6, 64 images, admitting, until" in page
