@@ -35,7 +35,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from bench.management import run_management
 from bench.metrics import run_metrics
 from bench.passthrough import run_passthrough
 from bench.seed import BENCH_MODEL, RACE_IMAGES
+from bench.serve import peak_memory
 from bench.throughput import run_throughput
 from tests.fakes.upstream import FakeUpstream
 
@@ -390,30 +390,18 @@ def _core(
 
     print(f"\n## {args.slow} concurrent requests against a 5-second upstream")
     requests.post(f"{upstream_url}/_control/delay", json={"delay": 5}, timeout=5)
-    peak = [0.0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_mb(gateway.pid))
-            time.sleep(0.1)
-
-    before = _rss_mb(gateway.pid)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    slow = run(
-        f"{gateway_url}/v1/images/generations",
-        BODY,
-        auth,
-        concurrency=args.slow,
-        total=args.slow,
-    )
-    stop.set()
-    sampler.join()
+    with peak_memory(lambda: _rss_mb(gateway.pid)) as memory:
+        slow = run(
+            f"{gateway_url}/v1/images/generations",
+            BODY,
+            auth,
+            concurrency=args.slow,
+            total=args.slow,
+        )
     print(f"succeeded {slow.ok}/{args.slow}; statuses {slow.statuses}")
     p50, p99 = slow.percentile(50), slow.percentile(99)
     print(f"wall time {slow.wall:.2f} s; p50 {p50:.2f} s, p99 {p99:.2f} s")
-    print(f"gateway memory: {before:.0f} MB before, peak {peak[0]:.0f} MB during")
+    print(f"gateway memory: {memory.before:.0f} MB before, peak {memory.peak:.0f} MB during")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +20,8 @@ from pathlib import Path
 import requests
 
 from bench.loadgen import Result, run
+from bench.serve import gunicorn
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 PATH = "/v1/images/generations"
 ROUNDS = 8  # runs per level and gateway, on and off in turn (first one, then the other), so
 # that drift and whatever a run leaves behind (autovacuum after its inserts) hit both alike
@@ -53,30 +49,9 @@ class _Gateway:
 
 @contextlib.contextmanager
 def _gateway(env: dict[str, str], *, metrics: bool) -> Iterator[_Gateway]:
-    port = _free_port()
-    served = {**env, "PORT": str(port), "APERTURE_METRICS": "true" if metrics else "false"}
-    process = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
-        cwd=ROOT,
-        env=served,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{url}/healthz", timeout=1)
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit(f"the gateway on {url} did not come up") from None
-                time.sleep(0.1)
-        yield _Gateway(url, process.pid)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+    served = {**env, "APERTURE_METRICS": "true" if metrics else "false"}
+    with gunicorn(served, _free_port()) as gateway:
+        yield _Gateway(gateway.url, gateway.pid)
 
 
 def _merged(results: list[Result]) -> Result:

@@ -8,23 +8,16 @@ budgets; and two gateway nodes (a second gunicorn master on the same PostgreSQL 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import requests
-
 from bench.loadgen import Result, raise_fd_limit, run
+from bench.serve import gunicorn, peak_memory
 from tests.fakes import upstream
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 PATH = "/v1/images/generations"
 SECOND_PORT = 9743
 BURST_TIMEOUT = 300.0  # s a burst's request may take before the load generator gives up
@@ -58,33 +51,6 @@ def _listen_overflows() -> int:
             table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
             return int(table.get("ListenOverflows", 0)) + int(table.get("ListenDrops", 0))
     return 0
-
-
-@contextlib.contextmanager
-def _second_node(env: dict[str, str], port: int) -> Iterator[str]:
-    """Another gunicorn master, the first one's command and environment but its own port."""
-    process = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
-        cwd=ROOT,
-        env={**env, "PORT": str(port)},
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{url}/healthz", timeout=1)
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit(f"the second node on {url} did not come up") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def run_throughput(
@@ -151,7 +117,8 @@ def run_throughput(
     # One node again just before two: the table's figure is minutes old by now, and the burst
     # has left thousands of usage records and holds behind.
     nodes: dict[str, tuple[Result, Result]] = {}
-    with _second_node(env, SECOND_PORT) as second_url:
+    with gunicorn(env, SECOND_PORT) as second:
+        second_url = second.url
         one, both = [f"{gateway_url}{PATH}"], [f"{gateway_url}{PATH}", f"{second_url}{PATH}"]
         for name in ("no budget", "3 budgets"):
             headers = rows[name][2]
@@ -189,28 +156,16 @@ def _burst(
     direct = run(
         f"{slow_url}{PATH}", direct_body, {}, concurrency=burst, total=burst, timeout=BURST_TIMEOUT
     )
-    peak = [0.0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.1)
-
-    before = rss()
     overflows = _listen_overflows()
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    via = run(
-        f"{gateway_url}{PATH}",
-        slow_body,
-        headers,
-        concurrency=burst,
-        total=burst,
-        timeout=BURST_TIMEOUT,
-    )
-    stop.set()
-    sampler.join()
+    with peak_memory(rss) as memory:
+        via = run(
+            f"{gateway_url}{PATH}",
+            slow_body,
+            headers,
+            concurrency=burst,
+            total=burst,
+            timeout=BURST_TIMEOUT,
+        )
     overflows = _listen_overflows() - overflows
     for name, result in (("gateway", via), ("direct", direct)):
         p50, p99 = result.percentile(50), result.percentile(99)
@@ -219,7 +174,10 @@ def _burst(
             f"{result.wall:.2f} s; p50 {p50:.2f} s, p99 {p99:.2f} s{_odd(result)}"
         )
     print(f"gateway / direct wall time: {via.wall / direct.wall:.2f}x")
-    print(f"gateway memory (master + workers): {before:.0f} MB before, peak {peak[0]:.0f} MB")
+    print(
+        f"gateway memory (master + workers): {memory.before:.0f} MB before, "
+        f"peak {memory.peak:.0f} MB"
+    )
     # What bounds a burst: gunicorn.conf.py's defaults as the gateway was started.
     connections = int(env.get("APERTURE_WORKER_CONNECTIONS", "4000"))
     in_flight = env.get("APERTURE_MAX_IN_FLIGHT", str(int(connections * 0.95)))

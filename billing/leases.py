@@ -483,8 +483,7 @@ def _retire(piece: Slice) -> None:
     with _lock:
         if not piece.retired:
             piece.retired, piece.retired_at = True, time.monotonic()
-        if _current.get(piece.budget_id) is piece:
-            del _current[piece.budget_id]
+        _not_current(piece)
         spare_micro = max(piece.amount_micro - piece.held_micro, 0)
         spare_images = max(piece.amount_images - piece.held_images, 0)
         piece.amount_micro -= spare_micro
@@ -492,13 +491,18 @@ def _retire(piece: Slice) -> None:
     _move([Move(piece.lease_id, piece.budget_id, spare_micro, spare_images, 0, 0)], retire=True)
 
 
+def _not_current(piece: Slice) -> None:
+    """No request is admitted from this slice any more (under the lock)."""
+    if _current.get(piece.budget_id) is piece:
+        del _current[piece.budget_id]
+
+
 def return_lease(piece: Slice) -> None:
     """Give back a retired slice whose requests have all ended, and forget it."""
     _return_rows("id = %s", [piece.lease_id])
     with _lock:
         _slices.pop(piece.lease_id, None)
-        if _current.get(piece.budget_id) is piece:
-            del _current[piece.budget_id]
+        _not_current(piece)
 
 
 # Like _MOVE_PG, the budgets' rows first, in id order, then the leases'.
@@ -681,8 +685,7 @@ def _renew(now: float) -> None:
                 piece.retired = True
                 piece.amount_micro = piece.amount_images = 0
                 _slices.pop(piece.lease_id, None)
-                if _current.get(piece.budget_id) is piece:
-                    del _current[piece.budget_id]
+                _not_current(piece)
 
 
 def return_all() -> None:
