@@ -1,6 +1,10 @@
 """The database connection around network waits."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from django.db import connection
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
 
 def release_connection() -> None:
@@ -8,3 +12,26 @@ def release_connection() -> None:
     body): held through such waits, connections run out at a few hundred requests."""
     if not connection.in_atomic_block:
         connection.close()
+
+
+@contextmanager
+def prepared_cursor() -> Iterator[CursorWrapper]:
+    """A cursor for the hot path's few fixed statements: on PostgreSQL it binds parameters on
+    the server, so that psycopg prepares a statement it runs often on a connection (no
+    planning, no quoting in Python); elsewhere the usual cursor."""
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    import psycopg
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = psycopg.Cursor(connection.connection)
+    # Wrapped as Django wraps its own: errors translated, queries logged where they are.
+    wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
+    cursor = wrapper(raw, connection)
+    try:
+        yield cursor
+    finally:
+        cursor.close()

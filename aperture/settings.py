@@ -127,6 +127,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     if BILLING_ASYNC_COMMIT:
         DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c synchronous_commit=off"
+    # The hot path's fixed statements (aperture.db.prepared_cursor) are prepared once per
+    # connection after this many runs; 0 turns that off (PgBouncer before 1.21 in transaction
+    # mode cannot carry prepared statements).
+    prepare_after = env.int("APERTURE_DB_PREPARE_THRESHOLD", default=5)
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = prepare_after or None
     if env.bool("APERTURE_DB_POOL", default=True):
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 0,

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from aperture.errors import ApiError
-from billing import alert_delivery, alerts, leases, services
+from billing import alert_delivery, alerts, services
 from billing.models import Budget, DailyUsage, Price, SpendAlert, UsageRecord
 from billing.selectors import budget_status
 from tenants.audit import audit_record, operator_actor
@@ -205,7 +205,7 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
         # Before the admin's transaction: gateway processes give the budget's slices back
         # (billing/leases.py), so that the form's check and the save see what requests hold.
         if request.method == "POST" and object_id and object_id.isdigit():
-            leases.reclaim_and_wait(int(object_id))
+            services.budget_reclaim(int(object_id))
         return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:

@@ -330,26 +330,20 @@ def settle(hold: Hold, *, cost_micro: int, images: int) -> tuple[int, int]:
     if sliced:  # taken in the slices at once, capped: their free room is this request's
         claim = leases.claim([h.taken for h in sliced], cost_micro, images)
         cost_micro, images = claim.micro, claim.images
-    spends: list[alerts.Spend | None] = []  # the sliced budgets' (the rows' fire as they settle)
-    rows: dict[int, Any] = {}
+    written = leases.Written()
     try:
         if not on_rows.empty:
             cost_micro, images = _settle_rows(on_rows, cost_micro, images)
     finally:
         if claim is not None:
-            rows = leases.apply(claim, cost_micro, images)
-    if sliced:
-        for held in sliced:
-            row = rows.get(held.lease_id)
-            if row is not None:
-                spends.append(alerts.Spend.from_row(held.period_start, row))
-            else:  # its lease was reaped meanwhile: charged on the row, within its room
-                with transaction.atomic():
-                    cost_micro, images = _within_room(Hold((held,)), set(), cost_micro, images)
-                    spends.append(
-                        _apply(held, released=False, cost_micro=cost_micro, images=images)
-                    )
-    if cost_micro or images:  # spend alerts: arithmetic on the rows, a query only to fire
+            written = leases.apply(claim, cost_micro, images)
+    spends: list[alerts.Spend | None] = list(written.spends)  # the rows' fire as they settle
+    for held in sliced:
+        if held.lease_id not in written.found:  # reaped meanwhile: on the row, within its room
+            with transaction.atomic():
+                cost_micro, images = _within_room(Hold((held,)), set(), cost_micro, images)
+                spends.append(_apply(held, released=False, cost_micro=cost_micro, images=images))
+    if spends:  # spend alerts: arithmetic on the rows, a query only to fire
         alerts.fire_reached([s for s in spends if s is not None])
     return cost_micro, images
 

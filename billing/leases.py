@@ -6,8 +6,10 @@ A slice is taken like a request's hold, by the conditional UPDATE that admits a 
 `reserved_*`, so `used + reserved <= limit` holds exactly as before, on every node. Requests
 admitted from the slice hold their worst case in it, in this process's memory. Settling a
 request moves its cost from the slice to the budget's `used_*` in one statement (the
-budget's row is locked for that statement only), so spend, alerts and the usage API stay
-current, and the unused part of its hold goes back to the slice.
+budget's row is locked for that statement only), or, while the process's other requests are
+in flight, writes it as a BudgetCharge row that the process's next such statement moves
+(a hot budget's row is written every FLUSH_SECONDS, not per request); the unused part of
+its hold goes back to the slice.
 
 A slice is at most 1/BUDGET_LEASE_SHARE of the room left, and is only taken while that
 covers BUDGET_LEASE_MIN_REQUESTS requests like the one at hand: the last part of a budget
@@ -34,11 +36,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from aperture import safe_cache
-from aperture.db import release_connection
+from aperture.db import prepared_cursor, release_connection
+from billing import alerts
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,8 @@ _lock = threading.Lock()
 _current: dict[int, Slice] = {}  # budget id -> the slice requests are admitted from
 _slices: dict[int, Slice] = {}  # lease id -> every slice of this process, retired ones too
 _acquiring: dict[int, threading.Lock] = {}
+SMALL_SECONDS = 0.5  # how long a budget with too little room for a slice is not asked again
+_too_small: dict[int, float] = {}  # budget id -> until when
 _holder = ""
 _keeper: threading.Thread | None = None
 
@@ -115,11 +120,13 @@ def holder() -> str:
 def forget() -> None:
     """Drop what this process knows of its slices (a forked child; a test's rollback). A new
     lock: a forked child must not inherit one its parent's keeper held."""
-    global _holder, _keeper, _lock
+    global _holder, _keeper, _lock, _flushing, _flushed_at, _waiting
     _lock = threading.Lock()
+    _flushing, _flushed_at, _waiting = 0, 0.0, False
     _current.clear()
     _slices.clear()
     _acquiring.clear()
+    _too_small.clear()
     _polled.clear()
     _holder = ""
     _keeper = None
@@ -177,9 +184,13 @@ def acquire(
     to be admitted per request (too little room left, or its slices are being reclaimed).
     `grant(micro, images)` adds that to the budget's reserved amounts if it has the room."""
     with _lock:
+        if _too_small.get(budget_id, 0.0) > time.monotonic():
+            return None
         gate = _acquiring.setdefault(budget_id, threading.Lock())
-    if not gate.acquire(timeout=1.0):
-        return None
+    if not gate.acquire(blocking=False):
+        release_connection()  # no connection held while another request leases the slice
+        if not gate.acquire(timeout=1.0):
+            return None
     try:
         taken = take(budget_id, period_start, limits, micro, images)  # another did it meanwhile
         if taken is not None:
@@ -195,7 +206,9 @@ def acquire(
         if safe_cache.get(_reclaim_key(budget_id)) is not None:
             return None
         size = _slice_size(budget_id, period_start, limits, micro, images)
-        if size is None:
+        if size is None:  # admitted on its row meanwhile, with no query to ask again
+            with _lock:
+                _too_small[budget_id] = time.monotonic() + SMALL_SECONDS
             return None
         piece = _lease(budget_id, period_start, limits, size, grant)
         if piece is None:
@@ -223,12 +236,7 @@ def _slice_size(
         row = cursor.fetchone()
     if row is None or (row[0], row[1]) != limits:
         return None
-    stored_start = row[4]
-    if isinstance(stored_start, str):  # SQLite
-        stored_start = datetime.fromisoformat(stored_start)
-    if timezone.is_naive(stored_start):
-        stored_start = timezone.make_aware(stored_start, timezone.get_fixed_timezone(0))
-    current = stored_start == period_start
+    current = _aware(row[4]) == period_start
     share, least = settings.BUDGET_LEASE_SHARE, settings.BUDGET_LEASE_MIN_REQUESTS
     wants = (max(micro, 1), max(images, 1))
     covered = []  # how many requests like this one each limited amount's slice covers
@@ -295,6 +303,17 @@ class Move:
     cost_images: int
     active: bool = True  # its slice still admitted when it was claimed
 
+    def values(self) -> tuple[int, int, int, int, int, int]:
+        """The columns of a billing_budgetcharge row, in order."""
+        return (
+            self.lease_id,
+            self.budget_id,
+            self.freed_micro,
+            self.freed_images,
+            self.cost_micro,
+            self.cost_images,
+        )
+
 
 @dataclass
 class Claim:
@@ -353,11 +372,19 @@ def claim(taken: Sequence[Taken], micro: int, images: int) -> Claim:
     return Claim(moves, pieces, micro, images)
 
 
-def apply(charge: Claim, micro: int, images: int) -> dict[int, Any]:
+@dataclass
+class Written:
+    """What writing charges did: the leases it found (one missing was gone: its holder
+    stalled past the lease), and the budgets it charged, as they then stood (for alerts)."""
+
+    found: set[int] = field(default_factory=set)
+    spends: list[alerts.Spend] = field(default_factory=list)
+
+
+def apply(charge: Claim, micro: int, images: int) -> Written:
     """Write a claimed charge, lowered to `micro` and `images` if budgets held on rows took
-    less: the budgets' rows as they then stand (alerts.Spend columns), by lease id. A lease
-    missing from the answer was gone (its holder stalled past the lease): its budget is to
-    be charged without it, within its room."""
+    less. A lease missing from the answer's `found` was gone: its budget is to be charged
+    without it, within its room."""
     try:
         with _lock:
             for move in charge.moves:
@@ -369,45 +396,109 @@ def apply(charge: Claim, micro: int, images: int) -> dict[int, Any]:
                         piece.amount_images += move.freed_images - kept[1]
                     move.freed_micro, move.freed_images = kept
                 move.cost_micro, move.cost_images = micro, images
-        return _move(charge.moves) if charge.moves else {}
+        return _write(charge) if charge.moves else Written()
     finally:
         with _lock:  # in flight until written: a slice is returned only once all are
             for piece in charge.pieces:
                 piece.inflight -= 1
 
 
-# One statement for a request's slices. It locks their budgets' rows first, in id order
-# (`locked`, which the lease update waits for), so that no two such statements, nor a
-# statement and a per-request hold (budgets.py, also in id order), take them in opposite
-# orders; then the leases' rows; each row only while the statement runs.
-_MOVE_PG = """
-WITH moves (lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images) AS (
-    VALUES {values}
+FLUSH_SECONDS = 0.02  # under load, how often a process moves its charges to the budgets
+_flushing = 0  # this process's flushes under way
+_flushed_at = 0.0
+_waiting = False  # this process may have charges waiting in billing_budgetcharge
+
+
+def _write(charge: Claim) -> Written:
+    """Move the charge to the budgets with every charge of this process still waiting, in
+    one statement (`flush`); or, while other requests of its slices are in flight and this
+    process flushed less than FLUSH_SECONDS ago or is flushing, write it down as charge rows
+    the next flush moves: a hot budget's row is then written by each process about every
+    FLUSH_SECONDS, not by every request. Either way the charge is in the database when this
+    returns, and the budget's `used + reserved` counts it: a charge row is still in its
+    lease's amount."""
+    global _waiting
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        with _lock:
+            alone = all(piece.inflight <= 1 for piece in charge.pieces)
+            recent = time.monotonic() - _flushed_at < FLUSH_SECONDS
+            later = _flushing > 0 or (recent and not alone)
+        if later:
+            try:
+                with prepared_cursor() as cursor:
+                    cursor.execute(
+                        _CHARGE.format(values=", ".join([_MOVE_ROW] * len(charge.moves))),
+                        [value for m in charge.moves for value in m.values()],
+                    )
+            except IntegrityError:  # a lease is gone (deferred foreign key): say which
+                pass
+            else:
+                with _lock:
+                    _waiting = True
+                return Written(found={m.lease_id for m in charge.moves})
+    return flush(charge.moves)
+
+
+_CHARGE = """
+INSERT INTO billing_budgetcharge
+    (lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images)
+VALUES {values}
+"""
+_MOVE_ROW = "(" + ", ".join(["%s::bigint"] * 6) + ")"
+_NO_MOVES = "SELECT " + ", ".join(["0::bigint"] * 6) + ", false WHERE false"
+
+# One statement for the moves and this process's waiting charges. It locks their budgets'
+# rows first, in id order (`locked`, which the lease update waits for), so that no two such
+# statements, nor a statement and a per-request hold (budgets.py, also in id order), take
+# them in opposite orders; then the leases' rows; each row only while the statement runs.
+_FLUSH_PG = """
+WITH moves (lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images, retire) AS (
+    {moves}
+),
+waiting AS (
+    DELETE FROM billing_budgetcharge WHERE lease_id = ANY(%s::bigint[])
+    RETURNING lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images, false
+),
+summed AS (
+    SELECT lease_id, budget_id, sum(freed_micro)::bigint AS freed_micro,
+        sum(freed_images)::bigint AS freed_images, sum(cost_micro)::bigint AS cost_micro,
+        sum(cost_images)::bigint AS cost_images, bool_or(retire) AS retire
+    FROM (SELECT * FROM moves UNION ALL SELECT * FROM waiting) AS m
+    GROUP BY lease_id, budget_id
 ),
 locked AS (
-    SELECT id FROM billing_budget WHERE id IN (SELECT budget_id FROM moves)
+    SELECT id FROM billing_budget WHERE id IN (SELECT budget_id FROM summed)
     ORDER BY id FOR UPDATE
 ),
 lease AS (
     UPDATE billing_budgetlease AS l SET
         amount_micro = l.amount_micro - m.freed_micro,
         images = l.images - m.freed_images,
-        retired = l.retired OR %s
-    FROM moves AS m
+        retired = l.retired OR m.retire
+    FROM summed AS m
     WHERE l.id = m.lease_id AND (SELECT count(*) FROM locked) >= 0
     RETURNING l.id, l.budget_id, l.period_start, m.freed_micro, m.freed_images,
         m.cost_micro, m.cost_images
+),
+charged AS (
+    SELECT budget_id, period_start, sum(freed_micro) AS freed_micro,
+        sum(freed_images) AS freed_images, sum(cost_micro) AS cost_micro,
+        sum(cost_images) AS cost_images
+    FROM lease GROUP BY budget_id, period_start
+),
+changed AS (
+    UPDATE billing_budget AS b SET
+        used_micro = b.used_micro + c.cost_micro,
+        reserved_micro = b.reserved_micro - c.freed_micro,
+        used_images = b.used_images + c.cost_images,
+        reserved_images = b.reserved_images - c.freed_images
+    FROM charged AS c WHERE b.id = c.budget_id AND b.period_start = c.period_start
+    RETURNING b.id, b.public_id, b.workspace_id, b.used_micro, b.used_images, b.limit_micro,
+        b.limit_images, b.alert_thresholds
 )
-UPDATE billing_budget AS b SET
-    used_micro = b.used_micro + lease.cost_micro,
-    reserved_micro = b.reserved_micro - lease.freed_micro,
-    used_images = b.used_images + lease.cost_images,
-    reserved_images = b.reserved_images - lease.freed_images
-FROM lease WHERE b.id = lease.budget_id AND b.period_start = lease.period_start
-RETURNING lease.id, b.id, b.public_id, b.workspace_id, b.used_micro, b.used_images,
-    b.limit_micro, b.limit_images, b.alert_thresholds
+SELECT lease.id, lease.period_start, changed.*
+FROM lease LEFT JOIN changed ON changed.id = lease.budget_id
 """
-_MOVE_ROW = "(" + ", ".join(["%s::bigint"] * 6) + ")"
 
 _MOVE_LEASE = """
 UPDATE billing_budgetlease SET
@@ -429,49 +520,76 @@ RETURNING id, public_id, workspace_id, used_micro, used_images, limit_micro, lim
 """
 
 
-def _move(moves: list[Move], *, retire: bool = False) -> dict[int, Any]:
-    """Apply the moves (and mark their leases retired if `retire`); each budget's row as it
-    then stands, by lease id (none where the lease is gone or its budget is in a new
-    period)."""
-    if connection.vendor != "postgresql":
-        return {m.lease_id: row for m in moves if (row := _move_apart(m, retire)) is not None}
-    params: list[Any] = []
-    for m in moves:
-        params += [m.lease_id, m.budget_id, m.freed_micro, m.freed_images]
-        params += [m.cost_micro, m.cost_images]
-    sql = _MOVE_PG.format(values=", ".join([_MOVE_ROW] * len(moves)))
+def flush(moves: Sequence[Move] = (), *, retire: bool = False) -> Written:
+    """Apply the moves (marking their leases retired if `retire`) and every charge of this
+    process waiting in billing_budgetcharge."""
+    global _flushing, _flushed_at, _waiting
+    if connection.vendor != "postgresql":  # SQLite: no data-modifying WITH; nothing waits
+        return _flush_apart(moves, retire)
+    with _lock:
+        _flushing += 1
+        _flushed_at = time.monotonic()
+        waited, _waiting = _waiting, False
+        ours = list(_slices) if waited else []
+    try:
+        if not moves and not ours:
+            return Written()
+        rows = _run_flush(moves, retire, ours)
+    except BaseException:
+        with _lock:
+            _waiting = _waiting or waited
+        raise
+    finally:
+        with _lock:
+            _flushing -= 1
+    written = Written(found={row[0] for row in rows})
+    charged = {row[2]: row for row in rows if row[2] is not None}  # one per budget
+    written.spends = [alerts.Spend.from_row(row[1], row[2:]) for row in charged.values()]
+    return written
+
+
+def _run_flush(moves: Sequence[Move], retire: bool, ours: list[int]) -> list[Any]:
+    params: list[Any] = [value for m in moves for value in (*m.values(), retire)]
+    rows = ", ".join(["(" + ", ".join(["%s::bigint"] * 6) + ", %s::boolean)"] * len(moves))
+    sql = _FLUSH_PG.format(moves=f"VALUES {rows}" if moves else _NO_MOVES)
     for attempt in range(3):
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, [*params, retire])
-                return {row[0]: row[1:] for row in cursor.fetchall()}
+            with prepared_cursor() as cursor:
+                cursor.execute(sql, [*params, ours])
+                return list(cursor.fetchall())
         except OperationalError as error:  # one statement: a deadlock undid all of it
             if attempt == 2 or connection.in_atomic_block or not _deadlock(error):
                 raise
-    return {}  # pragma: no cover - the loop returns or raises
+    return []  # pragma: no cover - the loop returns or raises
 
 
 def _deadlock(error: OperationalError) -> bool:
     return getattr(error.__cause__, "sqlstate", None) == "40P01"
 
 
-def _move_apart(m: Move, retire: bool) -> Any:
-    """One move as `_MOVE_PG` makes it, where data-modifying WITH is not supported (SQLite)."""
-    params = {
-        "lease": m.lease_id,
-        "freed_micro": m.freed_micro,
-        "freed_images": m.freed_images,
-        "cost_micro": m.cost_micro,
-        "cost_images": m.cost_images,
-        "retire": retire,
-    }
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_MOVE_LEASE, params)
-        lease = cursor.fetchone()
-        if lease is None:
-            return None
-        cursor.execute(_MOVE_BUDGET, {**params, "budget": lease[0], "start": lease[1]})
-        return cursor.fetchone()
+def _flush_apart(moves: Sequence[Move], retire: bool) -> Written:
+    """The moves as `_FLUSH_PG` makes them, where data-modifying WITH is not supported."""
+    written = Written()
+    for m in moves:
+        params = {
+            "lease": m.lease_id,
+            "freed_micro": m.freed_micro,
+            "freed_images": m.freed_images,
+            "cost_micro": m.cost_micro,
+            "cost_images": m.cost_images,
+            "retire": retire,
+        }
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_MOVE_LEASE, params)
+            lease = cursor.fetchone()
+            if lease is None:
+                continue
+            written.found.add(m.lease_id)
+            cursor.execute(_MOVE_BUDGET, {**params, "budget": lease[0], "start": lease[1]})
+            row = cursor.fetchone()
+            if row is not None:
+                written.spends.append(alerts.Spend.from_row(_aware(lease[1]), row))
+    return written
 
 
 # --- Retiring, returning, renewing ---------------------------------------------------------
@@ -488,7 +606,7 @@ def _retire(piece: Slice) -> None:
         spare_images = max(piece.amount_images - piece.held_images, 0)
         piece.amount_micro -= spare_micro
         piece.amount_images -= spare_images
-    _move([Move(piece.lease_id, piece.budget_id, spare_micro, spare_images, 0, 0)], retire=True)
+    flush([Move(piece.lease_id, piece.budget_id, spare_micro, spare_images, 0, 0)], retire=True)
 
 
 def _not_current(piece: Slice) -> None:
@@ -505,26 +623,41 @@ def return_lease(piece: Slice) -> None:
         _not_current(piece)
 
 
-# Like _MOVE_PG, the budgets' rows first, in id order, then the leases'.
+# Like _FLUSH_PG, the budgets' rows first, in id order, then the leases': the slice's amount
+# goes back to the budget's room, and the charges still waiting on it onto its spend.
 _RETURN_PG = """
 WITH target AS (SELECT id, budget_id FROM billing_budgetlease WHERE {which}),
 locked AS (
     SELECT id FROM billing_budget WHERE id IN (SELECT budget_id FROM target)
     ORDER BY id FOR UPDATE
 ),
+waiting AS (
+    DELETE FROM billing_budgetcharge
+    WHERE lease_id IN (SELECT id FROM target) AND (SELECT count(*) FROM locked) >= 0
+    RETURNING lease_id, cost_micro, cost_images
+),
+spent AS (
+    SELECT lease_id, sum(cost_micro) AS micro, sum(cost_images) AS images
+    FROM waiting GROUP BY lease_id
+),
 gone AS (
     DELETE FROM billing_budgetlease
     WHERE id IN (SELECT id FROM target) AND (SELECT count(*) FROM locked) >= 0
-    RETURNING budget_id, period_start, amount_micro, images
+    RETURNING id, budget_id, period_start, amount_micro, images
 ),
 returned AS (
-    SELECT budget_id, period_start, sum(amount_micro) AS micro, sum(images) AS images, count(*)
-    FROM gone GROUP BY budget_id, period_start
+    SELECT budget_id, period_start, sum(gone.amount_micro) AS micro,
+        sum(gone.images) AS images, coalesce(sum(spent.micro), 0) AS spent_micro,
+        coalesce(sum(spent.images), 0) AS spent_images, count(*)
+    FROM gone LEFT JOIN spent ON spent.lease_id = gone.id
+    GROUP BY budget_id, period_start
 ),
 changed AS (
     UPDATE billing_budget AS b SET
         reserved_micro = b.reserved_micro - returned.micro,
-        reserved_images = b.reserved_images - returned.images
+        reserved_images = b.reserved_images - returned.images,
+        used_micro = b.used_micro + returned.spent_micro,
+        used_images = b.used_images + returned.spent_images
     FROM returned WHERE b.id = returned.budget_id AND b.period_start = returned.period_start
 )
 SELECT coalesce(sum(count), 0) FROM returned
@@ -642,6 +775,8 @@ def tick() -> None:
         pieces = list(_slices.values())
     if not pieces:
         return
+    if _waiting:  # charges written during the last flush: onto the budgets, alerts fired
+        alerts.fire_reached(flush().spends)
     flags = safe_cache.get_many([_reclaim_key(p.budget_id) for p in pieces if not p.retired])
     for piece in pieces:
         try:
@@ -692,6 +827,11 @@ def return_all() -> None:
     """Retire and return every slice of this process (it is stopping)."""
     with _lock:
         pieces = list(_slices.values())
+    if pieces and _waiting:
+        try:
+            alerts.fire_reached(flush().spends)
+        except Exception:  # returning the slices moves the charges all the same
+            logger.exception("could not move the waiting budget charges")
     for piece in pieces:
         try:
             _retire(piece)
@@ -727,3 +867,11 @@ def _start_keeper() -> None:
 
 def _db(value: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
+
+
+def _aware(stored: Any) -> datetime:
+    """A timestamp as a raw query returns it: text and naive on SQLite."""
+    value = datetime.fromisoformat(stored) if isinstance(stored, str) else stored
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, timezone.get_fixed_timezone(0))
+    return value

@@ -15,6 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from aperture import metrics
+from aperture.db import prepared_cursor
 from aperture.request_context import current_client_request_id
 from billing.models import UsageRecord
 from tenants.key_auth import KeyPrincipal
@@ -168,7 +169,7 @@ def _insert(
         meter.end_user[:256],
         connection.ops.adapt_json_value(meter.metadata, None),
     )
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_INSERT, values)
 
 

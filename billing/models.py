@@ -264,6 +264,23 @@ class BudgetLease(models.Model):
         return f"{self.amount_micro} µUSD / {self.images} images of budget {self.budget_id}"
 
 
+class BudgetCharge(models.Model):
+    """A settled request's charge to one slice, written while another settlement of the same
+    process is being written (billing/leases.py): still counted in its lease's `amount_*`
+    (so in the budget's `reserved_*`) until the process's next settlement, its keeper, or
+    the lease's return moves it to the budget's `used_*` with the rest."""
+
+    lease = models.ForeignKey(BudgetLease, on_delete=models.CASCADE, related_name="+")
+    budget_id = models.BigIntegerField()
+    freed_micro = models.BigIntegerField()  # off the slice and the budget's reserved amounts
+    freed_images = models.BigIntegerField()
+    cost_micro = models.BigIntegerField()  # onto the budget's used amounts
+    cost_images = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.cost_micro} µUSD / {self.cost_images} images on lease {self.lease_id}"
+
+
 class UsageRecord(models.Model):
     """One row per authenticated request: served, refused or failed."""
 

@@ -229,14 +229,21 @@ def budget_change_limits(
 
     Gateway processes first give back their slices of the budget (billing/leases.py) so
     that only what requests in flight hold counts against the new limit; a caller inside a
-    transaction does that before opening it (`leases.reclaim_and_wait`), since it waits on
+    transaction does that before opening it (`budget_reclaim`), since it waits on
     other processes and they on the budget's row.
     """
     if not connection.in_atomic_block:
-        leases.reclaim_and_wait(budget.pk)
+        budget_reclaim(budget.pk)
     return _change_limits(
         actor=actor, budget=budget, fields=fields, within_enclosing=within_enclosing
     )
+
+
+def budget_reclaim(budget_id: int) -> None:
+    """Before a change of the budget's limits, outside any transaction: every gateway
+    process gives back its slices of it (billing/leases.py), so that only what requests in
+    flight hold counts against the new limit."""
+    leases.reclaim_and_wait(budget_id)
 
 
 @transaction.atomic

@@ -48,6 +48,9 @@ class Change:
     kind: str
     label: str
     run: Callable[[], object]
+    # Outside the transaction, before it opens: what must not wait inside it (a budget's
+    # slices given back by every gateway process before its limits change).
+    before: Callable[[], object] | None = None
 
     def __str__(self) -> str:
         return f"{self.action:<6} {self.kind:<10} {self.label}"
@@ -91,8 +94,15 @@ class _Planner:
         self.workspaces: dict[str, Workspace | _New] = {}
         self.declared_workspaces = {w.slug for w in spec.workspaces}
 
-    def add(self, action: str, kind: str, label: str, run: Callable[[], object]) -> None:
-        self.changes.append(Change(action, kind, label, run))
+    def add(
+        self,
+        action: str,
+        kind: str,
+        label: str,
+        run: Callable[[], object],
+        before: Callable[[], object] | None = None,
+    ) -> None:
+        self.changes.append(Change(action, kind, label, run, before))
 
     def workspace(self, slug: str | None, line: int) -> Workspace | _New | None:
         if slug is None:
@@ -464,7 +474,7 @@ class _Planner:
                 return
             action = "update" if row is not None else "create"
         else:
-            action = "create"
+            action, row = "create", None
 
         def save() -> None:
             ws = Workspace.objects.get(slug=workspace_slug)
@@ -478,7 +488,8 @@ class _Planner:
                 limit_images=item.limit_images,
             )
 
-        self.add(action, "budget", label, save)
+        reclaim = None if row is None else partial(billing_services.budget_reclaim, row.pk)
+        self.add(action, "budget", label, save, reclaim)
 
     def _team_exists(self, workspace_slug: str | None, slug: str) -> bool:
         declared = {(w.slug, t.slug) for w in self.spec.workspaces for t in w.teams}
@@ -564,6 +575,9 @@ def plan(spec: ConfigSpec, *, prune: bool = False, actor: str = "system:apply") 
 
 def apply(changes: list[Change]) -> None:
     """Run every change in one transaction: all of them happen, or none."""
+    for change in changes:
+        if change.before is not None:
+            change.before()
     try:
         with transaction.atomic():
             for change in changes:

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from aperture.api_fields import micro_from_usd, validated
 from aperture.errors import PermissionError_
 from aperture.openapi import listed
-from billing import alerts, leases, services
+from billing import alerts, services
 from billing import selectors as billing_selectors
 from billing.api.serializers import BudgetCreateIn, BudgetOut, BudgetUpdateIn
 from billing.models import Budget
@@ -103,7 +103,7 @@ class BudgetDetailView(APIView):
             budget = billing_selectors.budget_get(principal, budget_id)
         actor = actor_for(principal)
         if limits:  # the budget's slices back first: that waits on other processes
-            leases.reclaim_and_wait(budget.pk)
+            services.budget_reclaim(budget.pk)
         with transaction.atomic():  # both or neither
             if limits:
                 budget = services.budget_change_limits(actor=actor, budget=budget, fields=limits)

@@ -2,19 +2,24 @@
 across a period's end, when an operator lowers the limit, and when a slice's holder dies.
 Two live nodes racing for one budget: tests/gateway/test_two_nodes.py."""
 
+import io
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import time_machine
 from django.core.cache import cache
-from django.db import OperationalError
+from django.core.management import call_command
+from django.db import OperationalError, connection
 from django.db.models import F
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from aperture.errors import Conflict, InsufficientQuota
 from billing import budgets, leases, services
-from billing.models import Budget, BudgetLease, Reservation
+from billing.models import Budget, BudgetCharge, BudgetLease, Reservation, SpendAlert
 from tenants.key_auth import KeyPrincipal, authenticate_secret
 from tenants.models import Team, Workspace
 from tenants.services import CreatedKey
@@ -210,13 +215,13 @@ def test_a_retired_slice_is_returned_only_once_its_last_request_is_charged(
     hold = _reserve(_principal(api_key))
     assert not leases.reclaim(row.pk)  # retired: it holds only the request's hold now
     assert _counters(row) == (0, PRICE)
-    moving = leases._move
+    moving = leases.flush
 
     def keeper_meanwhile(*args: Any, **kwargs: Any) -> Any:
         leases.tick()  # the keeper's round while the charge is on its way to the database
         return moving(*args, **kwargs)
 
-    monkeypatch.setattr(leases, "_move", keeper_meanwhile)
+    monkeypatch.setattr(leases, "flush", keeper_meanwhile)
     assert budgets.settle(hold, cost_micro=PRICE, images=1) == (PRICE, 1)
     assert "beyond its hold" not in caplog.text  # charged through its slice, not around it
     assert _counters(row) == (PRICE, 0)
@@ -320,3 +325,118 @@ def test_an_error_leasing_a_later_budget_gives_back_the_earlier_slice(
     monkeypatch.undo()
     leases.return_all()
     assert _counters(first) == (0, 0)  # the first budget's take was given back
+
+
+def _charged_later(hold: budgets.Hold) -> None:
+    """Settle while another request of the slice is in flight, right after a flush: the
+    charge is written as a charge row, for the next flush to move."""
+    leases._flushed_at = time.monotonic()
+    assert budgets.settle(hold, cost_micro=800, images=1) == (800, 1)
+    assert BudgetCharge.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)  # charges wait only outside a transaction
+def test_a_charge_written_while_others_are_in_flight_counts_at_once_and_moves_with_the_next(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    first, second = _reserve(principal, "a"), _reserve(principal, "b")
+
+    _charged_later(first)
+    # Still in the slice's amount, so in the budget's reserved: no room came free for it.
+    assert _counters(row) == (0, SLICE)
+    lease = BudgetLease.objects.get()
+    assert lease.amount_micro == SLICE
+
+    assert budgets.settle(second, cost_micro=300, images=1) == (300, 1)  # alone: flushes
+    assert not BudgetCharge.objects.exists()
+    assert _counters(row) == (1_100, SLICE - 1_100)
+    row.refresh_from_db()
+    assert row.used_images == 2
+    leases.return_all()
+    assert _counters(row) == (1_100, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_keeper_moves_waiting_charges_and_fires_the_alerts_they_reach(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY, alert_thresholds=[50])
+    principal = _principal(api_key)
+    first, _second = _reserve(principal, "a"), _reserve(principal, "b")
+    Budget.objects.filter(pk=row.pk).update(used_micro=ROOMY // 2 - 500)  # others spent
+    _charged_later(first)
+    assert not SpendAlert.objects.exists()
+
+    leases.tick()
+    assert not BudgetCharge.objects.exists()
+    assert _counters(row)[0] == ROOMY // 2 + 300
+    assert list(SpendAlert.objects.values_list("threshold", flat=True)) == [50]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_charges_waiting_on_a_dead_processs_slice_are_spent_when_its_lease_is_reaped(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    first, _second = _reserve(principal, "a"), _reserve(principal, "b")
+    _charged_later(first)
+    leases.forget()  # the process is SIGKILLed with the second request in flight
+
+    BudgetLease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert leases.reap_expired() == 1
+    assert _counters(row) == (800, 0)  # its charge spent, the rest of its slice back
+    assert not BudgetCharge.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_charge_on_a_slice_reaped_meanwhile_goes_on_the_row_within_the_room(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    first, _second = _reserve(principal, "a"), _reserve(principal, "b")
+    BudgetLease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert leases.reap_expired() == 1  # this process stalled past its lease
+    Budget.objects.filter(pk=row.pk).update(used_micro=ROOMY - 300)  # others spent meanwhile
+
+    leases._flushed_at = time.monotonic()
+    assert budgets.settle(first, cost_micro=800, images=1) == (300, 1)
+    assert not BudgetCharge.objects.exists()
+    assert _counters(row) == (ROOMY, 0)
+
+
+def test_a_budget_too_small_for_a_slice_is_not_asked_again_for_a_while(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    budget(workspace=workspace, period="month", limit_micro=3 * 16 * PRICE)  # 3 requests a slice
+    principal = _principal(api_key)
+    _reserve(principal, "a")
+    with CaptureQueriesContext(connection) as queries:
+        _reserve(principal, "b")
+    assert not BudgetLease.objects.exists()
+    assert Reservation.objects.count() == 2  # both held on the row
+    asked = [q["sql"] for q in queries if "SELECT limit_micro" in q["sql"]]
+    assert not asked  # the first request learned the budget's room is too small
+
+
+def test_apply_lowering_a_limit_mid_slice_gives_the_slice_back_before_its_transaction(
+    api_key: CreatedKey, workspace: Workspace, tmp_path: Path
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    in_flight = _reserve(_principal(api_key))
+    assert _counters(row) == (0, SLICE)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"budgets:\n  - workspace: {workspace.slug}\n    period: month\n    limit_usd: 0.003\n"
+    )
+
+    call_command("apply", str(path), stdout=io.StringIO())
+
+    row.refresh_from_db()
+    assert row.limit_micro == 3 * PRICE
+    assert _counters(row) == (0, PRICE)  # only the request in flight still holds
+    budgets.settle(in_flight, cost_micro=PRICE, images=1)
+    assert _counters(row) == (PRICE, 0)
