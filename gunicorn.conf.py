@@ -27,7 +27,9 @@ timeout = int(os.environ.get("APERTURE_WORKER_TIMEOUT", "180"))
 graceful_timeout = 30
 keepalive = 5
 preload_app = False
-accesslog = os.environ.get("APERTURE_ACCESS_LOG", "-")
+# "-" (stdout) by default; "off" (or /dev/null) skips formatting a line per request at all.
+_access_log = os.environ.get("APERTURE_ACCESS_LOG", "-")
+accesslog = None if _access_log in ("off", "/dev/null") else _access_log
 # The path without its query string: native clients may send their gateway key as ?key=.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
