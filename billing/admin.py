@@ -205,7 +205,7 @@ class BudgetAdmin(admin.ModelAdmin[Budget]):
         # Before the admin's transaction: gateway processes give the budget's slices back
         # (billing/leases.py), so that the form's check and the save see what requests hold.
         if request.method == "POST" and object_id and object_id.isdigit():
-            services.budget_reclaim(int(object_id))
+            services.budget_reclaim(budget_id=int(object_id))
         return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:

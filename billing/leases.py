@@ -418,7 +418,12 @@ def _write(charge: Claim) -> Written:
     returns, and the budget's `used + reserved` counts it: a charge row is still in its
     lease's amount."""
     global _waiting
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+    # Only a charge within what it frees waits: moving it later can never raise a budget's
+    # used + reserved, so no flush of the process can fail on it.
+    within = all(
+        m.cost_micro <= m.freed_micro and m.cost_images <= m.freed_images for m in charge.moves
+    )
+    if connection.vendor == "postgresql" and not connection.in_atomic_block and within:
         with _lock:
             alone = all(piece.inflight <= 1 for piece in charge.pieces)
             recent = time.monotonic() - _flushed_at < FLUSH_SECONDS
@@ -436,7 +441,11 @@ def _write(charge: Claim) -> Written:
                 with _lock:
                     _waiting = True
                 return Written(found={m.lease_id for m in charge.moves})
-    return flush(charge.moves)
+    try:
+        return flush(charge.moves)
+    except IntegrityError:  # beyond a limit set since it was held: on the rows, within room
+        logger.warning("a charge through budget slices passed a limit; charged within room")
+        return Written()
 
 
 _CHARGE = """
@@ -455,8 +464,15 @@ _FLUSH_PG = """
 WITH moves (lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images, retire) AS (
     {moves}
 ),
+pending AS (SELECT budget_id FROM billing_budgetcharge WHERE lease_id = ANY(%s::bigint[])),
+locked AS (
+    SELECT id FROM billing_budget
+    WHERE id IN (SELECT budget_id FROM moves UNION SELECT budget_id FROM pending)
+    ORDER BY id FOR UPDATE
+),
 waiting AS (
-    DELETE FROM billing_budgetcharge WHERE lease_id = ANY(%s::bigint[])
+    DELETE FROM billing_budgetcharge
+    WHERE lease_id = ANY(%s::bigint[]) AND (SELECT count(*) FROM locked) >= 0
     RETURNING lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images, false
 ),
 summed AS (
@@ -465,10 +481,6 @@ summed AS (
         sum(cost_images)::bigint AS cost_images, bool_or(retire) AS retire
     FROM (SELECT * FROM moves UNION ALL SELECT * FROM waiting) AS m
     GROUP BY lease_id, budget_id
-),
-locked AS (
-    SELECT id FROM billing_budget WHERE id IN (SELECT budget_id FROM summed)
-    ORDER BY id FOR UPDATE
 ),
 lease AS (
     UPDATE billing_budgetlease AS l SET
@@ -494,10 +506,12 @@ changed AS (
         reserved_images = b.reserved_images - c.freed_images
     FROM charged AS c WHERE b.id = c.budget_id AND b.period_start = c.period_start
     RETURNING b.id, b.public_id, b.workspace_id, b.used_micro, b.used_images, b.limit_micro,
-        b.limit_images, b.alert_thresholds
+        b.limit_images, b.alert_thresholds, b.period_start
 )
-SELECT lease.id, lease.period_start, changed.*
-FROM lease LEFT JOIN changed ON changed.id = lease.budget_id
+SELECT lease.id, lease.period_start, c.id, c.public_id, c.workspace_id, c.used_micro,
+    c.used_images, c.limit_micro, c.limit_images, c.alert_thresholds
+FROM lease LEFT JOIN changed AS c
+    ON c.id = lease.budget_id AND c.period_start = lease.period_start
 """
 
 _MOVE_LEASE = """
@@ -555,16 +569,17 @@ def _run_flush(moves: Sequence[Move], retire: bool, ours: list[int]) -> list[Any
     for attempt in range(3):
         try:
             with prepared_cursor() as cursor:
-                cursor.execute(sql, [*params, ours])
+                cursor.execute(sql, [*params, ours, ours])  # pending, then waiting
                 return list(cursor.fetchall())
         except OperationalError as error:  # one statement: a deadlock undid all of it
-            if attempt == 2 or connection.in_atomic_block or not _deadlock(error):
+            if attempt == 2 or connection.in_atomic_block or not _retryable(error, ("40P01",)):
                 raise
     return []  # pragma: no cover - the loop returns or raises
 
 
-def _deadlock(error: OperationalError) -> bool:
-    return getattr(error.__cause__, "sqlstate", None) == "40P01"
+def _retryable(error: Exception, states: tuple[str, ...] = ("40P01", "23503")) -> bool:
+    """A deadlock, or a foreign key a concurrent charge row broke: worth one more try."""
+    return getattr(error.__cause__, "sqlstate", None) in states
 
 
 def _flush_apart(moves: Sequence[Move], retire: bool) -> Written:
@@ -606,7 +621,8 @@ def _retire(piece: Slice) -> None:
         spare_images = max(piece.amount_images - piece.held_images, 0)
         piece.amount_micro -= spare_micro
         piece.amount_images -= spare_images
-    flush([Move(piece.lease_id, piece.budget_id, spare_micro, spare_images, 0, 0)], retire=True)
+    spare = Move(piece.lease_id, piece.budget_id, spare_micro, spare_images, 0, 0)
+    alerts.fire_reached(flush([spare], retire=True).spends)  # waiting charges moved with it
 
 
 def _not_current(piece: Slice) -> None:
@@ -673,8 +689,10 @@ def _return_rows(which: str, params: list[Any]) -> int:
                 with connection.cursor() as cursor:
                     cursor.execute(_RETURN_PG.format(which=which), params)
                     return int(cursor.fetchone()[0])
-            except OperationalError as error:  # one statement: a deadlock undid all of it
-                if attempt == 2 or connection.in_atomic_block or not _deadlock(error):
+            # One statement: a deadlock undid all of it; so did a charge a stalled holder
+            # wrote after its snapshot (the deferred foreign key), which the next one sees.
+            except (OperationalError, IntegrityError) as error:
+                if attempt == 2 or connection.in_atomic_block or not _retryable(error):
                     raise
     with transaction.atomic(), connection.cursor() as cursor:  # SQLite: one writer at a time
         cursor.execute(
@@ -776,7 +794,10 @@ def tick() -> None:
     if not pieces:
         return
     if _waiting:  # charges written during the last flush: onto the budgets, alerts fired
-        alerts.fire_reached(flush().spends)
+        try:
+            alerts.fire_reached(flush().spends)
+        except Exception:  # still renewed below; the charges wait for the next flush
+            logger.exception("could not move the waiting budget charges")
     flags = safe_cache.get_many([_reclaim_key(p.budget_id) for p in pieces if not p.retired])
     for piece in pieces:
         try:

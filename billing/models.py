@@ -277,6 +277,18 @@ class BudgetCharge(models.Model):
     cost_micro = models.BigIntegerField()  # onto the budget's used amounts
     cost_images = models.BigIntegerField()
 
+    class Meta:
+        constraints = [
+            # Never more than it frees (leases._write): moving it cannot raise used + reserved.
+            models.CheckConstraint(
+                condition=Q(cost_micro__gte=0)
+                & Q(cost_images__gte=0)
+                & Q(cost_micro__lte=F("freed_micro"))
+                & Q(cost_images__lte=F("freed_images")),
+                name="budget_charge_within_what_it_frees",
+            )
+        ]
+
     def __str__(self) -> str:
         return f"{self.cost_micro} µUSD / {self.cost_images} images on lease {self.lease_id}"
 

@@ -233,13 +233,13 @@ def budget_change_limits(
     other processes and they on the budget's row.
     """
     if not connection.in_atomic_block:
-        budget_reclaim(budget.pk)
+        budget_reclaim(budget_id=budget.pk)
     return _change_limits(
         actor=actor, budget=budget, fields=fields, within_enclosing=within_enclosing
     )
 
 
-def budget_reclaim(budget_id: int) -> None:
+def budget_reclaim(*, budget_id: int) -> None:
     """Before a change of the budget's limits, outside any transaction: every gateway
     process gives back its slices of it (billing/leases.py), so that only what requests in
     flight hold counts against the new limit."""

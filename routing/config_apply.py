@@ -488,7 +488,9 @@ class _Planner:
                 limit_images=item.limit_images,
             )
 
-        reclaim = None if row is None else partial(billing_services.budget_reclaim, row.pk)
+        reclaim = (
+            None if row is None else partial(billing_services.budget_reclaim, budget_id=row.pk)
+        )
         self.add(action, "budget", label, save, reclaim)
 
     def _team_exists(self, workspace_slug: str | None, slug: str) -> bool:

@@ -103,7 +103,7 @@ class BudgetDetailView(APIView):
             budget = billing_selectors.budget_get(principal, budget_id)
         actor = actor_for(principal)
         if limits:  # the budget's slices back first: that waits on other processes
-            services.budget_reclaim(budget.pk)
+            services.budget_reclaim(budget_id=budget.pk)
         with transaction.atomic():  # both or neither
             if limits:
                 budget = services.budget_change_limits(actor=actor, budget=budget, fields=limits)

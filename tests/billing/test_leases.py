@@ -440,3 +440,21 @@ def test_apply_lowering_a_limit_mid_slice_gives_the_slice_back_before_its_transa
     assert _counters(row) == (0, PRICE)  # only the request in flight still holds
     budgets.settle(in_flight, cost_micro=PRICE, images=1)
     assert _counters(row) == (PRICE, 0)
+
+
+@pytest.mark.django_db(transaction=True)  # the failed flush is its own statement
+def test_a_charge_above_its_hold_on_a_slice_a_new_limit_retired_is_charged_within_it(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_images=10_000)
+    principal = _principal(api_key)
+    first, second = _reserve(principal, "a"), _reserve(principal, "b")
+    services.budget_change_limits(actor=ACTOR, budget=row, fields={"limit_micro": 3 * PRICE})
+    assert _counters(row) == (0, 2 * PRICE)  # retired: it holds the two requests' holds
+
+    # Three times its hold: only what the new limit leaves is charged.
+    assert budgets.settle(first, cost_micro=3 * PRICE, images=1) == (PRICE, 1)
+    assert sum(_counters(row)) == 3 * PRICE
+    assert budgets.settle(second, cost_micro=PRICE, images=1) == (PRICE, 1)
+    leases.return_all()
+    assert _counters(row) == (2 * PRICE, 0)

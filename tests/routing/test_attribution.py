@@ -15,6 +15,7 @@ from tenants.end_users import end_user_id
 from tenants.services import CreatedKey
 from tests.conftest import make_alias
 from tests.fakes.upstream import FakeUpstream, Recorded, form_parts, png
+from tests.support import wait_for
 
 URL = "/v1/images/generations"
 EDIT = "/v1/images/edits"
@@ -208,6 +209,8 @@ def test_a_multipart_edit_through_the_sdk_sends_the_hash_and_no_metadata(
         "user": end_user_id(api_key.key.workspace_id, RAW_USER),
     }
     _never_raw(recorded, RAW_USER, "secret-feature-name", "metadata")
+    # The live server writes the record once the response has gone out.
+    wait_for(UsageRecord.objects.exists, timeout=10, what="the edit's usage record")
     [record] = UsageRecord.objects.all()
     assert (record.end_user, record.metadata) == (RAW_USER, {"feature": "secret-feature-name"})
 

@@ -13,6 +13,7 @@ from routing.models import ModelAlias
 from tenants.services import CreatedKey
 from tests.conftest import UPSTREAM_SECRET
 from tests.fakes.upstream import FakeUpstream, form_parts, png
+from tests.support import wait_for
 
 
 def _png(width: int, height: int, color: tuple[int, int, int, int] = (200, 40, 40, 255)) -> bytes:
@@ -83,6 +84,8 @@ def test_the_sdk_edits_with_the_local_provider_inside_the_mask_only(
     assert [(_decoded(d.b64_json).size) for d in whole.data or []] == [(128, 128)] * 2
     assert _decoded((whole.data or [])[0].b64_json).getpixel((100, 100)) != (200, 40, 40, 255)
     records = UsageRecord.objects.filter(endpoint="images.edits").order_by("created_at")
+    # The live server writes each record once its response has gone out.
+    wait_for(lambda: records.count() == 3, timeout=10, what="the three edits' usage records")
     assert [(r.status, r.images) for r in records] == [(200, 1), (200, 1), (200, 2)]
 
 
