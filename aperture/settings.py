@@ -171,7 +171,10 @@ if REDIS_URL:
                 "pool_class": "redis.BlockingConnectionPool",
                 "max_connections": env.int("APERTURE_REDIS_MAX_CONNECTIONS", default=50),
                 "timeout": 2,
-                "socket_connect_timeout": 0.5,
+                # A connect finishes when the process's event loop gets to it: at the start of
+                # a burst of thousands that took more than 0.5 s, and each timed-out lookup
+                # fell back to the database (whose pool then timed out into 503s).
+                "socket_connect_timeout": 2,
                 "socket_timeout": 0.5,
             },
         }
