@@ -327,6 +327,15 @@ def test_an_error_leasing_a_later_budget_gives_back_the_earlier_slice(
     assert _counters(first) == (0, 0)  # the first budget's take was given back
 
 
+def _two_in_flight(
+    api_key: CreatedKey, workspace: Workspace, **limits: Any
+) -> tuple[Budget, budgets.Hold, budgets.Hold]:
+    """A roomy budget and two requests admitted from one slice of it."""
+    row = budget(workspace=workspace, period="month", **(limits or {"limit_micro": ROOMY}))
+    principal = _principal(api_key)
+    return row, _reserve(principal, "a"), _reserve(principal, "b")
+
+
 def _charged_later(hold: budgets.Hold) -> None:
     """Settle while another request of the slice is in flight, right after a flush: the
     charge is written as a charge row, for the next flush to move."""
@@ -339,9 +348,7 @@ def _charged_later(hold: budgets.Hold) -> None:
 def test_a_charge_written_while_others_are_in_flight_counts_at_once_and_moves_with_the_next(
     api_key: CreatedKey, workspace: Workspace
 ) -> None:
-    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
-    principal = _principal(api_key)
-    first, second = _reserve(principal, "a"), _reserve(principal, "b")
+    row, first, second = _two_in_flight(api_key, workspace)
 
     _charged_later(first)
     # Still in the slice's amount, so in the budget's reserved: no room came free for it.
@@ -362,9 +369,9 @@ def test_a_charge_written_while_others_are_in_flight_counts_at_once_and_moves_wi
 def test_the_keeper_moves_waiting_charges_and_fires_the_alerts_they_reach(
     api_key: CreatedKey, workspace: Workspace
 ) -> None:
-    row = budget(workspace=workspace, period="month", limit_micro=ROOMY, alert_thresholds=[50])
-    principal = _principal(api_key)
-    first, _second = _reserve(principal, "a"), _reserve(principal, "b")
+    row, first, _second = _two_in_flight(
+        api_key, workspace, limit_micro=ROOMY, alert_thresholds=[50]
+    )
     Budget.objects.filter(pk=row.pk).update(used_micro=ROOMY // 2 - 500)  # others spent
     _charged_later(first)
     assert not SpendAlert.objects.exists()
@@ -379,9 +386,7 @@ def test_the_keeper_moves_waiting_charges_and_fires_the_alerts_they_reach(
 def test_charges_waiting_on_a_dead_processs_slice_are_spent_when_its_lease_is_reaped(
     api_key: CreatedKey, workspace: Workspace
 ) -> None:
-    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
-    principal = _principal(api_key)
-    first, _second = _reserve(principal, "a"), _reserve(principal, "b")
+    row, first, _second = _two_in_flight(api_key, workspace)
     _charged_later(first)
     leases.forget()  # the process is SIGKILLed with the second request in flight
 
@@ -395,9 +400,7 @@ def test_charges_waiting_on_a_dead_processs_slice_are_spent_when_its_lease_is_re
 def test_a_charge_on_a_slice_reaped_meanwhile_goes_on_the_row_within_the_room(
     api_key: CreatedKey, workspace: Workspace
 ) -> None:
-    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
-    principal = _principal(api_key)
-    first, _second = _reserve(principal, "a"), _reserve(principal, "b")
+    row, first, _second = _two_in_flight(api_key, workspace)
     BudgetLease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     assert leases.reap_expired() == 1  # this process stalled past its lease
     Budget.objects.filter(pk=row.pk).update(used_micro=ROOMY - 300)  # others spent meanwhile
@@ -446,9 +449,7 @@ def test_apply_lowering_a_limit_mid_slice_gives_the_slice_back_before_its_transa
 def test_a_charge_above_its_hold_on_a_slice_a_new_limit_retired_is_charged_within_it(
     api_key: CreatedKey, workspace: Workspace
 ) -> None:
-    row = budget(workspace=workspace, period="month", limit_images=10_000)
-    principal = _principal(api_key)
-    first, second = _reserve(principal, "a"), _reserve(principal, "b")
+    row, first, second = _two_in_flight(api_key, workspace, limit_images=10_000)
     services.budget_change_limits(actor=ACTOR, budget=row, fields={"limit_micro": 3 * PRICE})
     assert _counters(row) == (0, 2 * PRICE)  # retired: it holds the two requests' holds
 
