@@ -1,4 +1,7 @@
-"""The one HTTP client for upstream calls: a pooled `requests.Session` per process.
+"""The one HTTP client for upstream calls: a pooled `requests.Session` per process. A call
+with a whole body (or none), no query string, no stream and an operator's credential goes
+straight to that session's urllib3 pool (`_send_plain`): the same connections, headers,
+errors and `requests.Response`, without requests' per-call preparation.
 
 Under gunicorn's gevent workers the session's sockets are cooperative, so thousands of slow
 upstream calls wait concurrently. Retries are never done here (the router decides whether
