@@ -42,6 +42,7 @@ from django.utils import timezone
 from aperture import safe_cache
 from aperture.db import prepared_cursor, release_connection
 from billing import alerts
+from billing import lease_statements as statements
 
 logger = logging.getLogger(__name__)
 
@@ -432,7 +433,9 @@ def _write(charge: Claim) -> Written:
             try:
                 with prepared_cursor() as cursor:
                     cursor.execute(
-                        _CHARGE.format(values=", ".join([_MOVE_ROW] * len(charge.moves))),
+                        statements.CHARGE.format(
+                            values=", ".join([statements.MOVE_ROW] * len(charge.moves))
+                        ),
                         [value for m in charge.moves for value in m.values()],
                     )
             except IntegrityError:  # a lease is gone (deferred foreign key): say which
@@ -446,92 +449,6 @@ def _write(charge: Claim) -> Written:
     except IntegrityError:  # beyond a limit set since it was held: on the rows, within room
         logger.warning("a charge through budget slices passed a limit; charged within room")
         return Written()
-
-
-_CHARGE = """
-INSERT INTO billing_budgetcharge
-    (lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images)
-VALUES {values}
-"""
-_MOVE_ROW = "(" + ", ".join(["%s::bigint"] * 6) + ")"
-_NO_MOVES = "SELECT " + ", ".join(["0::bigint"] * 6) + ", false WHERE false"
-
-# One statement for the moves and this process's waiting charges. It locks their budgets'
-# rows first, in id order (`locked`, which the lease update waits for), so that no two such
-# statements, nor a statement and a per-request hold (budgets.py, also in id order), take
-# them in opposite orders; then the leases' rows; each row only while the statement runs.
-_FLUSH_PG = """
-WITH moves (lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images, retire) AS (
-    {moves}
-),
-pending AS (SELECT budget_id FROM billing_budgetcharge WHERE lease_id = ANY(%s::bigint[])),
-locked AS (
-    SELECT id FROM billing_budget
-    WHERE id IN (SELECT budget_id FROM moves UNION SELECT budget_id FROM pending)
-    ORDER BY id FOR UPDATE
-),
-waiting AS (
-    DELETE FROM billing_budgetcharge
-    WHERE lease_id = ANY(%s::bigint[]) AND (SELECT count(*) FROM locked) >= 0
-    RETURNING lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images, false
-),
-summed AS (
-    SELECT lease_id, budget_id, sum(freed_micro)::bigint AS freed_micro,
-        sum(freed_images)::bigint AS freed_images, sum(cost_micro)::bigint AS cost_micro,
-        sum(cost_images)::bigint AS cost_images, bool_or(retire) AS retire
-    FROM (SELECT * FROM moves UNION ALL SELECT * FROM waiting) AS m
-    GROUP BY lease_id, budget_id
-),
-lease AS (
-    UPDATE billing_budgetlease AS l SET
-        amount_micro = l.amount_micro - m.freed_micro,
-        images = l.images - m.freed_images,
-        retired = l.retired OR m.retire
-    FROM summed AS m
-    WHERE l.id = m.lease_id AND (SELECT count(*) FROM locked) >= 0
-    RETURNING l.id, l.budget_id, l.period_start, m.freed_micro, m.freed_images,
-        m.cost_micro, m.cost_images
-),
-charged AS (
-    SELECT budget_id, period_start, sum(freed_micro) AS freed_micro,
-        sum(freed_images) AS freed_images, sum(cost_micro) AS cost_micro,
-        sum(cost_images) AS cost_images
-    FROM lease GROUP BY budget_id, period_start
-),
-changed AS (
-    UPDATE billing_budget AS b SET
-        used_micro = b.used_micro + c.cost_micro,
-        reserved_micro = b.reserved_micro - c.freed_micro,
-        used_images = b.used_images + c.cost_images,
-        reserved_images = b.reserved_images - c.freed_images
-    FROM charged AS c WHERE b.id = c.budget_id AND b.period_start = c.period_start
-    RETURNING b.id, b.public_id, b.workspace_id, b.used_micro, b.used_images, b.limit_micro,
-        b.limit_images, b.alert_thresholds, b.period_start
-)
-SELECT lease.id, lease.period_start, c.id, c.public_id, c.workspace_id, c.used_micro,
-    c.used_images, c.limit_micro, c.limit_images, c.alert_thresholds
-FROM lease LEFT JOIN changed AS c
-    ON c.id = lease.budget_id AND c.period_start = lease.period_start
-"""
-
-_MOVE_LEASE = """
-UPDATE billing_budgetlease SET
-    amount_micro = amount_micro - %(freed_micro)s,
-    images = images - %(freed_images)s,
-    retired = retired OR %(retire)s
-WHERE id = %(lease)s
-RETURNING budget_id, period_start
-"""
-_MOVE_BUDGET = """
-UPDATE billing_budget SET
-    used_micro = used_micro + %(cost_micro)s,
-    reserved_micro = reserved_micro - %(freed_micro)s,
-    used_images = used_images + %(cost_images)s,
-    reserved_images = reserved_images - %(freed_images)s
-WHERE id = %(budget)s AND period_start = %(start)s
-RETURNING id, public_id, workspace_id, used_micro, used_images, limit_micro, limit_images,
-    alert_thresholds
-"""
 
 
 def flush(moves: Sequence[Move] = (), *, retire: bool = False) -> Written:
@@ -565,7 +482,7 @@ def flush(moves: Sequence[Move] = (), *, retire: bool = False) -> Written:
 def _run_flush(moves: Sequence[Move], retire: bool, ours: list[int]) -> list[Any]:
     params: list[Any] = [value for m in moves for value in (*m.values(), retire)]
     rows = ", ".join(["(" + ", ".join(["%s::bigint"] * 6) + ", %s::boolean)"] * len(moves))
-    sql = _FLUSH_PG.format(moves=f"VALUES {rows}" if moves else _NO_MOVES)
+    sql = statements.FLUSH_PG.format(moves=f"VALUES {rows}" if moves else statements.NO_MOVES)
     for attempt in range(3):
         try:
             with prepared_cursor() as cursor:
@@ -583,7 +500,7 @@ def _retryable(error: Exception, states: tuple[str, ...] = ("40P01", "23503")) -
 
 
 def _flush_apart(moves: Sequence[Move], retire: bool) -> Written:
-    """The moves as `_FLUSH_PG` makes them, where data-modifying WITH is not supported."""
+    """The moves as `statements.FLUSH_PG` makes them, without data-modifying WITH (SQLite)."""
     written = Written()
     for m in moves:
         params = {
@@ -595,12 +512,14 @@ def _flush_apart(moves: Sequence[Move], retire: bool) -> Written:
             "retire": retire,
         }
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_MOVE_LEASE, params)
+            cursor.execute(statements.MOVE_LEASE, params)
             lease = cursor.fetchone()
             if lease is None:
                 continue
             written.found.add(m.lease_id)
-            cursor.execute(_MOVE_BUDGET, {**params, "budget": lease[0], "start": lease[1]})
+            cursor.execute(
+                statements.MOVE_BUDGET, {**params, "budget": lease[0], "start": lease[1]}
+            )
             row = cursor.fetchone()
             if row is not None:
                 written.spends.append(alerts.Spend.from_row(_aware(lease[1]), row))
@@ -639,47 +558,6 @@ def return_lease(piece: Slice) -> None:
         _not_current(piece)
 
 
-# Like _FLUSH_PG, the budgets' rows first, in id order, then the leases': the slice's amount
-# goes back to the budget's room, and the charges still waiting on it onto its spend.
-_RETURN_PG = """
-WITH target AS (SELECT id, budget_id FROM billing_budgetlease WHERE {which}),
-locked AS (
-    SELECT id FROM billing_budget WHERE id IN (SELECT budget_id FROM target)
-    ORDER BY id FOR UPDATE
-),
-waiting AS (
-    DELETE FROM billing_budgetcharge
-    WHERE lease_id IN (SELECT id FROM target) AND (SELECT count(*) FROM locked) >= 0
-    RETURNING lease_id, cost_micro, cost_images
-),
-spent AS (
-    SELECT lease_id, sum(cost_micro) AS micro, sum(cost_images) AS images
-    FROM waiting GROUP BY lease_id
-),
-gone AS (
-    DELETE FROM billing_budgetlease
-    WHERE id IN (SELECT id FROM target) AND (SELECT count(*) FROM locked) >= 0
-    RETURNING id, budget_id, period_start, amount_micro, images
-),
-returned AS (
-    SELECT budget_id, period_start, sum(gone.amount_micro) AS micro,
-        sum(gone.images) AS images, coalesce(sum(spent.micro), 0) AS spent_micro,
-        coalesce(sum(spent.images), 0) AS spent_images, count(*)
-    FROM gone LEFT JOIN spent ON spent.lease_id = gone.id
-    GROUP BY budget_id, period_start
-),
-changed AS (
-    UPDATE billing_budget AS b SET
-        reserved_micro = b.reserved_micro - returned.micro,
-        reserved_images = b.reserved_images - returned.images,
-        used_micro = b.used_micro + returned.spent_micro,
-        used_images = b.used_images + returned.spent_images
-    FROM returned WHERE b.id = returned.budget_id AND b.period_start = returned.period_start
-)
-SELECT coalesce(sum(count), 0) FROM returned
-"""
-
-
 def _return_rows(which: str, params: list[Any]) -> int:
     """Delete the leases matching `which` and give back to their budgets what they held;
     how many there were."""
@@ -687,7 +565,7 @@ def _return_rows(which: str, params: list[Any]) -> int:
         for attempt in range(3):
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute(_RETURN_PG.format(which=which), params)
+                    cursor.execute(statements.RETURN_PG.format(which=which), params)
                     return int(cursor.fetchone()[0])
             # One statement: a deadlock undid all of it; so did a charge a stalled holder
             # wrote after its snapshot (the deferred foreign key), which the next one sees.
