@@ -9,7 +9,6 @@ INSERT INTO billing_budgetcharge
 VALUES {values}
 """
 MOVE_ROW = "(" + ", ".join(["%s::bigint"] * 6) + ")"
-FLUSH_ROW = "(" + ", ".join(["%s::bigint"] * 6) + ", %s::boolean)"  # a move, and retire
 NO_MOVES = "SELECT " + ", ".join(["0::bigint"] * 6) + ", false WHERE false"
 
 

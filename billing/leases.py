@@ -481,7 +481,7 @@ def flush(moves: Sequence[Move] = (), *, retire: bool = False) -> Written:
 
 def _run_flush(moves: Sequence[Move], retire: bool, ours: list[int]) -> list[Any]:
     params: list[Any] = [value for m in moves for value in (*m.values(), retire)]
-    rows = ", ".join([statements.FLUSH_ROW] * len(moves))
+    rows = ", ".join(["(" + ", ".join(["%s::bigint"] * 6) + ", %s::boolean)"] * len(moves))
     sql = statements.FLUSH_PG.format(moves=f"VALUES {rows}" if moves else statements.NO_MOVES)
     for attempt in range(3):
         try:
@@ -489,14 +489,14 @@ def _run_flush(moves: Sequence[Move], retire: bool, ours: list[int]) -> list[Any
                 cursor.execute(sql, [*params, ours, ours])  # pending, then waiting
                 return list(cursor.fetchall())
         except OperationalError as error:  # one statement: a deadlock undid all of it
-            if attempt == 2 or connection.in_atomic_block or not _retryable(error):
+            if attempt == 2 or connection.in_atomic_block or not _retryable(error, ("40P01",)):
                 raise
     return []  # pragma: no cover - the loop returns or raises
 
 
-def _retryable(error: Exception) -> bool:
+def _retryable(error: Exception, states: tuple[str, ...] = ("40P01", "23503")) -> bool:
     """A deadlock, or a foreign key a concurrent charge row broke: worth one more try."""
-    return getattr(error.__cause__, "sqlstate", None) in ("40P01", "23503")
+    return getattr(error.__cause__, "sqlstate", None) in states
 
 
 def _flush_apart(moves: Sequence[Move], retire: bool) -> Written:
@@ -726,7 +726,12 @@ def return_all() -> None:
     """Retire and return every slice of this process (it is stopping)."""
     with _lock:
         pieces = list(_slices.values())
-    for piece in pieces:  # the first retire's flush moves the waiting charges too
+    if pieces and _waiting:
+        try:
+            alerts.fire_reached(flush().spends)
+        except Exception:  # returning the slices moves the charges all the same
+            logger.exception("could not move the waiting budget charges")
+    for piece in pieces:
         try:
             _retire(piece)
             if piece.inflight == 0:
