@@ -118,46 +118,48 @@ def _walk_through_the_management_api(base: str, admin_key: str) -> None:
     bundle = re.search(r'src="(/static/drf_spectacular_sidecar/[^"]+bundle[^"]*\.js)"', docs.text)
     assert bundle and requests.get(base + bundle.group(1), timeout=5).status_code == 200
     assert requests.get(f"{base}/api/schema/", timeout=5).status_code == 200
-    admin = requests.Session()
-    admin.headers["Authorization"] = f"Bearer {admin_key}"
-    minted = admin.post(
-        f"{base}/api/v1/keys", json={"name": "teammate", "scopes": ["images"]}, timeout=5
-    )
-    assert minted.status_code == 201, minted.text
-    teammate = minted.json()
-    capped = admin.post(
-        f"{base}/api/v1/budgets",
-        json={"key": teammate["id"], "period": "month", "limit_usd": "0.02"},
-        timeout=5,
-    )
-    assert capped.status_code == 201, capped.text
-    body = '{"model": "demo-image", "prompt": "a lighthouse", "size": "256x256"}'
-    statuses = [
-        requests.post(
-            f"{base}/v1/images/generations",
+    with requests.Session() as admin:  # closed at the end: no pooled socket left to the GC
+        admin.headers["Authorization"] = f"Bearer {admin_key}"
+        minted = admin.post(
+            f"{base}/api/v1/keys", json={"name": "teammate", "scopes": ["images"]}, timeout=5
+        )
+        assert minted.status_code == 201, minted.text
+        teammate = minted.json()
+        capped = admin.post(
+            f"{base}/api/v1/budgets",
+            json={"key": teammate["id"], "period": "month", "limit_usd": "0.02"},
+            timeout=5,
+        )
+        assert capped.status_code == 201, capped.text
+        body = '{"model": "demo-image", "prompt": "a lighthouse", "size": "256x256"}'
+        statuses = [
+            requests.post(
+                f"{base}/v1/images/generations",
+                headers={"Authorization": f"Bearer {teammate['secret']}"},
+                data=body,
+                timeout=30,
+            ).status_code
+            for _ in range(3)
+        ]
+        assert statuses == [200, 200, 402]
+        summary = admin.get(f"{base}/api/v1/usage/summary?group_by=key", timeout=5).json()
+        spent = {row["group"]: row for row in summary["data"]}[teammate["id"]]
+        assert (spent["requests"], spent["images"], spent["errors"], spent["cost_usd"]) == (
+            3,
+            2,
+            1,
+            "0.020000",
+        )
+        budget = {b["key"]: b for b in summary["budgets"]}[teammate["id"]]
+        assert (budget["spent_usd"], budget["remaining_usd"]) == ("0.020000", "0.000000")
+        revoked = admin.post(f"{base}/api/v1/keys/{teammate['id']}/revoke", timeout=5)
+        assert revoked.json()["status"] == "revoked"
+        refused = requests.get(
+            f"{base}/v1/models",
             headers={"Authorization": f"Bearer {teammate['secret']}"},
-            data=body,
-            timeout=30,
-        ).status_code
-        for _ in range(3)
-    ]
-    assert statuses == [200, 200, 402]
-    summary = admin.get(f"{base}/api/v1/usage/summary?group_by=key", timeout=5).json()
-    spent = {row["group"]: row for row in summary["data"]}[teammate["id"]]
-    assert (spent["requests"], spent["images"], spent["errors"], spent["cost_usd"]) == (
-        3,
-        2,
-        1,
-        "0.020000",
-    )
-    budget = {b["key"]: b for b in summary["budgets"]}[teammate["id"]]
-    assert (budget["spent_usd"], budget["remaining_usd"]) == ("0.020000", "0.000000")
-    revoked = admin.post(f"{base}/api/v1/keys/{teammate['id']}/revoke", timeout=5)
-    assert revoked.json()["status"] == "revoked"
-    refused = requests.get(
-        f"{base}/v1/models", headers={"Authorization": f"Bearer {teammate['secret']}"}, timeout=5
-    )
-    assert refused.status_code == 401
+            timeout=5,
+        )
+        assert refused.status_code == 401
 
 
 @pytest.mark.django_db

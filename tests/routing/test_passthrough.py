@@ -111,7 +111,8 @@ def test_a_multipart_call_and_its_binary_answer_pass_through_untouched(
         files={"prompt": (None, "a fox"), "output_format": (None, "png")},
         headers={**bearer(api_key), "Accept": "image/*"},
     ).prepare()
-    response = requests.Session().send(prepared, timeout=30)
+    with requests.Session() as session:  # closed: its pooled socket is not left to the GC
+        response = session.send(prepared, timeout=30)
 
     assert response.status_code == 200, response.text
     assert response.content == png(64, 64)
