@@ -6,10 +6,14 @@ from contextlib import contextmanager
 from django.db import connection
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
+from aperture.load_shedding import WORK
+
 
 def release_connection() -> None:
     """Give the connection back to the pool before waiting on the network (an upstream, a slow
-    body): held through such waits, connections run out at a few hundred requests."""
+    body): held through such waits, connections run out at a few hundred requests. The
+    request's work slot goes back too (aperture/load_shedding.py)."""
+    WORK.step_out()
     if not connection.in_atomic_block:
         connection.close()
 

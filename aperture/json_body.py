@@ -12,6 +12,7 @@ from django.http import HttpRequest
 
 from aperture.db import release_connection
 from aperture.errors import InvalidRequest, UnsupportedMediaType
+from aperture.load_shedding import WORK
 
 _READ_AS_JSON = {"", "application/json", "application/x-www-form-urlencoded", "text/plain"}
 
@@ -28,6 +29,7 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
         )
     release_connection()  # the body may dribble in, for as long as its deadline allows
     raw = request.body  # RequestTimeout (408) past APERTURE_BODY_TIMEOUT_SECONDS
+    WORK.resume()
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:

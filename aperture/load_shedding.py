@@ -7,6 +7,17 @@ passthrough: routing/metered.py) in flight per worker process, by default 95% of
 worker connections, so that the last few are left for polls, the management API and health
 checks, which are never shed. A request counts until its response is closed (the WSGI server
 closes every response), streams included.
+
+Of the requests let in, at most APERTURE_WORK_SLOTS per process are at work at once (on the
+CPU, the database and Redis); the others wait their turn, first come first served. A request
+gives its slot back whenever it waits on the network (a body still arriving, the upstream,
+a moderation call, another request leasing a budget slice: aperture.db.release_connection)
+and takes one again when its body has arrived. Without the slots, a burst of thousands moved
+in lockstep: each greenlet took a step in turn, so every Redis or database reply waited
+behind thousands of others, pools timed out, and no upstream was called until nearly every
+request had been through auth, routing and its budgets (the first of a 5,000-request burst
+reached the upstream after 6 s). A request that waits longer than APERTURE_WORK_WAIT_SECONDS
+for a slot gets the same 503 `overloaded`.
 """
 
 from __future__ import annotations
@@ -38,6 +49,55 @@ class Gate:
 
 
 GATE = Gate()
+
+
+class WorkSlots:
+    """How many requests of this process are at work; each greenlet (thread) holds at most
+    one slot, and knows whether it stepped out to wait on the network."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: tuple[int, threading.Semaphore] | None = None
+        self._mine = threading.local()  # greenlet-local under gevent's patched threading
+
+    def _semaphore(self, size: int) -> threading.Semaphore:
+        with self._lock:
+            if self._slots is None or self._slots[0] != size:
+                self._slots = (size, threading.Semaphore(size))
+            return self._slots[1]
+
+    def take(self) -> None:
+        """Wait for a slot (none with APERTURE_WORK_SLOTS=0), or raise Overloaded."""
+        size = settings.WORK_SLOTS
+        if size <= 0 or getattr(self._mine, "held", None) is not None:
+            return
+        slots = self._semaphore(size)
+        if not slots.acquire(timeout=settings.WORK_WAIT_SECONDS):
+            raise Overloaded(
+                f"The gateway's {size} work slots in this process stayed busy for "
+                f"{settings.WORK_WAIT_SECONDS:g} s: retry after the time in Retry-After."
+            )
+        self._mine.held, self._mine.stepped_out = slots, False
+
+    def step_out(self) -> None:
+        """Give the slot back while waiting on the network; `resume` takes one again."""
+        slots = getattr(self._mine, "held", None)
+        if slots is not None:
+            self._mine.held, self._mine.stepped_out = None, True
+            slots.release()
+
+    def resume(self) -> None:
+        """Back at work after a wait: a slot again, if this request stepped out of one."""
+        if getattr(self._mine, "stepped_out", False):
+            self.take()
+
+    def done(self) -> None:
+        """The request is past its work (its view returned or raised): the slot goes back."""
+        self.step_out()
+        self._mine.stepped_out = False
+
+
+WORK = WorkSlots()
 
 
 def admit_or_shed() -> None:

@@ -520,6 +520,11 @@ MAX_IN_FLIGHT = env.int(
     "APERTURE_MAX_IN_FLIGHT",
     default=int(env.int("APERTURE_WORKER_CONNECTIONS", default=4000) * 0.95),
 )
+# Of those, how many are at work at once (the CPU, the database, Redis) between their waits
+# on the network; the rest wait their turn, past WORK_WAIT_SECONDS a 503 `overloaded`.
+# 0 lets every request work at once (aperture/load_shedding.py).
+WORK_SLOTS = env.int("APERTURE_WORK_SLOTS", default=16)
+WORK_WAIT_SECONDS = env.float("APERTURE_WORK_WAIT_SECONDS", default=30.0)
 
 # --- Async image jobs, idempotency and retention ----------------------------------------
 # A job's result (and the job) is kept this long after it was submitted.

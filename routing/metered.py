@@ -43,6 +43,7 @@ class MeteredView(APIView):
         # Before the key, the body or the database: a process past its capacity says so.
         load_shedding.admit_or_shed()
         self.counted = True
+        load_shedding.WORK.take()  # its turn at work, until it waits on the network
         declared = str(request.META.get("CONTENT_LENGTH") or "0")
         self.meter = Meter(
             request_id=current_request_id(),
@@ -64,6 +65,8 @@ class MeteredView(APIView):
             if self.idempotent is not None:
                 idempotency.release(self.idempotent)
             raise
+        finally:
+            load_shedding.WORK.done()  # rendering and the record need no turn
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, idempotency.Replayed):

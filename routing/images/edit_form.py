@@ -21,6 +21,7 @@ from django.http.multipartparser import MultiPartParserError
 from aperture.db import release_connection
 from aperture.errors import InvalidRequest, Unsupported
 from aperture.json_body import read_json_object
+from aperture.load_shedding import WORK
 from routing.images import inputs, references
 from routing.providers.base import InputImage
 
@@ -69,6 +70,7 @@ def read_edit_form(request: HttpRequest) -> EditForm:
     release_connection()  # the body may dribble in, for as long as its deadline allows
     try:
         form, files = request.POST, request.FILES  # RequestTimeout (408) past the deadline
+        WORK.resume()
     except MultiPartParserError as exc:
         raise InvalidRequest(f"Could not parse the multipart body: {exc}.") from None
     except (TooManyFieldsSent, TooManyFilesSent) as exc:

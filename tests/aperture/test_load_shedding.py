@@ -18,7 +18,7 @@ from routing.models import ModelAlias
 from tenants.services import CreatedKey
 from tests.billing.conftest import budget, priced_alias  # noqa: F401 - fixture
 from tests.fakes.upstream import FakeUpstream
-from tests.support import gunicorn, subprocess_database_url
+from tests.support import gunicorn, subprocess_database_url, wait_for
 
 BODY = {"model": "priced", "prompt": "a lighthouse", "size": "1024x1024"}
 
@@ -96,3 +96,70 @@ def test_a_request_stops_counting_once_its_response_is_closed(
     refused = client.post("/v1/images/generations", {**BODY, "n": 0}, format="json")
     assert (served.status_code, refused.status_code) == (200, 400)
     assert GATE.in_flight == 0
+
+
+def test_work_slots_take_turns_step_out_for_the_network_and_shed_a_long_wait(
+    settings: Any,
+) -> None:
+    from aperture.errors import Overloaded
+    from aperture.load_shedding import WorkSlots
+
+    settings.WORK_SLOTS, settings.WORK_WAIT_SECONDS = 1, 0.2
+    slots = WorkSlots()
+    outcomes: list[str] = []
+
+    def another() -> None:
+        try:
+            slots.take()
+        except Overloaded as refused:
+            outcomes.append(f"503 {refused.code}")
+            return
+        outcomes.append("at work")
+        slots.done()
+
+    slots.take()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(another).result()  # the one slot stays taken past the wait
+    slots.step_out()  # waiting on the network: the slot is free meanwhile
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(another).result()
+    slots.resume()  # back from the network: a slot again
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(another).result()
+    slots.done()
+    slots.resume()  # done is done: nothing to resume
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(another).result()
+    assert outcomes == ["503 overloaded", "at work", "503 overloaded", "at work"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_work_slot_is_given_back_before_the_upstream_call(
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,  # noqa: F811 - the fixture
+    fake_upstream: FakeUpstream,
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the server needs PostgreSQL")
+    budget(workspace=api_key.key.workspace, period="month", limit_micro=10_000_000)
+    fake_upstream.delay = 5.0  # one after another, the second would reach it 5 s late
+    env = {"DATABASE_URL": subprocess_database_url(), "APERTURE_WORK_SLOTS": "1"}
+    with gunicorn(env, workers=1) as base:
+
+        def one(_: int) -> requests.Response:
+            return requests.post(
+                f"{base}/v1/images/generations",
+                json=BODY,
+                headers={"Authorization": f"Bearer {api_key.secret}"},
+                timeout=60,
+            )
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            answers = pool.map(one, range(3))
+            # All three wait on the upstream at once: none held the one slot while it waited.
+            wait_for(
+                lambda: len(fake_upstream.requests) == 3, timeout=4, what="three upstream calls"
+            )
+            assert UsageRecord.objects.count() == 0  # none has been answered yet
+            statuses = [a.status_code for a in answers]
+    assert statuses == [200, 200, 200]

@@ -38,6 +38,8 @@ def slow_server(django_db_setup: None, django_db_blocker) -> Iterator[Server]:
         "REDIS_URL": settings.REDIS_URL,
         "APERTURE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
         "APERTURE_BODY_MIN_BYTES_PER_SECOND": "1000",
+        # One work slot: a request gives it back while its body trickles in.
+        "APERTURE_WORK_SLOTS": "1",
     }
     with gunicorn(env) as server:
         yield server
@@ -157,6 +159,7 @@ def test_bodies_trickled_past_the_limit_get_408_and_the_worker_serves_on(
         timeout=10,
     )
     assert quick.status_code == 200, quick.text
+    assert not outcomes, "the quick request waited for a trickled body to end"
     for thread in threads:
         thread.join()
 
