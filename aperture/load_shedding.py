@@ -23,6 +23,7 @@ for a slot gets the same 503 `overloaded`.
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 from django.conf import settings
 
@@ -51,28 +52,64 @@ class Gate:
 GATE = Gate()
 
 
+class _Slots:
+    """`size` slots handed over first come first served, those coming back from a wait on
+    the network first: a request that already waited its turn is not queued behind every
+    newcomer of a burst a second time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._lock = threading.Lock()
+        self._waiting: tuple[deque[threading.Event], deque[threading.Event]] = (deque(), deque())
+
+    def acquire(self, *, resuming: bool, timeout: float) -> bool:
+        queue = self._waiting[0 if resuming else 1]
+        with self._lock:
+            if self._free > 0 and not any(self._waiting):
+                self._free -= 1
+                return True
+            handed = threading.Event()
+            queue.append(handed)
+        if handed.wait(timeout):
+            return True
+        with self._lock:
+            if handed.is_set():  # handed over as the wait ran out
+                return True
+            queue.remove(handed)
+            return False
+
+    def release(self) -> None:
+        with self._lock:
+            for queue in self._waiting:
+                if queue:
+                    queue.popleft().set()  # the slot goes straight to the next in line
+                    return
+            self._free += 1
+
+
 class WorkSlots:
     """How many requests of this process are at work; each greenlet (thread) holds at most
     one slot, and knows whether it stepped out to wait on the network."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._slots: tuple[int, threading.Semaphore] | None = None
+        self._slots: _Slots | None = None
         self._mine = threading.local()  # greenlet-local under gevent's patched threading
 
-    def _semaphore(self, size: int) -> threading.Semaphore:
+    def _current(self, size: int) -> _Slots:
         with self._lock:
-            if self._slots is None or self._slots[0] != size:
-                self._slots = (size, threading.Semaphore(size))
-            return self._slots[1]
+            if self._slots is None or self._slots.size != size:
+                self._slots = _Slots(size)
+            return self._slots
 
-    def take(self) -> None:
+    def take(self, *, resuming: bool = False) -> None:
         """Wait for a slot (none with APERTURE_WORK_SLOTS=0), or raise Overloaded."""
         size = settings.WORK_SLOTS
         if size <= 0 or getattr(self._mine, "held", None) is not None:
             return
-        slots = self._semaphore(size)
-        if not slots.acquire(timeout=settings.WORK_WAIT_SECONDS):
+        slots = self._current(size)
+        if not slots.acquire(resuming=resuming, timeout=settings.WORK_WAIT_SECONDS):
             raise Overloaded(
                 f"The gateway's {size} work slots in this process stayed busy for "
                 f"{settings.WORK_WAIT_SECONDS:g} s: retry after the time in Retry-After."
@@ -87,9 +124,10 @@ class WorkSlots:
             slots.release()
 
     def resume(self) -> None:
-        """Back at work after a wait: a slot again, if this request stepped out of one."""
+        """Back at work after a wait: a slot again, ahead of newcomers, if this request
+        stepped out of one."""
         if getattr(self._mine, "stepped_out", False):
-            self.take()
+            self.take(resuming=True)
 
     def done(self) -> None:
         """The request is past its work (its view returned or raised): the slot goes back."""

@@ -163,3 +163,30 @@ def test_one_work_slot_is_given_back_before_the_upstream_call(
             assert UsageRecord.objects.count() == 0  # none has been answered yet
             statuses = [a.status_code for a in answers]
     assert statuses == [200, 200, 200]
+
+
+def test_a_request_back_from_the_network_takes_the_next_slot_before_newcomers() -> None:
+    import threading
+
+    from aperture.load_shedding import _Slots
+
+    slots = _Slots(1)
+    assert slots.acquire(resuming=False, timeout=1)
+    order: list[str] = []
+
+    def take(name: str, resuming: bool) -> None:
+        assert slots.acquire(resuming=resuming, timeout=30)
+        order.append(name)
+        slots.release()
+
+    newcomer = threading.Thread(target=take, args=("newcomer", False))
+    newcomer.start()
+    wait_for(lambda: len(slots._waiting[1]) == 1, what="the newcomer in line")
+    resumer = threading.Thread(target=take, args=("back from the network", True))
+    resumer.start()
+    wait_for(lambda: len(slots._waiting[0]) == 1, what="the resumer in line")
+    slots.release()
+    newcomer.join()
+    resumer.join()
+    assert order == ["back from the network", "newcomer"]
+    assert slots.acquire(resuming=False, timeout=0)  # every slot came back
