@@ -186,8 +186,9 @@ def _burst(
         f"limits: load generator open files {fd_limit}; gateway listen backlog "
         f"{_listen_backlog(int(gateway_url.rsplit(':', 1)[1]))} (somaxconn {somaxconn}); "
         f"{env.get('WEB_CONCURRENCY', '1')} workers x {connections} connections, "
-        f"{in_flight} in flight each before 503 overloaded; accept-queue overflows during "
-        f"the gateway burst: {overflows}"
+        f"{in_flight} in flight each before 503 overloaded, "
+        f"{env.get('APERTURE_WORK_SLOTS', '16')} of them at work at once; "
+        f"accept-queue overflows during the gateway burst: {overflows}"
     )
 
 
