@@ -525,6 +525,9 @@ MAX_IN_FLIGHT = env.int(
 # 0 lets every request work at once (aperture/load_shedding.py).
 WORK_SLOTS = env.int("APERTURE_WORK_SLOTS", default=16)
 WORK_WAIT_SECONDS = env.float("APERTURE_WORK_WAIT_SECONDS", default=30.0)
+# A web process's garbage collector, once the app is loaded: what is loaded is frozen, and
+# the three generations collect at these thresholds (Python's own: 700,10,10).
+GC_THRESHOLD = tuple(env.list("APERTURE_GC_THRESHOLD", cast=int, default=[10_000, 10, 10]))
 
 # --- Async image jobs, idempotency and retention ----------------------------------------
 # A job's result (and the job) is kept this long after it was submitted.
