@@ -459,3 +459,29 @@ def test_a_charge_above_its_hold_on_a_slice_a_new_limit_retired_is_charged_withi
     assert budgets.settle(second, cost_micro=PRICE, images=1) == (PRICE, 1)
     leases.return_all()
     assert _counters(row) == (2 * PRICE, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_flush_is_prepared_once_whatever_the_size_of_its_amounts() -> None:
+    """psycopg prepares a statement under its text and its parameters' types; an int went
+    as int2, int4 or int8 by its size, so a flush of amounts of every size was parsed and
+    planned on nearly every run."""
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    sizes = [1, 40_000, 3_000_000_000, 5, 70_000, 2**40]
+    for run, size in enumerate(sizes * 2):
+        move = leases.Move(
+            lease_id=10**6 + run,  # no such lease: the statement changes nothing
+            budget_id=10**6,
+            freed_micro=size,
+            freed_images=run % 3,
+            cost_micro=size // 2,
+            cost_images=0,
+        )
+        leases._run_flush([move], False, [])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+            ["%WITH moves (lease_id%"],
+        )
+        assert cursor.fetchone()[0] == 1
