@@ -112,6 +112,18 @@ def child_exit(server: Any, worker: Any) -> None:
             os.remove(os.path.join(directory, f"gauge_{mode}_{worker.pid}.db"))
 
 
+def post_worker_init(worker: Any) -> None:
+    """The worker has loaded the application: its URLs (and so every view) are imported now
+    rather than on the first request, and the garbage collector is tuned for serving
+    (aperture/garbage_collection.py)."""
+    from django.urls import get_resolver
+
+    from aperture.garbage_collection import tune_for_serving
+
+    get_resolver().url_patterns  # noqa: B018 - imports the URLconf and its views
+    tune_for_serving()
+
+
 def worker_exit(server: Any, worker: Any) -> None:
     """A worker stopping gracefully gives its budget slices back (billing/leases.py) rather
     than leave them held until their leases expire. Imported here, in the worker, where the

@@ -19,6 +19,17 @@ def release_connection() -> None:
 
 
 @contextmanager
+def waiting_on_network() -> Iterator[None]:
+    """Around a wait the request comes back from to work on (its body arriving, an image it
+    named being fetched, a moderation call): the connection and the work slot are given back
+    for the wait, and a slot is taken again after it, ahead of newcomers. (A request whose
+    wait failed goes on to its error answer without one.)"""
+    release_connection()
+    yield
+    WORK.resume()
+
+
+@contextmanager
 def prepared_cursor() -> Iterator[CursorWrapper]:
     """A cursor for the hot path's few fixed statements: on PostgreSQL it binds parameters on
     the server, so that psycopg prepares a statement it runs often on a connection (no

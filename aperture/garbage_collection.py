@@ -1,4 +1,5 @@
-"""The garbage collector in a web process, tuned once the application is loaded.
+"""The garbage collector of a gunicorn worker, tuned once the application is loaded
+(gunicorn.conf.py's post_worker_init).
 
 With Python's defaults (a young collection every 700 new objects, the whole heap now and
 then) a gateway worker spent 2.3-3.1 s collecting in a run of about 7,800 requests (most of it
@@ -19,7 +20,7 @@ from django.conf import settings
 
 def tune_for_serving() -> None:
     """Freeze what is loaded now and collect at APERTURE_GC_THRESHOLD; call once, when the
-    application has been loaded (aperture/wsgi.py)."""
+    application has been loaded."""
     gc.collect()  # what start-up left as garbage is not frozen with the rest
     gc.freeze()
     gc.set_threshold(*settings.GC_THRESHOLD)

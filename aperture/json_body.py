@@ -10,9 +10,8 @@ from typing import Any
 import orjson
 from django.http import HttpRequest
 
-from aperture.db import release_connection
+from aperture.db import waiting_on_network
 from aperture.errors import InvalidRequest, UnsupportedMediaType
-from aperture.load_shedding import WORK
 
 _READ_AS_JSON = {"", "application/json", "application/x-www-form-urlencoded", "text/plain"}
 
@@ -27,9 +26,8 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
         raise UnsupportedMediaType(
             f"Unsupported content type '{content_type}'; send application/json."
         )
-    release_connection()  # the body may dribble in, for as long as its deadline allows
-    raw = request.body  # RequestTimeout (408) past APERTURE_BODY_TIMEOUT_SECONDS
-    WORK.resume()
+    with waiting_on_network():  # the body may dribble in, for as long as its deadline allows
+        raw = request.body  # RequestTimeout (408) past APERTURE_BODY_TIMEOUT_SECONDS
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:

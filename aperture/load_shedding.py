@@ -10,9 +10,11 @@ closes every response), streams included.
 
 Of the requests let in, at most APERTURE_WORK_SLOTS per process are at work at once (on the
 CPU, the database and Redis); the others wait their turn, first come first served. A request
-gives its slot back whenever it waits on the network (a body still arriving, the upstream,
-a moderation call, another request leasing a budget slice: aperture.db.release_connection)
-and takes one again when its body has arrived. Without the slots, a burst of thousands moved
+gives its slot back whenever it waits on the network (aperture.db.release_connection) and,
+from the waits it comes back from to work on (its body arriving, images it named being
+fetched, a moderation call: aperture.db.waiting_on_network), takes one again ahead of
+newcomers. From its upstream call (or from waiting on another request's budget slice) to
+its answer it works without one. Without the slots, a burst of thousands moved
 in lockstep: each greenlet took a step in turn, so every Redis or database reply waited
 behind thousands of others, pools timed out, and no upstream was called until nearly every
 request had been through auth, routing and its budgets (the first of a 5,000-request burst
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from threading import Event
 
 from django.conf import settings
 
@@ -61,7 +64,7 @@ class _Slots:
         self.size = size
         self._free = size
         self._lock = threading.Lock()
-        self._waiting: tuple[deque[threading.Event], deque[threading.Event]] = (deque(), deque())
+        self._waiting: tuple[deque[Event], deque[Event]] = (deque(), deque())
 
     def acquire(self, *, resuming: bool, timeout: float) -> bool:
         queue = self._waiting[0 if resuming else 1]
@@ -69,10 +72,18 @@ class _Slots:
             if self._free > 0 and not any(self._waiting):
                 self._free -= 1
                 return True
-            handed = threading.Event()
+            handed = Event()
             queue.append(handed)
-        if handed.wait(timeout):
-            return True
+        try:
+            if handed.wait(timeout):
+                return True
+        except BaseException:  # killed while waiting (gevent.Timeout, GreenletExit)
+            with self._lock:
+                if not handed.is_set():
+                    queue.remove(handed)
+            if handed.is_set():
+                self.release()  # handed over as it was killed: on to the next in line
+            raise
         with self._lock:
             if handed.is_set():  # handed over as the wait ran out
                 return True

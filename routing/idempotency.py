@@ -26,7 +26,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpRe
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
-from aperture.db import release_connection
+from aperture.db import release_connection, waiting_on_network
 from aperture.errors import Conflict, InvalidRequest, PayloadTooLarge, Unprocessable
 from billing.metering import Meter
 from routing.jobs.objects import OBJECT as JOB_OBJECT
@@ -215,22 +215,22 @@ def _in_flight() -> Conflict:
 def _raw_body(request: HttpRequest) -> bytes:
     """The whole body, read once: the views read it again from the request (Django keeps it).
     A chunked body (passthrough) is read from the server's input, which is replaced by it."""
-    release_connection()  # the body may dribble in, for as long as its deadline allows
-    meta = request.META
-    chunked = "chunked" in str(meta.get("HTTP_TRANSFER_ENCODING", "")).lower()
-    if meta.get("CONTENT_LENGTH") or not chunked:
-        return request.body
-    pieces, received = [], 0
-    while chunk := meta["wsgi.input"].read(_CHUNK_BYTES):
-        received += len(chunk)
-        if received > settings.MAX_BODY_BYTES:
-            raise PayloadTooLarge(
-                f"Request body exceeds the limit of {settings.MAX_BODY_BYTES} bytes."
-            )
-        pieces.append(chunk)
-    body = b"".join(pieces)
-    meta["wsgi.input"] = BytesIO(body)
-    return body
+    with waiting_on_network():  # the body may dribble in, for as long as its deadline allows
+        meta = request.META
+        chunked = "chunked" in str(meta.get("HTTP_TRANSFER_ENCODING", "")).lower()
+        if meta.get("CONTENT_LENGTH") or not chunked:
+            return request.body
+        pieces, received = [], 0
+        while chunk := meta["wsgi.input"].read(_CHUNK_BYTES):
+            received += len(chunk)
+            if received > settings.MAX_BODY_BYTES:
+                raise PayloadTooLarge(
+                    f"Request body exceeds the limit of {settings.MAX_BODY_BYTES} bytes."
+                )
+            pieces.append(chunk)
+        body = b"".join(pieces)
+        meta["wsgi.input"] = BytesIO(body)
+        return body
 
 
 def _insert(

@@ -23,7 +23,7 @@ from typing import TypeVar
 from django.conf import settings
 
 from aperture import safe_cache
-from aperture.db import release_connection
+from aperture.db import waiting_on_network
 from aperture.errors import ContentPolicyViolation, GuardrailUnavailable, InvalidRequest
 from billing.metering import Meter
 from routing.guardrails import matching
@@ -103,11 +103,11 @@ def _concurrently(calls: Sequence[Callable[[], T]]) -> list[T | _Unavailable]:
         except _Unavailable as error:
             return error
 
-    release_connection()  # nothing below needs the database, nor holds it while waiting
-    if len(calls) <= 1:
-        return [run(call) for call in calls]
-    with ThreadPoolExecutor(max_workers=min(len(calls), 8)) as pool:
-        return list(pool.map(run, calls))
+    with waiting_on_network():  # nothing below needs the database, nor holds it while waiting
+        if len(calls) <= 1:
+            return [run(call) for call in calls]
+        with ThreadPoolExecutor(max_workers=min(len(calls), 8)) as pool:
+            return list(pool.map(run, calls))
 
 
 def _prompt_verdict(spec: Moderation, text: str) -> list[str]:

@@ -18,10 +18,9 @@ from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest
 from django.http.multipartparser import MultiPartParserError
 
-from aperture.db import release_connection
+from aperture.db import waiting_on_network
 from aperture.errors import InvalidRequest, Unsupported
 from aperture.json_body import read_json_object
-from aperture.load_shedding import WORK
 from routing.images import inputs, references
 from routing.providers.base import InputImage
 
@@ -67,10 +66,9 @@ def read_edit_form(request: HttpRequest) -> EditForm:
             f"{content_type or 'an empty content type'}.",
             code="invalid_content_type",
         )
-    release_connection()  # the body may dribble in, for as long as its deadline allows
     try:
-        form, files = request.POST, request.FILES  # RequestTimeout (408) past the deadline
-        WORK.resume()
+        with waiting_on_network():  # the body may dribble in, as long as its deadline allows
+            form, files = request.POST, request.FILES  # RequestTimeout (408) past the deadline
     except MultiPartParserError as exc:
         raise InvalidRequest(f"Could not parse the multipart body: {exc}.") from None
     except (TooManyFieldsSent, TooManyFilesSent) as exc:
@@ -128,13 +126,15 @@ def read_json_edit(request: HttpRequest) -> EditForm:
     sources = [_image_url(item, f"images[{index}]") for index, item in enumerate(listed)]
     mask_item = body.pop("mask", None)
     mask_source = _image_url(mask_item, "mask") if mask_item is not None else None
-    images = tuple(
-        references.load_image(url, f"images[{index}].image_url", filename=f"image-{index}")
-        for index, url in enumerate(sources)
-    )
-    mask = None
-    if mask_source is not None:
-        mask = references.load_image(mask_source, "mask.image_url", filename="mask")
+    with waiting_on_network():  # the caller's URLs may answer slowly
+        images = tuple(
+            references.load_image(url, f"images[{index}].image_url", filename=f"image-{index}")
+            for index, url in enumerate(sources)
+        )
+        mask = None
+        if mask_source is not None:
+            mask = references.load_image(mask_source, "mask.image_url", filename="mask")
+    if mask is not None:
         inputs.check_mask(mask, images[0])
     return EditForm(fields=body, images=images, mask=mask)
 

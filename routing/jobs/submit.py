@@ -13,6 +13,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
 
+from aperture.db import waiting_on_network
 from aperture.errors import InvalidRequest
 from billing import admission
 from billing.metering import Meter
@@ -105,7 +106,8 @@ def submit(
             expires_at=now + timedelta(seconds=settings.JOB_RESULT_TTL_SECONDS),
         )
         if edit is not None:
-            job.inputs = _stored_inputs(job, edit)
+            with waiting_on_network():  # the images go to storage (S3, say)
+                job.inputs = _stored_inputs(job, edit)
         try:
             job.save()
         except BaseException:

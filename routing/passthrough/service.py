@@ -16,7 +16,7 @@ from typing import IO, Any
 import requests
 from django.conf import settings
 
-from aperture.db import release_connection
+from aperture.db import waiting_on_network
 from aperture.errors import InvalidRequest, PermissionError_
 from billing import pricing
 from billing.metering import Meter
@@ -152,8 +152,8 @@ def resolve(*, principal: KeyPrincipal, meter: Meter, request: NativeRequest) ->
         facts=None,
     )
     if route is not None:
-        release_connection()  # a body may dribble in slowly
-        read = read_fields(body, meter)
+        with waiting_on_network():  # a body may dribble in slowly
+            read = read_fields(body, meter)
         call.data = read.data
         call.facts = image_routes.request_facts(route, read.fields)
         call.prompt = image_routes.prompt_of(route, read.fields)

@@ -190,3 +190,82 @@ def test_a_request_back_from_the_network_takes_the_next_slot_before_newcomers() 
     resumer.join()
     assert order == ["back from the network", "newcomer"]
     assert slots.acquire(resuming=False, timeout=0)  # every slot came back
+
+
+def test_a_request_killed_while_it_waits_for_a_slot_loses_no_slot(monkeypatch: Any) -> None:
+    import threading
+
+    from aperture import load_shedding
+
+    class Killed(BaseException):
+        pass
+
+    kill = threading.Event()
+
+    class DoomedWait(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            kill.wait(30)
+            raise Killed  # as gevent.Timeout or GreenletExit would, mid-wait
+
+    slots = load_shedding._Slots(1)
+    assert slots.acquire(resuming=False, timeout=1)
+    monkeypatch.setattr(load_shedding, "Event", DoomedWait)
+
+    def waits_then_dies() -> None:
+        with pytest.raises(Killed):
+            slots.acquire(resuming=False, timeout=30)
+
+    dying = threading.Thread(target=waits_then_dies)
+    dying.start()
+    wait_for(lambda: len(slots._waiting[1]) == 1, what="the doomed waiter in line")
+    kill.set()
+    dying.join()
+    assert not slots._waiting[1]
+    slots.release()
+    assert slots.acquire(resuming=False, timeout=0)  # the slot came back, not to the dead
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_json_edit_fetching_its_images_holds_no_work_slot(
+    api_key: CreatedKey, platform_alias: ModelAlias
+) -> None:
+    """A tenant cannot hold every slot with edits whose image URLs never answer."""
+    import socket
+    import threading
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the server needs PostgreSQL")
+    env = {
+        "DATABASE_URL": subprocess_database_url(),
+        "APERTURE_WORK_SLOTS": "1",
+        "APERTURE_FETCH_ALLOWED_HOSTS": "127.0.0.1",
+    }
+    headers = {"Authorization": f"Bearer {api_key.secret}"}
+    with socket.create_server(("127.0.0.1", 0)) as silent, gunicorn(env, workers=1) as base:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/photo.png"
+        edit: list[requests.Response] = []
+
+        def post_the_edit() -> None:
+            edit.append(
+                requests.post(
+                    f"{base}/v1/images/edits",
+                    json={"model": "demo-image", "prompt": "a hat", "images": [{"image_url": url}]},
+                    headers=headers,
+                    timeout=60,
+                )
+            )
+
+        editing = threading.Thread(target=post_the_edit)
+        editing.start()
+        fetch, _ = silent.accept()  # the gateway is fetching the image: it never gets it
+        with fetch:
+            quick = requests.post(
+                f"{base}/v1/images/generations",
+                json={"model": "demo-image", "prompt": "a fox", "size": "64x64"},
+                headers=headers,
+                timeout=10,
+            )
+            assert quick.status_code == 200, quick.text
+            assert not edit  # the edit is still waiting for its image
+        editing.join()
+    assert edit[0].status_code == 400, edit[0].text  # the fetch was cut off: the URL's fault
