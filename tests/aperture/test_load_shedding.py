@@ -2,6 +2,7 @@
 before anything is held or called; a database pool that times out is the same 503, never a
 500."""
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +22,20 @@ from tests.fakes.upstream import FakeUpstream
 from tests.support import gunicorn, subprocess_database_url, wait_for
 
 BODY = {"model": "priced", "prompt": "a lighthouse", "size": "1024x1024"}
+
+
+def _generation_poster(base: str, api_key: CreatedKey) -> Callable[[int], requests.Response]:
+    """One generation of BODY against the server at `base` (the argument: pool.map's item)."""
+
+    def one(_: int) -> requests.Response:
+        return requests.post(
+            f"{base}/v1/images/generations",
+            json=BODY,
+            headers={"Authorization": f"Bearer {api_key.secret}"},
+            timeout=60,
+        )
+
+    return one
 
 
 @pytest.mark.django_db
@@ -58,14 +73,7 @@ def test_a_burst_past_the_limit_is_shed_before_any_hold_or_upstream_call(
     fake_upstream.delay = 2.0
     env = {"DATABASE_URL": subprocess_database_url(), "APERTURE_MAX_IN_FLIGHT": "5"}
     with gunicorn(env, workers=1) as base:
-
-        def one(_: int) -> requests.Response:
-            return requests.post(
-                f"{base}/v1/images/generations",
-                json=BODY,
-                headers={"Authorization": f"Bearer {api_key.secret}"},
-                timeout=60,
-            )
+        one = _generation_poster(base, api_key)
 
         with ThreadPoolExecutor(max_workers=20) as pool:
             answers = list(pool.map(one, range(20)))
@@ -145,14 +153,7 @@ def test_one_work_slot_is_given_back_before_the_upstream_call(
     fake_upstream.delay = 5.0  # one after another, the second would reach it 5 s late
     env = {"DATABASE_URL": subprocess_database_url(), "APERTURE_WORK_SLOTS": "1"}
     with gunicorn(env, workers=1) as base:
-
-        def one(_: int) -> requests.Response:
-            return requests.post(
-                f"{base}/v1/images/generations",
-                json=BODY,
-                headers={"Authorization": f"Bearer {api_key.secret}"},
-                timeout=60,
-            )
+        one = _generation_poster(base, api_key)
 
         with ThreadPoolExecutor(max_workers=3) as pool:
             answers = pool.map(one, range(3))
