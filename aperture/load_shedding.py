@@ -30,6 +30,7 @@ from threading import Event
 
 from django.conf import settings
 
+from aperture import metrics
 from aperture.errors import Overloaded
 
 
@@ -74,6 +75,7 @@ class _Slots:
                 return True
             handed = Event()
             queue.append(handed)
+        metrics.WORK_SLOT_WAITERS.inc()
         try:
             if handed.wait(timeout):
                 return True
@@ -84,6 +86,8 @@ class _Slots:
             if handed.is_set():
                 self.release()  # handed over as it was killed: on to the next in line
             raise
+        finally:
+            metrics.WORK_SLOT_WAITERS.dec()
         with self._lock:
             if handed.is_set():  # handed over as the wait ran out
                 return True
@@ -121,6 +125,7 @@ class WorkSlots:
             return
         slots = self._current(size)
         if not slots.acquire(resuming=resuming, timeout=settings.WORK_WAIT_SECONDS):
+            metrics.SHED.labels("work_slot").inc()
             raise Overloaded(
                 f"The gateway's {size} work slots in this process stayed busy for "
                 f"{settings.WORK_WAIT_SECONDS:g} s: retry after the time in Retry-After."
@@ -153,6 +158,7 @@ def admit_or_shed() -> None:
     """Count one more request in flight, or raise Overloaded (503) past the capacity; the
     caller must `GATE.leave()` once the response is closed."""
     if not GATE.enter(settings.MAX_IN_FLIGHT):
+        metrics.SHED.labels("in_flight").inc()
         raise Overloaded(
             f"The gateway is serving {settings.MAX_IN_FLIGHT} requests in this process, its "
             "capacity: retry after the time in Retry-After."

@@ -97,6 +97,20 @@ UPSTREAM_ERRORS = Counter(
     ("deployment", "provider", "class"),
     registry=REGISTRY,
 )
+SHED = Counter(
+    "aperture_shed",
+    "Inference requests refused 503 overloaded by their process (aperture/load_shedding.py): "
+    "in_flight, past APERTURE_MAX_IN_FLIGHT; work_slot, no work slot within "
+    "APERTURE_WORK_WAIT_SECONDS.",
+    ("reason",),
+    registry=REGISTRY,
+)
+WORK_SLOT_WAITERS = Gauge(
+    "aperture_work_slot_waiters",
+    "Requests waiting for a work slot (aperture/load_shedding.py).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 RECORD_FAILURES = Counter(
     "aperture_usage_record_write_failures",
     "Usage records that could not be written (the answer still went out).",

@@ -270,3 +270,50 @@ def test_a_json_edit_fetching_its_images_holds_no_work_slot(
             assert not edit  # the edit is still waiting for its image
         editing.join()
     assert edit[0].status_code == 400, edit[0].text  # the fetch was cut off: the URL's fault
+
+
+@pytest.mark.django_db
+def test_sheds_are_counted_by_reason_and_waiters_are_a_gauge(
+    client: APIClient, settings: Any
+) -> None:
+    import threading
+
+    from aperture import metrics
+    from aperture.load_shedding import WorkSlots
+
+    def shed(reason: str) -> float:
+        return metrics.REGISTRY.get_sample_value("aperture_shed_total", {"reason": reason}) or 0.0
+
+    def waiters() -> float:
+        return metrics.REGISTRY.get_sample_value("aperture_work_slot_waiters") or 0.0
+
+    before = {reason: shed(reason) for reason in ("in_flight", "work_slot")}
+    settings.MAX_IN_FLIGHT = 0
+    assert client.post("/v1/images/generations", BODY, format="json").status_code == 503
+    assert shed("in_flight") == before["in_flight"] + 1
+
+    settings.WORK_SLOTS, settings.WORK_WAIT_SECONDS = 1, 30
+    slots = WorkSlots()
+    slots.take()
+    got_one = threading.Event()
+
+    def waits() -> None:
+        slots.take()
+        got_one.set()
+        slots.done()
+
+    waiting = threading.Thread(target=waits)
+    waiting.start()
+    wait_for(lambda: waiters() == 1, what="one request waiting for a slot")
+    slots.done()
+    waiting.join()
+    assert got_one.is_set() and waiters() == 0
+
+    settings.WORK_WAIT_SECONDS = 0.05
+    slots.take()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        refused = pool.submit(slots.take).exception()
+    slots.done()
+    assert refused is not None and refused.code == "overloaded"  # type: ignore[attr-defined]
+    assert shed("work_slot") == before["work_slot"] + 1
+    assert waiters() == 0
