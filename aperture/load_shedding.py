@@ -80,19 +80,20 @@ class _Slots:
             if handed.wait(timeout):
                 return True
         except BaseException:  # killed while waiting (gevent.Timeout, GreenletExit)
-            with self._lock:
-                if not handed.is_set():
-                    queue.remove(handed)
-            if handed.is_set():
+            if not self._withdraw(queue, handed):
                 self.release()  # handed over as it was killed: on to the next in line
             raise
         finally:
             metrics.WORK_SLOT_WAITERS.dec()
+        return not self._withdraw(queue, handed)  # or handed over as the wait ran out
+
+    def _withdraw(self, queue: deque[Event], handed: Event) -> bool:
+        """Take a waiter out of line; False if a slot was handed to it already."""
         with self._lock:
-            if handed.is_set():  # handed over as the wait ran out
-                return True
+            if handed.is_set():
+                return False
             queue.remove(handed)
-            return False
+            return True
 
     def release(self) -> None:
         with self._lock:
