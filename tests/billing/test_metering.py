@@ -174,3 +174,62 @@ def test_odd_usage_from_the_upstream_counts_as_zero_tokens_not_a_500(
     assert _post(client, {"model": "priced", "prompt": "x"}).status_code == 200
     record = UsageRecord.objects.get()
     assert (record.input_tokens, record.output_tokens, record.cost_micro) == (0, 0, PRICE_MICRO)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_records_written_at_the_same_moment_go_in_one_batch_and_a_bad_one_fails_alone(
+    api_key: CreatedKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from django.db import connection
+
+    from aperture.db import release_connection
+    from aperture.group_commit import GroupWriter
+    from billing import metering
+    from tenants.key_auth import principal_of
+
+    principal = principal_of(api_key.key.public_id)
+    held, release = threading.Event(), threading.Event()
+    batches: list[int] = []
+
+    def first_held(values: tuple[object, ...]) -> None:
+        if not held.is_set():
+            held.set()
+            assert release.wait(10)
+        metering._insert_one(values)
+
+    def many(rows):
+        batches.append(len(rows))
+        metering._insert_many(rows)
+
+    monkeypatch.setattr(
+        metering, "RECORDS", GroupWriter(many, first_held, before_wait=release_connection)
+    )
+    before = metering.RECORDING_FAILURES["count"]
+
+    def record(request_id: str, cost_micro: int) -> None:
+        meter = metering.Meter(request_id=request_id, endpoint="images.generations")
+        meter.principal, meter.cost_micro = principal, cost_micro
+        metering.record_usage(meter, status=200, error_code="", bytes_out=1)
+        connection.close()
+
+    threads = [threading.Thread(target=record, args=("req_first", 1))]
+    threads[0].start()
+    assert held.wait(10)
+    threads += [
+        threading.Thread(target=record, args=(f"req_{n}", -1 if n == 2 else 1)) for n in range(4)
+    ]
+    for thread in threads[1:]:
+        thread.start()
+    for _ in range(1000):
+        if metering.RECORDS._open is not None and len(metering.RECORDS._open.rows) == 4:
+            break
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert batches == [4]  # the four that came during the first write: one statement
+    written = set(UsageRecord.objects.values_list("request_id", flat=True))
+    assert written == {"req_first", "req_0", "req_1", "req_3"}  # the refused one alone missing
+    assert metering.RECORDING_FAILURES["count"] == before + 1

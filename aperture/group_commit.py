@@ -1,0 +1,113 @@
+"""Group commit: rows written by many requests of a process at once go to the database
+together, in one round trip and one commit, and each writer still returns only once its own
+row is written (or has failed), as if it had written it alone.
+
+The first writer to find no write under way writes its row at once (alone, at low load: no
+wait, no extra step). Writers that come while a write is under way join the next batch and
+wait; when the write ends, the first of them to wake writes the whole batch for all of them.
+So under load a batch holds whatever arrived during the previous write, and the rows' cost
+(a statement, a round trip, a commit and its flush to disk each) is shared.
+
+A batch is written in one transaction; one that fails is written again row by row, so that
+a row the database refuses fails alone, and its writer gets the database's error.
+
+A writer gives its database connection back before it waits (`before_wait`): holding it,
+the writers waiting could take every connection of the pool from the one whose turn it is.
+A writer killed while it waits (a greenlet's timeout) leaves its row in the batch, which the
+others (or the next writer) still write.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Row = TypeVar("Row")
+
+
+@dataclass(eq=False)
+class _Batch(Generic[Row]):
+    rows: list[Row] = field(default_factory=list)
+    turn: threading.Event = field(default_factory=threading.Event)  # its write may start
+    written: threading.Event = field(default_factory=threading.Event)
+    claimed: bool = False
+    failed: dict[int, BaseException] = field(default_factory=dict)  # by row position
+
+
+class GroupWriter(Generic[Row]):
+    """`write_many(rows)` writes rows together in one transaction (or raises, having written
+    none); `write_one(row)` writes one (or raises). Both run on the database connection of
+    the writer whose turn it is."""
+
+    def __init__(
+        self,
+        write_many: Callable[[Sequence[Row]], None],
+        write_one: Callable[[Row], None],
+        before_wait: Callable[[], None],
+    ) -> None:
+        self._write_many = write_many
+        self._write_one = write_one
+        self._before_wait = before_wait
+        self._lock = threading.Lock()
+        self._open: _Batch[Row] | None = None  # the batch rows join
+        self._busy = False  # a batch is being written, or it is the open one's turn
+
+    def write(self, row: Row) -> None:
+        """Write `row` with whatever else is being written, or raise why it could not be."""
+        with self._lock:
+            batch = self._open
+            if batch is None:
+                batch = self._open = _Batch()
+            position = len(batch.rows)
+            batch.rows.append(row)
+            if not self._busy:
+                self._busy = True
+                batch.turn.set()
+        if not batch.turn.is_set():
+            self._before_wait()
+            batch.turn.wait()
+        with self._lock:
+            leads = not batch.claimed
+            batch.claimed = True
+            if leads and self._open is batch:
+                self._open = None  # closed: later rows start the next batch
+        if leads:
+            self._write(batch)
+        else:
+            self._before_wait()
+            batch.written.wait()
+        failure = batch.failed.get(position)
+        if failure is not None:
+            raise failure
+
+    def _write(self, batch: _Batch[Row]) -> None:
+        try:
+            if len(batch.rows) == 1:
+                self._one(batch, 0)
+            else:
+                try:
+                    self._write_many(batch.rows)
+                except Exception:  # noqa: BLE001 - each row is tried alone next
+                    for position in range(len(batch.rows)):
+                        self._one(batch, position)
+        except BaseException:
+            # Stopped mid-write (a timeout): its rows are not known to be written.
+            for position in range(len(batch.rows)):
+                batch.failed.setdefault(position, RuntimeError("the batch's write was stopped"))
+            raise
+        finally:
+            batch.written.set()
+            with self._lock:
+                following = self._open
+                if following is not None:
+                    following.turn.set()
+                else:
+                    self._busy = False
+
+    def _one(self, batch: _Batch[Row], position: int) -> None:
+        try:
+            self._write_one(batch.rows[position])
+        except Exception as refused:  # noqa: BLE001 - raised in the row's own writer
+            batch.failed[position] = refused

@@ -1,0 +1,142 @@
+"""Group commit (aperture/group_commit.py): rows written at the same moment go together, each
+writer returns once its own row is written, and a refused row fails alone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from aperture.group_commit import GroupWriter
+
+
+class Stopped(BaseException):
+    """Like a greenlet's timeout: not an Exception."""
+
+
+class Database:
+    """Writes rows to a list; holds the first write until `release` is set, refuses "bad"."""
+
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+        self.writes: list[list[str]] = []
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.stop_on: str | None = None
+        self.given_back = 0  # connections given back by writers before they waited
+
+    def give_back(self) -> None:
+        self.given_back += 1
+
+    def many(self, rows: Sequence[str]) -> None:
+        self.writes.append(list(rows))
+        if "bad" in rows:
+            raise ValueError("a row is refused: none is written")
+        self.rows.extend(rows)
+
+    def one(self, row: str) -> None:
+        self.writes.append([row])
+        if not self.holding.is_set():
+            self.holding.set()
+            assert self.release.wait(10)
+        if row == self.stop_on:
+            raise Stopped
+        if row == "bad":
+            raise ValueError("refused")
+        self.rows.append(row)
+
+
+def _writing(writer: GroupWriter[str], row: str, outcomes: dict[str, object]) -> threading.Thread:
+    def write() -> None:
+        try:
+            writer.write(row)
+            outcomes[row] = "written"
+        except BaseException as error:  # the test reads what each writer got
+            outcomes[row] = error
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+def _queued(writer: GroupWriter[str], count: int) -> None:
+    """Wait until `count` rows wait in the open batch."""
+    for _ in range(1000):
+        batch = writer._open
+        if batch is not None and len(batch.rows) == count:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{count} rows never queued")
+
+
+@pytest.fixture
+def database() -> Database:
+    return Database()
+
+
+def test_alone_a_row_is_written_at_once_and_the_writer_returns_after_it(
+    database: Database,
+) -> None:
+    database.holding.set()  # no write held
+    writer = GroupWriter(database.many, database.one, before_wait=database.give_back)
+    writer.write("a")
+    writer.write("b")
+    assert database.writes == [["a"], ["b"]]
+    assert database.rows == ["a", "b"]
+    assert database.given_back == 0  # nobody waited
+
+
+def test_rows_that_come_during_a_write_go_together_in_the_next(database: Database) -> None:
+    writer = GroupWriter(database.many, database.one, before_wait=database.give_back)
+    outcomes: dict[str, object] = {}
+    first = _writing(writer, "a", outcomes)
+    assert database.holding.wait(10)
+    others = [_writing(writer, row, outcomes) for row in ("b", "c", "d")]
+    _queued(writer, 3)
+    assert outcomes == {}  # nobody returns before their row is written
+    assert database.given_back == 3  # each waiter let go of its connection first
+    database.release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert outcomes == dict.fromkeys("abcd", "written")
+    assert database.writes[0] == ["a"]
+    assert sorted(database.writes[1]) == ["b", "c", "d"]  # one write for the three
+    assert sorted(database.rows) == ["a", "b", "c", "d"]
+    assert not writer._busy  # and the writer is free again
+
+
+def test_a_refused_row_fails_alone_and_the_rest_of_its_batch_is_written(
+    database: Database,
+) -> None:
+    writer = GroupWriter(database.many, database.one, before_wait=database.give_back)
+    outcomes: dict[str, object] = {}
+    first = _writing(writer, "a", outcomes)
+    assert database.holding.wait(10)
+    others = [_writing(writer, row, outcomes) for row in ("b", "bad", "c")]
+    _queued(writer, 3)
+    database.release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert isinstance(outcomes.pop("bad"), ValueError)
+    assert outcomes == dict.fromkeys("abc", "written")
+    assert sorted(database.rows) == ["a", "b", "c"]  # each once: the failed batch wrote none
+
+
+def test_a_write_stopped_midway_fails_its_rows_and_the_next_batch_is_still_written(
+    database: Database,
+) -> None:
+    database.stop_on = "a"
+    writer = GroupWriter(database.many, database.one, before_wait=database.give_back)
+    outcomes: dict[str, object] = {}
+    first = _writing(writer, "a", outcomes)
+    assert database.holding.wait(10)
+    others = [_writing(writer, row, outcomes) for row in ("b", "c")]
+    _queued(writer, 2)
+    database.release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert isinstance(outcomes.pop("a"), Stopped)
+    assert outcomes == dict.fromkeys("bc", "written")
+    writer.write("d")  # not stuck
+    assert sorted(database.rows) == ["b", "c", "d"]
