@@ -42,6 +42,7 @@ from psycopg.types.numeric import Int8
 
 from aperture import safe_cache
 from aperture.db import prepared_cursor, release_connection
+from aperture.group_commit import GroupWriter
 from billing import alerts
 from billing import lease_statements as statements
 
@@ -440,13 +441,7 @@ def _write(charge: Claim) -> Written:
             later = _flushing > 0 or (recent and not alone)
         if later:
             try:
-                with prepared_cursor() as cursor:
-                    cursor.execute(
-                        statements.CHARGE.format(
-                            values=", ".join([statements.MOVE_ROW] * len(charge.moves))
-                        ),
-                        [value for m in charge.moves for value in m.values()],
-                    )
+                CHARGES.write(charge.moves)
             except IntegrityError:  # a lease is gone (deferred foreign key): say which
                 pass
             else:
@@ -458,6 +453,25 @@ def _write(charge: Claim) -> Written:
     except IntegrityError:  # beyond a limit set since it was held: on the rows, within room
         logger.warning("a charge through budget slices passed a limit; charged within room")
         return Written()
+
+
+def _insert_charges(moves: Sequence[Move]) -> None:
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            statements.CHARGE.format(values=", ".join([statements.MOVE_ROW] * len(moves))),
+            [value for m in moves for value in m.values()],
+        )
+
+
+def _insert_charges_together(charges: Sequence[Sequence[Move]]) -> None:
+    _insert_charges([move for moves in charges for move in moves])
+
+
+# The charge rows of requests settling at the same moment go in one statement and one commit
+# (aperture/group_commit.py); a request whose lease is gone gets its IntegrityError alone.
+CHARGES: GroupWriter[Sequence[Move]] = GroupWriter(
+    _insert_charges_together, _insert_charges, before_wait=release_connection
+)
 
 
 def flush(moves: Sequence[Move] = (), *, retire: bool = False) -> Written:

@@ -485,3 +485,58 @@ def test_the_flush_is_prepared_once_whatever_the_size_of_its_amounts() -> None:
             ["%WITH moves (lease_id%"],
         )
         assert cursor.fetchone()[0] == 1
+
+
+@pytest.mark.django_db(transaction=True)  # charges wait only outside a transaction
+def test_charges_settled_at_the_same_moment_are_written_in_one_statement(
+    api_key: CreatedKey, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from aperture.db import release_connection
+    from aperture.group_commit import GroupWriter
+
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    principal = _principal(api_key)
+    holds = {name: _reserve(principal, name) for name in "abcd"}
+    held, release = threading.Event(), threading.Event()
+    together: list[int] = []
+
+    def first_held(moves: Any) -> None:
+        if not held.is_set():
+            held.set()
+            assert release.wait(10)
+        leases._insert_charges(moves)
+
+    def many(charges: Any) -> None:
+        together.append(len(charges))
+        leases._insert_charges_together(charges)
+
+    monkeypatch.setattr(leases, "CHARGES", GroupWriter(many, first_held, release_connection))
+    monkeypatch.setattr(leases, "FLUSH_SECONDS", 60.0)  # just flushed: charges wait as rows
+    leases._flushed_at = time.monotonic()
+
+    def settle(name: str) -> None:
+        assert budgets.settle(holds[name], cost_micro=800, images=1) == (800, 1)
+        connection.close()
+
+    threads = [threading.Thread(target=settle, args=("a",))]
+    threads[0].start()
+    assert held.wait(10)
+    threads += [threading.Thread(target=settle, args=(name,)) for name in "bc"]
+    for thread in threads[1:]:
+        thread.start()
+    for _ in range(1000):
+        if leases.CHARGES._open is not None and len(leases.CHARGES._open.rows) == 2:
+            break
+        time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert together == [2]  # the two that came during the first write: one statement
+    assert BudgetCharge.objects.count() == 3
+    assert _counters(row) == (0, SLICE)  # still in the slice's amount
+
+    assert budgets.settle(holds["d"], cost_micro=800, images=1) == (800, 1)  # alone: flushes
+    assert not BudgetCharge.objects.exists()
+    assert _counters(row) == (4 * 800, SLICE - 4 * 800)
