@@ -463,8 +463,14 @@ def _insert_charges(moves: Sequence[Move]) -> None:
         )
 
 
+CHARGE_ROWS_PER_STATEMENT = 1_000  # 6,000 parameters: PostgreSQL takes at most 65,535
+
+
 def _insert_charges_together(charges: Sequence[Sequence[Move]]) -> None:
-    _insert_charges([move for moves in charges for move in moves])
+    moves = [move for request in charges for move in request]
+    with transaction.atomic():
+        for start in range(0, len(moves), CHARGE_ROWS_PER_STATEMENT):
+            _insert_charges(moves[start : start + CHARGE_ROWS_PER_STATEMENT])
 
 
 # The charge rows of requests settling at the same moment go in one statement and one commit

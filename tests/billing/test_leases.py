@@ -540,3 +540,16 @@ def test_charges_settled_at_the_same_moment_are_written_in_one_statement(
     assert budgets.settle(holds["d"], cost_micro=800, images=1) == (800, 1)  # alone: flushes
     assert not BudgetCharge.objects.exists()
     assert _counters(row) == (4 * 800, SLICE - 4 * 800)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_of_charges_beyond_postgresqls_parameter_limit_is_written_whole(
+    api_key: CreatedKey, workspace: Workspace
+) -> None:
+    row = budget(workspace=workspace, period="month", limit_micro=ROOMY)
+    _reserve(_principal(api_key))
+    lease = BudgetLease.objects.get()
+    nothing = leases.Move(lease.pk, row.pk, 0, 0, 0, 0)
+    # 4,000 requests of three budgets each: 72,000 parameters in one statement would fail.
+    leases._insert_charges_together([[nothing] * 3] * 4_000)
+    assert BudgetCharge.objects.count() == 12_000
