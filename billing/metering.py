@@ -175,7 +175,10 @@ def _insert(
         meter.end_user[:256],
         connection.ops.adapt_json_value(meter.metadata, None),
     )
-    RECORDS.write(values)
+    if connection.in_atomic_block:  # in the caller's transaction: others' rows stay out of it
+        _insert_one(values)
+    else:
+        RECORDS.write(values)
 
 
 def _insert_one(values: tuple[Any, ...]) -> None:

@@ -1,12 +1,20 @@
 """Every authenticated request leaves a usage record; refused and failed ones cost 0."""
 
 import json
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from django.db import connection, transaction
 from rest_framework.test import APIClient
 
+from aperture.db import release_connection
+from aperture.group_commit import GroupWriter
+from billing import metering
 from billing.models import Budget, Reservation, UsageRecord
 from routing.models import ModelAlias
+from tenants.key_auth import KeyPrincipal, principal_of
 from tenants.models import Team, Workspace
 from tenants.services import CreatedKey, key_create
 from tests.billing.conftest import PRICE_MICRO, budget
@@ -138,8 +146,6 @@ def test_unauthenticated_requests_leave_no_record(db: None) -> None:
 def test_a_failing_usage_insert_never_breaks_the_response(
     client: APIClient, priced_alias: ModelAlias, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from billing import metering
-
     def explode(**kwargs: object) -> None:
         raise RuntimeError("database is gone")
 
@@ -176,60 +182,106 @@ def test_odd_usage_from_the_upstream_counts_as_zero_tokens_not_a_500(
     assert (record.input_tokens, record.output_tokens, record.cost_micro) == (0, 0, PRICE_MICRO)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_records_written_at_the_same_moment_go_in_one_batch_and_a_bad_one_fails_alone(
-    api_key: CreatedKey, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import threading
+class HeldRecords:
+    """The process's record writer, its first write held until `release` is set."""
 
-    from django.db import connection
+    def __init__(self, principal: KeyPrincipal) -> None:
+        self.principal = principal
+        self.held, self.release = threading.Event(), threading.Event()
+        self.batches: list[int] = []
+        self.writer = GroupWriter(self._many, self._first_held, release_connection)
 
-    from aperture.db import release_connection
-    from aperture.group_commit import GroupWriter
-    from billing import metering
-    from tenants.key_auth import principal_of
-
-    principal = principal_of(api_key.key.public_id)
-    held, release = threading.Event(), threading.Event()
-    batches: list[int] = []
-
-    def first_held(values: tuple[object, ...]) -> None:
-        if not held.is_set():
-            held.set()
-            assert release.wait(10)
+    def _first_held(self, values: tuple[object, ...]) -> None:
+        if not self.held.is_set():
+            self.held.set()
+            assert self.release.wait(10)
         metering._insert_one(values)
 
-    def many(rows):
-        batches.append(len(rows))
+    def _many(self, rows: Any) -> None:
+        self.batches.append(len(rows))
         metering._insert_many(rows)
 
-    monkeypatch.setattr(
-        metering, "RECORDS", GroupWriter(many, first_held, before_wait=release_connection)
-    )
-    before = metering.RECORDING_FAILURES["count"]
-
-    def record(request_id: str, cost_micro: int) -> None:
+    def record(self, request_id: str, cost_micro: int = 1) -> None:
         meter = metering.Meter(request_id=request_id, endpoint="images.generations")
-        meter.principal, meter.cost_micro = principal, cost_micro
+        meter.principal, meter.cost_micro = self.principal, cost_micro
         metering.record_usage(meter, status=200, error_code="", bytes_out=1)
-        connection.close()
 
-    threads = [threading.Thread(target=record, args=("req_first", 1))]
-    threads[0].start()
-    assert held.wait(10)
-    threads += [
-        threading.Thread(target=record, args=(f"req_{n}", -1 if n == 2 else 1)) for n in range(4)
-    ]
-    for thread in threads[1:]:
+    def start(self, request_id: str, cost_micro: int = 1) -> threading.Thread:
+        def run() -> None:
+            self.record(request_id, cost_micro)
+            connection.close()
+
+        thread = threading.Thread(target=run)
         thread.start()
+        return thread
+
+    def queued(self) -> int:
+        batch = self.writer._open
+        return 0 if batch is None else len(batch.rows)
+
+
+def _until(condition: Callable[[], bool]) -> None:
     for _ in range(1000):
-        if metering.RECORDS._open is not None and len(metering.RECORDS._open.rows) == 4:
-            break
+        if condition():
+            return
         threading.Event().wait(0.01)
-    release.set()
+    raise AssertionError("never came to pass")
+
+
+@pytest.fixture
+def held_records(api_key: CreatedKey, monkeypatch: pytest.MonkeyPatch) -> HeldRecords:
+    held = HeldRecords(principal_of(api_key.key.public_id))
+    monkeypatch.setattr(metering, "RECORDS", held.writer)
+    return held
+
+
+@pytest.mark.django_db(transaction=True)
+def test_records_written_at_the_same_moment_go_in_one_batch_and_a_bad_one_fails_alone(
+    held_records: HeldRecords,
+) -> None:
+    before = metering.RECORDING_FAILURES["count"]
+    threads = [held_records.start("req_first")]
+    assert held_records.held.wait(10)
+    threads += [held_records.start(f"req_{n}", -1 if n == 2 else 1) for n in range(4)]
+    _until(lambda: held_records.queued() == 4)
+    held_records.release.set()
     for thread in threads:
         thread.join(10)
-    assert batches == [4]  # the four that came during the first write: one statement
+    assert held_records.batches == [4]  # the four that came during the first write: one batch
     written = set(UsageRecord.objects.values_list("request_id", flat=True))
     assert written == {"req_first", "req_0", "req_1", "req_3"}  # the refused one alone missing
     assert metering.RECORDING_FAILURES["count"] == before + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_record_written_in_a_transaction_is_written_in_it_alone(
+    held_records: HeldRecords,
+) -> None:
+    """Joined to a batch, another request's record would share its transaction's fate (or
+    its own would be committed outside it)."""
+
+    class Undone(Exception):
+        pass
+
+    def in_a_transaction_undone() -> None:
+        try:
+            with transaction.atomic():
+                held_records.record("req_undone")
+                raise Undone
+        except Undone:
+            pass
+        finally:
+            connection.close()
+
+    first = held_records.start("req_first")
+    assert held_records.held.wait(10)
+    undone = threading.Thread(target=in_a_transaction_undone)
+    undone.start()
+    _until(lambda: not undone.is_alive() or held_records.queued() == 1)
+    other = held_records.start("req_other")
+    _until(lambda: held_records.queued() == (1 if not undone.is_alive() else 2))
+    held_records.release.set()
+    for thread in (first, undone, other):
+        thread.join(10)
+    written = set(UsageRecord.objects.values_list("request_id", flat=True))
+    assert written == {"req_first", "req_other"}
