@@ -6,7 +6,6 @@ claimed once authenticated, and its answer kept or replayed (routing/idempotency
 
 import logging
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 from django.http.response import HttpResponseBase
@@ -130,16 +129,13 @@ class MeteredView(APIView):
         if not error_code and response.status_code >= 400 and isinstance(response.data, dict):
             error_code = str((response.data.get("error") or {}).get("code") or "")
         meter.finish()
-        # Written once the response has gone out (WSGI calls close() after the last byte),
-        # so the record's INSERT is not on the client's clock.
-        response._resource_closers.append(  # type: ignore[attr-defined]
-            partial(
-                _recorded,
-                meter,
-                status=response.status_code,
-                error_code=error_code,
-                bytes_out=len(response.content),
-            )
+        # Written before the answer goes out: a worker killed once its caller has the answer
+        # has written its record (with the others of the moment: billing/metering.py).
+        _recorded(
+            meter,
+            status=response.status_code,
+            error_code=error_code,
+            bytes_out=len(response.content),
         )
         return response
 
