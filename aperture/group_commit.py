@@ -8,13 +8,17 @@ wait; when the write ends, the first of them to wake writes the whole batch for 
 So under load a batch holds whatever arrived during the previous write, and the rows' cost
 (a statement, a round trip, a commit and its flush to disk each) is shared.
 
-A batch is written in one transaction; one that fails is written again row by row, so that
-a row the database refuses fails alone, and its writer gets the database's error.
+A batch is written in one transaction. One that fails on a row's own fault (`row_errors`: an
+integrity or data error) is written again row by row, so that the row the database refuses
+fails alone and its writer gets the database's error; any other failure (the database
+unreachable, a pool timeout, a commit whose outcome is unknown) fails every writer of the
+batch at once, never retried: a retry could write rows twice, or keep every writer waiting
+one row at a time through an outage.
 
 A writer gives its database connection back before it waits (`before_wait`): holding it,
 the writers waiting could take every connection of the pool from the one whose turn it is.
-A writer killed while it waits (a greenlet's timeout) leaves its row in the batch, which the
-others (or the next writer) still write.
+A writer killed while it waits for its batch's turn (a greenlet's timeout) takes its row
+back out; once the batch's write has begun, its row is written with the others.
 """
 
 from __future__ import annotations
@@ -32,24 +36,29 @@ class _Batch(Generic[Row]):
     rows: list[Row] = field(default_factory=list)
     turn: threading.Event = field(default_factory=threading.Event)  # its write may start
     written: threading.Event = field(default_factory=threading.Event)
-    claimed: bool = False
-    failed: dict[int, BaseException] = field(default_factory=dict)  # by row position
+    claimed: bool = False  # its write has begun: no row joins or leaves it any more
+    withdrawn: set[int] = field(default_factory=set)  # positions whose writer left first
+    done: set[int] = field(default_factory=set)  # positions known to be written
+    failed: dict[int, BaseException] = field(default_factory=dict)  # by position
 
 
 class GroupWriter(Generic[Row]):
     """`write_many(rows)` writes rows together in one transaction (or raises, having written
     none); `write_one(row)` writes one (or raises). Both run on the database connection of
-    the writer whose turn it is."""
+    the writer whose turn it is. `row_errors` are the errors a row can cause by itself."""
 
     def __init__(
         self,
         write_many: Callable[[Sequence[Row]], None],
         write_one: Callable[[Row], None],
+        *,
         before_wait: Callable[[], None],
+        row_errors: tuple[type[Exception], ...],
     ) -> None:
         self._write_many = write_many
         self._write_one = write_one
         self._before_wait = before_wait
+        self._row_errors = row_errors
         self._lock = threading.Lock()
         self._open: _Batch[Row] | None = None  # the batch rows join
         self._busy = False  # a batch is being written, or it is the open one's turn
@@ -66,8 +75,14 @@ class GroupWriter(Generic[Row]):
                 self._busy = True
                 batch.turn.set()
         if not batch.turn.is_set():
-            self._before_wait()
-            batch.turn.wait()
+            try:
+                self._before_wait()
+                batch.turn.wait()
+            except BaseException:
+                with self._lock:
+                    if not batch.claimed:  # not yet being written: the row leaves with it
+                        batch.withdrawn.add(position)
+                raise
         with self._lock:
             leads = not batch.claimed
             batch.claimed = True
@@ -83,20 +98,20 @@ class GroupWriter(Generic[Row]):
             raise failure
 
     def _write(self, batch: _Batch[Row]) -> None:
+        positions = [p for p in range(len(batch.rows)) if p not in batch.withdrawn]
         try:
-            if len(batch.rows) == 1:
-                self._one(batch, 0)
-            else:
-                try:
-                    self._write_many(batch.rows)
-                except Exception:  # noqa: BLE001 - each row is tried alone next
-                    for position in range(len(batch.rows)):
-                        self._one(batch, position)
-        except BaseException:
-            # Stopped mid-write (a timeout): its rows are not known to be written.
-            for position in range(len(batch.rows)):
-                batch.failed.setdefault(position, RuntimeError("the batch's write was stopped"))
-            raise
+            if len(positions) == 1:
+                self._one(batch, positions[0])
+            elif positions:
+                self._many(batch, positions)
+        except BaseException as stopped:
+            # Stopped mid-write (a timeout, or a failure that is no row's): the rows not known
+            # to be written fail with it.
+            for position in positions:
+                if position not in batch.done:
+                    batch.failed.setdefault(position, stopped)
+            if not isinstance(stopped, Exception):
+                raise
         finally:
             batch.written.set()
             with self._lock:
@@ -106,8 +121,19 @@ class GroupWriter(Generic[Row]):
                 else:
                     self._busy = False
 
+    def _many(self, batch: _Batch[Row], positions: list[int]) -> None:
+        try:
+            self._write_many([batch.rows[p] for p in positions])
+        except self._row_errors:
+            for position in positions:  # the one to blame fails alone
+                self._one(batch, position)
+        else:
+            batch.done.update(positions)
+
     def _one(self, batch: _Batch[Row], position: int) -> None:
         try:
             self._write_one(batch.rows[position])
-        except Exception as refused:  # noqa: BLE001 - raised in the row's own writer
+        except self._row_errors as refused:
             batch.failed[position] = refused
+        else:
+            batch.done.add(position)

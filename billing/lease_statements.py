@@ -6,9 +6,10 @@ the budgets' rows first, in id order, then the leases' and charges' rows.
 CHARGE = """
 INSERT INTO billing_budgetcharge
     (lease_id, budget_id, freed_micro, freed_images, cost_micro, cost_images)
-VALUES {values}
+SELECT * FROM unnest(
+    %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]
+)
 """
-MOVE_ROW = "(" + ", ".join(["%s::bigint"] * 6) + ")"
 NO_MOVES = "SELECT " + ", ".join(["0::bigint"] * 6) + ", false WHERE false"
 
 

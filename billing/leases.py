@@ -36,7 +36,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 from psycopg.types.numeric import Int8
 
@@ -456,27 +463,24 @@ def _write(charge: Claim) -> Written:
 
 
 def _insert_charges(moves: Sequence[Move]) -> None:
+    """One statement of the same shape whatever the number of rows (so it is prepared once),
+    its columns as six arrays."""
+    columns = [list(column) for column in zip(*(m.values() for m in moves), strict=True)]
     with prepared_cursor() as cursor:
-        cursor.execute(
-            statements.CHARGE.format(values=", ".join([statements.MOVE_ROW] * len(moves))),
-            [value for m in moves for value in m.values()],
-        )
-
-
-CHARGE_ROWS_PER_STATEMENT = 1_000  # 6,000 parameters: PostgreSQL takes at most 65,535
+        cursor.execute(statements.CHARGE, columns)
 
 
 def _insert_charges_together(charges: Sequence[Sequence[Move]]) -> None:
-    moves = [move for request in charges for move in request]
-    with transaction.atomic():
-        for start in range(0, len(moves), CHARGE_ROWS_PER_STATEMENT):
-            _insert_charges(moves[start : start + CHARGE_ROWS_PER_STATEMENT])
+    _insert_charges([move for moves in charges for move in moves])
 
 
 # The charge rows of requests settling at the same moment go in one statement and one commit
 # (aperture/group_commit.py); a request whose lease is gone gets its IntegrityError alone.
 CHARGES: GroupWriter[Sequence[Move]] = GroupWriter(
-    _insert_charges_together, _insert_charges, before_wait=release_connection
+    _insert_charges_together,
+    _insert_charges,
+    before_wait=release_connection,
+    row_errors=(IntegrityError, DataError),
 )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from aperture import metrics
@@ -192,7 +192,10 @@ def _insert_many(rows: Sequence[tuple[Any, ...]]) -> None:
 
 
 RECORDS: GroupWriter[tuple[Any, ...]] = GroupWriter(
-    _insert_many, _insert_one, before_wait=release_connection
+    _insert_many,
+    _insert_one,
+    before_wait=release_connection,
+    row_errors=(IntegrityError, DataError),
 )
 
 

@@ -15,8 +15,13 @@ class Stopped(BaseException):
     """Like a greenlet's timeout: not an Exception."""
 
 
+class Unreachable(Exception):
+    """No row's fault: the database is gone."""
+
+
 class Database:
-    """Writes rows to a list; holds the first write until `release` is set, refuses "bad"."""
+    """Writes rows to a list; holds the first write until `release` is set, refuses "bad"
+    (a row error), is unreachable for "down", and stops (like a timeout) at `stop_on`."""
 
     def __init__(self) -> None:
         self.rows: list[str] = []
@@ -26,11 +31,20 @@ class Database:
         self.stop_on: str | None = None
         self.given_back = 0  # connections given back by writers before they waited
 
+        self.stopped_in = ""
+
     def give_back(self) -> None:
         self.given_back += 1
 
+    def writer(self) -> GroupWriter[str]:
+        return GroupWriter(
+            self.many, self.one, before_wait=self.give_back, row_errors=(ValueError,)
+        )
+
     def many(self, rows: Sequence[str]) -> None:
         self.writes.append(list(rows))
+        if "down" in rows:
+            raise Unreachable
         if "bad" in rows:
             raise ValueError("a row is refused: none is written")
         self.rows.extend(rows)
@@ -41,6 +55,7 @@ class Database:
             self.holding.set()
             assert self.release.wait(10)
         if row == self.stop_on:
+            self.stopped_in = threading.current_thread().name  # the writer whose turn it was
             raise Stopped
         if row == "bad":
             raise ValueError("refused")
@@ -55,7 +70,7 @@ def _writing(writer: GroupWriter[str], row: str, outcomes: dict[str, object]) ->
         except BaseException as error:  # the test reads what each writer got
             outcomes[row] = error
 
-    thread = threading.Thread(target=write)
+    thread = threading.Thread(target=write, name=row)
     thread.start()
     return thread
 
@@ -79,7 +94,7 @@ def test_alone_a_row_is_written_at_once_and_the_writer_returns_after_it(
     database: Database,
 ) -> None:
     database.holding.set()  # no write held
-    writer = GroupWriter(database.many, database.one, before_wait=database.give_back)
+    writer = database.writer()
     writer.write("a")
     writer.write("b")
     assert database.writes == [["a"], ["b"]]
@@ -88,7 +103,7 @@ def test_alone_a_row_is_written_at_once_and_the_writer_returns_after_it(
 
 
 def test_rows_that_come_during_a_write_go_together_in_the_next(database: Database) -> None:
-    writer = GroupWriter(database.many, database.one, before_wait=database.give_back)
+    writer = database.writer()
     outcomes: dict[str, object] = {}
     first = _writing(writer, "a", outcomes)
     assert database.holding.wait(10)
@@ -109,7 +124,7 @@ def test_rows_that_come_during_a_write_go_together_in_the_next(database: Databas
 def test_a_refused_row_fails_alone_and_the_rest_of_its_batch_is_written(
     database: Database,
 ) -> None:
-    writer = GroupWriter(database.many, database.one, before_wait=database.give_back)
+    writer = database.writer()
     outcomes: dict[str, object] = {}
     first = _writing(writer, "a", outcomes)
     assert database.holding.wait(10)
@@ -127,7 +142,7 @@ def test_a_write_stopped_midway_fails_its_rows_and_the_next_batch_is_still_writt
     database: Database,
 ) -> None:
     database.stop_on = "a"
-    writer = GroupWriter(database.many, database.one, before_wait=database.give_back)
+    writer = database.writer()
     outcomes: dict[str, object] = {}
     first = _writing(writer, "a", outcomes)
     assert database.holding.wait(10)
@@ -140,3 +155,69 @@ def test_a_write_stopped_midway_fails_its_rows_and_the_next_batch_is_still_writt
     assert outcomes == dict.fromkeys("bc", "written")
     writer.write("d")  # not stuck
     assert sorted(database.rows) == ["b", "c", "d"]
+
+
+def _batch_after_a_held_write(
+    database: Database, rows: Sequence[str], first: str = "a"
+) -> dict[str, object]:
+    """`first` written alone and held while `rows` queue; then all let go: what each got."""
+    writer = database.writer()
+    outcomes: dict[str, object] = {}
+    threads = [_writing(writer, first, outcomes)]
+    assert database.holding.wait(10)
+    for count, row in enumerate(rows, start=1):  # one by one: they queue in this order
+        threads.append(_writing(writer, row, outcomes))
+        _queued(writer, count)
+    database.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert not writer._busy
+    return outcomes
+
+
+def test_a_failure_that_is_no_rows_fails_the_whole_batch_at_once(database: Database) -> None:
+    outcomes = _batch_after_a_held_write(database, ["b", "down", "c"])
+    assert outcomes.pop("a") == "written"
+    assert all(isinstance(outcome, Unreachable) for outcome in outcomes.values())
+    assert len(outcomes) == 3
+    assert len(database.writes) == 2  # no row-by-row retry through an outage
+    assert database.rows == ["a"]
+
+
+def test_rows_written_before_a_stop_midway_are_not_reported_failed(database: Database) -> None:
+    database.stop_on = "c"  # the row-by-row retry of a refused batch is stopped at "c"
+    outcomes = _batch_after_a_held_write(database, ["b", "bad", "c", "d"])
+    assert sorted(database.rows) == ["a", "b"]
+    for row, outcome in outcomes.items():
+        if row == database.stopped_in:  # the writer stopped raises, its row written or not
+            assert isinstance(outcome, Stopped)
+        elif row in database.rows:
+            assert outcome == "written", row
+        elif row == "bad":
+            assert isinstance(outcome, ValueError)
+        else:  # c, d: not known to be written
+            assert isinstance(outcome, Stopped), row
+
+
+def test_a_writer_stopped_while_it_waits_takes_its_row_back(database: Database) -> None:
+    writer = database.writer()
+    outcomes: dict[str, object] = {}
+    first = _writing(writer, "a", outcomes)
+    assert database.holding.wait(10)
+
+    def give_back_then_stop() -> None:
+        database.given_back += 1
+        if database.given_back == 1:
+            raise Stopped  # the first waiter is stopped as it starts waiting
+
+    writer._before_wait = give_back_then_stop
+    leaving = _writing(writer, "b", outcomes)
+    leaving.join(10)
+    staying = _writing(writer, "c", outcomes)
+    _queued(writer, 2)
+    database.release.set()
+    for thread in (first, staying):
+        thread.join(10)
+    assert isinstance(outcomes.pop("b"), Stopped)
+    assert outcomes == dict.fromkeys("ac", "written")
+    assert sorted(database.rows) == ["a", "c"]  # b left before its batch was written
