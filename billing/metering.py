@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +76,19 @@ class Meter:
     admitted: bool = False
     # Handed to an async job, which writes the record when it ends (routing/jobs).
     deferred: bool = False
+    # A relayed answer's ending (its record: routing/metered.py), run once by `end`.
+    at_end: Callable[[], None] | None = None
 
     def finish(self) -> None:
         """Stop the clock: the response is complete."""
         self.total_ms = int((time.monotonic() - self.started) * 1000)
+
+    def end(self) -> None:
+        """Run the answer's ending, if it has not run yet: by the relay as its body ends
+        whole, before the server ends the answer; else as the response closes."""
+        run, self.at_end = self.at_end, None
+        if run is not None:
+            run()
 
 
 def record_usage(meter: Meter, *, status: int, error_code: str, bytes_out: int) -> None:

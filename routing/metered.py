@@ -110,15 +110,16 @@ class MeteredView(APIView):
             if name not in response:
                 response[name] = value
         if response.streaming:
-            # The body's own close() (added first) settles and counts; then the record.
-            response._resource_closers.append(  # type: ignore[attr-defined]
-                lambda: _recorded(
-                    meter,
-                    status=response.status_code,
-                    error_code=meter.error_code,
-                    bytes_out=meter.bytes_out,
-                )
+            # Recorded by the relay as its body ends whole (routing/relay.py), before the server
+            # ends the answer; else (the caller left, the upstream broke) as it closes: the
+            # body's own close() (added first) settles and counts, then this records.
+            meter.at_end = lambda: _recorded(
+                meter,
+                status=response.status_code,
+                error_code=meter.error_code,
+                bytes_out=meter.bytes_out,
             )
+            response._resource_closers.append(meter.end)  # type: ignore[attr-defined]
             return response
         assert isinstance(response, Response)
         # Settled by now (a request refused early: nothing); an async job's, when it ends.

@@ -170,6 +170,12 @@ class Relay:
             # Re-raised so the server drops the connection: a clean end would look complete.
             raise
         self._outcome, self._upstream_done = "", True
+        # Relayed whole: settled and recorded now, before the server ends the answer (a
+        # chunked answer's last chunk), so that a worker killed once its caller has the whole
+        # answer has written both. (An answer with a Content-Length is whole at its last
+        # byte, which goes out before the relay learns it was the last.)
+        self._end()
+        self.meter.end()
 
     def _take(self, chunk: bytes) -> list[bytes]:
         """A chunk as received: counted at once (what the upstream produced is paid for,
@@ -183,9 +189,16 @@ class Relay:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
         if self._chunks is not None:
             self._chunks.close()  # type: ignore[attr-defined]
+        self._end()
+
+    def _end(self) -> None:
+        """End the call once: what the caller left is drained, the source closed, the call
+        settled on what it produced."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._outcome == "client_disconnected":
                 self._drain()

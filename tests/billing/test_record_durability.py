@@ -1,5 +1,6 @@
 """A web worker killed with SIGKILL under load loses no usage record of a response it
-completed: a buffered answer goes out only once its record is committed."""
+completed: a buffered answer goes out only once its record is committed, a stream's last
+chunk only once its call is settled and recorded."""
 
 import json
 import os
@@ -48,17 +49,21 @@ def key(team: Team, fake_upstream: FakeUpstream) -> CreatedKey:
     return key_create(actor=ACTOR, team=team, name="app")
 
 
-def _post(base: str, secret: str) -> str | None:
+def _post(base: str, secret: str, stream: bool = False) -> str | None:
     """The request id of a complete 200 answer; None if the answer never came whole."""
+    body = {"model": "kept", "prompt": "a fox", "size": "1024x1024"}
     try:
         response = requests.post(
             f"{base}/v1/images/generations",
-            data=json.dumps({"model": "kept", "prompt": "a fox", "size": "1024x1024"}),
+            data=json.dumps({**body, "stream": True, "partial_images": 1} if stream else body),
             headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
             timeout=30,
         )
-        response.json()
-    except (requests.RequestException, ValueError):
+        if stream:  # whole only with its last chunk: else the read fails
+            assert b"image_generation.completed" in response.content
+        else:
+            response.json()
+    except (requests.RequestException, ValueError, AssertionError):
         return None
     return response.headers["x-request-id"] if response.status_code == 200 else None
 
@@ -72,10 +77,11 @@ def _waiting_inserts(database: psycopg.Connection) -> int:
     return int(row[0])
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_a_worker_killed_under_load_loses_no_record_of_an_answer_it_completed(
-    server: Server, key: CreatedKey, fake_upstream: FakeUpstream
+    server: Server, key: CreatedKey, fake_upstream: FakeUpstream, stream: bool
 ) -> None:
-    answered = [_post(server, key.secret) for _ in range(BEFORE)]
+    answered = [_post(server, key.secret, stream) for _ in range(BEFORE)]
     assert None not in answered
     database_url = subprocess_database_url()
     with (
@@ -85,7 +91,7 @@ def test_a_worker_killed_under_load_loses_no_record_of_an_answer_it_completed(
         # Records can't be written now: the worker's INSERT waits on the lock.
         lock.execute("LOCK TABLE billing_usagerecord IN EXCLUSIVE MODE")
         with ThreadPoolExecutor(max_workers=DURING) as pool:
-            during = [pool.submit(_post, server, key.secret) for _ in range(DURING)]
+            during = [pool.submit(_post, server, key.secret, stream) for _ in range(DURING)]
             wait_for(
                 lambda: (
                     len(fake_upstream.requests) == BEFORE + DURING and _waiting_inserts(watch) > 0
