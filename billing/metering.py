@@ -145,26 +145,32 @@ _INSERT = (
 )
 
 
+def _text(value: str, limit: int) -> str:
+    """A text column's value: cut to its length, a NUL (which PostgreSQL's text refuses, and
+    a caller may have sent) made U+FFFD, so that the record is written all the same."""
+    return value[:limit].replace("\x00", "\ufffd")
+
+
 def _insert(
     meter: Meter, principal: KeyPrincipal, *, status: int, error_code: str, bytes_out: int
 ) -> None:
     values = (
         meter.request_id,
-        meter.client_request_id[:128],
+        _text(meter.client_request_id, 128),
         connection.ops.adapt_datetimefield_value(timezone.now()),
         principal.workspace_id,
         principal.team_id,
         principal.key_id,
-        meter.alias[:128],
+        _text(meter.alias, 128),
         meter.deployment_id,
-        meter.provider,
-        meter.upstream_model,
+        _text(meter.provider, 32),
+        _text(meter.upstream_model, 200),
         meter.endpoint,
         status,
-        error_code[:64],
+        _text(error_code, 64),
         meter.images,
-        meter.size[:20],
-        (meter.quality or "")[:20],
+        _text(meter.size, 20),
+        _text(meter.quality or "", 20),
         meter.input_tokens,
         meter.output_tokens,
         meter.cost_micro,
@@ -174,14 +180,14 @@ def _insert(
         meter.upstream_ms,
         meter.bytes_in,
         bytes_out,
-        meter.method[:16],
-        meter.path[:500],
+        _text(meter.method, 16),
+        _text(meter.path, 500),
         meter.upstream_cost_micro,
         connection.ops.adapt_json_value(meter.attempts, None),
         connection.ops.adapt_json_value(meter.guardrails, None),
         meter.cost_micro if meter.provider_cost_micro is None else meter.provider_cost_micro,
         connection.ops.adapt_json_value(meter.price_snapshot, None),
-        meter.end_user[:256],
+        _text(meter.end_user, 256),
         connection.ops.adapt_json_value(meter.metadata, None),
     )
     if connection.in_atomic_block:  # in the caller's transaction: others' rows stay out of it

@@ -38,6 +38,7 @@ from django.conf import settings
 
 from aperture.api_fields import usd
 from aperture.db import release_connection
+from aperture.errors import InvalidRequest
 from billing import admission, pricing
 from billing.metering import Meter
 from routing import router
@@ -210,6 +211,8 @@ def let_in(
     4xx. An async job is let in at submit, its hold `held_until` its deadline."""
     attribution.note(meter=meter, principal=principal, body=body)  # user (hashed), metadata
     alias_name = alias_name or model_name(body)
+    if "\x00" in alias_name:  # no alias has one, and PostgreSQL's text refuses it
+        raise InvalidRequest("The model name must not contain a NUL character.", param="model")
     meter.alias = alias_name  # the caller's own record says what it asked for
     planned = router.plan(principal, body, alias_name, edit)  # 1. resolve
     _resolved(meter, planned)

@@ -290,3 +290,35 @@ def test_a_record_written_in_a_transaction_is_written_in_it_alone(
         thread.join(10)
     written = set(UsageRecord.objects.values_list("request_id", flat=True))
     assert written == {"req_first", "req_other"}
+
+
+@pytest.mark.parametrize("route", ["body", "azure"])
+def test_a_nul_in_the_model_name_is_a_400_and_recorded(
+    client: APIClient, priced_alias: ModelAlias, fake_upstream: FakeUpstream, route: str
+) -> None:
+    """PostgreSQL's text refuses NUL: looking such an alias up was a 500."""
+    if route == "body":
+        response = _post(client, {"model": "pri\x00ced", "prompt": "x"})
+    else:
+        response = client.post(
+            "/openai/deployments/pri%00ced/images/generations?api-version=2025-04-01-preview",
+            json.dumps({"prompt": "x"}),
+            content_type="application/json",
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
+    assert UsageRecord.objects.get().status == 400
+    assert fake_upstream.requests == []
+
+
+def test_a_record_with_a_nul_in_its_text_is_written_all_the_same(api_key: CreatedKey) -> None:
+    meter = metering.Meter(request_id="req_nul", endpoint="passthrough")
+    meter.principal = principal_of(api_key.key.public_id)
+    meter.path, meter.end_user = "/v1/a\x00b", "who\x00"
+    metering.record_usage(meter, status=404, error_code="not\x00found", bytes_out=0)
+    record = UsageRecord.objects.get()
+    assert (record.path, record.end_user, record.error_code) == (
+        "/v1/a\ufffdb",
+        "who\ufffd",
+        "not\ufffdfound",
+    )
