@@ -76,7 +76,7 @@ class Meter:
     admitted: bool = False
     # Handed to an async job, which writes the record when it ends (routing/jobs).
     deferred: bool = False
-    # A relayed answer's ending (its record: routing/metered.py), run once by `end`.
+    # The answer's ending (its record: routing/metered.py), run once by `end`.
     at_end: Callable[[], None] | None = None
 
     def finish(self) -> None:
@@ -84,8 +84,8 @@ class Meter:
         self.total_ms = int((time.monotonic() - self.started) * 1000)
 
     def end(self) -> None:
-        """Run the answer's ending, if it has not run yet: by the relay as its body ends
-        whole, before the server ends the answer; else as the response closes."""
+        """Run the answer's ending, if it has not run yet: before a whole answer goes out; a
+        relayed one's as its body ends whole, before the server ends it, else as it closes."""
         run, self.at_end = self.at_end, None
         if run is not None:
             run()

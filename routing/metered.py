@@ -6,6 +6,7 @@ claimed once authenticated, and its answer kept or replayed (routing/idempotency
 
 import logging
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.http.response import HttpResponseBase
@@ -65,7 +66,7 @@ class MeteredView(APIView):
                 idempotency.release(self.idempotent)
             raise
         finally:
-            load_shedding.WORK.done()  # rendering and the record need no turn
+            load_shedding.WORK.done()
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, idempotency.Replayed):
@@ -103,6 +104,11 @@ class MeteredView(APIView):
         response = self._metered(response, meter)
         if self.idempotent is not None:
             response = idempotency.keep(self.idempotent, response, meter)
+        if not response.streaming:
+            # Recorded before the answer goes out (and once it is kept for replays, so that a
+            # request stopped while its record is written keeps its key): a worker killed once
+            # its caller has the answer has written its record (billing/metering.py).
+            meter.end()
         return response
 
     def _metered(self, response: HttpResponseBase, meter: Meter) -> HttpResponseBase:
@@ -130,9 +136,8 @@ class MeteredView(APIView):
         if not error_code and response.status_code >= 400 and isinstance(response.data, dict):
             error_code = str((response.data.get("error") or {}).get("code") or "")
         meter.finish()
-        # Written before the answer goes out: a worker killed once its caller has the answer
-        # has written its record (with the others of the moment: billing/metering.py).
-        _recorded(
+        meter.at_end = partial(
+            _recorded,
             meter,
             status=response.status_code,
             error_code=error_code,
