@@ -4,7 +4,7 @@ writer returns once its own row is written, and a refused row fails alone."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -90,6 +90,28 @@ def database() -> Database:
     return Database()
 
 
+def _batch_after_a_held_write(
+    database: Database,
+    rows: Sequence[str],
+    meanwhile: Callable[[dict[str, object]], None] = lambda outcomes: None,
+) -> dict[str, object]:
+    """ "a" written alone and held while `rows` queue (`meanwhile` looks at them then); then
+    all let go: what each writer got."""
+    writer = database.writer()
+    outcomes: dict[str, object] = {}
+    threads = [_writing(writer, "a", outcomes)]
+    assert database.holding.wait(10)
+    for count, row in enumerate(rows, start=1):  # one by one: they queue in this order
+        threads.append(_writing(writer, row, outcomes))
+        _queued(writer, count)
+    meanwhile(outcomes)
+    database.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert not writer._busy
+    return outcomes
+
+
 def test_alone_a_row_is_written_at_once_and_the_writer_returns_after_it(
     database: Database,
 ) -> None:
@@ -103,36 +125,20 @@ def test_alone_a_row_is_written_at_once_and_the_writer_returns_after_it(
 
 
 def test_rows_that_come_during_a_write_go_together_in_the_next(database: Database) -> None:
-    writer = database.writer()
-    outcomes: dict[str, object] = {}
-    first = _writing(writer, "a", outcomes)
-    assert database.holding.wait(10)
-    others = [_writing(writer, row, outcomes) for row in ("b", "c", "d")]
-    _queued(writer, 3)
-    assert outcomes == {}  # nobody returns before their row is written
-    assert database.given_back == 3  # each waiter let go of its connection first
-    database.release.set()
-    for thread in [first, *others]:
-        thread.join(10)
+    def meanwhile(outcomes: dict[str, object]) -> None:
+        assert outcomes == {}  # nobody returns before their row is written
+        assert database.given_back == 3  # each waiter let go of its connection first
+
+    outcomes = _batch_after_a_held_write(database, ["b", "c", "d"], meanwhile=meanwhile)
     assert outcomes == dict.fromkeys("abcd", "written")
-    assert database.writes[0] == ["a"]
-    assert sorted(database.writes[1]) == ["b", "c", "d"]  # one write for the three
-    assert sorted(database.rows) == ["a", "b", "c", "d"]
-    assert not writer._busy  # and the writer is free again
+    assert database.writes == [["a"], ["b", "c", "d"]]  # one write for the three
+    assert database.rows == ["a", "b", "c", "d"]
 
 
 def test_a_refused_row_fails_alone_and_the_rest_of_its_batch_is_written(
     database: Database,
 ) -> None:
-    writer = database.writer()
-    outcomes: dict[str, object] = {}
-    first = _writing(writer, "a", outcomes)
-    assert database.holding.wait(10)
-    others = [_writing(writer, row, outcomes) for row in ("b", "bad", "c")]
-    _queued(writer, 3)
-    database.release.set()
-    for thread in [first, *others]:
-        thread.join(10)
+    outcomes = _batch_after_a_held_write(database, ["b", "bad", "c"])
     assert isinstance(outcomes.pop("bad"), ValueError)
     assert outcomes == dict.fromkeys("abc", "written")
     assert sorted(database.rows) == ["a", "b", "c"]  # each once: the failed batch wrote none
@@ -142,37 +148,10 @@ def test_a_write_stopped_midway_fails_its_rows_and_the_next_batch_is_still_writt
     database: Database,
 ) -> None:
     database.stop_on = "a"
-    writer = database.writer()
-    outcomes: dict[str, object] = {}
-    first = _writing(writer, "a", outcomes)
-    assert database.holding.wait(10)
-    others = [_writing(writer, row, outcomes) for row in ("b", "c")]
-    _queued(writer, 2)
-    database.release.set()
-    for thread in [first, *others]:
-        thread.join(10)
+    outcomes = _batch_after_a_held_write(database, ["b", "c"])
     assert isinstance(outcomes.pop("a"), Stopped)
-    assert outcomes == dict.fromkeys("bc", "written")
-    writer.write("d")  # not stuck
-    assert sorted(database.rows) == ["b", "c", "d"]
-
-
-def _batch_after_a_held_write(
-    database: Database, rows: Sequence[str], first: str = "a"
-) -> dict[str, object]:
-    """`first` written alone and held while `rows` queue; then all let go: what each got."""
-    writer = database.writer()
-    outcomes: dict[str, object] = {}
-    threads = [_writing(writer, first, outcomes)]
-    assert database.holding.wait(10)
-    for count, row in enumerate(rows, start=1):  # one by one: they queue in this order
-        threads.append(_writing(writer, row, outcomes))
-        _queued(writer, count)
-    database.release.set()
-    for thread in threads:
-        thread.join(10)
-    assert not writer._busy
-    return outcomes
+    assert outcomes == dict.fromkeys("bc", "written")  # and the writer is free again
+    assert sorted(database.rows) == ["b", "c"]
 
 
 def test_a_failure_that_is_no_rows_fails_the_whole_batch_at_once(database: Database) -> None:

@@ -14,10 +14,10 @@ import requests
 from django.conf import settings
 
 from billing.models import UsageRecord
-from routing import services as routing_services
+from routing.models import ProviderCredential
 from tenants.models import Team
 from tenants.services import CreatedKey, key_create
-from tests.conftest import ACTOR, UPSTREAM_SECRET
+from tests.conftest import ACTOR, make_alias
 from tests.fakes.upstream import FakeUpstream
 from tests.support import Server, gunicorn, subprocess_database_url, wait_for
 
@@ -34,18 +34,8 @@ def server() -> Iterator[Server]:
 
 
 @pytest.fixture
-def key(team: Team, fake_upstream: FakeUpstream) -> CreatedKey:
-    credential = routing_services.credential_create(
-        actor=ACTOR,
-        name="up",
-        provider="openai",
-        base_url=fake_upstream.url,
-        secret=UPSTREAM_SECRET,
-    )
-    alias = routing_services.alias_create(actor=ACTOR, name="kept")
-    routing_services.deployment_create(
-        actor=ACTOR, alias=alias, credential=credential, upstream_model="gpt-image-1", free=True
-    )
+def key(team: Team, openai_credential: ProviderCredential) -> CreatedKey:
+    make_alias("kept", openai_credential, "gpt-image-1", free=True)
     return key_create(actor=ACTOR, team=team, name="app")
 
 
