@@ -80,7 +80,7 @@ class Meter:
     at_end: Callable[[], None] | None = None
 
     def finish(self) -> None:
-        """Stop the clock: the response is complete."""
+        """Stop the clock: the answer is ready to go out (a relayed one: it has ended)."""
         self.total_ms = int((time.monotonic() - self.started) * 1000)
 
     def end(self) -> None:
