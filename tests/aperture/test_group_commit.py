@@ -3,8 +3,12 @@ writer returns once its own row is written, and a refused row fails alone."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +204,22 @@ def test_a_writer_stopped_while_it_waits_takes_its_row_back(database: Database) 
     assert isinstance(outcomes.pop("b"), Stopped)
     assert outcomes == dict.fromkeys("ac", "written")
     assert sorted(database.rows) == ["a", "c"]  # b left before its batch was written
+
+
+def test_under_gevent_writers_batch_and_one_timed_out_while_waiting_leaves_no_row() -> None:
+    """As in a gunicorn gevent worker: threading's Lock and Event are gevent's."""
+    script = Path(__file__).with_name("gevent_group_commit.py")
+    ran = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=script.parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    outcomes, written = result["outcomes"], result["written"]
+    assert outcomes.pop("impatient") == "timed out"
+    assert set(outcomes.values()) == {"written"} and len(outcomes) == 52  # first, 50, after
+    assert sorted(written) == sorted(outcomes)  # each once, the timed-out one not at all
+    assert result["writes"] == [1, 50, 1]  # alone, the fifty together, alone
