@@ -54,10 +54,9 @@ class Quote:
     snapshot: dict[str, Any] = field(default_factory=dict)
 
 
-def _prices(provider: str) -> list[Price]:
-    return config_cache.cached(
-        ("prices", provider), lambda: list(Price.objects.filter(provider=provider))
-    )
+# Models whose rows a provider's table remembers; past it, it starts over (a passthrough
+# body names any model it likes, and must not make the table grow without end).
+_REMEMBERED_MODELS = 256
 
 
 def _model_score(pattern: str, model: str) -> int:
@@ -69,10 +68,36 @@ def _model_score(pattern: str, model: str) -> int:
     return -1
 
 
+@dataclass
+class _PriceTable:
+    """A provider's price rows, and the rows that price each model asked for so far (a
+    request asks for them three times: to serve the model, to estimate and to settle). Both
+    are dropped together when a price changes (aperture/config_cache.py)."""
+
+    rows: list[Price]
+    by_model: dict[str, list[Price]] = field(default_factory=dict)
+
+    def candidates(self, model: str) -> list[Price]:
+        """The rows of the most specific pattern naming `model` (not to be modified)."""
+        found = self.by_model.get(model)
+        if found is None:
+            scored = [(_model_score(p.model_pattern, model), p) for p in self.rows]
+            best = max((score for score, _ in scored), default=-1)
+            found = [p for score, p in scored if score == best and score >= 0]
+            if len(self.by_model) >= _REMEMBERED_MODELS:
+                self.by_model.clear()
+            self.by_model[model] = found
+        return found
+
+
+def _table(provider: str) -> _PriceTable:
+    return config_cache.cached(
+        ("prices", provider), lambda: _PriceTable(list(Price.objects.filter(provider=provider)))
+    )
+
+
 def _candidates(provider: str, model: str) -> list[Price]:
-    scored = [(_model_score(p.model_pattern, model), p) for p in _prices(provider)]
-    best = max((score for score, _ in scored), default=-1)
-    return [p for score, p in scored if score == best and score >= 0]
+    return _table(provider).candidates(model)
 
 
 def _warn_unpriced(provider: str, model: str) -> None:

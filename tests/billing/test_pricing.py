@@ -63,3 +63,24 @@ def test_a_missing_price_costs_zero_and_warns_once(caplog: pytest.LogCaptureFixt
     warnings = [r for r in caplog.records if "never-priced-model" in r.getMessage()]
     assert len(warnings) == 1
     assert not pricing.has_price("openai", "never-priced-model")
+
+
+@pytest.mark.django_db
+def test_a_models_rows_are_found_once_and_found_afresh_when_a_price_changes() -> None:
+    Price.objects.create(provider="xai", model_pattern="grok*", per_image_micro=1)
+    assert pricing.per_image_estimate("xai", "grok-y", None, None) == 1
+    table = pricing._table("xai")
+    assert [p.per_image_micro for p in table.by_model["grok-y"]] == [1]
+    assert pricing._table("xai") is table  # no price changed: the same table, rows kept
+
+    Price.objects.create(provider="xai", model_pattern="grok-y", per_image_micro=7)
+    assert pricing.per_image_estimate("xai", "grok-y", None, None) == 7
+    assert pricing._table("xai") is not table
+
+
+@pytest.mark.django_db
+def test_a_provider_remembers_a_bounded_number_of_models() -> None:
+    Price.objects.create(provider="xai", model_pattern="grok*", per_image_micro=1)
+    for n in range(pricing._REMEMBERED_MODELS * 3):  # e.g. passthrough bodies naming models
+        assert pricing.has_price("xai", f"grok-{n}")
+    assert 0 < len(pricing._table("xai").by_model) <= pricing._REMEMBERED_MODELS
