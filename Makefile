@@ -54,5 +54,14 @@ lint: install
 	$(VENV)/bin/mypy .
 	$(VENV)/bin/lint-imports
 
-bench: install
+# LiteLLM's proxy, the throughput section's comparator, in an environment of its own.
+LITELLM_VENV := .venv-litellm
+
+$(LITELLM_VENV)/.installed: bench/litellm-requirements.txt
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r bench/litellm-requirements.txt
+	touch $@
+
+bench: install $(LITELLM_VENV)/.installed
 	$(PY) -m bench

@@ -8,23 +8,64 @@ budgets; and two gateway nodes (a second gunicorn master on the same PostgreSQL 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
+from bench.litellm_proxy import MASTER_KEY, litellm_proxy
 from bench.loadgen import Result, raise_fd_limit, run
 from bench.serve import gunicorn, peak_memory
 from tests.fakes import upstream
 
 PATH = "/v1/images/generations"
 SECOND_PORT = 9743
+LITELLM_PORT = 9745
+ROUNDS = 3  # of the throughput table
 BURST_TIMEOUT = 300.0  # s a burst's request may take before the load generator gives up
 
 
 def _rps(result: Result) -> float:
     return len(result.latencies) / result.wall if result.wall else 0.0
+
+
+def _span(values: list[float], spec: str) -> str:
+    return f"{min(values):{spec}}-{max(values):{spec}}"
+
+
+def _paired(values: list[float], bases: list[float]) -> str:
+    """Each round's value against its base, as a change: the median, then every round."""
+    changes = [(value / base - 1) * 100 for value, base in zip(values, bases, strict=True)]
+    return f"{median(changes):+.0f}% ({', '.join(f'{c:+.0f}%' for c in changes)})"
+
+
+def _times(values: list[float], bases: list[float]) -> str:
+    """Each round's value as a multiple of its base: the median, then the range."""
+    ratios = [value / base for value, base in zip(values, bases, strict=True)]
+    return f"{median(ratios):.1f}x ({_span(ratios, '.1f')})"
+
+
+def _table(
+    rows: dict[str, tuple[str, bytes, dict[str, str]]],
+    levels: list[tuple[int, int]],
+    rounds: int,
+) -> dict[tuple[str, int], list[Result]]:
+    """Every row at every level, `rounds` times. Each round runs the rows one after the
+    other: the machine's speed drifts by half over minutes here, and rows measured side by
+    side drift together."""
+    for url, payload, headers in list(rows.values())[1:]:  # warm caches and pools
+        run(f"{url}{PATH}", payload, headers, concurrency=16, total=50)
+    figures: dict[tuple[str, int], list[Result]] = {}
+    for _ in range(rounds):
+        for concurrency, total in levels:
+            for name, (url, payload, headers) in rows.items():
+                figures.setdefault((name, concurrency), []).append(
+                    run(f"{url}{PATH}", payload, headers, concurrency=concurrency, total=total)
+                )
+    return figures
 
 
 def _odd(result: Result) -> str:
@@ -74,32 +115,60 @@ def run_throughput(
         "3 budgets": (gateway_url, body, auth["budgeted"]),
     }
     levels = [(1, 100), (16, 500), (64, 1000)] if quick else [(1, 300), (16, 2000), (64, 4000)]
+    rounds = 1 if quick else ROUNDS
+    workers = int(env.get("WEB_CONCURRENCY", "1"))
 
-    print("## Throughput: direct vs gateway, no budget vs 3 nested budgets (1024x1024, n=1)")
-    for url, payload, headers in list(rows.values())[1:]:  # warm each key's caches and pools
-        run(f"{url}{PATH}", payload, headers, concurrency=16, total=50)
-    figures: dict[tuple[str, int], Result] = {}
-    for concurrency, total in levels:
-        for name, (url, payload, headers) in rows.items():
-            figures[name, concurrency] = run(
-                f"{url}{PATH}", payload, headers, concurrency=concurrency, total=total
-            )
-    print(f"{'':<10} {'c=1 p50':>10} {'c=16 req/s':>11} {'c=64 req/s':>11}")
-    for name in rows:
-        p50 = figures[name, 1].percentile(50) * 1000
-        line = f"{name:<10} {p50:>7.2f} ms {_rps(figures[name, 16]):>11.0f}"
-        line += f" {_rps(figures[name, 64]):>11.0f}"
-        print(line + "".join(_odd(figures[name, c]) for c, _ in levels))
-    direct1, plain1 = figures["direct", 1], figures["no budget", 1]
-    added_p50 = (plain1.percentile(50) - direct1.percentile(50)) * 1000
-    added_p99 = (plain1.percentile(99) - direct1.percentile(99)) * 1000
-    budgeted_p50 = (figures["3 budgets", 1].percentile(50) - direct1.percentile(50)) * 1000
     print(
-        f"added at c=1 (gateway - direct): p50 {added_p50:.2f} ms, p99 {added_p99:.2f} ms; "
-        f"with 3 budgets p50 {budgeted_p50:.2f} ms"
+        "## Throughput: direct vs gateway (no budget, 3 nested budgets) vs LiteLLM "
+        f"(1024x1024, n=1), median of {rounds} interleaved round(s)"
     )
-    none64, three64 = _rps(figures["no budget", 64]), _rps(figures["3 budgets", 64])
-    print(f"3 budgets vs none at c=64: {(three64 / none64 - 1) * 100:+.0f}%")
+    with litellm_proxy(
+        upstream_url=upstream_url,
+        alias=json.loads(body)["model"],
+        model=json.loads(direct_body)["model"],
+        port=LITELLM_PORT,
+        workers=workers,
+    ) as litellm_url:
+        if litellm_url is not None:
+            rows["LiteLLM"] = (litellm_url, body, {"Authorization": f"Bearer {MASTER_KEY}"})
+        figures = _table(rows, levels, rounds)
+
+    def p50_ms(name: str, i: int) -> float:
+        return figures[name, 1][i].percentile(50) * 1000
+
+    def rps(name: str, concurrency: int) -> list[float]:
+        return [_rps(result) for result in figures[name, concurrency]]
+
+    print(f"{'':<10} {'c=1 p50':>10} {'c=16 req/s':>11} {'c=64 req/s':>11}   (range over rounds)")
+    for name in rows:
+        c1 = [p50_ms(name, i) for i in range(rounds)]
+        line = f"{name:<10} {median(c1):>7.2f} ms {median(rps(name, 16)):>11.0f}"
+        line += f" {median(rps(name, 64)):>11.0f}   ({_span(c1, '.2f')} ms; "
+        line += f"{_span(rps(name, 16), '.0f')}; {_span(rps(name, 64), '.0f')})"
+        odd = "".join(_odd(r) for c, _ in levels for r in figures[name, c])
+        print(line + odd)
+
+    def added(name: str, p: float = 50) -> list[float]:
+        """`name`'s latency at c=1 over the direct call's, in the same round."""
+        return [
+            (figures[name, 1][i].percentile(p) - figures["direct", 1][i].percentile(p)) * 1000
+            for i in range(rounds)
+        ]
+
+    plain, budgeted = added("no budget"), added("3 budgets")
+    print(
+        f"added at c=1 (gateway - direct, same round): p50 {median(plain):.2f} ms "
+        f"({_span(plain, '.2f')}), p99 {median(added('no budget', 99)):.2f} ms; "
+        f"with 3 budgets p50 {median(budgeted):.2f} ms ({_span(budgeted, '.2f')})"
+    )
+    budget_change = _paired(rps("3 budgets", 64), rps("no budget", 64))
+    print(f"3 budgets vs none at c=64, same round: {budget_change}")
+    if "LiteLLM" in rows:
+        print(
+            f"LiteLLM at c=1 adds p50 {median(added('LiteLLM')):.2f} ms; at c=64 the gateway "
+            f"serves {_times(rps('no budget', 64), rps('LiteLLM', 64))} LiteLLM's req/s with "
+            f"no budget, {_times(rps('3 budgets', 64), rps('LiteLLM', 64))} with 3 budgets"
+        )
 
     _burst(
         gateway_url=gateway_url,
@@ -113,25 +182,32 @@ def run_throughput(
     )
 
     total64 = levels[-1][1]
-    print(f"\n## Two nodes: c=64 split 32/32 over two gunicorn masters ({total64} requests)")
-    # One node again just before two: the table's figure is minutes old by now, and the burst
-    # has left thousands of usage records and holds behind.
-    nodes: dict[str, tuple[Result, Result]] = {}
+    print(
+        f"\n## Two nodes: c=64 split 32/32 over two gunicorn masters ({total64} requests), "
+        f"median of {rounds} round(s)"
+    )
+    # One node again beside two, in the same round: the table's figures are minutes old by
+    # now, and the burst has left thousands of usage records and holds behind.
+    nodes: dict[str, tuple[list[Result], list[Result]]] = {}
     with gunicorn(env, SECOND_PORT) as second:
         second_url = second.url
         one, both = [f"{gateway_url}{PATH}"], [f"{gateway_url}{PATH}", f"{second_url}{PATH}"]
         for name in ("no budget", "3 budgets"):
-            headers = rows[name][2]
-            run(f"{second_url}{PATH}", body, headers, concurrency=16, total=50)  # warm
-            single = run(one, body, headers, concurrency=64, total=total64)
-            nodes[name] = (single, run(both, body, headers, concurrency=64, total=total64))
-    print(f"{'':<10} {'1 node':>8} {'2 nodes':>8}  req/s at c=64 (table above: 1 node)")
+            run(f"{second_url}{PATH}", body, rows[name][2], concurrency=16, total=50)  # warm
+        for _ in range(rounds):
+            for name in ("no budget", "3 budgets"):
+                headers = rows[name][2]
+                single, split = nodes.setdefault(name, ([], []))
+                single.append(run(one, body, headers, concurrency=64, total=total64))
+                split.append(run(both, body, headers, concurrency=64, total=total64))
+    print(f"{'':<10} {'1 node':>8} {'2 nodes':>8}  req/s at c=64 (range; table above: 1 node)")
     for name, (single, split) in nodes.items():
+        alone, shared = [_rps(r) for r in single], [_rps(r) for r in split]
+        odd = "".join(_odd(r) for r in single + split)
         print(
-            f"{name:<10} {_rps(single):>8.0f} {_rps(split):>8.0f}  "
-            f"({_rps(figures[name, 64]):.0f}){_odd(single)}{_odd(split)}"
+            f"{name:<10} {median(alone):>8.0f} {median(shared):>8.0f}  ({_span(alone, '.0f')}; "
+            f"{_span(shared, '.0f')}; {median(rps(name, 64)):.0f}){odd}"
         )
-    workers = int(env.get("WEB_CONCURRENCY", "1"))
     print(
         f"(2 x {workers} gevent workers on {os.cpu_count()} cores, shared with the load "
         "generator, the fake upstream, PostgreSQL and Redis)"
