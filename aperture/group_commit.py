@@ -13,7 +13,10 @@ integrity or data error) is written again row by row, so that the row the databa
 fails alone and its writer gets the database's error; any other failure (the database
 unreachable, a pool timeout, a commit whose outcome is unknown) fails every writer of the
 batch at once, never retried: a retry could write rows twice, or keep every writer waiting
-one row at a time through an outage.
+one row at a time through an outage. Each waiting writer raises its own copy of that
+failure, caused by it; if the writer whose turn it was was stopped (its greenlet's timeout),
+only it raises the stop, and the others raise BatchStopped, an Exception their callers
+handle like any failed write.
 
 A writer gives its database connection back before it waits (`before_wait`): holding it,
 the writers waiting could take every connection of the pool from the one whose turn it is.
@@ -23,12 +26,19 @@ back out; once the batch's write has begun, its row is written with the others.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 Row = TypeVar("Row")
+
+
+class BatchStopped(Exception):
+    """The write of a writer's batch was stopped midway by what stopped the writer whose turn
+    it was (its greenlet's timeout, say): the row is not known to be written. An Exception,
+    unlike the stop itself, which belongs to that one writer."""
 
 
 @dataclass(eq=False)
@@ -40,6 +50,7 @@ class _Batch(Generic[Row]):
     withdrawn: set[int] = field(default_factory=set)  # positions whose writer left first
     done: set[int] = field(default_factory=set)  # positions known to be written
     failed: dict[int, BaseException] = field(default_factory=dict)  # by position
+    shared: BaseException | None = None  # what failed its write as a whole, if anything
 
 
 class GroupWriter(Generic[Row]):
@@ -94,8 +105,14 @@ class GroupWriter(Generic[Row]):
             self._before_wait()
             batch.written.wait()
         failure = batch.failed.get(position)
-        if failure is not None:
+        if failure is None:
+            return
+        if leads or failure is not batch.shared:
+            raise failure  # its own: raised in its own write, or its row's own error
+        own = _for_waiter(failure)
+        if own is failure:
             raise failure
+        raise own from failure
 
     def _write(self, batch: _Batch[Row]) -> None:
         positions = [p for p in range(len(batch.rows)) if p not in batch.withdrawn]
@@ -107,6 +124,7 @@ class GroupWriter(Generic[Row]):
         except BaseException as stopped:
             # Stopped mid-write (a timeout, or a failure that is no row's): the rows not known
             # to be written fail with it.
+            batch.shared = stopped
             for position in positions:
                 if position not in batch.done:
                     batch.failed.setdefault(position, stopped)
@@ -137,3 +155,16 @@ class GroupWriter(Generic[Row]):
             batch.failed[position] = refused
         else:
             batch.done.add(position)
+
+
+def _for_waiter(failure: BaseException) -> BaseException:
+    """A waiting writer's own exception for the failure of its batch's write: a copy of it
+    (every raise adds the raiser's frames to an exception's traceback, and the frames keep
+    their requests' locals alive: the writers must not pile theirs on one), or BatchStopped
+    if the writer whose turn it was was stopped, for the stop was that writer's alone."""
+    if not isinstance(failure, Exception):
+        return BatchStopped(f"the write of this row's batch was stopped ({type(failure).__name__})")
+    try:
+        return copy.copy(failure)
+    except Exception:  # noqa: BLE001 - one that cannot be made again from its arguments
+        return failure

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aperture.group_commit import GroupWriter
+from aperture.group_commit import BatchStopped, GroupWriter
 
 
 class Stopped(BaseException):
@@ -33,6 +33,7 @@ class Database:
         self.holding = threading.Event()
         self.release = threading.Event()
         self.stop_on: str | None = None
+        self.stop_batch = False  # a batch's write (of several rows) is stopped
         self.given_back = 0  # connections given back by writers before they waited
 
         self.stopped_in = ""
@@ -47,6 +48,9 @@ class Database:
 
     def many(self, rows: Sequence[str]) -> None:
         self.writes.append(list(rows))
+        if self.stop_batch:
+            self.stopped_in = threading.current_thread().name
+            raise Stopped
         if "down" in rows:
             raise Unreachable
         if "bad" in rows:
@@ -163,6 +167,11 @@ def test_a_failure_that_is_no_rows_fails_the_whole_batch_at_once(database: Datab
     assert outcomes.pop("a") == "written"
     assert all(isinstance(outcome, Unreachable) for outcome in outcomes.values())
     assert len(outcomes) == 3
+    # Each writer raises its own, caused by the one the write raised: raised at once by many,
+    # one exception would pile every writer's frames (and their requests' locals) on itself.
+    assert len({id(outcome) for outcome in outcomes.values()}) == 3
+    causes = {id(o.__cause__) for o in outcomes.values() if isinstance(o, BaseException)}
+    assert len(causes) <= 2  # the leader's own, and the cause of the others' copies
     assert len(database.writes) == 2  # no row-by-row retry through an outage
     assert database.rows == ["a"]
 
@@ -178,8 +187,24 @@ def test_rows_written_before_a_stop_midway_are_not_reported_failed(database: Dat
             assert outcome == "written", row
         elif row == "bad":
             assert isinstance(outcome, ValueError)
-        else:  # c, d: not known to be written
-            assert isinstance(outcome, Stopped), row
+        else:  # c, d: not known to be written, and their writers were not stopped themselves
+            assert isinstance(outcome, BatchStopped), row
+            assert isinstance(outcome.__cause__, Stopped)
+
+
+def test_a_stop_of_the_writer_whose_turn_it_is_stops_no_other(database: Database) -> None:
+    """Only the writer stopped (its greenlet's timeout) raises the stop: the others' rows
+    fail with an Exception, which their callers handle (a usage record logged as lost, a
+    charge left to the reaper) and still answer, instead of their requests dying of it."""
+    database.stop_batch = True
+    outcomes = _batch_after_a_held_write(database, ["b", "c", "d"])
+    assert outcomes.pop("a") == "written"
+    assert database.rows == ["a"]
+    assert isinstance(outcomes.pop(database.stopped_in), Stopped)
+    assert len(outcomes) == 2
+    for outcome in outcomes.values():
+        assert isinstance(outcome, BatchStopped)
+        assert isinstance(outcome.__cause__, Stopped)
 
 
 def test_a_writer_stopped_while_it_waits_takes_its_row_back(database: Database) -> None:
