@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,9 +54,11 @@ class Quote:
     snapshot: dict[str, Any] = field(default_factory=dict)
 
 
-# Models whose rows a provider's table remembers; past it, it starts over (a passthrough
-# body names any model it likes, and must not make the table grow without end).
+# Models whose rows a provider's table remembers; past it, it starts over. Only names of a
+# deployment's length are remembered, and only priced ones: a passthrough body names any
+# model it likes, of any length, and must not make the table grow.
 _REMEMBERED_MODELS = 256
+_REMEMBERED_NAME_CHARS = 200
 
 
 def _model_score(pattern: str, model: str) -> int:
@@ -74,29 +76,30 @@ class _PriceTable:
     request asks for them three times: to serve the model, to estimate and to settle). Both
     are dropped together when a price changes (aperture/config_cache.py)."""
 
-    rows: list[Price]
-    by_model: dict[str, list[Price]] = field(default_factory=dict)
+    rows: tuple[Price, ...]
+    by_model: dict[str, tuple[Price, ...]] = field(default_factory=dict)
 
-    def candidates(self, model: str) -> list[Price]:
-        """The rows of the most specific pattern naming `model` (not to be modified)."""
+    def candidates(self, model: str) -> tuple[Price, ...]:
+        """The rows of the most specific pattern naming `model`."""
         found = self.by_model.get(model)
         if found is None:
             scored = [(_model_score(p.model_pattern, model), p) for p in self.rows]
             best = max((score for score, _ in scored), default=-1)
-            found = [p for score, p in scored if score == best and score >= 0]
-            if len(self.by_model) >= _REMEMBERED_MODELS:
-                self.by_model.clear()
-            self.by_model[model] = found
+            found = tuple(p for score, p in scored if score == best and score >= 0)
+            if found and len(model) <= _REMEMBERED_NAME_CHARS:
+                if len(self.by_model) >= _REMEMBERED_MODELS:
+                    self.by_model.clear()
+                self.by_model[model] = found
         return found
 
 
 def _table(provider: str) -> _PriceTable:
     return config_cache.cached(
-        ("prices", provider), lambda: _PriceTable(list(Price.objects.filter(provider=provider)))
+        ("prices", provider), lambda: _PriceTable(tuple(Price.objects.filter(provider=provider)))
     )
 
 
-def _candidates(provider: str, model: str) -> list[Price]:
+def _candidates(provider: str, model: str) -> tuple[Price, ...]:
     return _table(provider).candidates(model)
 
 
@@ -347,13 +350,13 @@ def quote(
     return Quote(cost, figures)
 
 
-def _token_row(candidates: list[Price], usage: Mapping[str, Any]) -> Price | None:
+def _token_row(candidates: Sequence[Price], usage: Mapping[str, Any]) -> Price | None:
     """The token-priced row, when the upstream's usage says what its tokens were."""
     row = next((p for p in candidates if p.token_priced), None)
     return row if row is not None and _token_cost(row, usage) is not None else None
 
 
-def _extra(chosen: Price | None, matching: list[Price], name: str) -> int:
+def _extra(chosen: Price | None, matching: Sequence[Price], name: str) -> int:
     """A surcharge or minimum: the chosen row's, else the most any matching row sets."""
     own = getattr(chosen, name) if chosen is not None else None
     if own is not None:

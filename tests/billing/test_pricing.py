@@ -66,21 +66,38 @@ def test_a_missing_price_costs_zero_and_warns_once(caplog: pytest.LogCaptureFixt
 
 
 @pytest.mark.django_db
-def test_a_models_rows_are_found_once_and_found_afresh_when_a_price_changes() -> None:
+def test_a_models_rows_are_found_once_and_found_afresh_when_a_price_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     Price.objects.create(provider="xai", model_pattern="grok*", per_image_micro=1)
     assert pricing.per_image_estimate("xai", "grok-y", None, None) == 1
-    table = pricing._table("xai")
-    assert [p.per_image_micro for p in table.by_model["grok-y"]] == [1]
-    assert pricing._table("xai") is table  # no price changed: the same table, rows kept
+    scored: list[str] = []
+    score = pricing._model_score
+
+    def counted(pattern: str, model: str) -> int:
+        scored.append(model)
+        return score(pattern, model)
+
+    monkeypatch.setattr(pricing, "_model_score", counted)
+    assert pricing.per_image_estimate("xai", "grok-y", None, None) == 1
+    assert pricing.has_price("xai", "grok-y")
+    assert scored == []  # no price changed: the rows found the first time
 
     Price.objects.create(provider="xai", model_pattern="grok-y", per_image_micro=7)
     assert pricing.per_image_estimate("xai", "grok-y", None, None) == 7
-    assert pricing._table("xai") is not table
+    assert "grok-y" in scored
 
 
 @pytest.mark.django_db
-def test_a_provider_remembers_a_bounded_number_of_models() -> None:
+def test_a_provider_remembers_a_bounded_number_of_priced_models_of_bounded_length() -> None:
     Price.objects.create(provider="xai", model_pattern="grok*", per_image_micro=1)
     for n in range(pricing._REMEMBERED_MODELS * 3):  # e.g. passthrough bodies naming models
         assert pricing.has_price("xai", f"grok-{n}")
     assert 0 < len(pricing._table("xai").by_model) <= pricing._REMEMBERED_MODELS
+
+    huge = "grok-" + "x" * 4_000_000  # priced by the pattern, and 4 MB long
+    unpriced = "never-priced-model"
+    assert pricing.has_price("xai", huge)
+    assert not pricing.has_price("xai", unpriced)
+    assert huge not in pricing._table("xai").by_model
+    assert unpriced not in pricing._table("xai").by_model
