@@ -14,9 +14,9 @@ fails alone and its writer gets the database's error; any other failure (the dat
 unreachable, a pool timeout, a commit whose outcome is unknown) fails every writer of the
 batch at once, never retried: a retry could write rows twice, or keep every writer waiting
 one row at a time through an outage. Each waiting writer raises its own copy of that
-failure, caused by it; if the writer whose turn it was was stopped (its greenlet's timeout),
-only it raises the stop, and the others raise BatchStopped, an Exception their callers
-handle like any failed write.
+failure, with the same cause; if the writer whose turn it was was stopped (its greenlet's
+timeout), only it raises the stop, and the others raise BatchStopped, an Exception their
+callers handle like any failed write.
 
 A writer gives its database connection back before it waits (`before_wait`): holding it,
 the writers waiting could take every connection of the pool from the one whose turn it is.
@@ -26,7 +26,6 @@ back out; once the batch's write has begun, its row is written with the others.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,10 +108,7 @@ class GroupWriter(Generic[Row]):
             return
         if leads or failure is not batch.shared:
             raise failure  # its own: raised in its own write, or its row's own error
-        own = _for_waiter(failure)
-        if own is failure:
-            raise failure
-        raise own from failure
+        raise _for_waiter(failure)
 
     def _write(self, batch: _Batch[Row]) -> None:
         positions = [p for p in range(len(batch.rows)) if p not in batch.withdrawn]
@@ -157,14 +153,25 @@ class GroupWriter(Generic[Row]):
             batch.done.add(position)
 
 
-def _for_waiter(failure: BaseException) -> BaseException:
-    """A waiting writer's own exception for the failure of its batch's write: a copy of it
-    (every raise adds the raiser's frames to an exception's traceback, and the frames keep
-    their requests' locals alive: the writers must not pile theirs on one), or BatchStopped
-    if the writer whose turn it was was stopped, for the stop was that writer's alone."""
+def _for_waiter(failure: BaseException) -> Exception:
+    """A waiting writer's own exception for the failure of its batch's write: a copy of it,
+    with its cause (every raise adds the raiser's frames to an exception's traceback, and the
+    frames keep their requests' locals alive: the writers must not pile theirs on one); or
+    BatchStopped if the writer whose turn it was was stopped, for the stop was its alone."""
     if not isinstance(failure, Exception):
-        return BatchStopped(f"the write of this row's batch was stopped ({type(failure).__name__})")
+        stopped = BatchStopped(
+            f"the write of this row's batch was stopped ({type(failure).__name__})"
+        )
+        stopped.__cause__ = failure
+        return stopped
+    # Made without its class's __init__ or __reduce__, which may expect other arguments or
+    # change the original (psycopg's drops its connection).
     try:
-        return copy.copy(failure)
-    except Exception:  # noqa: BLE001 - one that cannot be made again from its arguments
+        own = type(failure).__new__(type(failure))
+    except TypeError:  # a class that cannot be made so: the one failure, shared
         return failure
+    own.args = failure.args
+    own.__dict__.update(failure.__dict__)
+    own.__cause__, own.__context__ = failure.__cause__, failure.__context__
+    own.__suppress_context__ = failure.__suppress_context__
+    return own

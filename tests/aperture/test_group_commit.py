@@ -10,9 +10,12 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psycopg
 import pytest
+from django.db import OperationalError
 
-from aperture.group_commit import BatchStopped, GroupWriter
+from aperture.group_commit import BatchStopped, GroupWriter, _for_waiter
+from billing.leases import _retryable
 
 
 class Stopped(BaseException):
@@ -52,7 +55,7 @@ class Database:
             self.stopped_in = threading.current_thread().name
             raise Stopped
         if "down" in rows:
-            raise Unreachable
+            raise Unreachable("the database is gone") from ConnectionRefusedError("refused")
         if "bad" in rows:
             raise ValueError("a row is refused: none is written")
         self.rows.extend(rows)
@@ -81,6 +84,16 @@ def _writing(writer: GroupWriter[str], row: str, outcomes: dict[str, object]) ->
     thread = threading.Thread(target=write, name=row)
     thread.start()
     return thread
+
+
+def _frames(outcome: object) -> list[str]:
+    """The names of the functions in an exception's traceback."""
+    assert isinstance(outcome, BaseException)
+    names, tb = [], outcome.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return names
 
 
 def _queued(writer: GroupWriter[str], count: int) -> None:
@@ -167,11 +180,15 @@ def test_a_failure_that_is_no_rows_fails_the_whole_batch_at_once(database: Datab
     assert outcomes.pop("a") == "written"
     assert all(isinstance(outcome, Unreachable) for outcome in outcomes.values())
     assert len(outcomes) == 3
-    # Each writer raises its own, caused by the one the write raised: raised at once by many,
-    # one exception would pile every writer's frames (and their requests' locals) on itself.
-    assert len({id(outcome) for outcome in outcomes.values()}) == 3
-    causes = {id(o.__cause__) for o in outcomes.values() if isinstance(o, BaseException)}
-    assert len(causes) <= 2  # the leader's own, and the cause of the others' copies
+    # Each raises its own, with the same cause; only the writer whose turn it was has the
+    # write's frames in its traceback: raised by every writer, one exception would pile all
+    # their frames (and their requests' locals) on itself.
+    failures = [o for o in outcomes.values() if isinstance(o, Unreachable)]
+    assert len({id(failure) for failure in failures}) == 3
+    assert len({id(failure.__cause__) for failure in failures}) == 1
+    assert all(isinstance(failure.__cause__, ConnectionRefusedError) for failure in failures)
+    writing = [o for o in outcomes.values() if "many" in _frames(o)]
+    assert len(writing) == 1
     assert len(database.writes) == 2  # no row-by-row retry through an outage
     assert database.rows == ["a"]
 
@@ -248,3 +265,20 @@ def test_under_gevent_writers_batch_and_one_timed_out_while_waiting_leaves_no_ro
     assert set(outcomes.values()) == {"written"} and len(outcomes) == 52  # first, 50, after
     assert sorted(written) == sorted(outcomes)  # each once, the timed-out one not at all
     assert result["writes"] == [1, 50, 1]  # alone, the fifty together, alone
+
+
+def test_a_waiters_copy_of_a_database_error_reads_as_the_original() -> None:
+    """What callers read of a failed write (Django's error, the driver's cause and its
+    SQLSTATE) is the same for every writer of the batch, and the original stays whole."""
+    cause = psycopg.errors.DeadlockDetected("deadlock detected")
+    failure = OperationalError(*cause.args)
+    failure.__cause__ = cause
+    own = _for_waiter(failure)
+    assert type(own) is OperationalError
+    assert own is not failure
+    assert own.args == failure.args
+    assert own.__cause__ is cause
+    assert _retryable(own, ("40P01",))
+    driver_own = _for_waiter(cause)
+    assert isinstance(driver_own, psycopg.errors.DeadlockDetected)
+    assert driver_own.sqlstate == cause.sqlstate == "40P01"
