@@ -1,13 +1,13 @@
-"""LiteLLM's proxy in front of the same fake upstream, for the throughput section's side-by-side
-row: the version in bench/litellm-requirements.txt, from `.venv-litellm` (`make bench` makes
-it), with as many uvicorn workers as the gateway has gunicorn workers, no database, loopback
-only. Without that environment the row is left out and the section says so."""
+"""LiteLLM's proxy on the fake upstream, the throughput section's comparator (from
+`.venv-litellm`, which `make bench` makes): as many workers as the gateway, no database."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -18,7 +18,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
-MASTER_KEY = "sk-litellm-bench"  # the proxy's own key, as a tenant's key is the gateway's
+# What LiteLLM is given of the environment: no database, cache or provider settings of ours
+# (its CLI builds a DATABASE_URL from DATABASE_HOST and the like).
+PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 CONFIG = """\
 model_list:
   - model_name: {alias}
@@ -34,38 +36,43 @@ general_settings:
 @contextlib.contextmanager
 def litellm_proxy(
     *, upstream_url: str, alias: str, model: str, port: int, workers: int
-) -> Iterator[str | None]:
-    """The proxy's URL once it answers (alias -> openai/model on the fake upstream); None if
-    LiteLLM is not installed or did not come up (the reason is printed)."""
+) -> Iterator[tuple[str, str] | None]:
+    """The proxy's URL and key once it answers (alias -> openai/model on the fake upstream);
+    None if it is not installed, its port is taken or it did not come up (printed why)."""
     if not LITELLM.exists():
         print(f"(LiteLLM row left out: {LITELLM} is missing; `make bench` installs it)")
         yield None
         return
+    if _taken(port):
+        print(f"(LiteLLM row left out: port {port} is taken)")
+        yield None
+        return
+    key = f"sk-litellm-{secrets.token_hex(8)}"  # this run's: a stale proxy would refuse it
     with tempfile.TemporaryDirectory() as directory:
         config = Path(directory) / "config.yaml"
         config.write_text(
-            CONFIG.format(alias=alias, model=model, upstream=upstream_url, master_key=MASTER_KEY)
+            CONFIG.format(alias=alias, model=model, upstream=upstream_url, master_key=key)
         )
-        env = {
-            **os.environ,
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of its price list at start
-            "LITELLM_LOG": "ERROR",
-        }
-        for name in ("DATABASE_URL", "REDIS_URL"):  # the gateway's, not for LiteLLM
-            env.pop(name, None)
+        env = {name: os.environ[name] for name in PASSED_ON if name in os.environ}
+        env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
         command = [str(LITELLM), "--config", str(config), "--host", "127.0.0.1"]
         command += ["--port", str(port), "--num_workers", str(workers)]
-        process = subprocess.Popen(
-            command,
-            cwd=directory,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=directory,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as error:  # e.g. its environment's interpreter is gone
+            print(f"(LiteLLM row left out: {LITELLM} did not start: {error})")
+            yield None
+            return
         url = f"http://127.0.0.1:{port}"
         try:
-            yield url if _up(url, process) else None
+            yield (url, key) if _up(url, process) else None
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -76,12 +83,17 @@ def litellm_proxy(
                 process.wait(timeout=30)
 
 
+def _taken(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _up(url: str, process: subprocess.Popen[bytes]) -> bool:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
             if requests.get(f"{url}/health/liveliness", timeout=1).ok:
-                return True
+                return process.poll() is None
         except requests.RequestException:
             pass
         time.sleep(0.5)

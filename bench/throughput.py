@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from statistics import median
 
-from bench.litellm_proxy import MASTER_KEY, litellm_proxy
+from bench.litellm_proxy import litellm_proxy
 from bench.loadgen import Result, raise_fd_limit, run
 from bench.serve import gunicorn, peak_memory
 from tests.fakes import upstream
@@ -128,9 +128,10 @@ def run_throughput(
         model=json.loads(direct_body)["model"],
         port=LITELLM_PORT,
         workers=workers,
-    ) as litellm_url:
-        if litellm_url is not None:
-            rows["LiteLLM"] = (litellm_url, body, {"Authorization": f"Bearer {MASTER_KEY}"})
+    ) as litellm:
+        if litellm is not None:
+            litellm_url, litellm_key = litellm
+            rows["LiteLLM"] = (litellm_url, body, {"Authorization": f"Bearer {litellm_key}"})
         figures = _table(rows, levels, rounds)
 
     def p50_ms(name: str, i: int) -> float:
@@ -163,7 +164,9 @@ def run_throughput(
     )
     budget_change = _paired(rps("3 budgets", 64), rps("no budget", 64))
     print(f"3 budgets vs none at c=64, same round: {budget_change}")
-    if "LiteLLM" in rows:
+    if "LiteLLM" in rows and any(r.errors for c, _ in levels for r in figures["LiteLLM", c]):
+        print("(LiteLLM answered errors: no comparison)")
+    elif "LiteLLM" in rows:
         print(
             f"LiteLLM at c=1 adds p50 {median(added('LiteLLM')):.2f} ms; at c=64 the gateway "
             f"serves {_times(rps('no budget', 64), rps('LiteLLM', 64))} LiteLLM's req/s with "
