@@ -421,7 +421,9 @@ def apply(charge: Claim, micro: int, images: int) -> Written:
                 piece.inflight -= 1
 
 
-FLUSH_SECONDS = 0.02  # under load, how often a process moves its charges to the budgets
+# Under load, how often a process moves its charges to the budgets: fewer flushes, less
+# CPU (docs/budget-slices.md); `used_*` lags a busy budget by a keeper round at most.
+FLUSH_SECONDS = 0.1
 _flushing = 0  # this process's flushes under way
 _flushed_at = 0.0
 _waiting = False  # this process may have charges waiting in billing_budgetcharge
