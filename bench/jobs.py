@@ -13,7 +13,6 @@ import contextlib
 import http.client
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from typing import Any
 import psycopg
 import redis
 import requests
+
+from bench.serve import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -117,14 +118,7 @@ def _process(command: list[str], env: dict[str, str], log: Path) -> Iterator[int
         try:
             yield process.pid
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            stop_group(process)
 
 
 def _alive(pid: int) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import tempfile
@@ -15,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import requests
+
+from bench.serve import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
@@ -74,13 +75,7 @@ def litellm_proxy(
         try:
             yield (url, key) if _up(url, process) else None
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+            stop_group(process)
 
 
 def _taken(port: int) -> bool:
