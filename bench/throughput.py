@@ -181,6 +181,7 @@ def run_throughput(
         direct_body=direct_body,
         rss=rss,
         burst=burst,
+        rounds=rounds,
         env=env,
     )
 
@@ -226,37 +227,50 @@ def _burst(
     direct_body: bytes,
     rss: Callable[[], float],
     burst: int,
+    rounds: int,
     env: dict[str, str],
 ) -> None:
     """`burst` concurrent requests against a 10-s upstream, directly and through the gateway
-    under three budgets: statuses, wall times and the gateway's peak memory."""
-    print(f"\n## Burst: {burst:,} concurrent requests, 10-s upstream, key under 3 nested budgets")
-    fd_limit = raise_fd_limit()
-    direct = run(
-        f"{slow_url}{PATH}", direct_body, {}, concurrency=burst, total=burst, timeout=BURST_TIMEOUT
+    under three budgets, `rounds` times in turn: statuses, wall times (each gateway burst
+    against the direct one just before it) and the gateway's peak memory."""
+    print(
+        f"\n## Burst: {burst:,} concurrent requests, 10-s upstream, key under 3 nested budgets, "
+        f"{rounds} round(s)"
     )
-    overflows = _listen_overflows()
-    with peak_memory(rss) as memory:
-        via = run(
-            f"{gateway_url}{PATH}",
-            slow_body,
-            headers,
+    fd_limit = raise_fd_limit()
+    overflows, peak, ratios = 0, 0.0, []
+    for _ in range(rounds):
+        direct = run(
+            f"{slow_url}{PATH}",
+            direct_body,
+            {},
             concurrency=burst,
             total=burst,
             timeout=BURST_TIMEOUT,
         )
-    overflows = _listen_overflows() - overflows
-    for name, result in (("gateway", via), ("direct", direct)):
-        p50, p99 = result.percentile(50), result.percentile(99)
-        print(
-            f"{name:<7}: statuses {dict(sorted(result.statuses.items()))}; wall "
-            f"{result.wall:.2f} s; p50 {p50:.2f} s, p99 {p99:.2f} s{_odd(result)}"
-        )
-    print(f"gateway / direct wall time: {via.wall / direct.wall:.2f}x")
-    print(
-        f"gateway memory (master + workers): {memory.before:.0f} MB before, "
-        f"peak {memory.peak:.0f} MB"
-    )
+        before = _listen_overflows()
+        with peak_memory(rss) as memory:
+            via = run(
+                f"{gateway_url}{PATH}",
+                slow_body,
+                headers,
+                concurrency=burst,
+                total=burst,
+                timeout=BURST_TIMEOUT,
+            )
+        overflows += _listen_overflows() - before
+        peak = max(peak, memory.peak)
+        for name, result in (("gateway", via), ("direct", direct)):
+            p50, p99 = result.percentile(50), result.percentile(99)
+            print(
+                f"{name:<7}: statuses {dict(sorted(result.statuses.items()))}; wall "
+                f"{result.wall:.2f} s; p50 {p50:.2f} s, p99 {p99:.2f} s{_odd(result)}"
+            )
+        ratios.append(via.wall / direct.wall)
+        print(f"gateway / direct wall time: {ratios[-1]:.2f}x")
+    if rounds > 1:
+        print(f"gateway / direct wall time, median of {rounds}: {median(ratios):.2f}x")
+    print(f"gateway memory (master + workers): {memory.before:.0f} MB before, peak {peak:.0f} MB")
     # What bounds a burst: gunicorn.conf.py's defaults as the gateway was started.
     connections = int(env.get("APERTURE_WORKER_CONNECTIONS", "4000"))
     in_flight = env.get("APERTURE_MAX_IN_FLIGHT", str(int(connections * 0.95)))
@@ -267,7 +281,7 @@ def _burst(
         f"{env.get('WEB_CONCURRENCY', '1')} workers x {connections} connections, "
         f"{in_flight} in flight each before 503 overloaded, "
         f"{env.get('APERTURE_WORK_SLOTS', '16')} of them at work at once; "
-        f"accept-queue overflows during the gateway burst: {overflows}"
+        f"accept-queue overflows during the gateway bursts: {overflows}"
     )
 
 
