@@ -30,7 +30,7 @@ from threading import Event
 
 from django.conf import settings
 
-from aperture import metrics
+from aperture import garbage_collection, metrics
 from aperture.errors import Overloaded
 
 
@@ -40,17 +40,24 @@ class Gate:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.in_flight = 0
+        self.peak = 0  # the most in flight at once since the process was last drained
 
     def enter(self, limit: int) -> bool:
         with self._lock:
             if self.in_flight >= limit:
                 return False
             self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
             return True
 
     def leave(self) -> None:
         with self._lock:
             self.in_flight -= 1
+            drained, peak = self.in_flight == 0, self.peak
+            if drained:
+                self.peak = 0
+        if drained:  # the burst's garbage, collected (the response has gone out)
+            garbage_collection.after_drain(peak)
 
 
 GATE = Gate()

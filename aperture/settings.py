@@ -528,6 +528,9 @@ WORK_WAIT_SECONDS = env.float("APERTURE_WORK_WAIT_SECONDS", default=30.0)
 # A web process's garbage collector, once the app is loaded: what is loaded is frozen, and
 # the three generations collect at these thresholds (Python's own: 700,10,10).
 GC_THRESHOLD = tuple(env.list("APERTURE_GC_THRESHOLD", cast=int, default=[10_000, 10, 10]))
+# A web process that had this many requests in flight at once collects all its garbage once
+# none is (aperture/garbage_collection.py); 0: never.
+GC_AFTER_IN_FLIGHT = env.int("APERTURE_GC_AFTER_IN_FLIGHT", default=100)
 
 # --- Async image jobs, idempotency and retention ----------------------------------------
 # A job's result (and the job) is kept this long after it was submitted.
