@@ -16,13 +16,15 @@ request and response objects) reaches the oldest generation, which Python collec
 as more is allocated: after a burst, not until the next one. Over five bursts of 5,000
 requests a worker grew from 273 MB to 1,112 MB, and a full collection freed about 300,000
 such objects per worker. So a worker that had APERTURE_GC_AFTER_IN_FLIGHT (100) requests in
-flight at once collects everything once none is (`after_drain`): over five bursts, 261 MB to
-787 MB, flat after the fourth (what a burst needs, reused).
+flight at once collects everything once none is (`after_drain`; measured collecting at once:
+over five bursts, 261 MB to 787 MB, flat after the fourth: what a burst needs, reused).
 """
 
 from __future__ import annotations
 
 import gc
+import threading
+from collections.abc import Callable
 
 from django.conf import settings
 
@@ -39,8 +41,24 @@ def tune_for_serving() -> None:
     _serving = True
 
 
-def after_drain(peak: int) -> None:
+# After a drained burst, the collection waits past gunicorn's keep-alive (5 s): a burst's
+# idle keep-alive connections hold their greenlets, and with them the database wrappers
+# those greenlets made, until then. It runs in a greenlet of its own, not in a response's.
+DRAINED_DELAY_SECONDS = 6.0
+
+
+def after_drain(peak: int, still_drained: Callable[[], bool]) -> bool:
     """The last request in flight has ended, after `peak` at once at most since the last
-    drain: collect every generation if that was a burst (in a web worker only)."""
-    if _serving and 0 < settings.GC_AFTER_IN_FLIGHT <= peak:
+    drain: if that was a burst (in a web worker only), collect every generation once
+    DRAINED_DELAY_SECONDS have passed, if `still_drained()` then. Whether it was."""
+    if not (_serving and 0 < settings.GC_AFTER_IN_FLIGHT <= peak):
+        return False
+    timer = threading.Timer(DRAINED_DELAY_SECONDS, _collect_if, args=(still_drained,))
+    timer.daemon = True
+    timer.start()
+    return True
+
+
+def _collect_if(still_drained: Callable[[], bool]) -> None:
+    if still_drained():  # else another burst is under way: its own drain collects
         gc.collect()

@@ -19,7 +19,8 @@ in lockstep: each greenlet took a step in turn, so every Redis or database reply
 behind thousands of others, pools timed out, and no upstream was called until nearly every
 request had been through auth, routing and its budgets (the first of a 5,000-request burst
 reached the upstream after 6 s). A request that waits longer than APERTURE_WORK_WAIT_SECONDS
-for a slot gets the same 503 `overloaded`.
+for a slot gets the same 503 `overloaded`. A process drained after a burst collects the
+garbage its requests left (aperture/garbage_collection.py).
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class Gate:
             drained, peak = self.in_flight == 0, self.peak
             if drained:
                 self.peak = 0
-        if drained:  # the burst's garbage, collected (the response has gone out)
-            garbage_collection.after_drain(peak)
+        if drained:  # a burst's garbage, collected soon (aperture/garbage_collection.py)
+            garbage_collection.after_drain(peak, lambda: self.in_flight == 0)
 
 
 GATE = Gate()

@@ -48,7 +48,7 @@ def _clear_cache() -> Iterator[None]:
     health.forget_cached()  # deployment health this process remembers, by row id too
     # A streamed answer a test does not read to its end is never closed (a WSGI server always
     # closes it): its request would stay counted in flight in this process.
-    load_shedding.GATE.in_flight = 0
+    load_shedding.GATE.in_flight = load_shedding.GATE.peak = 0
     # Budget slices this process leased live in a test's transaction, rolled back after it;
     # tests run the keeper's round themselves (another thread cannot see their rows).
     leases.KEEPER_ENABLED = False
