@@ -36,15 +36,20 @@ def _span(values: list[float], spec: str) -> str:
     return f"{min(values):{spec}}-{max(values):{spec}}"
 
 
+def _ratios(values: list[float], bases: list[float]) -> list[float]:
+    """Each round's value over its base, the same round's."""
+    return [value / base for value, base in zip(values, bases, strict=True)]
+
+
 def _paired(values: list[float], bases: list[float]) -> str:
     """Each round's value against its base, as a change: the median, then every round."""
-    changes = [(value / base - 1) * 100 for value, base in zip(values, bases, strict=True)]
+    changes = [(ratio - 1) * 100 for ratio in _ratios(values, bases)]
     return f"{median(changes):+.0f}% ({', '.join(f'{c:+.0f}%' for c in changes)})"
 
 
 def _times(values: list[float], bases: list[float]) -> str:
     """Each round's value as a multiple of its base: the median, then the range."""
-    ratios = [value / base for value, base in zip(values, bases, strict=True)]
+    ratios = _ratios(values, bases)
     return f"{median(ratios):.1f}x ({_span(ratios, '.1f')})"
 
 
@@ -238,7 +243,7 @@ def _burst(
         f"{rounds} round(s)"
     )
     fd_limit = raise_fd_limit()
-    overflows, peak, ratios = 0, 0.0, []
+    overflows, first, peak, ratios = 0, 0.0, 0.0, []
     for _ in range(rounds):
         direct = run(
             f"{slow_url}{PATH}",
@@ -259,7 +264,7 @@ def _burst(
                 timeout=BURST_TIMEOUT,
             )
         overflows += _listen_overflows() - before
-        peak = max(peak, memory.peak)
+        first, peak = first or memory.before, max(peak, memory.peak)
         for name, result in (("gateway", via), ("direct", direct)):
             p50, p99 = result.percentile(50), result.percentile(99)
             print(
@@ -270,7 +275,7 @@ def _burst(
         print(f"gateway / direct wall time: {ratios[-1]:.2f}x")
     if rounds > 1:
         print(f"gateway / direct wall time, median of {rounds}: {median(ratios):.2f}x")
-    print(f"gateway memory (master + workers): {memory.before:.0f} MB before, peak {peak:.0f} MB")
+    print(f"gateway memory (master + workers): {first:.0f} MB before the first, peak {peak:.0f} MB")
     # What bounds a burst: gunicorn.conf.py's defaults as the gateway was started.
     connections = int(env.get("APERTURE_WORKER_CONNECTIONS", "4000"))
     in_flight = env.get("APERTURE_MAX_IN_FLIGHT", str(int(connections * 0.95)))
