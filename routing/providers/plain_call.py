@@ -22,6 +22,7 @@ closes its connection after: gevent's pools are not for sharing across threads.
 from __future__ import annotations
 
 import io
+import select
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ BLOCK_BYTES = 64 * 1024
 # closed (calls under way on its connections finish first).
 MAX_ORIGINS = 64
 _IDENTITY = ("", "identity")
+_UNPATCHED_POLL = monkey.get_original("select", "poll")
 
 
 class _NotConnected(Exception):
@@ -53,8 +55,9 @@ class _NotConnected(Exception):
 class _Connecting:
     """What our pools add to geventhttpclient's: a connection that could not be made raises
     _NotConnected (its socket errors are otherwise the same whether connecting or waiting
-    for an answer), and TCP_NODELAY, as urllib3 sets it: a body written in several segments
-    is not held back for the upstream's delayed acknowledgement."""
+    for an answer); TCP_NODELAY, as urllib3 sets it: a body written in several segments is
+    not held back for the upstream's delayed acknowledgement; and a kept connection is
+    checked without giving the other greenlets a turn."""
 
     def _create_socket(self) -> Any:
         try:
@@ -64,6 +67,23 @@ class _Connecting:
 
     def after_connect(self, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _is_socket_alive(self, sock: Any) -> bool:
+        """Whether a kept connection may carry the next request: open, and nothing to read
+        (the upstream closed it, or sent what nobody asked for). geventhttpclient asks
+        gevent's select, which lets every other ready greenlet run first: in a burst of
+        thousands, each upstream call then went out only after the rest of the burst was
+        let in (5,000 calls to a 10-s upstream: 1.44-1.52x the direct wall time instead of
+        1.19-1.35x). The process's own poll answers at once (its select refuses descriptors
+        past 1,023: a busy worker's)."""
+        try:
+            if sock is None or sock.fileno() < 0:
+                return False
+            poll = _UNPATCHED_POLL()
+            poll.register(sock.fileno(), select.POLLIN)
+            return not poll.poll(0)
+        except (OSError, ValueError):
+            return False
 
 
 class _Pool(_Connecting, ConnectionPool):

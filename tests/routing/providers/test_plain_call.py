@@ -2,24 +2,28 @@
 the adapters read is the one requests would give them, a gevent worker keeps its upstream
 connections, and a connection never made is told apart from an answer that never came."""
 
+import fcntl
 import gzip
 import json
+import select
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import gevent
+import gevent.select
 import pytest
 import requests
 
 from routing.models import ModelAlias
-from routing.providers import http
+from routing.providers import http, plain_call
 from routing.providers.base import UpstreamUnreachable
 from tenants.services import CreatedKey
 from tests.fakes.upstream import FakeUpstream
 from tests.routing.passthrough_support import bearer
-from tests.support import Server
+from tests.support import Server, wait_for
 
 ANSWER = {"created": 1, "data": [{"b64_json": "aGk="}]}
 
@@ -129,3 +133,52 @@ def test_a_gevent_worker_keeps_its_upstream_connection_from_one_call_to_the_next
         )
         assert answer.status_code == 200, answer.content
     assert len({r.peer for r in fake_upstream.requests}) == 1
+
+
+@contextmanager
+def _kept_connection() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connection as a pool keeps it, on a descriptor past 1,023 (a busy worker's), and
+    the upstream's end of it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()) as first:
+            high = fcntl.fcntl(first.fileno(), fcntl.F_DUPFD, 1024)
+        upstream, _ = listener.accept()
+        with socket.socket(fileno=high) as kept, upstream:
+            yield kept, upstream
+
+
+def _pool() -> plain_call._Pool:
+    pool = plain_call._new_client(("http", "127.0.0.1", 9, 1.0, 1.0))._connection_pool
+    assert isinstance(pool, plain_call._Pool)
+    return pool
+
+
+def test_a_kept_connection_is_reused_while_open_and_idle_whatever_its_descriptor() -> None:
+    pool = _pool()
+    with _kept_connection() as (kept, upstream):
+        assert kept.fileno() > 1023
+        assert pool._is_socket_alive(kept)
+        upstream.sendall(b"HTTP/1.1 200 OK")  # what nobody asked for: not for the next call
+        wait_for(lambda: not pool._is_socket_alive(kept), timeout=5, what="unasked bytes")
+    with _kept_connection() as (kept, upstream):
+        upstream.close()  # closed by the upstream
+        wait_for(lambda: not pool._is_socket_alive(kept), timeout=5, what="the close")
+
+
+def test_checking_a_kept_connection_gives_no_other_greenlet_a_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a burst, a check that yields sends each upstream call only after the rest of the
+    burst has been let in."""
+    monkeypatch.setattr(select, "select", gevent.select.select)  # as in a gevent worker
+    monkeypatch.setattr(select, "poll", gevent.select.poll)
+    pool = _pool()
+    with _kept_connection() as (kept, _upstream):
+        others: list[int] = []
+        gevent.spawn(others.append, 1)
+        assert pool._is_socket_alive(kept)
+        assert others == []
+        gevent.sleep(0)
+        assert others == [1]
