@@ -6,7 +6,8 @@ The capacity is APERTURE_MAX_IN_FLIGHT inference requests (the image routes and
 passthrough: routing/metered.py) in flight per worker process, by default 95% of gunicorn's
 worker connections, so that the last few are left for polls, the management API and health
 checks, which are never shed. A request counts until its response is closed (the WSGI server
-closes every response), streams included.
+closes every response), streams included; or, if that response never goes out (a failure
+past the view, answered with another; a greenlet stopped outright), until the request ends.
 
 Of the requests let in, at most APERTURE_WORK_SLOTS per process are at work at once (on the
 CPU, the database and Redis); the others wait their turn, first come first served. A request
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from contextvars import ContextVar
 from threading import Event
 
 from django.conf import settings
@@ -62,6 +64,33 @@ class Gate:
 
 
 GATE = Gate()
+
+
+class Place:
+    """A request's place in flight, given back once whichever way the request ends."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = True
+
+    def leave(self) -> None:
+        if self._held:
+            self._held = False
+            GATE.leave()
+
+
+_place: ContextVar[Place | None] = ContextVar("aperture_in_flight_place", default=None)
+
+
+def leave_if_still_in_flight(**_: object) -> None:
+    """When a response is closed (Django's request_finished): the request's place, if the
+    response that held it never went out (the server closed another: a 500 made of a
+    failure past the view)."""
+    place = _place.get()
+    if place is not None:
+        _place.set(None)
+        place.leave()
 
 
 class _Slots:
@@ -163,12 +192,16 @@ class WorkSlots:
 WORK = WorkSlots()
 
 
-def admit_or_shed() -> None:
+def admit_or_shed() -> Place:
     """Count one more request in flight, or raise Overloaded (503) past the capacity; the
-    caller must `GATE.leave()` once the response is closed."""
+    caller leaves its place once the response is closed, or at once if there will be no
+    response (the place is left anyway when whatever response is sent is closed)."""
     if not GATE.enter(settings.MAX_IN_FLIGHT):
         metrics.SHED.labels("in_flight").inc()
         raise Overloaded(
             f"The gateway is serving {settings.MAX_IN_FLIGHT} requests in this process, its "
             "capacity: retry after the time in Retry-After."
         )
+    place = Place()
+    _place.set(place)
+    return place

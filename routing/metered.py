@@ -34,15 +34,14 @@ class MeteredView(APIView):
     renderer_classes = [ORJSONRenderer]
     endpoint = ""
     meter: Meter
-    counted = False  # in flight (aperture/load_shedding.py) until the response is closed
+    place: load_shedding.Place | None = None  # in flight until the response is closed
     # With an Idempotency-Key: the claim this request holds, or the first answer it replays.
     idempotent: idempotency.Claim | None = None
     replayed: idempotency.Replayed | None = None
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         # Before the key, the body or the database: a process past its capacity says so.
-        load_shedding.admit_or_shed()
-        self.counted = True
+        self.place = load_shedding.admit_or_shed()
         load_shedding.WORK.take()  # its turn at work, until it waits on the network
         declared = str(request.META.get("CONTENT_LENGTH") or "0")
         self.meter = Meter(
@@ -64,6 +63,8 @@ class MeteredView(APIView):
         except BaseException:  # past DRF's handler (it catches Exception): the key is let go
             if self.idempotent is not None:
                 idempotency.release(self.idempotent)
+            if self.place is not None:  # its response will not be the one that goes out
+                self.place.leave()
             raise
         finally:
             load_shedding.WORK.done()
@@ -88,8 +89,8 @@ class MeteredView(APIView):
             *args,
             **kwargs,
         )
-        if self.counted:  # closed by the server after the last byte, streams included
-            response._resource_closers.append(load_shedding.GATE.leave)  # type: ignore[attr-defined]
+        if self.place is not None:  # closed by the server after the last byte, streams included
+            response._resource_closers.append(self.place.leave)  # type: ignore[attr-defined]
         meter = getattr(self, "meter", None)
         if meter is None:
             return response

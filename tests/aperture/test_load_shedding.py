@@ -92,6 +92,41 @@ def test_a_burst_past_the_limit_is_shed_before_any_hold_or_upstream_call(
     assert row.used_micro == sum(UsageRecord.objects.values_list("cost_micro", flat=True))
 
 
+class _Stopped(BaseException):
+    """What stops a greenlet outright (its GreenletExit, a gevent.Timeout)."""
+
+
+@pytest.mark.django_db
+def test_a_request_whose_answer_fails_after_its_view_or_never_comes_stops_counting(
+    client: APIClient,
+    priced_alias: ModelAlias,  # noqa: F811 - the fixture
+    fake_upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted in flight until its response is closed: the response the server closes may
+    be another (a 500 made of a failure past the view), or there may be none at all. A
+    place never given back is capacity lost for the life of the process."""
+    from aperture.load_shedding import GATE
+    from routing.images_api import ImageGenerationView
+    from routing.metered import MeteredView
+
+    def fails(*args: Any) -> None:
+        raise RuntimeError("a failure past the view")
+
+    monkeypatch.setattr(MeteredView, "_metered", fails)
+    client.raise_request_exception = False
+    assert client.post("/v1/images/generations", BODY, format="json").status_code == 500
+    assert GATE.in_flight == 0
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise _Stopped
+
+    monkeypatch.setattr(ImageGenerationView, "post", stopped)
+    with pytest.raises(_Stopped):
+        client.post("/v1/images/generations", BODY, format="json")
+    assert GATE.in_flight == 0
+
+
 @pytest.mark.django_db
 def test_a_request_stops_counting_once_its_response_is_closed(
     client: APIClient,
