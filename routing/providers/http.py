@@ -1,7 +1,7 @@
 """The one HTTP client for upstream calls: a pooled `requests.Session` per process. A call
-with a whole body (or none), no query string, no stream and an operator's credential, the
-common one, goes by geventhttpclient instead (`_send_plain`, routing/providers/plain_call.py):
-the same headers, errors and `requests.Response`, at about half the CPU.
+with a whole body (or none), no query string, no stream and an operator's credential goes
+straight to that session's urllib3 pool (`_send_plain`): the same connections, headers,
+errors and `requests.Response`, without requests' per-call preparation.
 
 Under gunicorn's gevent workers the session's sockets are cooperative, so thousands of slow
 upstream calls wait concurrently. Retries are never done here (the router decides whether
@@ -13,7 +13,7 @@ another's.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import requests
@@ -23,7 +23,6 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from aperture.outbound import PrivateAddress, caused_by, guarded_session, new_session
-from routing.providers import plain_call
 from routing.providers.auth import credential_headers
 from routing.providers.base import (
     ProviderError,
@@ -122,12 +121,49 @@ def _send_plain(
     timeouts: tuple[float, float],
 ) -> requests.Response:
     """The common call (a whole body or none, no query, no stream, an operator's
-    credential) on geventhttpclient (routing/providers/plain_call.py), with the session's
-    headers."""
-    merged = CaseInsensitiveDict(session().headers)
+    credential) on the session's own urllib3 pool, without requests' per-call preparation
+    (about 0.2 ms of CPU a call, a tenth of a request's): the same connections, headers and
+    errors, and a requests.Response all the same."""
+    plain = session()
+    merged = CaseInsensitiveDict(plain.headers)
     merged.update(headers)
-    text = cast(dict[str, str], dict(merged.items()))  # requests' own headers are text
-    return plain_call.call(provider, method, url, text, body, timeouts)
+    try:
+        pool = plain.get_adapter(url).poolmanager.connection_from_url(url)  # type: ignore[attr-defined]
+        raw = pool.urlopen(
+            method,
+            urllib3.util.parse_url(url).request_uri,
+            body=body,
+            headers=dict(merged.items()),
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            timeout=urllib3.Timeout(connect=timeouts[0], read=timeouts[1]),
+            preload_content=True,
+            decode_content=True,
+        )
+    except urllib3.exceptions.NewConnectionError as exc:  # before its ConnectTimeoutError base
+        raise UpstreamUnreachable(
+            provider, f"{provider} could not be reached (ConnectionError)."
+        ) from exc
+    except urllib3.exceptions.ConnectTimeoutError as exc:
+        raise UpstreamUnreachable(provider, f"{provider} could not be reached in time.") from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise UpstreamTimedOut(
+            provider, f"{provider} did not answer within {timeouts[1]:g}s."
+        ) from exc
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        raise UpstreamFailed(
+            provider, f"{provider} could not be reached (ConnectionError)."
+        ) from exc
+    response = requests.Response()  # as requests' HTTPAdapter.build_response makes it
+    response.status_code = raw.status
+    response.headers = CaseInsensitiveDict(raw.headers)
+    response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+    response.raw = raw
+    response.reason = raw.reason
+    response.url = url
+    response._content = raw.data
+    return response
 
 
 def _json_body(response: requests.Response) -> Any:

@@ -43,7 +43,6 @@ class Recorded:
     body: Any
     raw: bytes = b""  # the body exactly as received
     target: str = ""  # the request line's target exactly as received (path and query)
-    peer: int = 0  # the port the request came from: one per connection
 
 
 @dataclass
@@ -206,7 +205,6 @@ class _Handler(BaseHTTPRequestHandler):
             raw=raw,
             # http.server folds a leading "//" in self.path; the request line has it as sent.
             target=self.requestline.split(" ")[1],
-            peer=self.client_address[1],
         )
         self.server.fake.record(recorded)
         return recorded
