@@ -117,7 +117,14 @@ def _reset_database() -> str:
     return f"{PG}/{DB_NAME}"
 
 
+def _stopped(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    # Stopped with SIGTERM (a timeout, kill), the benchmark stops what it started as it does
+    # on Ctrl-C: the servers, gunicorns and LiteLLM's proxy, each in a session of its own.
+    signal.signal(signal.SIGTERM, _stopped)
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--slow", type=int, default=1000, help="concurrent 5-s requests")
