@@ -5,9 +5,10 @@ queueing them until a database pool times out (a 500) or memory runs out.
 The capacity is APERTURE_MAX_IN_FLIGHT inference requests (the image routes and
 passthrough: routing/metered.py) in flight per worker process, by default 95% of gunicorn's
 worker connections, so that the last few are left for polls, the management API and health
-checks, which are never shed. A request counts until its response is closed (the WSGI server
-closes every response), streams included; or, if that response never goes out (a failure
-past the view, answered with another; a greenlet stopped outright), until the request ends.
+checks, which are never shed. A request counts until the response the server sends for it
+is closed (the WSGI server closes every response), streams included, whether its view's or
+another (a 500 made of a failure past the view); or, if none is (a greenlet stopped
+outright), until the request ends.
 
 Of the requests let in, at most APERTURE_WORK_SLOTS per process are at work at once (on the
 CPU, the database and Redis); the others wait their turn, first come first served. A request
@@ -84,9 +85,9 @@ _place: ContextVar[Place | None] = ContextVar("aperture_in_flight_place", defaul
 
 
 def leave_if_still_in_flight(**_: object) -> None:
-    """When a response is closed (Django's request_finished): the request's place, if the
-    response that held it never went out (the server closed another: a 500 made of a
-    failure past the view)."""
+    """When a response is closed (Django's request_finished, after its own closers): the
+    place of the request it answered, whichever response it is (the view's, or a 500 made
+    of a failure past the view)."""
     place = _place.get()
     if place is not None:
         _place.set(None)
@@ -193,9 +194,9 @@ WORK = WorkSlots()
 
 
 def admit_or_shed() -> Place:
-    """Count one more request in flight, or raise Overloaded (503) past the capacity; the
-    caller leaves its place once the response is closed, or at once if there will be no
-    response (the place is left anyway when whatever response is sent is closed)."""
+    """Count one more request in flight, or raise Overloaded (503) past the capacity. The
+    place is left when the request's response is closed (`leave_if_still_in_flight`); the
+    caller leaves it itself if no response will be (the request stopped outright)."""
     if not GATE.enter(settings.MAX_IN_FLIGHT):
         metrics.SHED.labels("in_flight").inc()
         raise Overloaded(

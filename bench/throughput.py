@@ -243,8 +243,8 @@ def _burst(
     under three budgets, `rounds` times in turn: statuses, wall times (each gateway burst
     against the direct one just before it) and the gateway's peak memory."""
     print(
-        f"\n## Burst: {burst:,} concurrent requests, 10-s upstream, key under 3 nested budgets, "
-        f"{rounds} round(s)"
+        f"\n## Burst: {burst:,} concurrent requests, {SLOW_SECONDS}-s upstream, key under 3 "
+        f"nested budgets, {rounds} round(s)"
     )
     fd_limit = raise_fd_limit()
     overflows, first, peak, ratios = 0, 0.0, 0.0, []

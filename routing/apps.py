@@ -14,7 +14,7 @@ class RoutingConfig(AppConfig):
         from tenants import alias_names
 
         signals.connect()
-        # An inference request's place in flight, if its own response never went out.
+        # An inference request's place in flight, once its answer is closed.
         request_finished.connect(
             load_shedding.leave_if_still_in_flight, dispatch_uid="aperture.in_flight"
         )

@@ -34,7 +34,7 @@ class MeteredView(APIView):
     renderer_classes = [ORJSONRenderer]
     endpoint = ""
     meter: Meter
-    place: load_shedding.Place | None = None  # in flight until the response is closed
+    place: load_shedding.Place | None = None  # in flight until the request's answer is closed
     # With an Idempotency-Key: the claim this request holds, or the first answer it replays.
     idempotent: idempotency.Claim | None = None
     replayed: idempotency.Replayed | None = None
@@ -63,7 +63,7 @@ class MeteredView(APIView):
         except BaseException:  # past DRF's handler (it catches Exception): the key is let go
             if self.idempotent is not None:
                 idempotency.release(self.idempotent)
-            if self.place is not None:  # its response will not be the one that goes out
+            if self.place is not None:  # no answer will be closed: the request ends here
                 self.place.leave()
             raise
         finally:
@@ -89,8 +89,6 @@ class MeteredView(APIView):
             *args,
             **kwargs,
         )
-        if self.place is not None:  # closed by the server after the last byte, streams included
-            response._resource_closers.append(self.place.leave)  # type: ignore[attr-defined]
         meter = getattr(self, "meter", None)
         if meter is None:
             return response
