@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,7 @@ class Quote:
 # model it likes, of any length, and must not make the table grow.
 _REMEMBERED_MODELS = 256
 _REMEMBERED_NAME_CHARS = 200
+_REMEMBERED_ASKS = 1024  # priced asks (model, images, size, ...) a table remembers
 
 
 def _model_score(pattern: str, model: str) -> int:
@@ -72,12 +73,14 @@ def _model_score(pattern: str, model: str) -> int:
 
 @dataclass
 class _PriceTable:
-    """A provider's price rows, and the rows that price each model asked for so far (a
-    request asks for them three times: to serve the model, to estimate and to settle). Both
-    are dropped together when a price changes (aperture/config_cache.py)."""
+    """A provider's price rows, the rows that price each model asked for so far (a request
+    asks for them three times: to serve the model, to estimate and to settle), and what each
+    ask priced so far (`priced`). All are dropped together when a price changes
+    (aperture/config_cache.py)."""
 
     rows: tuple[Price, ...]
     by_model: dict[str, tuple[Price, ...]] = field(default_factory=dict)
+    by_ask: dict[tuple[Any, ...], _Priced] = field(default_factory=dict)
 
     def candidates(self, model: str) -> tuple[Price, ...]:
         """The rows of the most specific pattern naming `model`."""
@@ -90,6 +93,20 @@ class _PriceTable:
                 if len(self.by_model) >= _REMEMBERED_MODELS:
                     self.by_model.clear()
                 self.by_model[model] = found
+        return found
+
+    def priced(self, ask: tuple[Any, ...], price: Callable[[], _Priced]) -> _Priced:
+        """What `price()` says for this ask, worked out once: a request prices its ask
+        twice (to estimate and to settle), and most requests ask what others did."""
+        found = self.by_ask.get(ask)
+        if found is None:
+            found = price()
+            if all(
+                not isinstance(part, str) or len(part) <= _REMEMBERED_NAME_CHARS for part in ask
+            ):
+                if len(self.by_ask) >= _REMEMBERED_ASKS:
+                    self.by_ask.clear()
+                self.by_ask[ask] = found
         return found
 
 
@@ -270,12 +287,73 @@ def quote(
     `quality` and `tier` None or "auto" are open; `input_images` is how many input or
     reference images the upstream is sent, counted per upstream call; `usage` is the
     upstream's (OpenAI's shape), read only when settling."""
-    candidates = _candidates(provider, model)
+    table = _table(provider)
+    candidates = table.candidates(model)
     if not candidates:
         _warn_unpriced(provider, model)
         return Quote(0, {})
     if images <= 0:
         return Quote(0, {})
+    if usage:  # what the upstream reported: no two alike
+        priced = _priced(
+            candidates, images, size, quality, tier, input_images, usage, largest, worst_case
+        )
+    else:
+        priced = table.priced(
+            (model, images, size, quality, tier, input_images, largest, worst_case),
+            lambda: _priced(
+                candidates, images, size, quality, tier, input_images, None, largest, worst_case
+            ),
+        )
+    cost, figures = priced.cost_micro, dict(priced.figures)
+    if worst_case and priced.token_row is not None:  # what input tokens may add to the settle
+        token_row = priced.token_row
+        allowance = -(
+            -(
+                input_images * MAX_INPUT_IMAGE_TOKENS * (token_row.image_input_per_mtok_micro or 0)
+                + prompt_bytes * (token_row.text_input_per_mtok_micro or 0)
+            )
+            // 1_000_000
+        )
+        if allowance:
+            cost += allowance
+            figures.update(input_token_allowance_micro=allowance)
+    if priced.minimum and cost < priced.minimum:
+        cost = priced.minimum
+        figures.update(minimum_micro=priced.minimum, minimum_applied=True)
+    chosen = priced.chosen
+    if chosen is None:
+        figures.setdefault("rule", "none")
+    else:
+        figures.update(price_id=chosen.pk, model_pattern=chosen.model_pattern)
+    if worst_case:
+        figures["worst_case"] = True
+    return Quote(cost, figures)
+
+
+@dataclass(frozen=True)
+class _Priced:
+    """A quote's part that depends only on the price rows and what is asked (not on the
+    prompt's length): its table remembers it (`_PriceTable.priced`)."""
+
+    cost_micro: int  # before the input-token allowance and the minimum
+    figures: dict[str, Any]  # never changed once made: each quote copies it
+    chosen: Price | None
+    token_row: Price | None  # the row pricing tokens, if any
+    minimum: int
+
+
+def _priced(
+    candidates: tuple[Price, ...],
+    images: int,
+    size: str | None,
+    quality: str | None,
+    tier: str | None,
+    input_images: int,
+    usage: Mapping[str, Any] | None,
+    largest: str | None,
+    worst_case: bool,
+) -> _Priced:
     quality = None if quality in (None, "auto") else quality
     tier = None if tier in (None, "auto") else tier
     size = size if pixels(size) else None
@@ -325,29 +403,13 @@ def quote(
     if input_images and surcharge:
         cost += input_images * surcharge
         figures.update(input_images=input_images, per_input_image_micro=surcharge)
-    token_row = next((p for p in candidates if p.token_priced), None)
-    if worst_case and token_row is not None:  # what input tokens may add to the settle
-        allowance = -(
-            -(
-                input_images * MAX_INPUT_IMAGE_TOKENS * (token_row.image_input_per_mtok_micro or 0)
-                + prompt_bytes * (token_row.text_input_per_mtok_micro or 0)
-            )
-            // 1_000_000
-        )
-        if allowance:
-            cost += allowance
-            figures.update(input_token_allowance_micro=allowance)
-    minimum = _extra(chosen, matching, "minimum_micro")
-    if minimum and cost < minimum:
-        cost = minimum
-        figures.update(minimum_micro=minimum, minimum_applied=True)
-    if chosen is None:
-        figures.setdefault("rule", "none")
-    else:
-        figures.update(price_id=chosen.pk, model_pattern=chosen.model_pattern)
-    if worst_case:
-        figures["worst_case"] = True
-    return Quote(cost, figures)
+    return _Priced(
+        cost,
+        figures,
+        chosen,
+        next((p for p in candidates if p.token_priced), None),
+        _extra(chosen, matching, "minimum_micro"),
+    )
 
 
 def _token_row(candidates: Sequence[Price], usage: Mapping[str, Any]) -> Price | None:

@@ -1,4 +1,5 @@
 import logging
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,62 @@ def test_a_provider_remembers_a_bounded_number_of_priced_models_of_bounded_lengt
     assert not pricing.has_price("xai", unpriced)
     assert huge not in pricing._table("xai").by_model
     assert unpriced not in pricing._table("xai").by_model
+
+
+@pytest.mark.django_db
+def test_a_remembered_ask_is_priced_as_a_fresh_one_for_any_prompt_and_shares_nothing() -> None:
+    # gpt-image-1: per-image rows, and $5/M text tokens in (the estimate's allowance).
+    def estimate(prompt_bytes: int, input_images: int = 0) -> pricing.Quote:
+        return pricing.quote(
+            "openai",
+            "gpt-image-1",
+            images=1,
+            size="1024x1024",
+            quality="low",
+            worst_case=True,
+            prompt_bytes=prompt_bytes,
+            input_images=input_images,
+        )
+
+    first = estimate(prompt_bytes=0)
+    assert len(pricing._table("openai").by_ask) == 1
+    longer = estimate(prompt_bytes=200_000)  # the same ask, remembered: the prompt still counts
+    assert len(pricing._table("openai").by_ask) == 1
+    assert longer.cost_micro == first.cost_micro + 200_000 * 5
+    assert longer.snapshot["input_token_allowance_micro"] == 200_000 * 5
+    assert "input_token_allowance_micro" not in first.snapshot
+    assert estimate(prompt_bytes=0, input_images=1).cost_micro > first.cost_micro  # another ask
+
+    first.snapshot["unit_micro"] = -1  # a caller's copy: the next quote is not changed
+    assert estimate(prompt_bytes=0) == pricing.quote(
+        "openai",
+        "gpt-image-1",
+        images=1,
+        size="1024x1024",
+        quality="low",
+        worst_case=True,
+        usage={},  # priced afresh
+    )
+    assert estimate(prompt_bytes=0).snapshot["unit_micro"] != -1
+
+
+@pytest.mark.django_db
+def test_a_provider_remembers_a_bounded_number_of_asks_of_bounded_length() -> None:
+    for n in range(pricing._REMEMBERED_ASKS * 2):  # e.g. passthrough bodies asking anything
+        pricing.quote("openai", "gpt-image-1", images=1, quality=f"q{n}")
+    assert 0 < len(pricing._table("openai").by_ask) <= pricing._REMEMBERED_ASKS
+
+    huge = "x" * 4_000_000
+    pricing.quote("openai", "gpt-image-1", images=1, size=huge, quality="low")
+    assert all(huge not in ask for ask in pricing._table("openai").by_ask)
+
+    asked: dict[str, Any] = {"images": 1, "quality": "q0", "size": "1024x1024"}
+    assert pricing.quote("openai", "gpt-image-1", **asked).cost_micro != 123  # remembered
+    Price.objects.create(
+        provider="openai",
+        model_pattern="gpt-image-1",
+        size="1024x1024",
+        quality="q0",
+        per_image_micro=123,
+    )
+    assert pricing.quote("openai", "gpt-image-1", **asked).cost_micro == 123  # forgotten
