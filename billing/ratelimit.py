@@ -31,6 +31,7 @@ from typing import Any
 from django.conf import settings
 
 from aperture.errors import RateLimited
+from aperture.redis_cache import ReadyCheckedParser
 
 logger = logging.getLogger(__name__)
 WINDOW_MS = 60_000
@@ -116,6 +117,7 @@ def _redis() -> Any:
         timeout=2,
         socket_connect_timeout=0.5,
         socket_timeout=0.5,
+        parser_class=ReadyCheckedParser,
     )
     client = redis.Redis(connection_pool=pool)
     return client, client.register_script(_SCRIPT)

@@ -26,6 +26,8 @@ from typing import Any
 
 from django.conf import settings
 
+from aperture.redis_cache import ReadyCheckedParser
+
 logger = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
@@ -160,6 +162,7 @@ def _redis() -> tuple[Any, Any]:
         timeout=2,
         socket_connect_timeout=0.5,
         socket_timeout=0.5,
+        parser_class=ReadyCheckedParser,
         decode_responses=True,
     )
     client = redis.Redis(connection_pool=pool)
