@@ -38,8 +38,9 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = f"req_{uuid.uuid4().hex}"
-        incoming = request.headers.get("x-client-request-id") or request.headers.get(
-            "x-request-id", ""
+        # From META: request.headers would build a dict of every header, for two.
+        incoming = request.META.get("HTTP_X_CLIENT_REQUEST_ID") or request.META.get(
+            "HTTP_X_REQUEST_ID", ""
         )
         client_request_id = incoming if _VALID_REQUEST_ID.match(incoming) else ""
         set_request_id(request_id)

@@ -34,7 +34,7 @@ HOLD_MARGIN = timedelta(seconds=60)
 
 def wants_async(request: HttpRequest) -> bool:
     return any(
-        _RESPOND_ASYNC.search(value) for value in request.headers.get("Prefer", "").split("\n")
+        _RESPOND_ASYNC.search(value) for value in request.META.get("HTTP_PREFER", "").split("\n")
     )
 
 
