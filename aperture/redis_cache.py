@@ -11,13 +11,13 @@ own: 5,000 connections for a burst of 5,000 callers, and a connect, HELLO and SE
 new client connection. The client, with its pools, is made once per process and shared.
 """
 
-import select
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis._parsers import _HiredisParser
+
+from aperture.socket_ready import has_input
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, ...], "_SharedClient"] = {}  # by servers and options
@@ -57,29 +57,17 @@ class SharedClientRedisCache(RedisCache):
         every request."""
 
 
-def _unpatched_poll() -> Callable[[], Any]:
-    """The process's own `select.poll`, even where gevent has patched it."""
-    from gevent import monkey
-
-    poll: Callable[[], Any] = monkey.get_original("select", "poll")
-    return poll
-
-
-_poll = _unpatched_poll()
-
-
 class ReadyCheckedParser(_HiredisParser):
     """redis-py's hiredis parser, with its check of a pooled connection before each command
     (`can_read(0)`: is a stale reply or an end of stream waiting?) asked of the process's
     own `poll`. Under gevent the patched one yields to every ready greenlet even when it may
     not wait: ~50 µs of CPU per command, and a turn of the event loop in the middle of
-    taking a connection. When something is waiting, redis-py's own check decides."""
+    taking a connection (aperture/socket_ready.py). When something is waiting, redis-py's
+    own check decides what it is."""
 
     def can_read(self, timeout: float = 0) -> bool:
         sock, reader = self._sock, self._reader
-        if timeout == 0 and sock is not None and reader is not None and not reader.has_data():
-            poller = _poll()
-            poller.register(sock, select.POLLIN)
-            if not poller.poll(0):
-                return False
+        idle = sock is not None and reader is not None and not reader.has_data()
+        if timeout == 0 and idle and not has_input(sock):
+            return False
         return bool(super().can_read(timeout))
