@@ -35,6 +35,8 @@ from requests.cookies import RequestsCookieJar
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from aperture.socket_ready import has_input
+
 
 class NoCookies(RequestsCookieJar):
     """A cookie jar that stores nothing and, by its policy, returns nothing."""
@@ -175,17 +177,38 @@ def _within_deadline(sock: socket.socket) -> socket.socket:
     return sock
 
 
-class _GuardedConnection(HTTPConnection):
+class _Connection(HTTPConnection):
+    @property
+    def is_connected(self) -> bool:
+        """Whether a kept connection may carry the next call: nothing (no end of stream, no
+        stray bytes) waits on it. urllib3 asks gevent's poll, which yields to the event loop
+        on every call (aperture/socket_ready.py)."""
+        return self.sock is not None and not has_input(self.sock)
+
+
+class _HTTPSConnection(HTTPSConnection):
+    is_connected = _Connection.is_connected
+
+
+class _GuardedConnection(_Connection):
     def _new_conn(self) -> socket.socket:
         self._dns_host = allowed_address(self.host, self.port or 80)  # connect to what was checked
         return _within_deadline(super()._new_conn())
 
 
-class _GuardedHTTPSConnection(HTTPSConnection):
+class _GuardedHTTPSConnection(_HTTPSConnection):
     def _new_conn(self) -> socket.socket:
         # TLS still verifies the certificate against the host name, not the address.
         self._dns_host = allowed_address(self.host, self.port or 443)
         return _within_deadline(super()._new_conn())
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
 
 
 class _GuardedPool(HTTPConnectionPool):
@@ -196,13 +219,18 @@ class _GuardedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
-class _GuardedAdapter(HTTPAdapter):
+class Adapter(HTTPAdapter):
+    """requests' adapter, on connections checked for reuse with the process's own poll."""
+
+    pools: dict[str, type[HTTPConnectionPool]] = {"http": _Pool, "https": _HTTPSPool}
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _GuardedPool,
-            "https": _GuardedHTTPSPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = self.pools
+
+
+class _GuardedAdapter(Adapter):
+    pools = {"http": _GuardedPool, "https": _GuardedHTTPSPool}
 
 
 _guarded: requests.Session | None = None

@@ -19,10 +19,9 @@ import orjson
 import requests
 import urllib3
 from django.conf import settings
-from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from aperture.outbound import PrivateAddress, caused_by, guarded_session, new_session
+from aperture.outbound import Adapter, PrivateAddress, caused_by, guarded_session, new_session
 from routing.providers.auth import credential_headers
 from routing.providers.base import (
     ProviderError,
@@ -45,9 +44,7 @@ def session() -> requests.Session:
     global _session
     if _session is None:
         _session = new_session(
-            HTTPAdapter(
-                pool_connections=32, pool_maxsize=settings.UPSTREAM_POOL_SIZE, max_retries=0
-            )
+            Adapter(pool_connections=32, pool_maxsize=settings.UPSTREAM_POOL_SIZE, max_retries=0)
         )
     return _session
 

@@ -1,6 +1,11 @@
 """The upstream HTTP client: no state carried from one call to the next, and each provider's
 errors read and mapped by what its adapter declares."""
 
+import contextlib
+import select
+import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -121,3 +126,87 @@ def test_the_openai_envelope_gives_its_param(fake_upstream: FakeUpstream) -> Non
         "size",
         400,
     )
+
+
+class _KeptConnectionServer:
+    """Answers each connection's first request with a kept-alive 200 naming the connection,
+    then (`after`) closes it or sends an unasked answer down it, as a broken or hostile
+    upstream may."""
+
+    def __init__(self, after: str) -> None:
+        self.after = after
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.accepted = 0
+        self.go = threading.Event()  # the first answer has been read: what follows may come
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _answer(self, body: bytes) -> bytes:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        return head.encode() + b"\r\n\r\n" + body
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.listener.accept()
+            self.accepted += 1
+            threading.Thread(target=self._handle, args=(conn, self.accepted), daemon=True).start()
+
+    def _handle(self, conn: socket.socket, number: int) -> None:
+        with conn:
+            received = b""
+            while b"\r\n\r\n" not in received or not received.endswith(b"}"):
+                received += conn.recv(65536)
+            conn.sendall(self._answer(b'{"connection": %d}' % number))
+            if number > 1 or not self.go.wait(5):
+                return
+            if self.after == "close":
+                conn.shutdown(socket.SHUT_RDWR)
+            else:
+                conn.sendall(self._answer(b'{"connection": "unasked"}'))
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):  # until the client lets go
+                    pass
+
+
+@pytest.mark.parametrize("after", ["close", "unasked answer"])
+@pytest.mark.parametrize("guarded", [False, True], ids=["operator", "workspace"])
+def test_a_kept_connection_with_anything_waiting_on_it_is_not_used_again(
+    after: str, guarded: bool
+) -> None:
+    server = _KeptConnectionServer("close" if after == "close" else "unasked")
+
+    def call() -> Any:
+        response = http.send(
+            "openai",
+            "POST",
+            f"{server.url}/v1/images/generations",
+            timeout=10,
+            json_body={"prompt": "x"},
+            guarded=guarded,
+        )
+        return response.json()
+
+    with override_settings(FETCH_ALLOWED_HOSTS=["127.0.0.1"]):
+        assert call() == {"connection": 1}
+        server.go.set()
+        deadline = time.monotonic() + 5
+        while not _kept_has_input(server.url, guarded):
+            assert time.monotonic() < deadline  # what followed has reached the kept socket
+            time.sleep(0.01)
+        assert call() == {"connection": 2}  # a new connection, and its own answer
+    assert server.accepted == 2
+
+
+def _kept_has_input(url: str, guarded: bool) -> bool:
+    """Whether a connection the session keeps to `url`'s port has something waiting on it."""
+    pools = (guarded_session() if guarded else http.session()).get_adapter(url).poolmanager.pools  # type: ignore[attr-defined]
+    port = int(url.rsplit(":", 1)[1])
+    keys = pools.keys()  # urllib3's container refuses to be iterated itself
+    kept = [
+        conn
+        for key in keys
+        if pools[key].port == port
+        for conn in pools[key].pool.queue
+        if conn is not None
+    ]
+    return any(conn.sock is not None and select.select([conn.sock], [], [], 0)[0] for conn in kept)
