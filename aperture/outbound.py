@@ -8,6 +8,9 @@ APERTURE_FETCH_ALLOWED_HOSTS (exact host names or CIDR ranges). The check is mad
 socket connects, on the very address it connects to, so a name that resolves differently the
 second time (DNS rebinding) gains nothing.
 
+Every session's kept connections are checked before reuse with the process's own poll
+(`ReuseCheckedAdapter`, aperture/socket_ready.py).
+
 Read and connect timeouts bound each socket operation, not a call: a receiver that trickles a
 byte at a time keeps a call alive as long as it likes. `deadline` bounds a whole call made on
 a fresh guarded session (`fresh_guarded_session`): at the deadline every connection the session
@@ -177,17 +180,24 @@ def _within_deadline(sock: socket.socket) -> socket.socket:
     return sock
 
 
-class _Connection(HTTPConnection):
+class _ReuseChecked:
+    """A kept connection is used again only if nothing (an end of stream, stray bytes) waits
+    on it. urllib3 asks gevent's poll, which yields to the event loop on every call
+    (aperture/socket_ready.py)."""
+
+    sock: socket.socket | None
+
     @property
     def is_connected(self) -> bool:
-        """Whether a kept connection may carry the next call: nothing (no end of stream, no
-        stray bytes) waits on it. urllib3 asks gevent's poll, which yields to the event loop
-        on every call (aperture/socket_ready.py)."""
         return self.sock is not None and not has_input(self.sock)
 
 
-class _HTTPSConnection(HTTPSConnection):
-    is_connected = _Connection.is_connected
+class _Connection(_ReuseChecked, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_ReuseChecked, HTTPSConnection):
+    pass
 
 
 class _GuardedConnection(_Connection):
@@ -219,17 +229,17 @@ class _GuardedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
-class Adapter(HTTPAdapter):
+class ReuseCheckedAdapter(HTTPAdapter):
     """requests' adapter, on connections checked for reuse with the process's own poll."""
 
     pools: dict[str, type[HTTPConnectionPool]] = {"http": _Pool, "https": _HTTPSPool}
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = self.pools
+        self.poolmanager.pool_classes_by_scheme = dict(self.pools)
 
 
-class _GuardedAdapter(Adapter):
+class _GuardedAdapter(ReuseCheckedAdapter):
     pools = {"http": _GuardedPool, "https": _GuardedHTTPSPool}
 
 

@@ -9,6 +9,9 @@ Django also makes a cache object per thread, and under gunicorn's gevent workers
 connection is a greenlet, so each one opened a connection pool (and a Redis connection) of its
 own: 5,000 connections for a burst of 5,000 callers, and a connect, HELLO and SELECT for every
 new client connection. The client, with its pools, is made once per process and shared.
+
+Each Redis client of the process parses with `ReadyCheckedParser`: redis-py checks a pooled
+connection before every command, and under gevent its check gave the event loop a turn.
 """
 
 import threading
@@ -67,7 +70,10 @@ class ReadyCheckedParser(_HiredisParser):
 
     def can_read(self, timeout: float = 0) -> bool:
         sock, reader = self._sock, self._reader
-        idle = sock is not None and reader is not None and not reader.has_data()
-        if timeout == 0 and idle and not has_input(sock):
-            return False
+        if timeout == 0 and sock is not None and reader is not None and not reader.has_data():
+            try:
+                if not has_input(sock):
+                    return False
+            except (ValueError, OSError):  # closed meanwhile: redis-py's check says so
+                pass
         return bool(super().can_read(timeout))

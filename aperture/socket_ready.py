@@ -25,8 +25,12 @@ _poll: Callable[[], Any] = monkey.get_original("select", "poll")
 
 
 def has_input(sock: _HasFileno) -> bool:
-    """Whether reading `sock` now would return something (data, or the end of the stream)
-    or fail, rather than wait."""
+    """Whether reading `sock` now would return something (data, bytes TLS has decrypted
+    already, or the end of the stream) or fail, rather than wait. A socket that cannot be
+    polled (closed meanwhile) raises ValueError or OSError."""
+    pending = getattr(sock, "pending", None)  # an ssl.SSLSocket's decrypted bytes
+    if pending is not None and pending():
+        return True
     poller = _poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))

@@ -31,6 +31,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from aperture import config_cache
@@ -90,24 +91,25 @@ class _PriceTable:
             best = max((score for score, _ in scored), default=-1)
             found = tuple(p for score, p in scored if score == best and score >= 0)
             if found and len(model) <= _REMEMBERED_NAME_CHARS:
-                if len(self.by_model) >= _REMEMBERED_MODELS:
-                    self.by_model.clear()
-                self.by_model[model] = found
+                _remember(self.by_model, model, found, _REMEMBERED_MODELS)
         return found
 
     def priced(self, ask: tuple[Any, ...], price: Callable[[], _Priced]) -> _Priced:
-        """What `price()` says for this ask, worked out once: a request prices its ask
-        twice (to estimate and to settle), and most requests ask what others did."""
+        """What `price()` says for this ask, worked out once per table: it depends only on
+        the rows and the ask, and most requests ask what others asked before."""
         found = self.by_ask.get(ask)
         if found is None:
             found = price()
-            if all(
-                not isinstance(part, str) or len(part) <= _REMEMBERED_NAME_CHARS for part in ask
-            ):
-                if len(self.by_ask) >= _REMEMBERED_ASKS:
-                    self.by_ask.clear()
-                self.by_ask[ask] = found
+            if all(len(part) <= _REMEMBERED_NAME_CHARS for part in ask if isinstance(part, str)):
+                _remember(self.by_ask, ask, found, _REMEMBERED_ASKS)
         return found
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """`memo[key] = value`, starting the memo over once it holds `limit` entries."""
+    if len(memo) >= limit:
+        memo.clear()
+    memo[key] = value
 
 
 def _table(provider: str) -> _PriceTable:
@@ -337,7 +339,7 @@ class _Priced:
     prompt's length): its table remembers it (`_PriceTable.priced`)."""
 
     cost_micro: int  # before the input-token allowance and the minimum
-    figures: dict[str, Any]  # never changed once made: each quote copies it
+    figures: Mapping[str, Any]  # read-only, of plain values: each quote copies it
     chosen: Price | None
     token_row: Price | None  # the row pricing tokens, if any
     minimum: int
@@ -405,7 +407,7 @@ def _priced(
         figures.update(input_images=input_images, per_input_image_micro=surcharge)
     return _Priced(
         cost,
-        figures,
+        MappingProxyType(figures),
         chosen,
         next((p for p in candidates if p.token_priced), None),
         _extra(chosen, matching, "minimum_micro"),

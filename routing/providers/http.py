@@ -21,7 +21,13 @@ import urllib3
 from django.conf import settings
 from requests.structures import CaseInsensitiveDict
 
-from aperture.outbound import Adapter, PrivateAddress, caused_by, guarded_session, new_session
+from aperture.outbound import (
+    PrivateAddress,
+    ReuseCheckedAdapter,
+    caused_by,
+    guarded_session,
+    new_session,
+)
 from routing.providers.auth import credential_headers
 from routing.providers.base import (
     ProviderError,
@@ -44,7 +50,9 @@ def session() -> requests.Session:
     global _session
     if _session is None:
         _session = new_session(
-            Adapter(pool_connections=32, pool_maxsize=settings.UPSTREAM_POOL_SIZE, max_retries=0)
+            ReuseCheckedAdapter(
+                pool_connections=32, pool_maxsize=settings.UPSTREAM_POOL_SIZE, max_retries=0
+            )
         )
     return _session
 

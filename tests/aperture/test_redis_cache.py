@@ -78,3 +78,14 @@ def test_a_pooled_connection_the_server_closed_is_made_again() -> None:
     assert cache.get("closed-connection") == 1
     closed.send_command("CLIENT", "ID")
     assert closed.read_response() != closed_id  # made again
+
+
+def test_a_pooled_connection_whose_socket_was_closed_meanwhile_is_made_again() -> None:
+    cache: Any = caches["default"]
+    cache.set("closed-socket", 1, 30)
+    _, pool = _pooled_connection()
+    connection = pool.get_connection()
+    connection._sock.close()  # as a disconnect on another thread leaves it: no descriptor
+    pool.release(connection)
+
+    assert cache.get("closed-socket") == 1

@@ -12,6 +12,7 @@ import pytest
 import requests
 from django.test import override_settings
 
+from aperture import outbound
 from aperture.outbound import guarded_session
 from routing.providers import http
 from routing.providers.auth import credential_headers
@@ -146,16 +147,23 @@ class _KeptConnectionServer:
         return head.encode() + b"\r\n\r\n" + body
 
     def _serve(self) -> None:
-        while True:
-            conn, _ = self.listener.accept()
-            self.accepted += 1
-            threading.Thread(target=self._handle, args=(conn, self.accepted), daemon=True).start()
+        with contextlib.suppress(OSError):  # until the listener is closed
+            while True:
+                self._accept()
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        self.accepted += 1
+        threading.Thread(target=self._handle, args=(conn, self.accepted), daemon=True).start()
 
     def _handle(self, conn: socket.socket, number: int) -> None:
         with conn:
             received = b""
             while b"\r\n\r\n" not in received or not received.endswith(b"}"):
-                received += conn.recv(65536)
+                more = conn.recv(65536)
+                if not more:
+                    return
+                received += more
             conn.sendall(self._answer(b'{"connection": %d}' % number))
             if number > 1 or not self.go.wait(5):
                 return
@@ -186,27 +194,27 @@ def test_a_kept_connection_with_anything_waiting_on_it_is_not_used_again(
         )
         return response.json()
 
-    with override_settings(FETCH_ALLOWED_HOSTS=["127.0.0.1"]):
+    with override_settings(FETCH_ALLOWED_HOSTS=["127.0.0.1"]), contextlib.closing(server.listener):
         assert call() == {"connection": 1}
+        assert all(isinstance(c, outbound._ReuseChecked) for c in _kept(server.url, guarded))
         server.go.set()
         deadline = time.monotonic() + 5
-        while not _kept_has_input(server.url, guarded):
+        while not any(select.select([c.sock], [], [], 0)[0] for c in _kept(server.url, guarded)):
             assert time.monotonic() < deadline  # what followed has reached the kept socket
             time.sleep(0.01)
         assert call() == {"connection": 2}  # a new connection, and its own answer
     assert server.accepted == 2
 
 
-def _kept_has_input(url: str, guarded: bool) -> bool:
-    """Whether a connection the session keeps to `url`'s port has something waiting on it."""
+def _kept(url: str, guarded: bool) -> list[Any]:
+    """The open connections the session keeps to `url`'s port."""
     pools = (guarded_session() if guarded else http.session()).get_adapter(url).poolmanager.pools  # type: ignore[attr-defined]
     port = int(url.rsplit(":", 1)[1])
     keys = pools.keys()  # urllib3's container refuses to be iterated itself
-    kept = [
+    return [
         conn
         for key in keys
         if pools[key].port == port
         for conn in pools[key].pool.queue
-        if conn is not None
+        if conn is not None and conn.sock is not None
     ]
-    return any(conn.sock is not None and select.select([conn.sock], [], [], 0)[0] for conn in kept)
