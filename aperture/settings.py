@@ -79,14 +79,16 @@ MIDDLEWARE = [
     "aperture.middleware.BodySizeLimitMiddleware",
     "aperture.middleware.BodyDeadlineMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # From here to Axes: Django's and WhiteNoise's own, run for browser pages only (the
+    # inference API skips them: aperture/browser_middleware.py).
     "aperture.middleware.SecurityHeadersMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "aperture.browser_middleware.StaticFiles",
+    "aperture.browser_middleware.Sessions",
+    "django.middleware.common.CommonMiddleware",  # every answer's Content-Length
+    "aperture.browser_middleware.Csrf",
+    "aperture.browser_middleware.Authentication",
+    "aperture.browser_middleware.Messages",
+    "aperture.browser_middleware.FrameOptions",
     # Last, as django-axes asks: it turns a locked-out admin sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]

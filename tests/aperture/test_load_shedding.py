@@ -106,8 +106,9 @@ def test_a_request_whose_answer_fails_after_its_view_or_never_comes_stops_counti
     """Counted in flight until its response is closed: the response the server closes may
     be another (a 500 made of a failure past the view), or there may be none at all. A
     place never given back is capacity lost for the life of the process."""
+    from django.middleware.security import SecurityMiddleware
+
     from aperture.load_shedding import GATE
-    from aperture.middleware import SecurityHeadersMiddleware
     from routing.images_api import ImageGenerationView
     from routing.metered import MeteredView
 
@@ -116,11 +117,11 @@ def test_a_request_whose_answer_fails_after_its_view_or_never_comes_stops_counti
 
     client.raise_request_exception = False
     # Past the view, in a middleware: the view's response is dropped for a 500.
-    kept = SecurityHeadersMiddleware.process_response
-    monkeypatch.setattr(SecurityHeadersMiddleware, "process_response", fails)
+    kept = SecurityMiddleware.process_response
+    monkeypatch.setattr(SecurityMiddleware, "process_response", fails)
     assert client.post("/v1/images/generations", BODY, format="json").status_code == 500
     assert GATE.in_flight == 0
-    monkeypatch.setattr(SecurityHeadersMiddleware, "process_response", kept)
+    monkeypatch.setattr(SecurityMiddleware, "process_response", kept)
     # In the view's own finishing of its response.
     monkeypatch.setattr(MeteredView, "_metered", fails)
     assert client.post("/v1/images/generations", BODY, format="json").status_code == 500

@@ -83,3 +83,32 @@ def test_json_answers_need_no_page_policy(client: APIClient) -> None:
     assert response.status_code == 200
     assert "Content-Security-Policy" not in response
     assert "Permissions-Policy" not in response
+
+
+def test_the_inference_api_skips_the_middleware_of_browser_pages_and_they_keep_it(
+    client: APIClient,
+) -> None:
+    client.cookies["sessionid"] = "a-session-a-browser-might-send"
+    answers = (
+        client.get("/v1/models"),
+        client.post("/openai/deployments/no-such-alias/images/generations", {}, format="json"),
+    )
+    assert [answer.status_code for answer in answers] == [200, 404]
+    for answer in answers:
+        assert "X-Frame-Options" not in answer  # no framing policy, no session, no cookie
+        assert "Cookie" not in answer.get("Vary", "")
+        assert not answer.cookies
+        assert answer["X-Content-Type-Options"] == "nosniff"  # what every answer gets
+        assert int(answer["Content-Length"]) == len(answer.content)
+
+    browser = Client(enforce_csrf_checks=True)
+    page = browser.get("/admin/login/")
+    assert page["X-Frame-Options"] == "DENY"
+    assert "csrftoken" in page.cookies
+    refused = browser.post("/admin/login/", {"username": "x", "password": "y"})
+    assert refused.status_code == 403  # no CSRF token: the check still guards the admin
+    token = page.cookies["csrftoken"].value
+    accepted = browser.post(
+        "/admin/login/", {"username": "x", "password": "y", "csrfmiddlewaretoken": token}
+    )
+    assert accepted.status_code == 200  # the sign-in page again, its error shown
