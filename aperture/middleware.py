@@ -26,10 +26,10 @@ from aperture.request_context import (
 
 logger = logging.getLogger(__name__)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-# The inference API's paths: called with API keys, answered in JSON. No browser signs in on
-# them, so the middleware of browser pages (static files, sessions, CSRF, sign-in, messages,
-# framing, page policies) steps aside on them: about 2% of a worker's CPU a request (the
-# layers themselves remain; removing them outright measured 7%).
+# The inference API's paths (the `openai` passthrough's too): called with API keys, answered
+# in JSON or relayed. No browser signs in on them, so the middleware of browser pages (page
+# policies, static files, sessions, sign-in, messages) steps aside on them: about 2% of a
+# worker's CPU a request (the layers themselves remain; removing them outright measured 7%).
 INFERENCE_PREFIXES = ("/v1/", "/openai/")
 
 
@@ -138,8 +138,7 @@ class BodyDeadlineMiddleware:
 
 class ForBrowsers:
     """A middleware of browser pages, run for every path but the inference API's (the
-    others: aperture/browser_middleware.py). Its other hooks (a view's CSRF check) still run
-    there; the inference views are exempt from them."""
+    others: aperture/browser_middleware.py)."""
 
     get_response: Any
 

@@ -79,16 +79,17 @@ MIDDLEWARE = [
     "aperture.middleware.BodySizeLimitMiddleware",
     "aperture.middleware.BodyDeadlineMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # From here to Axes: Django's and WhiteNoise's own, run for browser pages only (the
-    # inference API skips them: aperture/browser_middleware.py).
+    # The page policies, static files, sessions, sign-in and messages are for browser pages
+    # only: the inference API skips them (aperture/browser_middleware.py). CSRF and framing
+    # stay as Django names them, for `check --deploy` to find.
     "aperture.middleware.SecurityHeadersMiddleware",
     "aperture.browser_middleware.StaticFiles",
     "aperture.browser_middleware.Sessions",
     "django.middleware.common.CommonMiddleware",  # every answer's Content-Length
-    "aperture.browser_middleware.Csrf",
+    "django.middleware.csrf.CsrfViewMiddleware",
     "aperture.browser_middleware.Authentication",
     "aperture.browser_middleware.Messages",
-    "aperture.browser_middleware.FrameOptions",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a locked-out admin sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
