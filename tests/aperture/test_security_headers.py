@@ -131,3 +131,9 @@ def test_the_admin_keeps_its_csrf_check(db: None) -> None:
         "/admin/login/", {"username": "x", "password": "y", "csrfmiddlewaretoken": token}
     )
     assert accepted.status_code == 200  # the sign-in page again, its error shown
+
+
+def test_a_hosted_image_link_answers_other_methods_in_the_envelope(db: None) -> None:
+    answer = Client(enforce_csrf_checks=True).post("/v1/images/files/not-a-token")
+    assert answer.status_code == 404  # not Django's HTML page for a missing CSRF token
+    assert answer.json()["error"]["code"] == "not_found"
