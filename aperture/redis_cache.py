@@ -17,6 +17,7 @@ connection before every command, and under gevent its check gave the event loop 
 import threading
 from typing import Any
 
+from django.conf import settings
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis._parsers import _HiredisParser
 
@@ -77,3 +78,21 @@ class ReadyCheckedParser(_HiredisParser):
             except (ValueError, OSError):  # closed meanwhile: redis-py's check says so
                 pass
         return bool(super().can_read(timeout))
+
+
+def script_client(**options: Any) -> Any:
+    """A Redis client of the process's own scripts (rate limits, deployment health) on
+    APERTURE_RATE_LIMIT_REDIS_URL: a bounded pool, short timeouts, pooled connections
+    checked with `ReadyCheckedParser`. `options` are the connection's (decode_responses)."""
+    import redis
+
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.RATE_LIMIT_REDIS_URL,
+        max_connections=settings.REDIS_MAX_CONNECTIONS,
+        timeout=2,
+        socket_connect_timeout=0.5,
+        socket_timeout=0.5,
+        parser_class=ReadyCheckedParser,
+        **options,
+    )
+    return redis.Redis(connection_pool=pool)

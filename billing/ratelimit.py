@@ -31,7 +31,7 @@ from typing import Any
 from django.conf import settings
 
 from aperture.errors import RateLimited
-from aperture.redis_cache import ReadyCheckedParser
+from aperture.redis_cache import script_client
 
 logger = logging.getLogger(__name__)
 WINDOW_MS = 60_000
@@ -109,17 +109,7 @@ class Decision:
 
 @lru_cache(maxsize=1)
 def _redis() -> Any:
-    import redis
-
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.RATE_LIMIT_REDIS_URL,
-        max_connections=settings.REDIS_MAX_CONNECTIONS,
-        timeout=2,
-        socket_connect_timeout=0.5,
-        socket_timeout=0.5,
-        parser_class=ReadyCheckedParser,
-    )
-    client = redis.Redis(connection_pool=pool)
+    client = script_client()
     return client, client.register_script(_SCRIPT)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 
-from aperture.redis_cache import ReadyCheckedParser
+from aperture.redis_cache import script_client
 
 logger = logging.getLogger(__name__)
 
@@ -154,18 +154,7 @@ _RETRY_REDIS_SECONDS = 10.0
 
 @lru_cache(maxsize=1)
 def _redis() -> tuple[Any, Any]:
-    import redis
-
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.RATE_LIMIT_REDIS_URL,
-        max_connections=settings.REDIS_MAX_CONNECTIONS,
-        timeout=2,
-        socket_connect_timeout=0.5,
-        socket_timeout=0.5,
-        parser_class=ReadyCheckedParser,
-        decode_responses=True,
-    )
-    client = redis.Redis(connection_pool=pool)
+    client = script_client(decode_responses=True)
     return client, client.register_script(_FAIL)
 
 
