@@ -1,0 +1,216 @@
+"""The plain upstream call on kept http.client connections (aperture/kept_connections.py),
+through `http.send` as the adapters make it: TLS checked as urllib3 checks it, bodies
+decoded, connections kept only while they may be, and its failures told apart."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import socket
+import ssl
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import trustme
+
+from aperture import kept_connections
+from routing.providers import http
+from routing.providers.base import UpstreamFailed, UpstreamTimedOut, UpstreamUnreachable
+
+Answer = Callable[[int], bytes]  # the request's number (from 1) -> the bytes answered
+
+
+def _answer(
+    body: bytes = b'{"ok": true}', *, headers: tuple[str, ...] = (), version: str = "1.1"
+) -> bytes:
+    head = [f"HTTP/{version} 200 OK", "Content-Type: application/json"]
+    head += [f"Content-Length: {len(body)}", *headers]
+    return "\r\n".join(head).encode() + b"\r\n\r\n" + body
+
+
+class _Upstream:
+    """Reads each request a connection sends and answers it with `answer(n)`; over TLS
+    with `tls`. An answer of b"" is none: the connection is held open, unanswered."""
+
+    def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
+        self.answer = answer
+        self.tls = tls
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.requests: list[bytes] = []  # each request's head
+        self.release = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, host: str = "127.0.0.1") -> str:
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/v1/images/generations"
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # until the listener is closed
+            while True:
+                conn, _ = self.listener.accept()
+                self.connections += 1
+                threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)  # raises if refused
+            received = b""
+            while True:
+                while b"\r\n\r\n" not in received:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    received += more
+                head, _, received = received.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                while len(received) < length:
+                    received += conn.recv(65536)
+                received = received[length:]
+                self.requests.append(head)
+                answer = self.answer(len(self.requests))
+                if not answer:
+                    self.release.wait(10)
+                    return
+                conn.sendall(answer)
+                if b"Connection: close" in answer or b"HTTP/1.0" in answer[:8]:
+                    return
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def _upstream(answer: Answer, tls: ssl.SSLContext | None = None) -> Iterator[_Upstream]:
+    upstream = _Upstream(answer, tls)
+    try:
+        yield upstream
+    finally:
+        upstream.close()
+
+
+def _call(url: str, *, timeout: float = 10) -> requests.Response:
+    return http.send("openai", "POST", url, timeout=timeout, json_body={"prompt": "x"})
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def trusted(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process trusts the tests' own authority (instead of certifi's bundle)."""
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setattr(kept_connections, "CA_BUNDLE", str(bundle))
+
+
+def _tls(ca: trustme.CA, host: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(host).configure_cert(context)
+    return context
+
+
+@pytest.mark.usefixtures("trusted")
+def test_an_upstream_over_tls_with_a_trusted_certificate_is_called_on_one_kept_connection(
+    ca: trustme.CA,
+) -> None:
+    with _upstream(lambda n: _answer(b'{"call": %d}' % n), _tls(ca, "localhost")) as upstream:
+        assert [_call(upstream.url("localhost")).json() for _ in range(3)] == [
+            {"call": 1},
+            {"call": 2},
+            {"call": 3},
+        ]
+    assert upstream.connections == 1
+
+
+@pytest.mark.parametrize("refused", ["authority not trusted", "another host's certificate"])
+def test_a_certificate_tls_would_refuse_fails_the_call_before_anything_is_sent(
+    ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    if refused == "another host's certificate":
+        bundle = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(bundle))
+        monkeypatch.setattr(kept_connections, "CA_BUNDLE", str(bundle))
+    issued_for = "localhost" if refused == "authority not trusted" else "upstream.example"
+    upstream = _Upstream(lambda n: _answer(), _tls(ca, issued_for))
+    with contextlib.closing(upstream), pytest.raises(UpstreamFailed) as failed:
+        _call(upstream.url("localhost"))
+    assert isinstance(failed.value.__cause__, kept_connections.CallFailed)
+    assert isinstance(failed.value.__cause__.__cause__, ssl.SSLCertVerificationError)
+    assert upstream.connections == 1 and upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda body: zlib.compress(body)[2:-4]),  # raw, as some servers send it
+        ("identity", lambda body: body),
+    ],
+    ids=["gzip", "deflate", "raw deflate", "identity"],
+)
+def test_a_body_is_asked_for_compressed_and_decoded(
+    encoding: str, encode: Callable[[bytes], bytes]
+) -> None:
+    body = b'{"data": [{"b64_json": "' + b"QUJD" * 5000 + b'"}]}'
+    answer = _answer(encode(body), headers=(f"Content-Encoding: {encoding}",))
+    with _upstream(lambda n: answer) as upstream:
+        response = _call(upstream.url())
+    assert response.content == body
+    assert b"\r\nAccept-Encoding: gzip, deflate" in upstream.requests[0]
+
+
+def test_a_body_that_does_not_decode_fails_the_call() -> None:
+    answer = _answer(b"not gzip at all", headers=("Content-Encoding: gzip",))
+    with _upstream(lambda n: answer) as upstream, pytest.raises(UpstreamFailed):
+        _call(upstream.url())
+
+
+def test_a_header_answered_twice_is_read_as_one_with_both_values() -> None:
+    answer = _answer(headers=("X-Seen: first", "X-Seen: second"))
+    with _upstream(lambda n: answer) as upstream:
+        response = _call(upstream.url())
+    assert response.headers["x-seen"] == "first, second"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [_answer(headers=("Connection: close",)), _answer(version="1.0")],
+    ids=["Connection: close", "HTTP/1.0"],
+)
+def test_a_connection_the_upstream_closes_after_its_answer_is_not_kept(answer: bytes) -> None:
+    with _upstream(lambda n: answer) as upstream:
+        assert [_call(upstream.url()).json() for _ in range(2)] == [{"ok": True}] * 2
+        origin = ("http", "127.0.0.1", upstream.port)
+        assert http._kept().idle(origin) == []
+    assert upstream.connections == 2
+
+
+def test_no_answer_in_time_fails_as_a_timeout_and_its_connection_is_not_kept() -> None:
+    with _upstream(lambda n: _answer() if n == 1 else b"") as upstream:
+        _call(upstream.url())  # a connection kept
+        origin = ("http", "127.0.0.1", upstream.port)
+        assert len(http._kept().idle(origin)) == 1
+        with pytest.raises(UpstreamTimedOut, match=r"did not answer within 0\.3s"):
+            _call(upstream.url(), timeout=0.3)
+        assert http._kept().idle(origin) == []
+
+
+def test_an_upstream_nobody_listens_on_is_unreachable_and_nothing_was_sent() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+    with pytest.raises(UpstreamUnreachable, match=r"could not be reached \(ConnectionError\)"):
+        _call(f"http://127.0.0.1:{port}/v1/images/generations")
