@@ -2,38 +2,43 @@
 standard library's http.client, on a small pool of its own.
 
 Why not urllib3 for this one call: when a whole body is sent and a whole body read, its pool,
-connection and response layers cost about twice what http.client costs alone (measured on
-loopback under gevent: 350-460 µs of CPU a call against 180-220 µs), a tenth of a gateway
-request's CPU. Every other call (streams, files, query strings, workspace credentials) stays
-on requests and urllib3.
+connection and response layers cost about twice what http.client costs alone, a tenth of a
+gateway request's CPU (README: Architecture). Every other call (streams, files, workspace
+credentials) stays on requests and urllib3.
 
-The rules are the ones the sessions of aperture/outbound.py follow:
-- TLS as urllib3 sets it up (its default context: TLS 1.2 or later, the certificate and the
-  host name checked) against requests' CA bundle (certifi).
-- A kept connection is used again only if nothing waits on it (an end of stream, bytes
-  nobody asked for: `has_input`); one the upstream asked to close is closed.
-- No retry, no redirect followed, no cookie kept, nothing read from the environment.
-- Bodies are asked for as gzip or deflate and decoded, as requests' sessions do.
+What the call keeps from urllib3, so that nothing changes for an upstream:
+- the URL as urllib3 reads it (`parse_url`: its path percent-encoded where it must be);
+- TLS as urllib3 sets it up for this call before (its default context: TLS 1.2 or later, the
+  certificate and the host name checked, against the system's authorities, SSL_CERT_FILE
+  honoured);
+- bodies decoded by urllib3's own decoders (`Content-Encoding`, chains of them included);
+- at most MAX_ORIGINS hosts' connections kept, the least recently used host's closed first.
+
+A kept connection is used again only if nothing waits on it (an end of stream, bytes nobody
+asked for: `has_input`), and given back only after a whole, final answer: an interim (1xx)
+answer, a length given twice two ways, or a call stopped midway closes it, for what would
+follow on it belongs to no later call. No retry, no redirect followed, no cookie kept.
 """
 
 from __future__ import annotations
 
 import collections
-import gzip
 import http.client
+import io
 import ssl
-import zlib
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlsplit
 
-import requests.utils
+import urllib3
 from urllib3.util.ssl_ import create_urllib3_context
 
 from aperture.socket_ready import has_input
 
-ACCEPT_ENCODING = "gzip, deflate"
-CA_BUNDLE = requests.utils.DEFAULT_CA_BUNDLE_PATH
+MAX_ORIGINS = 32  # as the requests session's pool manager (pool_connections)
+
+Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class NotConnected(Exception):
@@ -49,8 +54,8 @@ class CallTimedOut(Exception):
 
 
 class CallFailed(Exception):
-    """Any other failure: TLS refused, the connection cut, an answer that is not HTTP or whose
-    body cannot be decoded."""
+    """Any other failure: TLS refused, the connection cut, an answer that is not a whole,
+    final HTTP answer, or a body that cannot be decoded."""
 
 
 @dataclass(frozen=True)
@@ -63,63 +68,71 @@ class Answer:
 
 @dataclass(frozen=True)
 class _Target:
-    scheme: str
-    host: str
-    port: int
-    path: str  # with the query, if any
-
-    @property
-    def origin(self) -> tuple[str, str, int]:
-        return self.scheme, self.host, self.port
+    origin: Origin
+    path: str  # with the query, if any, as urllib3 would send it
 
 
 @lru_cache(maxsize=256)
 def _target(url: str) -> _Target:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CallFailed(f"not an http(s) URL: {url[:200]!r}")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise CallFailed("the URL's port is not valid") from exc
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return _Target(parts.scheme, parts.hostname, port, path)
+        parts = urllib3.util.parse_url(url)
+    except urllib3.exceptions.LocationParseError as exc:
+        raise CallFailed("the URL cannot be read") from exc
+    if parts.scheme not in ("http", "https") or not parts.host:
+        raise CallFailed("not an http(s) URL")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return _Target((parts.scheme, parts.host, port), parts.request_uri)
 
 
-@lru_cache(maxsize=4)
-def _tls(ca_bundle: str) -> ssl.SSLContext:
+@lru_cache(maxsize=1)
+def _tls() -> ssl.SSLContext:
     context = create_urllib3_context()
-    context.load_verify_locations(ca_bundle)
+    context.load_default_certs()
     return context
 
 
-def _decoded(encoding: str | None, body: bytes) -> bytes:
-    encoding = (encoding or "").strip().lower()
+def _decoded(response: http.client.HTTPResponse, content: bytes) -> bytes:
+    if not response.getheader("Content-Encoding"):
+        return content
+    decoding = urllib3.HTTPResponse(
+        body=io.BytesIO(content),
+        headers=urllib3.HTTPHeaderDict(response.getheaders()),
+        status=response.status,
+        preload_content=False,
+        decode_content=True,
+    )
     try:
-        if encoding in ("gzip", "x-gzip"):
-            return gzip.decompress(body)
-        if encoding == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send
-            try:
-                return zlib.decompress(body)
-            except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise CallFailed(f"the body could not be decoded ({encoding})") from exc
-    return body
+        return decoding.read()
+    except urllib3.exceptions.DecodeError as exc:
+        raise CallFailed("the body could not be decoded") from exc
+
+
+def _whole_and_final(response: http.client.HTTPResponse) -> str | None:
+    """Why what follows this answer on its connection could be another's, or None."""
+    if response.status < 200:
+        return "an interim (1xx) answer where the final one was expected"
+    lengths = {value.strip() for value in response.msg.get_all("Content-Length") or ()}
+    if len(lengths) > 1:
+        return "two different lengths for one answer"
+    return None
 
 
 class KeptConnections:
-    """Up to `keep` idle connections per origin (scheme, host, port), the latest used first."""
+    """Up to `keep` idle connections per origin (scheme, host, port), the latest used first,
+    for at most MAX_ORIGINS origins."""
 
     def __init__(self, keep: int) -> None:
         self._keep = keep
-        self._idle: dict[tuple[str, str, int], collections.deque[http.client.HTTPConnection]] = {}
+        self._idle: collections.OrderedDict[Origin, collections.deque[http.client.HTTPConnection]]
+        self._idle = collections.OrderedDict()
+        # Closed when the pool goes, at the latest when the process exits (as urllib3 does).
+        weakref.finalize(self, _close_idle, self._idle)
 
     def call(
         self,
         method: str,
         url: str,
-        headers: dict[str, str],
+        headers: Mapping[str, str | bytes],
         body: bytes | None,
         *,
         connect_timeout: float,
@@ -127,13 +140,14 @@ class KeptConnections:
     ) -> Answer:
         """One request and its whole answer. Raises NotConnected, CallTimedOut or CallFailed."""
         target = _target(url)
-        connection = self._take(target.origin) or _connect(target, connect_timeout)
+        connection = self._take(target.origin) or _connect(target.origin, connect_timeout)
         try:
             connection.sock.settimeout(read_timeout)
-            connection.request(
-                method, target.path, body, {"Accept-Encoding": ACCEPT_ENCODING, **headers}
-            )
+            connection.request(method, target.path, body, dict(headers))
             response = connection.getresponse()
+            refused = _whole_and_final(response)
+            if refused:
+                raise CallFailed(refused)
             content = response.read()
         except TimeoutError as exc:
             connection.close()
@@ -141,7 +155,7 @@ class KeptConnections:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             connection.close()
             raise CallFailed(f"the call failed ({type(exc).__name__})") from exc
-        except BaseException:  # stopped midway (a greenlet's timeout): never used again
+        except BaseException:  # CallFailed, or stopped midway (a greenlet's timeout)
             connection.close()
             raise
         if connection.sock is None:  # the upstream asked to close (http.client closed it)
@@ -152,52 +166,70 @@ class KeptConnections:
             status=response.status,
             reason=response.reason,
             headers=response.getheaders(),
-            body=_decoded(response.getheader("Content-Encoding"), content),
+            body=_decoded(response, content),
         )
 
-    def idle(self, origin: tuple[str, str, int]) -> list[http.client.HTTPConnection]:
-        """The connections kept for `origin` (for tests and inspection)."""
+    def idle(self, origin: Origin) -> list[http.client.HTTPConnection]:
+        """The connections kept for `origin`."""
         return list(self._idle.get(origin, ()))
 
-    def _take(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection | None:
+    def close(self) -> None:
+        """Close every kept connection."""
+        _close_idle(self._idle)
+
+    def _take(self, origin: Origin) -> http.client.HTTPConnection | None:
         idle = self._idle.get(origin)
         while idle:
-            try:
-                connection = idle.pop()
-            except IndexError:  # taken meanwhile
-                return None
+            connection = idle.pop()
             if connection.sock is not None and not has_input(connection.sock):
                 return connection
             connection.close()
         return None
 
-    def _give_back(
-        self, origin: tuple[str, str, int], connection: http.client.HTTPConnection
-    ) -> None:
-        idle = self._idle.setdefault(origin, collections.deque())
+    def _give_back(self, origin: Origin, connection: http.client.HTTPConnection) -> None:
+        idle = self._idle.get(origin)
+        if idle is None:
+            idle = self._idle[origin] = collections.deque()
+            while len(self._idle) > MAX_ORIGINS:  # the least recently used origin's go
+                _, dropped = self._idle.popitem(last=False)
+                for kept in dropped:
+                    kept.close()
+        else:
+            self._idle.move_to_end(origin)
         if len(idle) < self._keep:
             idle.append(connection)
         else:
             connection.close()
 
 
-def _connect(target: _Target, timeout: float) -> http.client.HTTPConnection:
+def _close_idle(
+    idle: collections.OrderedDict[Origin, collections.deque[http.client.HTTPConnection]],
+) -> None:
+    while idle:
+        _, connections = idle.popitem(last=False)
+        for connection in connections:
+            connection.close()
+
+
+def _connect(origin: Origin, timeout: float) -> http.client.HTTPConnection:
+    scheme, host, port = origin
     connection: http.client.HTTPConnection
-    if target.scheme == "https":
-        connection = http.client.HTTPSConnection(
-            target.host, target.port, timeout=timeout, context=_tls(CA_BUNDLE)
-        )
+    if scheme == "https":
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=_tls())
     else:
-        connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        connection.connect()  # with TLS, its handshake too
+        connection.connect()  # with TLS, its handshake too, within the same timeout
     except TimeoutError as exc:
         connection.close()
         raise NotConnected(timed_out=True) from exc
-    except ssl.SSLError as exc:  # refused in the handshake (a certificate, say), as urllib3 has it
+    except ssl.SSLError as exc:  # refused or stalled in the handshake, as urllib3 has it
         connection.close()
         raise CallFailed(f"TLS failed ({type(exc).__name__})") from exc
     except (OSError, ValueError, UnicodeError) as exc:
         connection.close()
         raise NotConnected(timed_out=False) from exc
+    except BaseException:  # stopped midway (a greenlet's timeout)
+        connection.close()
+        raise
     return connection

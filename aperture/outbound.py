@@ -37,6 +37,8 @@ from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ProtocolError
+from urllib3.response import BaseHTTPResponse
 
 from aperture.socket_ready import has_input
 
@@ -180,19 +182,26 @@ def _within_deadline(sock: socket.socket) -> socket.socket:
     return sock
 
 
-class _ReuseChecked:
+class _ReuseChecked(HTTPConnection):
     """A kept connection is used again only if nothing (an end of stream, stray bytes) waits
     on it. urllib3 asks gevent's poll, which yields to the event loop on every call
-    (aperture/socket_ready.py)."""
-
-    sock: socket.socket | None
+    (aperture/socket_ready.py). An interim (1xx) answer fails the call and closes the
+    connection: http.client takes it for the answer, and the final one, still to come on the
+    connection, would be read by the next call made on it."""
 
     @property
     def is_connected(self) -> bool:
         return self.sock is not None and not has_input(self.sock)
 
+    def getresponse(self) -> BaseHTTPResponse:  # type: ignore[override]
+        response = super().getresponse()
+        if response.status < 200:
+            self.close()
+            raise ProtocolError("an interim (1xx) answer where the final one was expected")
+        return response
 
-class _Connection(_ReuseChecked, HTTPConnection):
+
+class _Connection(_ReuseChecked):
     pass
 
 

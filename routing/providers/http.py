@@ -126,15 +126,18 @@ def _send_plain(
     body: bytes | None,
     timeouts: tuple[float, float],
 ) -> requests.Response:
-    """The common call (a whole body or none, no query, no stream, an operator's
-    credential) on kept http.client connections (aperture/kept_connections.py): the same
-    headers as the session sends (but for the encodings asked for) and the same errors, and a
-    requests.Response all the same."""
+    """The common call (a whole body or none, no stream, an operator's credential) on kept
+    http.client connections (aperture/kept_connections.py): the session's headers, the same
+    errors, and a requests.Response all the same. An interim (1xx) answer, or one whose
+    length is given twice two ways, fails the call (UpstreamFailed), and its connection is
+    closed: what follows on it belongs to no later call."""
+    merged = CaseInsensitiveDict(session().headers)
+    merged.update(headers)
     try:
         answer = _kept().call(
             method,
             url,
-            {**_SESSION_HEADERS, **headers},
+            merged,
             body,
             connect_timeout=timeouts[0],
             read_timeout=timeouts[1],
@@ -166,13 +169,6 @@ def _send_plain(
     return response
 
 
-# requests' own defaults (its user agent, Accept), but the encodings: those the kept
-# connections decode.
-_SESSION_HEADERS = {
-    name: value
-    for name, value in requests.utils.default_headers().items()
-    if name.lower() != "accept-encoding"
-}
 _kept_connections: KeptConnections | None = None
 
 

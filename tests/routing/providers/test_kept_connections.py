@@ -9,6 +9,7 @@ import gzip
 import socket
 import ssl
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 import trustme
+from django.test import override_settings
 
 from aperture import kept_connections
 from routing.providers import http
@@ -43,6 +45,7 @@ class _Upstream:
         self.port = self.listener.getsockname()[1]
         self.connections = 0
         self.requests: list[bytes] = []  # each request's head
+        self.bodies: list[bytes] = []
         self.release = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -56,34 +59,40 @@ class _Upstream:
                 self.connections += 1
                 threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
-    def _handle(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)  # raises if refused
-            received = b""
-            while True:
-                while b"\r\n\r\n" not in received:
-                    more = conn.recv(65536)
-                    if not more:
-                        return
-                    received += more
-                head, _, received = received.partition(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                while len(received) < length:
-                    received += conn.recv(65536)
-                received = received[length:]
-                self.requests.append(head)
-                answer = self.answer(len(self.requests))
-                if not answer:
-                    self.release.wait(10)
+    def _handle(self, accepted: socket.socket) -> None:
+        with contextlib.suppress(OSError), accepted:
+            if self.tls is None:
+                self._exchange(accepted)
+                return
+            with self.tls.wrap_socket(accepted, server_side=True) as conn:  # raises if refused
+                self._exchange(conn)
+
+    def _exchange(self, conn: socket.socket) -> None:
+        received = b""
+        while True:
+            while b"\r\n\r\n" not in received:
+                more = conn.recv(65536)
+                if not more:
                     return
-                conn.sendall(answer)
-                if b"Connection: close" in answer or b"HTTP/1.0" in answer[:8]:
-                    return
+                received += more
+            head, _, received = received.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(received) < length:
+                received += conn.recv(65536)
+            self.bodies.append(received[:length])
+            received = received[length:]
+            self.requests.append(head)
+            answer = self.answer(len(self.requests))
+            if not answer:
+                self.release.wait(10)
+                return
+            conn.sendall(answer)
+            if b"Connection: close" in answer or b"HTTP/1.0" in answer[:8]:
+                return
 
     def close(self) -> None:
         self.release.set()
@@ -103,6 +112,17 @@ def _call(url: str, *, timeout: float = 10) -> requests.Response:
     return http.send("openai", "POST", url, timeout=timeout, json_body={"prompt": "x"})
 
 
+@pytest.fixture(autouse=True)
+def _no_kept_connections() -> Iterator[None]:
+    """Each test starts and ends with no kept connection (a test server's port may be taken
+    again by a later test's)."""
+    http._kept().close()
+    kept_connections._tls.cache_clear()
+    yield
+    http._kept().close()
+    kept_connections._tls.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
@@ -110,10 +130,11 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 def trusted(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The process trusts the tests' own authority (instead of certifi's bundle)."""
+    """The system's authorities are the tests' own (SSL_CERT_FILE, as an operator with an
+    internal authority would set it)."""
     bundle = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(bundle))
-    monkeypatch.setattr(kept_connections, "CA_BUNDLE", str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
 
 
 def _tls(ca: trustme.CA, host: str) -> ssl.SSLContext:
@@ -137,12 +158,10 @@ def test_an_upstream_over_tls_with_a_trusted_certificate_is_called_on_one_kept_c
 
 @pytest.mark.parametrize("refused", ["authority not trusted", "another host's certificate"])
 def test_a_certificate_tls_would_refuse_fails_the_call_before_anything_is_sent(
-    ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str
+    ca: trustme.CA, request: pytest.FixtureRequest, refused: str
 ) -> None:
     if refused == "another host's certificate":
-        bundle = tmp_path / "ca.pem"
-        ca.cert_pem.write_to_path(str(bundle))
-        monkeypatch.setattr(kept_connections, "CA_BUNDLE", str(bundle))
+        request.getfixturevalue("trusted")
     issued_for = "localhost" if refused == "authority not trusted" else "upstream.example"
     upstream = _Upstream(lambda n: _answer(), _tls(ca, issued_for))
     with contextlib.closing(upstream), pytest.raises(UpstreamFailed) as failed:
@@ -214,3 +233,124 @@ def test_an_upstream_nobody_listens_on_is_unreachable_and_nothing_was_sent() -> 
         port = taken.getsockname()[1]
     with pytest.raises(UpstreamUnreachable, match=r"could not be reached \(ConnectionError\)"):
         _call(f"http://127.0.0.1:{port}/v1/images/generations")
+
+
+def test_the_request_sent_is_the_sessions_with_the_callers_headers_in_place_of_its_own() -> None:
+    with _upstream(lambda n: _answer()) as upstream:
+        http.send(
+            "openai",
+            "POST",
+            upstream.url().replace("generations", "gen erations"),
+            timeout=10,
+            headers={"user-agent": "operator-agent", "Authorization": "Bearer sk-up"},
+            json_body={"prompt": "x"},
+        )
+    line, *fields = upstream.requests[0].decode().split("\r\n")
+    sent = {name.lower(): value.strip() for name, value in (f.split(":", 1) for f in fields)}
+    defaults = requests.utils.default_headers()
+    assert line == "POST /v1/images/gen%20erations HTTP/1.1"  # encoded as urllib3 would
+    assert sent == {
+        "host": f"127.0.0.1:{upstream.port}",
+        "user-agent": "operator-agent",  # the caller's, once, in place of the session's
+        "accept-encoding": defaults["Accept-Encoding"],
+        "accept": "*/*",
+        "connection": "keep-alive",
+        "authorization": "Bearer sk-up",
+        "content-type": "application/json",
+        "content-length": str(len(b'{"prompt":"x"}')),
+    }
+    assert upstream.bodies == [b'{"prompt":"x"}']
+
+
+class _InterimFirst:
+    """Answers its first request with an interim 103, then waits for anything more on that
+    connection (up to 1 s) before the final answer: a client that took the 103 for the
+    answer and sent its next call down the same connection reads the first call's answer."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1/images/generations"
+        self.calls = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            while b"}" not in conn.recv(65536):
+                pass
+            self.calls += 1
+            call = self.calls
+            if call == 1:
+                conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                conn.settimeout(1)
+                with contextlib.suppress(TimeoutError):
+                    conn.recv(65536)  # the next call, if it came down this connection
+            conn.sendall(_answer(b'{"call": %d}' % call))
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):
+                    pass
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["operator", "workspace"])
+def test_an_interim_answer_fails_its_call_and_its_connection_serves_no_other(
+    guarded: bool,
+) -> None:
+    upstream = _InterimFirst()
+
+    def call() -> requests.Response:
+        return http.send(
+            "openai", "POST", upstream.url, timeout=10, json_body={"x": 1}, guarded=guarded
+        )
+
+    with (
+        override_settings(FETCH_ALLOWED_HOSTS=["127.0.0.1"]),
+        contextlib.closing(upstream.listener),
+    ):
+        with pytest.raises(UpstreamFailed):
+            call()
+        assert call().json() == {"call": 2}  # its own answer, not the first call's
+
+
+def test_an_answer_whose_length_is_given_two_ways_fails_and_its_connection_is_closed() -> None:
+    twice = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n" + b"{}" + b"x" * 38
+    )
+    with _upstream(lambda n: twice if n == 1 else _answer(b'{"call": 2}')) as upstream:
+        with pytest.raises(UpstreamFailed):
+            _call(upstream.url())
+        assert _call(upstream.url()).json() == {"call": 2}
+    assert upstream.connections == 2
+
+
+def test_the_connections_of_the_least_recently_used_host_are_closed_past_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kept_connections, "MAX_ORIGINS", 2)
+    with contextlib.ExitStack() as stack:
+        a, b, c = (stack.enter_context(_upstream(lambda n: _answer())) for _ in range(3))
+        for upstream in (a, b, a, c):  # b is then the least recently used
+            _call(upstream.url())
+        kept = {u.port: http._kept().idle(("http", "127.0.0.1", u.port)) for u in (a, b, c)}
+    assert [len(kept[u.port]) for u in (a, b, c)] == [1, 0, 1]
+    assert (a.connections, b.connections, c.connections) == (1, 1, 1)
+
+
+def test_a_tls_handshake_that_never_comes_fails_within_the_connect_timeout() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never speaks TLS
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises((UpstreamUnreachable, UpstreamFailed)):
+            http.send(
+                "openai",
+                "POST",
+                f"https://localhost:{port}/v1/images/generations",
+                timeout=60,
+                connect_timeout=0.3,
+                json_body={"prompt": "x"},
+            )
+        assert time.monotonic() - started < 30  # the connect timeout, not the read one
