@@ -2,9 +2,9 @@
 standard library's http.client, on a small pool of its own.
 
 Why not urllib3 for this one call: when a whole body is sent and a whole body read, its pool,
-connection and response layers cost about twice what http.client costs alone, a tenth of a
-gateway request's CPU (README: Architecture). Every other call (streams, files, workspace
-credentials) stays on requests and urllib3.
+connection and response layers cost about as much CPU again as http.client itself (README:
+Architecture). Every other call (streams, files, workspace credentials) stays on requests
+and urllib3.
 
 What the call keeps from urllib3, so that nothing changes for an upstream:
 - the URL as urllib3 reads it (`parse_url`: its path percent-encoded where it must be);

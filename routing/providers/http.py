@@ -1,7 +1,7 @@
 """The one HTTP client for upstream calls: a pooled `requests.Session` per process. A call
-with a whole body (or none), no query string, no stream and an operator's credential goes
+with a whole body (or none), no query parameters, no stream and an operator's credential goes
 to kept http.client connections instead (`_send_plain`, aperture/kept_connections.py): the
-same headers, errors and `requests.Response`, at half the CPU of requests and urllib3.
+same headers, errors and `requests.Response`, without requests' and urllib3's layers.
 
 Under gunicorn's gevent workers the session's sockets are cooperative, so thousands of slow
 upstream calls wait concurrently. Retries are never done here (the router decides whether
