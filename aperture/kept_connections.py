@@ -62,7 +62,7 @@ class CallFailed(Exception):
 class Answer:
     status: int
     reason: str
-    headers: list[tuple[str, str]]
+    headers: urllib3.HTTPHeaderDict  # a header answered twice: one, its values joined
     body: bytes  # decoded
 
 
@@ -91,13 +91,13 @@ def _tls() -> ssl.SSLContext:
     return context
 
 
-def _decoded(response: http.client.HTTPResponse, content: bytes) -> bytes:
-    if not response.getheader("Content-Encoding"):
+def _decoded(headers: urllib3.HTTPHeaderDict, status: int, content: bytes) -> bytes:
+    if "Content-Encoding" not in headers:
         return content
     decoding = urllib3.HTTPResponse(
         body=io.BytesIO(content),
-        headers=urllib3.HTTPHeaderDict(response.getheaders()),
-        status=response.status,
+        headers=headers,
+        status=status,
         preload_content=False,
         decode_content=True,
     )
@@ -162,11 +162,12 @@ class KeptConnections:
             connection.close()
         else:
             self._give_back(target.origin, connection)
+        headers = urllib3.HTTPHeaderDict(response.getheaders())
         return Answer(
             status=response.status,
             reason=response.reason,
-            headers=response.getheaders(),
-            body=_decoded(response, content),
+            headers=headers,
+            body=_decoded(headers, response.status, content),
         )
 
     def idle(self, origin: Origin) -> list[http.client.HTTPConnection]:
@@ -191,9 +192,7 @@ class KeptConnections:
         if idle is None:
             idle = self._idle[origin] = collections.deque()
             while len(self._idle) > MAX_ORIGINS:  # the least recently used origin's go
-                _, dropped = self._idle.popitem(last=False)
-                for kept in dropped:
-                    kept.close()
+                _close(self._idle.popitem(last=False)[1])
         else:
             self._idle.move_to_end(origin)
         if len(idle) < self._keep:
@@ -206,9 +205,12 @@ def _close_idle(
     idle: collections.OrderedDict[Origin, collections.deque[http.client.HTTPConnection]],
 ) -> None:
     while idle:
-        _, connections = idle.popitem(last=False)
-        for connection in connections:
-            connection.close()
+        _close(idle.popitem(last=False)[1])
+
+
+def _close(connections: collections.deque[http.client.HTTPConnection]) -> None:
+    for connection in connections:
+        connection.close()
 
 
 def _connect(origin: Origin, timeout: float) -> http.client.HTTPConnection:

@@ -160,7 +160,7 @@ def _send_plain(
         ) from exc
     response = requests.Response()  # as requests' HTTPAdapter.build_response makes it
     response.status_code = answer.status
-    response.headers = _headers(answer.headers)
+    response.headers = CaseInsensitiveDict(answer.headers)
     response.encoding = requests.utils.get_encoding_from_headers(response.headers)
     response.reason = answer.reason
     response.url = url
@@ -177,14 +177,6 @@ def _kept() -> KeptConnections:
     if _kept_connections is None:
         _kept_connections = KeptConnections(keep=settings.UPSTREAM_POOL_SIZE)
     return _kept_connections
-
-
-def _headers(pairs: list[tuple[str, str]]) -> CaseInsensitiveDict[str]:
-    """A header sent more than once is one, its values joined with ", " (as urllib3 does)."""
-    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
-    for name, value in pairs:
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return headers
 
 
 def _json_body(response: requests.Response) -> Any:
