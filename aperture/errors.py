@@ -6,6 +6,7 @@ Every route under /v1/, /openai/ and /api/ answers errors as
 """
 
 import logging
+import sys
 from typing import Any
 
 from django.core.exceptions import BadRequest, RequestDataTooBig
@@ -210,10 +211,7 @@ def _translate(exc: Exception) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
     if _pool_exhausted(exc):
-        return Overloaded(
-            "The gateway is past its capacity (every database connection is busy): retry "
-            "after the time in Retry-After."
-        )
+        return _overloaded_pool()
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge("Request body is too large.")
     if isinstance(exc, drf.ValidationError):
@@ -250,6 +248,13 @@ def _translate(exc: Exception) -> ApiError | None:
         error.status = exc.status_code
         return error
     return None
+
+
+def _overloaded_pool() -> Overloaded:
+    return Overloaded(
+        "The gateway is past its capacity (every database connection is busy): retry after "
+        "the time in Retry-After."
+    )
 
 
 def _pool_exhausted(exc: BaseException) -> bool:
@@ -301,4 +306,10 @@ def bad_request_view(request: HttpRequest, exception: Exception | None = None) -
 
 
 def server_error_view(request: HttpRequest) -> JsonResponse:
+    """handler500: a failure past DRF's handler (a middleware, a view's finishing step).
+    Django calls it while handling the failure, so sys.exc_info() names it: a database pool
+    that ran dry is the same 503 `overloaded` as anywhere else, never a 500."""
+    failure = sys.exc_info()[1]
+    if failure is not None and _pool_exhausted(failure):
+        return error_response(_overloaded_pool())
     return JsonResponse(internal_error_body(), status=500)

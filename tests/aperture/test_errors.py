@@ -85,6 +85,21 @@ def test_an_unhandled_exception_is_a_500_envelope_with_the_request_id_and_no_tra
     assert "Traceback" not in response.content.decode()
 
 
+@pytest.mark.urls("tests.aperture.urls_failing")
+@pytest.mark.parametrize("path", ["/v1/pool-dry-finishing", "/v1/pool-dry-plain"])
+def test_a_database_pool_that_ran_dry_past_drfs_handler_is_a_503_overloaded_not_a_500(
+    db: None, path: str
+) -> None:
+    response = Client(raise_request_exception=False).get(path)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    error = _envelope(response)
+    assert error["code"] == "overloaded"
+    assert error["type"] == "server_error"
+    assert response["x-request-id"].startswith("req_")
+    assert "couldn't get a connection" not in response.content.decode()
+
+
 def test_every_response_carries_the_gateways_own_request_id_and_echoes_the_callers(
     db: None,
 ) -> None:
