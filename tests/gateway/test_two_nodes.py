@@ -21,6 +21,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 
+from billing import services as services_billing
 from billing.models import Budget, BudgetLease, UsageRecord
 from routing.models import ImageJob, ModelAlias
 from tenants import services
@@ -167,6 +168,82 @@ def test_a_budget_leased_in_slices_by_both_nodes_is_exact_under_a_split_race(
     assert not BudgetLease.objects.exists()
 
 
+def test_three_nested_money_budgets_leased_in_slices_by_both_nodes_stay_exact(
+    nodes: tuple[Server, Server],
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,  # noqa: F811
+    fake_upstream: FakeUpstream,
+) -> None:
+    """The workspace, team and key budgets of one key, each leased in slices by both nodes:
+    the tightest (the key's) admits exactly what it allows, and each is charged exactly
+    what was served."""
+    allowed, concurrent = 128, 300
+    key = api_key.key
+    rows = [
+        budget(workspace=key.workspace, period="month", limit_micro=10_000 * PRICE_MICRO),
+        budget(
+            workspace=key.workspace, team=key.team, period="month", limit_micro=500 * PRICE_MICRO
+        ),
+        budget(workspace=key.workspace, key=key, period="month", limit_micro=allowed * PRICE_MICRO),
+    ]
+    fake_upstream.delay = 0.1
+    for node in nodes:
+        assert _models(node, api_key.secret).status_code == 200
+
+    answers = _split(nodes, api_key.secret, concurrent)
+
+    statuses = Counter(answer.status_code for answer in answers)
+    assert statuses == {200: allowed, 402: concurrent - allowed}
+    assert len(fake_upstream.requests) == allowed
+    _wait_for_records(concurrent)
+    served = UsageRecord.objects.filter(status=200)
+    assert sum(served.values_list("cost_micro", flat=True)) == allowed * PRICE_MICRO
+    # Charges reach the rows within a keeper round; the slices come back once idle.
+    wait_for(
+        lambda: (
+            not Budget.objects.filter(pk__in=[r.pk for r in rows], reserved_micro__gt=0).exists()
+        ),
+        timeout=15,
+        what="both nodes to give back their slices",
+    )
+    for row in Budget.objects.filter(pk__in=[r.pk for r in rows]):
+        assert row.used_micro == allowed * PRICE_MICRO, row.scope
+    assert not BudgetLease.objects.exists()
+
+
+def test_an_operator_lowering_a_limit_while_node_a_holds_a_slice_lets_neither_node_pass_it(
+    nodes: tuple[Server, Server],
+    api_key: CreatedKey,
+    priced_alias: ModelAlias,  # noqa: F811
+    fake_upstream: FakeUpstream,
+) -> None:
+    """Node A holds a slice (room for three more requests) when the limit is lowered to
+    three requests in all, one of them spent: both nodes together serve two more, not the
+    three node A's slice held."""
+    a, _ = nodes
+    row = budget(workspace=api_key.key.workspace, period="month", limit_micro=64 * PRICE_MICRO)
+    assert _generate(a, api_key.secret).status_code == 200
+    lease = BudgetLease.objects.get()
+    assert lease.amount_micro == 3 * PRICE_MICRO  # one of its four spent
+
+    services_billing.budget_change_limits(
+        actor=ACTOR, budget=row, fields={"limit_micro": 3 * PRICE_MICRO}
+    )
+
+    # Node A's keeper retired its slice before the change, which took no part of it.
+    assert not BudgetLease.objects.filter(retired=False).exists()
+    fake_upstream.delay = 0.1
+    answers = _split(nodes, api_key.secret, 12)
+    assert Counter(answer.status_code for answer in answers) == {200: 2, 402: 10}
+    assert len(fake_upstream.requests) == 3
+    _wait_for_records(13)
+    wait_for(
+        lambda: Budget.objects.filter(pk=row.pk, used_micro=3 * PRICE_MICRO).exists(),
+        timeout=15,
+        what="the charges on the budget's row",
+    )
+
+
 def test_a_slice_of_a_node_killed_mid_flight_returns_when_its_lease_expires(
     live_env: dict[str, str],
     transactional_db: None,
@@ -182,7 +259,14 @@ def test_a_slice_of_a_node_killed_mid_flight_returns_when_its_lease_expires(
         lease = BudgetLease.objects.get()
         assert lease.images == 3  # one of its 4 spent
         _wait_for_records(1)
-        os.killpg(a.pid, signal.SIGKILL)  # no goodbye: the slice stays leased
+        fake_upstream.delay = 5  # the next request is in flight, held in the slice, when A dies
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_flight = pool.submit(_generate, a, api_key.secret)
+            wait_for(lambda: len(fake_upstream.requests) == 2, timeout=10, what="a call in flight")
+            os.killpg(a.pid, signal.SIGKILL)  # no goodbye: the slice stays leased
+            with pytest.raises(requests.ConnectionError):  # its caller got nothing: no charge
+                in_flight.result()
+        fake_upstream.delay = 0
     with gunicorn(short, workers=1) as b:
         served, deadline = 0, time.monotonic() + 60
         while served < allowed - 1 and time.monotonic() < deadline:
