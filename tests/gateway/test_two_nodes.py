@@ -177,7 +177,7 @@ def test_three_nested_money_budgets_leased_in_slices_by_both_nodes_stay_exact(
     """The workspace, team and key budgets of one key, each leased in slices by both nodes:
     the tightest (the key's) admits exactly what it allows, and each is charged exactly
     what was served."""
-    allowed, concurrent = 128, 300
+    allowed, concurrent = 250, 1000  # the issue's 1,000-way race, as the benchmark runs it
     key = api_key.key
     rows = [
         budget(workspace=key.workspace, period="month", limit_micro=10_000 * PRICE_MICRO),
