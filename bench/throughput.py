@@ -169,7 +169,8 @@ def run_throughput(
     print(
         f"added at c=1 (gateway - direct, same round): p50 {median(plain):.2f} ms "
         f"({_span(plain, '.2f')}), p99 {median(added('no budget', 99)):.2f} ms; "
-        f"with 3 budgets p50 {median(budgeted):.2f} ms ({_span(budgeted, '.2f')})"
+        f"with 3 budgets p50 {median(budgeted):.2f} ms ({_span(budgeted, '.2f')}), "
+        f"p99 {median(added('3 budgets', 99)):.2f} ms"
     )
     budget_change = _paired(rps("3 budgets", 64), rps("no budget", 64))
     print(f"3 budgets vs none at c=64, same round: {budget_change}")
