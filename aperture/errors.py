@@ -306,9 +306,10 @@ def bad_request_view(request: HttpRequest, exception: Exception | None = None) -
 
 
 def server_error_view(request: HttpRequest) -> JsonResponse:
-    """handler500: a failure past DRF's handler (a middleware, a view's finishing step).
-    Django calls it while handling the failure, so sys.exc_info() names it: a database pool
-    that ran dry is the same 503 `overloaded` as anywhere else, never a 500."""
+    """handler500: a failure past DRF's handler (a middleware, a plain Django view, a step
+    after DRF's handler). Django calls it (DEBUG off) while handling the failure, so
+    sys.exc_info() names it: a database pool that ran dry is the same 503 `overloaded` as
+    inside DRF's handler; anything else is the 500 envelope."""
     failure = sys.exc_info()[1]
     if failure is not None and _pool_exhausted(failure):
         return error_response(_overloaded_pool())

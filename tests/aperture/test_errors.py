@@ -93,11 +93,30 @@ def test_a_database_pool_that_ran_dry_past_drfs_handler_is_a_503_overloaded_not_
     response = Client(raise_request_exception=False).get(path)
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
-    error = _envelope(response)
-    assert error["code"] == "overloaded"
-    assert error["type"] == "server_error"
     assert response["x-request-id"].startswith("req_")
-    assert "couldn't get a connection" not in response.content.decode()
+    assert _envelope(response) == {
+        "message": "The gateway is past its capacity (every database connection is busy): "
+        "retry after the time in Retry-After.",
+        "type": "server_error",
+        "param": None,
+        "code": "overloaded",
+    }
+
+
+@pytest.mark.urls("tests.aperture.urls_failing")
+@pytest.mark.parametrize("path", ["/v1/explode-plain", "/v1/database-fails-plain"])
+def test_any_other_failure_past_drfs_handler_is_still_a_500_envelope(db: None, path: str) -> None:
+    response = Client(raise_request_exception=False).get(path)
+    assert response.status_code == 500
+    assert "Retry-After" not in response
+    request_id = response["x-request-id"]
+    assert _envelope(response) == {
+        "message": f"The server had an error while processing your request (request id "
+        f"{request_id}). It has been logged.",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
 
 
 def test_every_response_carries_the_gateways_own_request_id_and_echoes_the_callers(

@@ -1,5 +1,6 @@
 """A test-only urlconf with views that fail, to check the 500 envelope and the 503 of a
-database pool that ran dry outside DRF's exception handler."""
+database pool that ran dry, inside DRF's exception handler and past it (in a plain Django
+view, or a step after DRF's handler: what handler500 answers)."""
 
 from typing import Any
 
@@ -28,8 +29,7 @@ def _pool_ran_dry() -> OperationalError:
 
 
 class PoolDryWhenFinishing(APIView):
-    """Fails past DRF's exception handler: in finalize_response, as a step that needs the
-    database after the view (an idempotent answer kept, say) can."""
+    """Fails past DRF's exception handler: in finalize_response, which runs after it."""
 
     permission_classes = [AllowAny]
     authentication_classes = []
@@ -47,10 +47,20 @@ def pool_dry_plain(request: HttpRequest) -> HttpResponse:
     raise _pool_ran_dry()
 
 
+def explodes_plain(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("secret internals must not leak")
+
+
+def database_fails_plain(request: HttpRequest) -> HttpResponse:
+    raise OperationalError("server closed the connection unexpectedly")  # not a pool timeout
+
+
 urlpatterns = [
     path("v1/explode", Explodes.as_view()),
     path("v1/pool-dry-finishing", PoolDryWhenFinishing.as_view()),
     path("v1/pool-dry-plain", pool_dry_plain),
+    path("v1/explode-plain", explodes_plain),
+    path("v1/database-fails-plain", database_fails_plain),
     path("", include("gateway.urls")),
 ]
 
