@@ -11,7 +11,8 @@ What the call keeps from urllib3, so that nothing changes for an upstream:
 - TLS as urllib3 sets it up for this call before (its default context: TLS 1.2 or later, the
   certificate and the host name checked, against the system's authorities, SSL_CERT_FILE
   honoured);
-- bodies decoded by urllib3's own decoders (`Content-Encoding`, chains of them included);
+- bodies decoded by urllib3's own decoders (`Content-Encoding`, chains of them included),
+  read and decoded only up to the caller's limit;
 - at most MAX_ORIGINS hosts' connections kept, the least recently used host's closed first.
 
 A kept connection is used again only if nothing waits on it (an end of stream, bytes nobody
@@ -58,6 +59,10 @@ class CallFailed(Exception):
     final HTTP answer, or a body that cannot be decoded."""
 
 
+class AnswerTooLarge(CallFailed):
+    """The body, as sent or decoded, is longer than the caller reads."""
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -91,7 +96,8 @@ def _tls() -> ssl.SSLContext:
     return context
 
 
-def _decoded(headers: urllib3.HTTPHeaderDict, status: int, content: bytes) -> bytes:
+def _decoded(headers: urllib3.HTTPHeaderDict, status: int, content: bytes, max_bytes: int) -> bytes:
+    """The body decoded, up to `max_bytes` (urllib3 decodes no further than it is asked)."""
     if "Content-Encoding" not in headers:
         return content
     decoding = urllib3.HTTPResponse(
@@ -102,9 +108,12 @@ def _decoded(headers: urllib3.HTTPHeaderDict, status: int, content: bytes) -> by
         decode_content=True,
     )
     try:
-        return decoding.read()
+        decoded = decoding.read(max_bytes + 1)
     except urllib3.exceptions.DecodeError as exc:
         raise CallFailed("the body could not be decoded") from exc
+    if len(decoded) > max_bytes:
+        raise AnswerTooLarge("the decoded body is longer than the limit")
+    return decoded
 
 
 def _whole_and_final(response: http.client.HTTPResponse) -> str | None:
@@ -137,8 +146,10 @@ class KeptConnections:
         *,
         connect_timeout: float,
         read_timeout: float,
+        max_bytes: int,
     ) -> Answer:
-        """One request and its whole answer. Raises NotConnected, CallTimedOut or CallFailed."""
+        """One request and its whole answer, its body no longer than `max_bytes` as sent and
+        as decoded. Raises NotConnected, CallTimedOut or CallFailed (AnswerTooLarge)."""
         target = _target(url)
         connection = self._take(target.origin) or _connect(target.origin, connect_timeout)
         try:
@@ -148,7 +159,9 @@ class KeptConnections:
             refused = _whole_and_final(response)
             if refused:
                 raise CallFailed(refused)
-            content = response.read()
+            content = response.read(max_bytes + 1)
+            if len(content) > max_bytes:  # the rest unread: the connection goes
+                raise AnswerTooLarge("the body is longer than the limit")
         except TimeoutError as exc:
             connection.close()
             raise CallTimedOut("no answer in time") from exc
@@ -167,7 +180,7 @@ class KeptConnections:
             status=response.status,
             reason=response.reason,
             headers=headers,
-            body=_decoded(headers, response.status, content),
+            body=_decoded(headers, response.status, content, max_bytes),
         )
 
     def idle(self, origin: Origin) -> list[http.client.HTTPConnection]:

@@ -424,6 +424,9 @@ UPSTREAM_POOL_SIZE = env.int(
 )
 # Connecting to an upstream: a dead host should cost little (each deployment may set its own).
 UPSTREAM_CONNECT_TIMEOUT = env.float("APERTURE_UPSTREAM_CONNECT_TIMEOUT", default=3.0)
+# The most of an upstream's answer read whole (decoded), streams aside: an upstream (a
+# workspace's own, say) cannot make a worker hold what it likes, a compressed bomb included.
+UPSTREAM_MAX_ANSWER_BYTES = env.int("APERTURE_UPSTREAM_MAX_ANSWER_BYTES", default=256 * 1024 * 1024)
 # Deployment health (routing/health.py): failures within the window that open a circuit, and
 # its cooldown, doubled on each trip up to the cap.
 HEALTH_WINDOW_SECONDS = env.float("APERTURE_HEALTH_WINDOW_SECONDS", default=60.0)

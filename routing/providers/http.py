@@ -21,7 +21,13 @@ import urllib3
 from django.conf import settings
 from requests.structures import CaseInsensitiveDict
 
-from aperture.kept_connections import CallFailed, CallTimedOut, KeptConnections, NotConnected
+from aperture.kept_connections import (
+    AnswerTooLarge,
+    CallFailed,
+    CallTimedOut,
+    KeptConnections,
+    NotConnected,
+)
 from aperture.outbound import (
     PrivateAddress,
     ReuseCheckedAdapter,
@@ -89,7 +95,7 @@ def send(
     if not (guarded or stream or files or params) and isinstance(body, bytes | None):
         return _send_plain(provider, method, url, all_headers, body, (connect, timeout))
     try:
-        return (guarded_session() if guarded else session()).request(
+        response = (guarded_session() if guarded else session()).request(
             method,
             url,
             headers=all_headers,
@@ -98,8 +104,11 @@ def send(
             params=params,
             timeout=(connect, timeout),
             allow_redirects=False,
-            stream=stream,
+            stream=True,  # a whole answer is read here, no further than the limit
         )
+        if not stream:
+            _read_whole(provider, response)
+        return response
     except requests.ConnectTimeout as exc:
         raise UpstreamUnreachable(provider, f"{provider} could not be reached in time.") from exc
     except requests.Timeout as exc:
@@ -116,6 +125,31 @@ def send(
         raise UpstreamFailed(
             provider, f"{provider} could not be reached ({type(exc).__name__})."
         ) from exc
+
+
+def _read_whole(provider: str, response: requests.Response) -> None:
+    """The answer's body, decoded, as `response.content` (as requests reads it when not
+    streaming), but no further than APERTURE_UPSTREAM_MAX_ANSWER_BYTES: past it the call
+    fails and its connection is closed."""
+    limit = settings.UPSTREAM_MAX_ANSWER_BYTES
+    body = bytearray()
+    try:
+        for chunk in response.iter_content(chunk_size=1 << 20):  # decoded as far as read
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(provider)
+    except BaseException:
+        response.close()
+        raise
+    response._content = bytes(body)
+
+
+def _too_large(provider: str) -> UpstreamFailed:
+    return UpstreamFailed(
+        provider,
+        f"{provider} answered more than the {settings.UPSTREAM_MAX_ANSWER_BYTES:,} bytes the "
+        "gateway reads of an answer.",
+    )
 
 
 def _send_plain(
@@ -141,6 +175,7 @@ def _send_plain(
             body,
             connect_timeout=timeouts[0],
             read_timeout=timeouts[1],
+            max_bytes=settings.UPSTREAM_MAX_ANSWER_BYTES,
         )
     except NotConnected as exc:
         if exc.timed_out:
@@ -154,6 +189,8 @@ def _send_plain(
         raise UpstreamTimedOut(
             provider, f"{provider} did not answer within {timeouts[1]:g}s."
         ) from exc
+    except AnswerTooLarge as exc:
+        raise _too_large(provider) from exc
     except CallFailed as exc:
         raise UpstreamFailed(
             provider, f"{provider} could not be reached (ConnectionError)."

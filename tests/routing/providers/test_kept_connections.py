@@ -1,6 +1,7 @@
 """The plain upstream call on kept http.client connections (aperture/kept_connections.py),
 through `http.send` as the adapters make it: TLS checked as urllib3 checks it, bodies
-decoded, connections kept only while they may be, and its failures told apart."""
+decoded, connections kept only while they may be, and its failures told apart. Also, on it
+and on the requests sessions alike: the limit on the size of an answer read whole."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -196,6 +198,52 @@ def test_a_body_that_does_not_decode_fails_the_call() -> None:
     answer = _answer(b"not gzip at all", headers=("Content-Encoding: gzip",))
     with _upstream(lambda n: answer) as upstream, pytest.raises(UpstreamFailed):
         _call(upstream.url())
+
+
+def _send(url: str, guarded: bool) -> requests.Response:
+    """A call on the operator's plain path, or on a workspace's (the guarded session)."""
+    return http.send("openai", "POST", url, timeout=10, json_body={"p": "x"}, guarded=guarded)
+
+
+PATHS = pytest.mark.parametrize("guarded", [False, True], ids=["operator", "workspace"])
+
+
+@PATHS
+def test_an_answer_up_to_the_limit_is_read_and_one_past_it_fails_the_call(guarded: bool) -> None:
+    limit = 1 << 20
+    at_limit = b'"' + b"a" * (limit - 2) + b'"'
+    answers = {1: at_limit, 2: at_limit + b" ", 3: at_limit * 4, 4: b'"next"'}
+    with (
+        override_settings(UPSTREAM_MAX_ANSWER_BYTES=limit, FETCH_ALLOWED_HOSTS=["127.0.0.1"]),
+        _upstream(lambda n: _answer(answers[n])) as upstream,
+    ):
+        assert _send(upstream.url(), guarded).content == at_limit
+        for _ in ("one byte past", "far past, the rest unread"):
+            with pytest.raises(UpstreamFailed, match=r"answered more than the 1,048,576 bytes"):
+                _send(upstream.url(), guarded)
+        # What was left unread of the last is no part of the next answer.
+        assert _send(upstream.url(), guarded).json() == "next"
+
+
+@PATHS
+def test_a_compressed_answer_that_decodes_past_the_limit_fails_without_taking_the_memory(
+    guarded: bool,
+) -> None:
+    """A gzip bomb (a GiB of zeros in 1 MB): decoded only as far as the limit."""
+    member = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    answer = _answer(member * 16, headers=("Content-Encoding: gzip",))
+    with (
+        override_settings(UPSTREAM_MAX_ANSWER_BYTES=8 << 20, FETCH_ALLOWED_HOSTS=["127.0.0.1"]),
+        _upstream(lambda n: answer) as upstream,
+    ):
+        tracemalloc.start()
+        try:
+            with pytest.raises(UpstreamFailed, match=r"answered more than the 8,388,608 bytes"):
+                _send(upstream.url(), guarded)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak:,} bytes held at the peak"
 
 
 def test_a_header_answered_twice_is_read_as_one_with_both_values() -> None:
