@@ -116,6 +116,23 @@ def _decoded(headers: urllib3.HTTPHeaderDict, status: int, content: bytes, max_b
     return decoded
 
 
+def _body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
+    """The body as sent, if no longer than `max_bytes` (else AnswerTooLarge, the rest left
+    unread). A length given up front is read at once (a body cut short fails: IncompleteRead);
+    chunks, or a body ended by closing, are read into one buffer, piece by piece, so that
+    neither many tiny chunks nor the limit itself cost memory of their own."""
+    if response.length is not None:
+        if response.length > max_bytes:
+            raise AnswerTooLarge("the body is longer than the limit")
+        return response.read()
+    body, piece = bytearray(), memoryview(bytearray(64 * 1024))
+    while read := response.readinto(piece):
+        body += piece[:read]
+        if len(body) > max_bytes:
+            raise AnswerTooLarge("the body is longer than the limit")
+    return bytes(body)
+
+
 def _whole_and_final(response: http.client.HTTPResponse) -> str | None:
     """Why what follows this answer on its connection could be another's, or None."""
     if response.status < 200:
@@ -159,9 +176,7 @@ class KeptConnections:
             refused = _whole_and_final(response)
             if refused:
                 raise CallFailed(refused)
-            content = response.read(max_bytes + 1)
-            if len(content) > max_bytes:  # the rest unread: the connection goes
-                raise AnswerTooLarge("the body is longer than the limit")
+            content = _body(response, max_bytes)
         except TimeoutError as exc:
             connection.close()
             raise CallTimedOut("no answer in time") from exc

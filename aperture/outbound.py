@@ -53,9 +53,20 @@ class NoCookies(RequestsCookieJar):
         return None
 
 
+class _NoRedirects(requests.Session):
+    """Never follows a redirect, nor reads one's body on its own: requests' `send`, even with
+    allow_redirects=False, reads a 3xx answer's body whole (and decoded) to keep the next
+    request ready, before the caller sees the answer, with no limit on its size. The
+    caller reads it, if at all, as any other answer (`is_redirect` still says what it is)."""
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        return None
+
+
 def new_session(adapter: HTTPAdapter) -> requests.Session:
-    """A session on `adapter` for both schemes: no cookie jar, nothing from the environment."""
-    session = requests.Session()
+    """A session on `adapter` for both schemes that follows no redirect: no cookie jar,
+    nothing from the environment."""
+    session = _NoRedirects()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.trust_env = False  # no proxy or netrc surprises from the environment

@@ -12,6 +12,7 @@ another's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,7 +108,10 @@ def send(
             stream=True,  # a whole answer is read here, no further than the limit
         )
         if not stream:
-            _read_whole(provider, response)
+            deadline = time.monotonic() + timeout  # for the body, once its head is in
+            read_whole(
+                provider, response, limit=settings.UPSTREAM_MAX_ANSWER_BYTES, deadline=deadline
+            )
         return response
     except requests.ConnectTimeout as exc:
         raise UpstreamUnreachable(provider, f"{provider} could not be reached in time.") from exc
@@ -127,29 +131,43 @@ def send(
         ) from exc
 
 
-def _read_whole(provider: str, response: requests.Response) -> None:
-    """The answer's body, decoded, as `response.content` (as requests reads it when not
-    streaming), but no further than APERTURE_UPSTREAM_MAX_ANSWER_BYTES: past it the call
-    fails and its connection is closed."""
-    limit = settings.UPSTREAM_MAX_ANSWER_BYTES
+def read_whole(provider: str, response: requests.Response, *, limit: int, deadline: float) -> None:
+    """The answer's body, decoded, as `response.content` (requests' own readers use it): no
+    more than `limit` bytes of it (else UpstreamFailed), all of it by `deadline` (monotonic;
+    else UpstreamTimedOut: an upstream that drips its answer cannot hold the request much
+    longer), giving the other greenlets a turn between pieces (one that never waits on its
+    socket would not). Each piece is what one read brings (`read1`), decoded no further than
+    asked. Its connection is closed if it fails."""
     body = bytearray()
     try:
-        for chunk in response.iter_content(chunk_size=1 << 20):  # decoded as far as read
-            body += chunk
+        while piece := response.raw.read1(64 * 1024, decode_content=True):
+            body += piece
             if len(body) > limit:
-                raise _too_large(provider)
+                raise UpstreamFailed(
+                    provider,
+                    f"{provider} answered more than the {limit:,} bytes the gateway reads of "
+                    "an answer.",
+                )
+            if time.monotonic() > deadline:
+                raise UpstreamTimedOut(
+                    provider, f"{provider} did not send its whole answer in time."
+                )
+            time.sleep(0)  # a turn for the others (gevent's sleep, in a worker)
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        response.close()
+        raise UpstreamTimedOut(
+            provider, f"{provider} did not send its whole answer in time."
+        ) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut off, or not decodable
+        response.close()
+        raise UpstreamFailed(
+            provider, f"{provider}'s answer could not be read ({type(exc).__name__})."
+        ) from exc
     except BaseException:
         response.close()
         raise
     response._content = bytes(body)
-
-
-def _too_large(provider: str) -> UpstreamFailed:
-    return UpstreamFailed(
-        provider,
-        f"{provider} answered more than the {settings.UPSTREAM_MAX_ANSWER_BYTES:,} bytes the "
-        "gateway reads of an answer.",
-    )
+    response._content_consumed = True  # type: ignore[attr-defined]
 
 
 def _send_plain(
@@ -190,7 +208,11 @@ def _send_plain(
             provider, f"{provider} did not answer within {timeouts[1]:g}s."
         ) from exc
     except AnswerTooLarge as exc:
-        raise _too_large(provider) from exc
+        raise UpstreamFailed(
+            provider,
+            f"{provider} answered more than the {settings.UPSTREAM_MAX_ANSWER_BYTES:,} bytes "
+            "the gateway reads of an answer.",
+        ) from exc
     except CallFailed as exc:
         raise UpstreamFailed(
             provider, f"{provider} could not be reached (ConnectionError)."

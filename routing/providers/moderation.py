@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 
 from routing.providers.auth import credential_headers
-from routing.providers.base import Target, UpstreamFailed, UpstreamTimedOut
-from routing.providers.http import check_status, json_object, send
+from routing.providers.base import Target, UpstreamFailed
+from routing.providers.http import check_status, json_object, read_whole, send
 
 MAX_ANSWER_BYTES = 256 * 1024  # a moderation result is a few hundred bytes
 
@@ -54,20 +54,9 @@ def _read_within(target: Target, url: str, body: dict[str, object]) -> dict[str,
         stream=True,
     )
     try:
-        content = bytearray()
-        for chunk in response.iter_content(16 * 1024):
-            content += chunk
-            if len(content) > MAX_ANSWER_BYTES:
-                raise UpstreamFailed(target.provider, "The moderation answer is too large.")
-            if time.monotonic() > deadline:
-                raise UpstreamTimedOut(
-                    target.provider, f"No whole moderation answer in {target.timeout_seconds:g}s."
-                )
-    except OSError as exc:  # a connection cut mid-answer
-        raise UpstreamFailed(target.provider, "The moderation answer was cut off.") from exc
+        read_whole(target.provider, response, limit=MAX_ANSWER_BYTES, deadline=deadline)
     finally:
         response.close()
-    response._content = bytes(content)  # read by hand above; requests' own readers use it
     check_status(target.provider, response)
     return json_object(target.provider, response)
 

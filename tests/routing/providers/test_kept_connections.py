@@ -246,6 +246,107 @@ def test_a_compressed_answer_that_decodes_past_the_limit_fails_without_taking_th
     assert peak < 64 << 20, f"{peak:,} bytes held at the peak"
 
 
+@PATHS
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_redirects_body_is_never_read_by_the_session_on_its_own(
+    guarded: bool, stream: bool
+) -> None:
+    """requests reads a 3xx answer's body whole before its caller sees it, even when it is
+    not to follow it: here a GiB gzip bomb, which the call must not decode."""
+    member = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    answer = _answer(
+        member * 16,
+        headers=("Content-Encoding: gzip", "Location: http://127.0.0.1:9/elsewhere"),
+    ).replace(b"200 OK", b"302 Found", 1)
+    with (
+        override_settings(UPSTREAM_MAX_ANSWER_BYTES=8 << 20, FETCH_ALLOWED_HOSTS=["127.0.0.1"]),
+        _upstream(lambda n: answer) as upstream,
+    ):
+        tracemalloc.start()
+        try:
+            with contextlib.ExitStack() as stack:
+                if not stream:  # read whole as any answer: no further than the limit
+                    stack.enter_context(pytest.raises(UpstreamFailed, match="answered more"))
+                response = http.send(
+                    "openai", "POST", upstream.url(), timeout=10, guarded=guarded, stream=stream
+                )
+                assert response.status_code == 302 and response.is_redirect
+                response.close()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak:,} bytes held at the peak"
+
+
+def test_a_workspace_upstream_that_drips_its_answer_is_cut_off_at_the_calls_timeout() -> None:
+    """Each byte comes well within the read timeout; the whole answer does not."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def drip() -> None:
+            conn, _ = listener.accept()
+            with conn, contextlib.suppress(OSError):
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+                for _ in range(100):
+                    conn.sendall(b"a")
+                    time.sleep(0.05)
+
+        threading.Thread(target=drip, daemon=True).start()
+        started = time.monotonic()
+        with (
+            override_settings(FETCH_ALLOWED_HOSTS=["127.0.0.1"]),
+            pytest.raises(UpstreamTimedOut, match="did not send its whole answer in time"),
+        ):
+            http.send("openai", "POST", f"http://127.0.0.1:{port}/v1/x", timeout=1, guarded=True)
+        assert time.monotonic() - started < 3  # the whole answer would take 5 s
+
+
+def test_a_body_cut_short_of_its_length_fails_the_call() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789"
+    with _upstream(lambda n: answer) as upstream, pytest.raises(UpstreamFailed):
+        _call(upstream.url())
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
+        for i in range(0, len(body), size)
+    )
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked"
+    return head + b"\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+
+def test_a_body_of_many_tiny_chunks_is_read_into_one_buffer_and_up_to_the_limit() -> None:
+    body = b'"' + b"a" * (256 * 1024 - 2) + b'"'
+    answers = {1: _chunked(body, 1), 2: _chunked(body + b" ", 4096), 3: _chunked(b'"next"', 2)}
+    with (
+        override_settings(UPSTREAM_MAX_ANSWER_BYTES=len(body)),
+        _upstream(lambda n: answers[n]) as upstream,
+    ):
+        tracemalloc.start()
+        try:
+            assert _call(upstream.url()).content == body
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 << 20, f"{peak:,} bytes held at the peak for a 256 KiB body"
+        with pytest.raises(UpstreamFailed, match="answered more"):
+            _call(upstream.url())
+        assert _call(upstream.url()).json() == "next"
+
+
+def test_a_body_ended_by_closing_is_read_up_to_the_limit() -> None:
+    def closed(body: bytes) -> bytes:
+        return b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body
+
+    answers = {1: closed(b'"' + b"a" * 1022 + b'"'), 2: closed(b'"' + b"a" * 1023 + b'"')}
+    with override_settings(UPSTREAM_MAX_ANSWER_BYTES=1024), _upstream(lambda n: answers[n]) as up:
+        assert len(_call(up.url()).content) == 1024
+        with pytest.raises(UpstreamFailed, match="answered more"):
+            _call(up.url())
+
+
 def test_a_header_answered_twice_is_read_as_one_with_both_values() -> None:
     answer = _answer(headers=("X-Seen: first", "X-Seen: second"))
     with _upstream(lambda n: answer) as upstream:
