@@ -143,21 +143,13 @@ def read_whole(provider: str, response: requests.Response, *, limit: int, deadli
         while piece := response.raw.read1(64 * 1024, decode_content=True):
             body += piece
             if len(body) > limit:
-                raise UpstreamFailed(
-                    provider,
-                    f"{provider} answered more than the {limit:,} bytes the gateway reads of "
-                    "an answer.",
-                )
+                raise _too_large(provider, limit)
             if time.monotonic() > deadline:
-                raise UpstreamTimedOut(
-                    provider, f"{provider} did not send its whole answer in time."
-                )
+                raise _too_slow(provider)
             time.sleep(0)  # a turn for the others (gevent's sleep, in a worker)
     except urllib3.exceptions.ReadTimeoutError as exc:
         response.close()
-        raise UpstreamTimedOut(
-            provider, f"{provider} did not send its whole answer in time."
-        ) from exc
+        raise _too_slow(provider) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut off, or not decodable
         response.close()
         raise UpstreamFailed(
@@ -168,6 +160,17 @@ def read_whole(provider: str, response: requests.Response, *, limit: int, deadli
         raise
     response._content = bytes(body)
     response._content_consumed = True  # type: ignore[attr-defined]
+
+
+def _too_large(provider: str, limit: int) -> UpstreamFailed:
+    return UpstreamFailed(
+        provider,
+        f"{provider} answered more than the {limit:,} bytes the gateway reads of an answer.",
+    )
+
+
+def _too_slow(provider: str) -> UpstreamTimedOut:
+    return UpstreamTimedOut(provider, f"{provider} did not send its whole answer in time.")
 
 
 def _send_plain(
@@ -208,11 +211,7 @@ def _send_plain(
             provider, f"{provider} did not answer within {timeouts[1]:g}s."
         ) from exc
     except AnswerTooLarge as exc:
-        raise UpstreamFailed(
-            provider,
-            f"{provider} answered more than the {settings.UPSTREAM_MAX_ANSWER_BYTES:,} bytes "
-            "the gateway reads of an answer.",
-        ) from exc
+        raise _too_large(provider, settings.UPSTREAM_MAX_ANSWER_BYTES) from exc
     except CallFailed as exc:
         raise UpstreamFailed(
             provider, f"{provider} could not be reached (ConnectionError)."

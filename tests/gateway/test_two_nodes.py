@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,16 @@ def _split(nodes: tuple[Server, Server], secret: str, count: int) -> list[reques
     failed = [f"{a.status_code} {a.text[:300]}" for a in answers if a.status_code >= 500]
     assert not failed, "\n".join([*failed, *(node.log_tail() for node in nodes)])
     return answers
+
+
+def _second_call_in_flight(
+    pool: ThreadPoolExecutor, node: str, secret: str, fake: FakeUpstream
+) -> Future[requests.Response]:
+    """A generation through `node`, once its upstream call (the second the fake has seen) is
+    under way."""
+    in_flight = pool.submit(_generate, node, secret)
+    wait_for(lambda: len(fake.requests) == 2, timeout=10, what="a call in flight")
+    return in_flight
 
 
 def _wait_for_records(count: int) -> None:
@@ -234,8 +244,7 @@ def test_an_operator_lowering_a_limit_mid_slice_of_node_a_lets_neither_node_pass
         assert BudgetLease.objects.get().amount_micro == 3 * PRICE_MICRO  # one of its four spent
         fake_upstream.delay = 2
         with ThreadPoolExecutor(max_workers=1) as pool:
-            in_flight = pool.submit(_generate, a, api_key.secret)
-            wait_for(lambda: len(fake_upstream.requests) == 2, timeout=10, what="a call in flight")
+            in_flight = _second_call_in_flight(pool, a, api_key.secret, fake_upstream)
 
             services_billing.budget_change_limits(
                 actor=ACTOR, budget=row, fields={"limit_micro": 3 * PRICE_MICRO}
@@ -270,8 +279,7 @@ def test_a_slice_of_a_node_killed_mid_flight_returns_when_its_lease_expires(
         _wait_for_records(1)
         fake_upstream.delay = 5  # the next request is in flight, held in the slice, when A dies
         with ThreadPoolExecutor(max_workers=1) as pool:
-            in_flight = pool.submit(_generate, a, api_key.secret)
-            wait_for(lambda: len(fake_upstream.requests) == 2, timeout=10, what="a call in flight")
+            in_flight = _second_call_in_flight(pool, a, api_key.secret, fake_upstream)
             os.killpg(a.pid, signal.SIGKILL)  # no goodbye: the slice stays leased
             with pytest.raises(requests.ConnectionError):  # its caller got nothing: no charge
                 in_flight.result()
