@@ -15,11 +15,21 @@ import contextlib
 import glob
 import os
 import shutil
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 bind = os.environ.get("APERTURE_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 worker_class = "gevent"
+_TRUE = ("true", "on", "ok", "y", "yes", "1")  # django-environ's, as settings read the switch
+# Each worker accepts on a listening socket of its own (SO_REUSEPORT; gunicorn then opens none
+# in the master), and the kernel shares new connections out among them evenly. On one shared
+# socket the worker that woke first took a burst of keep-alive connections, at times every one
+# of them, and the others idled (README: Production). A Unix socket can't be shared that way.
+reuse_port = os.environ.get("APERTURE_REUSE_PORT", "true").strip().lower() in _TRUE and not (
+    bind.startswith(("unix:", "fd://"))
+)
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = int(os.environ.get("APERTURE_WORKER_CONNECTIONS", "4000"))
 # Image generation upstreams take 5-60 s; gevent workers keep heartbeating meanwhile.
@@ -53,7 +63,6 @@ if os.environ.get("APERTURE_LOG_FORMAT", "text") == "json":
 
     logger_class = JsonLogger
 
-_TRUE = ("true", "on", "ok", "y", "yes", "1")  # django-environ's, as settings read the switch
 _VAR_DIR = Path(os.environ.get("APERTURE_VAR_DIR", str(Path(__file__).resolve().parent / "var")))
 _OWN_DIRS = _VAR_DIR / "prometheus"  # var/prometheus/<master pid>: one per master
 if os.environ.get("APERTURE_METRICS", "true").strip().lower() in _TRUE:
@@ -74,9 +83,50 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _taken(address: Any) -> str:
+    """Why a worker could not listen on `address` as a socket of its own ("" if it can): the
+    address is not this host's, or another process listens there (another gunicorn's workers
+    with SO_REUSEPORT too, which would silently share its connections with ours)."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    loopback = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - a lookup
+    try:
+        with socket.create_connection((loopback, port), timeout=1):
+            return "another process is listening there"
+    except OSError:
+        return ""
+
+
+def _refuse_a_taken_address(server: Any) -> None:
+    """With a socket per worker the master listens on nothing, so a taken address would only
+    show as workers failing to boot over and over: refuse it at once, as gunicorn does with a
+    shared socket. Not on a re-exec (USR2), whose old workers still listen there."""
+    if not server.cfg.reuse_port or server.master_pid:
+        return
+    for address in server.cfg.address:
+        if isinstance(address, tuple) and (why := _taken(address)):
+            server.log.error("Cannot listen at %s:%s: %s", address[0], address[1], why)
+            sys.exit(1)
+
+
+def when_ready(server: Any) -> None:
+    if server.cfg.reuse_port:  # gunicorn's "Listening at:" named no socket: the master has none
+        addresses = ", ".join(f"{a[0]}:{a[1]}" for a in server.cfg.address)
+        server.log.info("Each worker listens at %s on a socket of its own", addresses)
+
+
 def on_starting(server: Any) -> None:
-    """Start the metrics afresh: an empty directory (counters restart from zero with the
-    master, as Prometheus expects of a restarted process)."""
+    """Refuse an address taken already; start the metrics afresh: an empty directory
+    (counters restart from zero with the master, as Prometheus expects of a restarted
+    process)."""
+    _refuse_a_taken_address(server)
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return
     directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -83,14 +83,18 @@ def _odd(result: Result) -> str:
 
 
 def _listen_backlog(port: int) -> str:
-    """The listening socket's accept-queue limit as the kernel applies it (ss's Send-Q)."""
+    """The listening sockets' accept-queue limits as the kernel applies them (ss's Send-Q):
+    one socket per worker, or one shared by them all."""
     try:
         listed = subprocess.run(
             ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
-        ).stdout.split()
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return "?"
-    return listed[2] if len(listed) > 2 else "?"
+    limits = [line.split()[2] for line in listed if len(line.split()) > 2]
+    if not limits:
+        return "?"
+    return f"{len(limits)} socket(s) x {limits[0]}"
 
 
 def _listen_overflows() -> int:

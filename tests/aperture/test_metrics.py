@@ -377,6 +377,9 @@ def two_workers(django_db_setup: None, django_db_blocker) -> Iterator[tuple[Serv
             "REDIS_URL": settings.REDIS_URL,
             "APERTURE_METRICS_TOKEN": TOKEN,
             "PROMETHEUS_MULTIPROC_DIR": directory,
+            # One socket shared by both workers, so that pausing one sends every connection to
+            # the other (`_paused`); with a socket each, the paused one's share would wait.
+            "APERTURE_REUSE_PORT": "false",
         }
         with gunicorn(env, workers=2) as server:
             wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")

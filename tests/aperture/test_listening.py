@@ -1,0 +1,104 @@
+"""How gunicorn listens (gunicorn.conf.py): a socket per worker, so that the kernel shares
+connections out among the workers, and an address taken already refused at start."""
+
+import http.client
+import os
+import socket
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from tests.support import ROOT, VENV_BIN, Server, gunicorn
+
+CONNECTIONS = 64
+# Shared evenly, each of two workers holds fewer than this with a chance of about 1 in 10^11.
+FEWEST = 8
+_LISTEN, _ESTABLISHED = "0A", "01"  # /proc/net/tcp states
+
+
+def _sockets(port: int, state: str) -> set[str]:
+    """The inodes of this host's TCP sockets on local `port` in `state`."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+            inodes.add(fields[9])
+    return inodes
+
+
+def _held_by(pids: list[int], inodes: set[str]) -> Counter[int]:
+    """How many of the sockets `inodes` each process holds open."""
+    held: Counter[int] = Counter()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held[pid] += 1
+    return held
+
+
+def _port(server: Server) -> int:
+    return int(server.rsplit(":", 1)[1])
+
+
+def test_each_worker_listens_on_a_socket_of_its_own_and_connections_are_shared_out() -> None:
+    with gunicorn({}, workers=2) as server:
+        port, workers = _port(server), server.worker_pids()
+        listening = _held_by(workers, _sockets(port, _LISTEN))
+        assert sorted(listening.values()) == [1, 1], "one listening socket per worker"
+        assert _held_by([server.pid], _sockets(port, _LISTEN)) == Counter()  # none in the master
+        # Keep-alive connections opened at once, as a client's pool does; each answered once,
+        # so each has been accepted by one worker.
+        connections = [http.client.HTTPConnection("127.0.0.1", port) for _ in range(CONNECTIONS)]
+        try:
+            for connection in connections:
+                connection.connect()
+            for connection in connections:
+                connection.request("GET", "/healthz")
+                response = connection.getresponse()
+                response.read()
+                assert response.status == 200
+            accepted = _held_by(workers, _sockets(port, _ESTABLISHED))
+        finally:
+            for connection in connections:
+                connection.close()
+    assert sum(accepted.values()) == CONNECTIONS
+    assert min(accepted.get(pid, 0) for pid in workers) >= FEWEST, accepted
+
+
+def test_with_reuse_port_off_the_workers_share_the_masters_socket() -> None:
+    with gunicorn({"APERTURE_REUSE_PORT": "false"}, workers=2) as server:
+        listening = _sockets(_port(server), _LISTEN)
+        assert len(listening) == 1
+        assert _held_by([server.pid], listening) == Counter({server.pid: 1})
+
+
+def _start_on(port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
+        cwd=ROOT,
+        env={**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_an_address_another_process_listens_on_is_refused_at_start() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        refused = _start_on(other.getsockname()[1])  # with workers respawned, it never ends
+    assert refused.returncode == 1
+    assert "Address already in use" in refused.stderr
+    assert "Booting worker" not in refused.stderr  # refused by the master, not worker by worker
+
+
+def test_a_second_gateway_on_the_same_port_is_refused_rather_than_sharing_it() -> None:
+    with gunicorn({}) as server:
+        refused = _start_on(_port(server))
+    assert refused.returncode == 1
+    assert "another process is listening there" in refused.stderr
