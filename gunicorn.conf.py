@@ -65,6 +65,10 @@ if os.environ.get("APERTURE_LOG_FORMAT", "text") == "json":
 
 _VAR_DIR = Path(os.environ.get("APERTURE_VAR_DIR", str(Path(__file__).resolve().parent / "var")))
 _OWN_DIRS = _VAR_DIR / "prometheus"  # var/prometheus/<master pid>: one per master
+# gunicornc's socket (`gunicornc --control-socket var/gunicorn.ctl`), in the var dir the
+# service may write: gunicorn's default is under $HOME, which the systemd units make
+# read-only (ProtectHome), and which every master of a user on the host would share.
+control_socket = str(_VAR_DIR / "gunicorn.ctl")
 if os.environ.get("APERTURE_METRICS", "true").strip().lower() in _TRUE:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_OWN_DIRS / str(os.getpid())))
 

@@ -102,3 +102,14 @@ def test_a_second_gateway_on_the_same_port_is_refused_rather_than_sharing_it() -
         refused = _start_on(_port(server))
     assert refused.returncode == 1
     assert "another process is listening there" in refused.stderr
+
+
+def test_the_control_socket_is_in_the_var_dir_not_under_home(tmp_path: Path) -> None:
+    var, home = tmp_path / "var", tmp_path / "home"
+    home.mkdir(mode=0o500)  # read-only, as the systemd units' ProtectHome makes it
+    with gunicorn({"APERTURE_VAR_DIR": str(var), "HOME": str(home)}) as server:
+        control = var / "gunicorn.ctl"
+        assert control.is_socket()
+        assert control.stat().st_mode & 0o777 == 0o600
+        assert not list(home.iterdir())
+        assert "Failed to start control socket" not in server.log_tail()
