@@ -23,13 +23,28 @@ from typing import Any
 bind = os.environ.get("APERTURE_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 worker_class = "gevent"
 _TRUE = ("true", "on", "ok", "y", "yes", "1")  # django-environ's, as settings read the switch
-# Each worker accepts on a listening socket of its own (SO_REUSEPORT; gunicorn then opens none
-# in the master), and the kernel shares new connections out among them evenly. On one shared
-# socket the worker that woke first took a burst of keep-alive connections, at times every one
-# of them, and the others idled (README: Production). A Unix socket can't be shared that way.
-reuse_port = os.environ.get("APERTURE_REUSE_PORT", "true").strip().lower() in _TRUE and not (
-    bind.startswith(("unix:", "fd://"))
-)
+_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def _reuse_port(address: str, wanted: str, migrate_req: Path = _MIGRATE_REQ) -> bool:
+    """Whether each worker accepts on a listening socket of its own (SO_REUSEPORT; gunicorn
+    then opens none in the master), the kernel sharing new connections out among them evenly.
+    On one shared socket the worker that woke first took a burst of keep-alive connections, at
+    times every one of them, and the others idled (README: Production deployment). But a
+    worker that stops (a reload, a crash) resets the connections still waiting in its own
+    socket unless the kernel hands them to another (`net.ipv4.tcp_migrate_req`), so "auto"
+    is on only where it does. A Unix socket can't be shared out that way."""
+    if address.startswith(("unix:", "fd://")):
+        return False
+    if wanted.strip().lower() == "auto":
+        try:
+            return migrate_req.read_text().strip() == "1"
+        except OSError:  # not Linux, or older than 5.14
+            return False
+    return wanted.strip().lower() in _TRUE
+
+
+reuse_port = _reuse_port(bind, os.environ.get("APERTURE_REUSE_PORT", "auto"))
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = int(os.environ.get("APERTURE_WORKER_CONNECTIONS", "4000"))
 # Image generation upstreams take 5-60 s; gevent workers keep heartbeating meanwhile.
@@ -124,6 +139,11 @@ def when_ready(server: Any) -> None:
     if server.cfg.reuse_port:  # gunicorn's "Listening at:" named no socket: the master has none
         addresses = ", ".join(f"{a[0]}:{a[1]}" for a in server.cfg.address)
         server.log.info("Each worker listens at %s on a socket of its own", addresses)
+    elif server.cfg.workers > 1 and all(isinstance(a, tuple) for a in server.cfg.address):
+        server.log.info(
+            "The workers share one listening socket; set net.ipv4.tcp_migrate_req=1 for a "
+            "socket each, which shares connections out evenly (docs/deployment.md)"
+        )
 
 
 def on_starting(server: Any) -> None:

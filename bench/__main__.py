@@ -168,6 +168,9 @@ def main() -> None:
         "WEB_CONCURRENCY": str(args.workers),
         "APERTURE_ACCESS_LOG": "/dev/null",
         "LOG_LEVEL": "WARNING",
+        # A listening socket per worker, as web nodes get with net.ipv4.tcp_migrate_req=1
+        # (docs/deployment.md): connections shared out evenly, not by the luck of the start.
+        "APERTURE_REUSE_PORT": "true",
     }
     processes: list[subprocess.Popen[bytes]] = []
     stack = contextlib.ExitStack()

@@ -1,14 +1,20 @@
-"""How gunicorn listens (gunicorn.conf.py): a socket per worker, so that the kernel shares
-connections out among the workers, and an address taken already refused at start."""
+"""How gunicorn listens (gunicorn.conf.py): a socket per worker where the kernel hands a
+stopping worker's waiting connections on, so that connections are shared out among the
+workers; else one shared socket, which reloads drop nothing from; an address taken already
+refused at start; the control socket in the var dir."""
 
 import http.client
+import json
 import os
+import signal
 import socket
 import subprocess
+import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
-from tests.support import ROOT, VENV_BIN, Server, gunicorn
+from tests.support import ROOT, VENV_BIN, Server, gunicorn, wait_for
 
 CONNECTIONS = 64
 # Shared evenly, each of two workers holds fewer than this with a chance of about 1 in 10^11.
@@ -44,8 +50,11 @@ def _port(server: Server) -> int:
     return int(server.rsplit(":", 1)[1])
 
 
+OWN_SOCKETS = {"APERTURE_REUSE_PORT": "true"}
+
+
 def test_each_worker_listens_on_a_socket_of_its_own_and_connections_are_shared_out() -> None:
-    with gunicorn({}, workers=2) as server:
+    with gunicorn(OWN_SOCKETS, workers=2) as server:
         port, workers = _port(server), server.worker_pids()
         listening = _held_by(workers, _sockets(port, _LISTEN))
         assert sorted(listening.values()) == [1, 1], "one listening socket per worker"
@@ -80,7 +89,7 @@ def _start_on(port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
         cwd=ROOT,
-        env={**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "2"},
+        env={**os.environ, **OWN_SOCKETS, "PORT": str(port), "WEB_CONCURRENCY": "2"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -98,7 +107,7 @@ def test_an_address_another_process_listens_on_is_refused_at_start() -> None:
 
 
 def test_a_second_gateway_on_the_same_port_is_refused_rather_than_sharing_it() -> None:
-    with gunicorn({}) as server:
+    with gunicorn(OWN_SOCKETS) as server:
         refused = _start_on(_port(server))
     assert refused.returncode == 1
     assert "another process is listening there" in refused.stderr
@@ -113,3 +122,101 @@ def test_the_control_socket_is_in_the_var_dir_not_under_home(tmp_path: Path) -> 
         assert control.stat().st_mode & 0o777 == 0o600
         assert not list(home.iterdir())
         assert "Failed to start control socket" not in server.log_tail()
+
+
+def _decided(cases: list[tuple[str, str, str | None]], tmp_path: Path) -> list[bool]:
+    """gunicorn.conf.py's `_reuse_port(bind, APERTURE_REUSE_PORT, the sysctl's file)` for each
+    case, the sysctl's file holding the text given (None: no such file). In a process of its
+    own: the file sets the metrics directory in the environment as it loads."""
+    files = []
+    for number, (_, _, sysctl) in enumerate(cases):
+        path = tmp_path / f"tcp_migrate_req-{number}"
+        if sysctl is not None:
+            path.write_text(sysctl)
+        files.append(str(path))
+    script = (
+        "import json, runpy, sys\n"
+        "from pathlib import Path\n"
+        "conf = runpy.run_path('gunicorn.conf.py')\n"
+        "cases = json.loads(sys.argv[1])\n"
+        "print(json.dumps([conf['_reuse_port'](b, w, Path(f)) for b, w, f in cases]))\n"
+    )
+    args = json.dumps(
+        [[bind, wanted, file] for (bind, wanted, _), file in zip(cases, files, strict=True)]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, args], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return list(json.loads(done.stdout))
+
+
+def test_auto_gives_each_worker_a_socket_only_where_the_kernel_hands_waiting_connections_on(
+    tmp_path: Path,
+) -> None:
+    cases = [
+        ("127.0.0.1:8000", "auto", "1\n"),
+        ("127.0.0.1:8000", "auto", "0\n"),
+        ("127.0.0.1:8000", "auto", None),  # a kernel before 5.14
+        ("127.0.0.1:8000", "true", "0\n"),
+        ("127.0.0.1:8000", "false", "1\n"),
+        ("unix:/run/aperture.sock", "true", "1\n"),
+        ("unix:/run/aperture.sock", "auto", "1\n"),
+    ]
+    assert _decided(cases, tmp_path) == [True, False, False, True, False, False, False]
+
+
+def _reload(server: Server, ended: Counter[str]) -> None:
+    """Once 200 more requests are served, reload the workers (HUP) and wait for the new ones
+    to replace the old ones."""
+    before, served = set(server.worker_pids()), ended["200"]
+    wait_for(lambda: ended["200"] > served + 200, what="requests under way")
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for(
+        lambda: len(set(server.worker_pids()) - before) == 2 == len(server.worker_pids()),
+        what="the new workers serving and the old ones gone",
+    )
+
+
+def _requests_across(server: Server, reloads: int) -> Counter[str]:
+    """New connections (one request each) from 8 threads while the master reloads its workers
+    `reloads` times, each time once the new workers are up: how each request ended."""
+    ended: Counter[str] = Counter()
+    counting = threading.Lock()
+    done = threading.Event()
+
+    def count(how: str) -> None:
+        with counting:
+            ended[how] += 1
+
+    def call() -> None:
+        while not done.is_set():
+            connection = http.client.HTTPConnection("127.0.0.1", _port(server), timeout=30)
+            try:
+                connection.request("GET", "/healthz", headers={"Connection": "close"})
+                response = connection.getresponse()
+                response.read()
+                count(str(response.status))
+            except OSError as exc:
+                count(type(exc).__name__)
+            finally:
+                connection.close()
+
+    callers = [threading.Thread(target=call) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    try:
+        for _ in range(reloads):
+            _reload(server, ended)
+            count("reloads")
+    finally:
+        done.set()
+        for caller in callers:
+            caller.join()
+    return ended
+
+
+def test_reloading_the_workers_under_load_drops_no_connection() -> None:
+    with gunicorn({}, workers=2) as server:  # auto, as deployed
+        ended = _requests_across(server, reloads=3)
+    assert ended["reloads"] == 3
+    assert set(ended) == {"200", "reloads"}, ended
