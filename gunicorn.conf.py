@@ -24,17 +24,26 @@ bind = os.environ.get("APERTURE_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000
 worker_class = "gevent"
 _TRUE = ("true", "on", "ok", "y", "yes", "1")  # django-environ's, as settings read the switch
 _MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+# Whether each worker listens on a socket of its own, as the master decided it when it
+# started (`_decide_listening`). A reload (HUP) reads this file again, but gunicorn sets the
+# listening sockets up only as the master starts: the new workers must listen the same way.
+_LISTENING = "APERTURE_LISTENING_PER_WORKER"
+reuse_port = os.environ.get(_LISTENING) == "true"
 
 
-def _reuse_port(address: str, wanted: str, migrate_req: Path = _MIGRATE_REQ) -> bool:
+def _reuse_port(
+    addresses: list[Any], wanted: str, workers: int, migrate_req: Path = _MIGRATE_REQ
+) -> bool:
     """Whether each worker accepts on a listening socket of its own (SO_REUSEPORT; gunicorn
     then opens none in the master), the kernel sharing new connections out among them evenly.
     On one shared socket the worker that woke first took a burst of keep-alive connections, at
     times every one of them, and the others idled (README: Production deployment). But a
     worker that stops (a reload, a crash) resets the connections still waiting in its own
     socket unless the kernel hands them to another (`net.ipv4.tcp_migrate_req`), so "auto"
-    is on only where it does. A Unix socket can't be shared out that way."""
-    if address.startswith(("unix:", "fd://")):
+    is on only where it does. Only for TCP addresses with a port named (a Unix socket can't
+    be shared out, and port 0 would give each worker a port of its own), and more than one
+    worker (a lone worker's own socket would lose its queue with it)."""
+    if workers < 2 or not all(isinstance(a, tuple) and a[1] for a in addresses):
         return False
     if wanted.strip().lower() == "auto":
         try:
@@ -44,7 +53,15 @@ def _reuse_port(address: str, wanted: str, migrate_req: Path = _MIGRATE_REQ) -> 
     return wanted.strip().lower() in _TRUE
 
 
-reuse_port = _reuse_port(bind, os.environ.get("APERTURE_REUSE_PORT", "auto"))
+def _decide_listening(server: Any) -> None:
+    """Decide once, as the master starts, from every bind it has (the command line's too)."""
+    if _LISTENING not in os.environ:
+        wanted = os.environ.get("APERTURE_REUSE_PORT", "auto")
+        decided = _reuse_port(server.cfg.address, wanted, server.cfg.workers)
+        os.environ[_LISTENING] = "true" if decided else "false"
+    server.cfg.set("reuse_port", os.environ[_LISTENING] == "true")
+
+
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = int(os.environ.get("APERTURE_WORKER_CONNECTIONS", "4000"))
 # Image generation upstreams take 5-60 s; gevent workers keep heartbeating meanwhile.
@@ -80,10 +97,11 @@ if os.environ.get("APERTURE_LOG_FORMAT", "text") == "json":
 
 _VAR_DIR = Path(os.environ.get("APERTURE_VAR_DIR", str(Path(__file__).resolve().parent / "var")))
 _OWN_DIRS = _VAR_DIR / "prometheus"  # var/prometheus/<master pid>: one per master
-# gunicornc's socket (`gunicornc --control-socket var/gunicorn.ctl`), in the var dir the
-# service may write: gunicorn's default is under $HOME, which the systemd units make
-# read-only (ProtectHome), and which every master of a user on the host would share.
-control_socket = str(_VAR_DIR / "gunicorn.ctl")
+# gunicornc's socket (`gunicornc --control-socket var/gunicorn-8000.ctl`), one per port in
+# the var dir the service may write: gunicorn's default is under $HOME, which the systemd
+# units make read-only (ProtectHome), and which every master of a user on the host shared.
+_PORT = "" if bind.startswith(("unix:", "fd://")) else bind.rsplit(":", 1)[-1]
+control_socket = str(_VAR_DIR / (f"gunicorn-{_PORT}.ctl" if _PORT.isdigit() else "gunicorn.ctl"))
 if os.environ.get("APERTURE_METRICS", "true").strip().lower() in _TRUE:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_OWN_DIRS / str(os.getpid())))
 
@@ -102,10 +120,11 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _taken(address: Any) -> str:
+def _taken(address: tuple[str, int]) -> str:
     """Why a worker could not listen on `address` as a socket of its own ("" if it can): the
     address is not this host's, or another process listens there (another gunicorn's workers
-    with SO_REUSEPORT too, which would silently share its connections with ours)."""
+    with SO_REUSEPORT too, which would silently share its connections with ours). Only a
+    refused connection says nothing listens: a timeout may be a listener too busy to answer."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as probe:
@@ -117,27 +136,34 @@ def _taken(address: Any) -> str:
             return exc.strerror or str(exc)
     loopback = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - a lookup
     try:
-        with socket.create_connection((loopback, port), timeout=1):
+        with socket.create_connection((loopback, port), timeout=5):
             return "another process is listening there"
-    except OSError:
+    except ConnectionRefusedError:
         return ""
+    except OSError as exc:
+        return f"could not tell whether another process listens there ({exc})"
+
+
+def _shown(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _refuse_a_taken_address(server: Any) -> None:
     """With a socket per worker the master listens on nothing, so a taken address would only
     show as workers failing to boot over and over: refuse it at once, as gunicorn does with a
-    shared socket. Not on a re-exec (USR2), whose old workers still listen there."""
-    if not server.cfg.reuse_port or server.master_pid:
+    shared socket."""
+    if not server.cfg.reuse_port:
         return
     for address in server.cfg.address:
-        if isinstance(address, tuple) and (why := _taken(address)):
-            server.log.error("Cannot listen at %s:%s: %s", address[0], address[1], why)
+        if why := _taken(address):
+            server.log.error("Cannot listen at %s: %s", _shown(address), why)
             sys.exit(1)
 
 
 def when_ready(server: Any) -> None:
     if server.cfg.reuse_port:  # gunicorn's "Listening at:" named no socket: the master has none
-        addresses = ", ".join(f"{a[0]}:{a[1]}" for a in server.cfg.address)
+        addresses = ", ".join(_shown(address) for address in server.cfg.address)
         server.log.info("Each worker listens at %s on a socket of its own", addresses)
     elif server.cfg.workers > 1 and all(isinstance(a, tuple) for a in server.cfg.address):
         server.log.info(
@@ -147,9 +173,10 @@ def when_ready(server: Any) -> None:
 
 
 def on_starting(server: Any) -> None:
-    """Refuse an address taken already; start the metrics afresh: an empty directory
-    (counters restart from zero with the master, as Prometheus expects of a restarted
-    process)."""
+    """Decide how the workers listen, and refuse an address taken already; start the
+    metrics afresh: an empty directory (counters restart from zero with the master, as
+    Prometheus expects of a restarted process)."""
+    _decide_listening(server)
     _refuse_a_taken_address(server)
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return
@@ -202,6 +229,8 @@ def worker_exit(server: Any, worker: Any) -> None:
     """A worker stopping gracefully gives its budget slices back (billing/leases.py) rather
     than leave them held until their leases expire. Imported here, in the worker, where the
     application (and gevent's patching) is already loaded."""
+    if not worker.booted:  # it failed before the application loaded: it leased nothing
+        return
     try:
         from billing import leases
 

@@ -59,9 +59,13 @@ class Server(str):
 
 @contextlib.contextmanager
 def gunicorn(
-    env: dict[str, str], workers: int = 1, access_log: str = "/dev/null"
+    env: dict[str, str],
+    workers: int = 1,
+    access_log: str = "/dev/null",
+    config: Path = ROOT / "gunicorn.conf.py",
 ) -> Iterator[Server]:
-    """Serve aperture.wsgi with the project's gunicorn.conf.py; yields the base URL."""
+    """Serve aperture.wsgi with the project's gunicorn.conf.py (or `config`); yields the base
+    URL."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -73,7 +77,7 @@ def gunicorn(
     log = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
+            [str(VENV_BIN / "gunicorn"), "-c", str(config), "aperture.wsgi"],
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.DEVNULL,
