@@ -27,39 +27,58 @@ _MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 # Whether each worker listens on a socket of its own, as the master decided it when it
 # started (`_decide_listening`). A reload (HUP) reads this file again, but gunicorn sets the
 # listening sockets up only as the master starts: the new workers must listen the same way.
-_LISTENING = "APERTURE_LISTENING_PER_WORKER"
-reuse_port = os.environ.get(_LISTENING) == "true"
+_DECIDED = "_APERTURE_REUSE_PORT_DECIDED"
+reuse_port = os.environ.get(_DECIDED) == "true"
+
+
+def _can_share_out(addresses: list[Any], workers: int) -> bool:
+    """A socket per worker is possible: TCP addresses with a port named (a Unix socket can't
+    be shared out, and port 0 would give each worker a port of its own), and more than one
+    worker (a lone worker's own socket would lose its queue with it)."""
+    return workers > 1 and all(isinstance(a, tuple) and a[1] for a in addresses)
+
+
+def _kernel_hands_on(migrate_req: Path = _MIGRATE_REQ) -> bool:
+    """Whether a stopping worker's waiting connections go to another worker's socket rather
+    than being reset (`net.ipv4.tcp_migrate_req`, Linux 5.14 and later)."""
+    try:
+        return migrate_req.read_text().strip() == "1"
+    except OSError:  # not Linux, or older than 5.14
+        return False
 
 
 def _reuse_port(
     addresses: list[Any], wanted: str, workers: int, migrate_req: Path = _MIGRATE_REQ
 ) -> bool:
     """Whether each worker accepts on a listening socket of its own (SO_REUSEPORT; gunicorn
-    then opens none in the master), the kernel sharing new connections out among them evenly.
-    On one shared socket the worker that woke first took a burst of keep-alive connections, at
-    times every one of them, and the others idled (README: Production deployment). But a
-    worker that stops (a reload, a crash) resets the connections still waiting in its own
-    socket unless the kernel hands them to another (`net.ipv4.tcp_migrate_req`), so "auto"
-    is on only where it does. Only for TCP addresses with a port named (a Unix socket can't
-    be shared out, and port 0 would give each worker a port of its own), and more than one
-    worker (a lone worker's own socket would lose its queue with it)."""
-    if workers < 2 or not all(isinstance(a, tuple) and a[1] for a in addresses):
+    then opens none in the master), the kernel sharing new connections out among them by a
+    hash of each client's address and port. On one shared socket the worker that woke first
+    took a burst of keep-alive connections, at times every one of them, and the others idled
+    (README: Production deployment). But a worker that stops (a reload, a crash) resets the
+    connections still waiting in its own socket unless the kernel hands them on, so "auto"
+    is on only where it does."""
+    if not _can_share_out(addresses, workers):
         return False
-    if wanted.strip().lower() == "auto":
-        try:
-            return migrate_req.read_text().strip() == "1"
-        except OSError:  # not Linux, or older than 5.14
-            return False
-    return wanted.strip().lower() in _TRUE
+    choice = wanted.strip().lower()
+    return _kernel_hands_on(migrate_req) if choice == "auto" else choice in _TRUE
 
 
 def _decide_listening(server: Any) -> None:
-    """Decide once, as the master starts, from every bind it has (the command line's too)."""
-    if _LISTENING not in os.environ:
+    """Decide once, as the master starts, from every bind it has (the command line's too).
+    A binary upgrade (USR2) keeps the old master's way: its listening sockets, or none."""
+    if server.master_pid:  # re-executed by USR2: GUNICORN_FD lists the old master's sockets
+        if not os.environ.get("GUNICORN_FD"):
+            server.log.error(
+                "A binary upgrade (USR2) is not supported with a listening socket per "
+                "worker: restart instead"
+            )
+            sys.exit(1)
+        os.environ[_DECIDED] = "false"
+    elif _DECIDED not in os.environ:
         wanted = os.environ.get("APERTURE_REUSE_PORT", "auto")
         decided = _reuse_port(server.cfg.address, wanted, server.cfg.workers)
-        os.environ[_LISTENING] = "true" if decided else "false"
-    server.cfg.set("reuse_port", os.environ[_LISTENING] == "true")
+        os.environ[_DECIDED] = "true" if decided else "false"
+    server.cfg.set("reuse_port", os.environ[_DECIDED] == "true")
 
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
@@ -97,11 +116,6 @@ if os.environ.get("APERTURE_LOG_FORMAT", "text") == "json":
 
 _VAR_DIR = Path(os.environ.get("APERTURE_VAR_DIR", str(Path(__file__).resolve().parent / "var")))
 _OWN_DIRS = _VAR_DIR / "prometheus"  # var/prometheus/<master pid>: one per master
-# gunicornc's socket (`gunicornc --control-socket var/gunicorn-8000.ctl`), one per port in
-# the var dir the service may write: gunicorn's default is under $HOME, which the systemd
-# units make read-only (ProtectHome), and which every master of a user on the host shared.
-_PORT = "" if bind.startswith(("unix:", "fd://")) else bind.rsplit(":", 1)[-1]
-control_socket = str(_VAR_DIR / (f"gunicorn-{_PORT}.ctl" if _PORT.isdigit() else "gunicorn.ctl"))
 if os.environ.get("APERTURE_METRICS", "true").strip().lower() in _TRUE:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_OWN_DIRS / str(os.getpid())))
 
@@ -120,7 +134,7 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _taken(address: tuple[str, int]) -> str:
+def _why_taken(address: tuple[str, int]) -> str:
     """Why a worker could not listen on `address` as a socket of its own ("" if it can): the
     address is not this host's, or another process listens there (another gunicorn's workers
     with SO_REUSEPORT too, which would silently share its connections with ours). Only a
@@ -156,16 +170,29 @@ def _refuse_a_taken_address(server: Any) -> None:
     if not server.cfg.reuse_port:
         return
     for address in server.cfg.address:
-        if why := _taken(address):
+        if why := _why_taken(address):
             server.log.error("Cannot listen at %s: %s", _shown(address), why)
             sys.exit(1)
+
+
+def _control_socket(server: Any) -> None:
+    """gunicornc's socket (`gunicornc -s var/gunicorn-8000.ctl`), one per port in the var dir
+    the service may write: gunicorn's default is under $HOME (or $XDG_RUNTIME_DIR), which the
+    systemd units make read-only (ProtectHome), and which every master of a user shared."""
+    ports = [str(address[1]) for address in server.cfg.address if isinstance(address, tuple)]
+    name = f"gunicorn-{ports[0]}.ctl" if ports else "gunicorn.ctl"
+    server.cfg.set("control_socket", str(_VAR_DIR / name))
 
 
 def when_ready(server: Any) -> None:
     if server.cfg.reuse_port:  # gunicorn's "Listening at:" named no socket: the master has none
         addresses = ", ".join(_shown(address) for address in server.cfg.address)
         server.log.info("Each worker listens at %s on a socket of its own", addresses)
-    elif server.cfg.workers > 1 and all(isinstance(a, tuple) for a in server.cfg.address):
+    elif (
+        os.environ.get("APERTURE_REUSE_PORT", "auto").strip().lower() == "auto"
+        and _can_share_out(server.cfg.address, server.cfg.workers)
+        and not _kernel_hands_on()
+    ):
         server.log.info(
             "The workers share one listening socket; set net.ipv4.tcp_migrate_req=1 for a "
             "socket each, which shares connections out evenly (docs/deployment.md)"
@@ -173,11 +200,17 @@ def when_ready(server: Any) -> None:
 
 
 def on_starting(server: Any) -> None:
-    """Decide how the workers listen, and refuse an address taken already; start the
-    metrics afresh: an empty directory (counters restart from zero with the master, as
-    Prometheus expects of a restarted process)."""
+    """Decide how the workers listen and refuse an address taken already; name the control
+    socket; start the metrics afresh."""
     _decide_listening(server)
     _refuse_a_taken_address(server)
+    _control_socket(server)
+    _start_metrics_afresh()
+
+
+def _start_metrics_afresh() -> None:
+    """An empty metrics directory: counters restart from zero with the master, as Prometheus
+    expects of a restarted process."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return
     directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -49,12 +49,21 @@ class Server(str):
     access_log: Path
     pid: int
 
+    @property
+    def port(self) -> int:
+        return int(self.rsplit(":", 1)[1])
+
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
         return [int(child) for child in children]
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def gunicorn_command(config: Path = ROOT / "gunicorn.conf.py") -> list[str]:
+    """How the project's gunicorn is started (from ROOT)."""
+    return [str(VENV_BIN / "gunicorn"), "-c", str(config), "aperture.wsgi"]
 
 
 @contextlib.contextmanager
@@ -77,7 +86,7 @@ def gunicorn(
     log = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [str(VENV_BIN / "gunicorn"), "-c", str(config), "aperture.wsgi"],
+            gunicorn_command(config),
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.DEVNULL,

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import ROOT, VENV_BIN, Server, gunicorn, wait_for
+from tests.support import ROOT, Server, gunicorn, gunicorn_command, wait_for
 
+OWN_SOCKETS = {"APERTURE_REUSE_PORT": "true"}
 CONNECTIONS = 64
 # Shared evenly, each of two workers holds fewer than this with a chance of about 1 in 10^11.
 FEWEST = 8
@@ -39,7 +40,11 @@ def _held_by(pids: list[int], inodes: set[str]) -> Counter[int]:
     """How many of the sockets `inodes` each process holds open."""
     held: Counter[int] = Counter()
     for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except FileNotFoundError:  # the process ended
+            continue
+        for fd in fds:
             try:
                 target = os.readlink(fd)
             except OSError:  # closed meanwhile
@@ -49,18 +54,22 @@ def _held_by(pids: list[int], inodes: set[str]) -> Counter[int]:
     return held
 
 
-def _port(server: Server) -> int:
-    return int(server.rsplit(":", 1)[1])
+def _listening_in_workers(server: Server) -> list[int]:
+    """How many listening sockets each worker holds, once each holds one: its own once it
+    has bound it (gunicorn's helper waits for one answer only), or the master's."""
+    workers = server.worker_pids()
 
+    def held() -> Counter[int]:
+        return _held_by(workers, _sockets(server.port, _LISTEN))
 
-OWN_SOCKETS = {"APERTURE_REUSE_PORT": "true"}
+    wait_for(lambda: len(held()) == len(workers), what="a listening socket in every worker")
+    return sorted(held().values())
 
 
 def test_each_worker_listens_on_a_socket_of_its_own_and_connections_are_shared_out() -> None:
     with gunicorn(OWN_SOCKETS, workers=2) as server:
-        port, workers = _port(server), server.worker_pids()
-        listening = _held_by(workers, _sockets(port, _LISTEN))
-        assert sorted(listening.values()) == [1, 1], "one listening socket per worker"
+        port, workers = server.port, server.worker_pids()
+        assert _listening_in_workers(server) == [1, 1], "one listening socket per worker"
         assert _held_by([server.pid], _sockets(port, _LISTEN)) == Counter()  # none in the master
         # Keep-alive connections opened at once, as a client's pool does; each answered once,
         # so each has been accepted by one worker.
@@ -83,14 +92,14 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_connections_are_shared_o
 
 def test_with_reuse_port_off_the_workers_share_the_masters_socket() -> None:
     with gunicorn({"APERTURE_REUSE_PORT": "false"}, workers=2) as server:
-        listening = _sockets(_port(server), _LISTEN)
+        listening = _sockets(server.port, _LISTEN)
         assert len(listening) == 1
         assert _held_by([server.pid], listening) == Counter({server.pid: 1})
 
 
 def _start_on(port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "aperture.wsgi"],
+        gunicorn_command(),
         cwd=ROOT,
         env={**os.environ, **OWN_SOCKETS, "PORT": str(port), "WEB_CONCURRENCY": "2"},
         capture_output=True,
@@ -111,7 +120,7 @@ def test_an_address_another_process_listens_on_is_refused_at_start() -> None:
 
 def test_a_second_gateway_on_the_same_port_is_refused_rather_than_sharing_it() -> None:
     with gunicorn(OWN_SOCKETS, workers=2) as server:
-        refused = _start_on(_port(server))
+        refused = _start_on(server.port)
     assert refused.returncode == 1
     assert "another process is listening there" in refused.stderr
 
@@ -119,9 +128,10 @@ def test_a_second_gateway_on_the_same_port_is_refused_rather_than_sharing_it() -
 def test_the_control_socket_is_in_the_var_dir_not_under_home(tmp_path: Path) -> None:
     var, home = tmp_path / "var", tmp_path / "home"
     home.mkdir(mode=0o500)  # read-only, as the systemd units' ProtectHome makes it
-    with gunicorn({"APERTURE_VAR_DIR": str(var), "HOME": str(home)}) as server:
-        control = var / f"gunicorn-{_port(server)}.ctl"  # one per port: per running master
-        assert control.is_socket()
+    env = {"APERTURE_VAR_DIR": str(var), "HOME": str(home), "XDG_RUNTIME_DIR": ""}
+    with gunicorn(env) as server:
+        control = var / f"gunicorn-{server.port}.ctl"  # one per port: per running master
+        wait_for(control.is_socket, what="the control socket")  # after the workers start
         assert control.stat().st_mode & 0o777 == 0o600
         assert not list(home.iterdir())
 
@@ -158,19 +168,20 @@ def test_auto_gives_each_worker_a_socket_only_where_the_kernel_hands_waiting_con
     tmp_path: Path,
 ) -> None:
     tcp: list[object] = [["127.0.0.1", 8000]]
-    cases: list[tuple[list[object], str, int, str | None]] = [
-        (tcp, "auto", 2, "1\n"),
-        (tcp, "auto", 2, "0\n"),
-        (tcp, "auto", 2, None),  # a kernel before 5.14
-        (tcp, "true", 2, "0\n"),
-        (tcp, "false", 2, "1\n"),
-        (tcp, "true", 1, "1\n"),  # one worker: its own socket would lose its queue with it
-        (["/run/aperture.sock"], "true", 2, "1\n"),  # unix:, from any bind
-        ([3], "true", 2, "1\n"),  # fd://3
-        ([["127.0.0.1", 0]], "true", 2, "1\n"),  # port 0: a port each
-        ([*tcp, "/run/aperture.sock"], "auto", 2, "1\n"),
+    expected: list[tuple[tuple[list[object], str, int, str | None], bool]] = [
+        ((tcp, "auto", 2, "1\n"), True),
+        ((tcp, "auto", 2, "0\n"), False),
+        ((tcp, "auto", 2, None), False),  # a kernel before 5.14
+        ((tcp, "true", 2, "0\n"), True),
+        ((tcp, "false", 2, "1\n"), False),
+        ((tcp, "true", 1, "1\n"), False),  # one worker: its own socket would lose its queue
+        ((["/run/aperture.sock"], "true", 2, "1\n"), False),  # unix:, from any bind
+        (([3], "true", 2, "1\n"), False),  # fd://3
+        (([["127.0.0.1", 0]], "true", 2, "1\n"), False),  # port 0: a port each
+        (([*tcp, "/run/aperture.sock"], "auto", 2, "1\n"), False),
     ]
-    assert _decided(cases, tmp_path) == [True, False, False, True, False] + [False] * 5
+    cases = [case for case, _ in expected]
+    assert _decided(cases, tmp_path) == [decided for _, decided in expected]
 
 
 def _config_reading(sysctl: Path, directory: Path) -> Path:
@@ -192,7 +203,8 @@ def test_a_reload_keeps_the_way_the_workers_listen_whatever_the_kernel_says_sinc
     config = _config_reading(sysctl, tmp_path)
     env = {"APERTURE_VAR_DIR": str(tmp_path / "var")}
     with gunicorn(env, workers=2, config=config) as server:
-        port = _port(server)
+        port = server.port
+        _listening_in_workers(server)
         in_master = _held_by([server.pid], _sockets(port, _LISTEN))
         assert in_master == (Counter() if before == "1" else Counter({server.pid: 1}))
         sysctl.write_text("1" if before == "0" else "0")
@@ -202,8 +214,8 @@ def test_a_reload_keeps_the_way_the_workers_listen_whatever_the_kernel_says_sinc
             lambda: not old & set(server.worker_pids()) and len(server.worker_pids()) == 2,
             what="the new workers in place of the old ones",
         )
+        assert _listening_in_workers(server) == [1, 1]
         assert _held_by([server.pid], _sockets(port, _LISTEN)) == in_master
-        assert sorted(_held_by(server.worker_pids(), _sockets(port, _LISTEN)).values()) == [1, 1]
         for _ in range(20):  # each on a new connection
             assert requests.get(f"{server}/healthz", timeout=10).status_code == 200
 
@@ -233,7 +245,7 @@ def _requests_across(server: Server, reloads: int) -> Counter[str]:
 
     def call() -> None:
         while not done.is_set():
-            connection = http.client.HTTPConnection("127.0.0.1", _port(server), timeout=30)
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
             try:
                 connection.request("GET", "/healthz", headers={"Connection": "close"})
                 response = connection.getresponse()
@@ -259,7 +271,25 @@ def _requests_across(server: Server, reloads: int) -> Counter[str]:
 
 
 def test_reloading_the_workers_under_load_drops_no_connection() -> None:
-    with gunicorn({}, workers=2) as server:  # auto, as deployed
+    with gunicorn({}, workers=2) as server:  # auto, as deployed on this host
+        own_sockets = _held_by([server.pid], _sockets(server.port, _LISTEN)) == Counter()
+        migrates = Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip() == "1"
+        assert own_sockets == migrates  # a socket each only where the kernel hands on
         ended = _requests_across(server, reloads=3)
     assert ended["reloads"] == 3
     assert set(ended) == {"200", "reloads"}, ended
+
+
+def test_a_binary_upgrade_is_refused_with_a_socket_per_worker_and_the_old_master_serves_on() -> (
+    None
+):
+    with gunicorn(OWN_SOCKETS, workers=2) as server:
+        _listening_in_workers(server)
+        os.kill(server.pid, signal.SIGUSR2)
+        wait_for(
+            lambda: "A binary upgrade (USR2) is not supported" in server.log_tail(),
+            what="the new master's refusal",
+        )
+        wait_for(lambda: len(server.worker_pids()) == 2, what="the new master gone")
+        assert requests.get(f"{server}/healthz", timeout=10).status_code == 200
+        assert _listening_in_workers(server) == [1, 1]
