@@ -47,6 +47,11 @@ def _kernel_hands_on(migrate_req: Path = _MIGRATE_REQ) -> bool:
         return False
 
 
+def _wanted() -> str:
+    """APERTURE_REUSE_PORT as set: "auto", or a switch."""
+    return os.environ.get("APERTURE_REUSE_PORT", "auto").strip().lower()
+
+
 def _reuse_port(
     addresses: list[Any], wanted: str, workers: int, migrate_req: Path = _MIGRATE_REQ
 ) -> bool:
@@ -75,8 +80,7 @@ def _decide_listening(server: Any) -> None:
             sys.exit(1)
         os.environ[_DECIDED] = "false"
     elif _DECIDED not in os.environ:
-        wanted = os.environ.get("APERTURE_REUSE_PORT", "auto")
-        decided = _reuse_port(server.cfg.address, wanted, server.cfg.workers)
+        decided = _reuse_port(server.cfg.address, _wanted(), server.cfg.workers)
         os.environ[_DECIDED] = "true" if decided else "false"
     server.cfg.set("reuse_port", os.environ[_DECIDED] == "true")
 
@@ -189,7 +193,7 @@ def when_ready(server: Any) -> None:
         addresses = ", ".join(_shown(address) for address in server.cfg.address)
         server.log.info("Each worker listens at %s on a socket of its own", addresses)
     elif (
-        os.environ.get("APERTURE_REUSE_PORT", "auto").strip().lower() == "auto"
+        _wanted() == "auto"
         and _can_share_out(server.cfg.address, server.cfg.workers)
         and not _kernel_hands_on()
     ):

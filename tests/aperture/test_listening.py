@@ -54,6 +54,12 @@ def _held_by(pids: list[int], inodes: set[str]) -> Counter[int]:
     return held
 
 
+def _listening_in_master(server: Server) -> int:
+    """How many listening sockets on the server's port its master holds (none: a socket per
+    worker; one: the socket its workers share)."""
+    return _held_by([server.pid], _sockets(server.port, _LISTEN))[server.pid]
+
+
 def _listening_in_workers(server: Server) -> list[int]:
     """How many listening sockets each worker holds, once each holds one: its own once it
     has bound it (gunicorn's helper waits for one answer only), or the master's."""
@@ -70,7 +76,7 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_connections_are_shared_o
     with gunicorn(OWN_SOCKETS, workers=2) as server:
         port, workers = server.port, server.worker_pids()
         assert _listening_in_workers(server) == [1, 1], "one listening socket per worker"
-        assert _held_by([server.pid], _sockets(port, _LISTEN)) == Counter()  # none in the master
+        assert _listening_in_master(server) == 0
         # Keep-alive connections opened at once, as a client's pool does; each answered once,
         # so each has been accepted by one worker.
         connections = [http.client.HTTPConnection("127.0.0.1", port) for _ in range(CONNECTIONS)]
@@ -94,7 +100,7 @@ def test_with_reuse_port_off_the_workers_share_the_masters_socket() -> None:
     with gunicorn({"APERTURE_REUSE_PORT": "false"}, workers=2) as server:
         listening = _sockets(server.port, _LISTEN)
         assert len(listening) == 1
-        assert _held_by([server.pid], listening) == Counter({server.pid: 1})
+        assert _listening_in_master(server) == 1
 
 
 def _start_on(port: int) -> subprocess.CompletedProcess[str]:
@@ -203,10 +209,9 @@ def test_a_reload_keeps_the_way_the_workers_listen_whatever_the_kernel_says_sinc
     config = _config_reading(sysctl, tmp_path)
     env = {"APERTURE_VAR_DIR": str(tmp_path / "var")}
     with gunicorn(env, workers=2, config=config) as server:
-        port = server.port
         _listening_in_workers(server)
-        in_master = _held_by([server.pid], _sockets(port, _LISTEN))
-        assert in_master == (Counter() if before == "1" else Counter({server.pid: 1}))
+        in_master = _listening_in_master(server)
+        assert in_master == (0 if before == "1" else 1)
         sysctl.write_text("1" if before == "0" else "0")
         old = set(server.worker_pids())
         os.kill(server.pid, signal.SIGHUP)
@@ -215,7 +220,7 @@ def test_a_reload_keeps_the_way_the_workers_listen_whatever_the_kernel_says_sinc
             what="the new workers in place of the old ones",
         )
         assert _listening_in_workers(server) == [1, 1]
-        assert _held_by([server.pid], _sockets(port, _LISTEN)) == in_master
+        assert _listening_in_master(server) == in_master
         for _ in range(20):  # each on a new connection
             assert requests.get(f"{server}/healthz", timeout=10).status_code == 200
 
@@ -272,7 +277,7 @@ def _requests_across(server: Server, reloads: int) -> Counter[str]:
 
 def test_reloading_the_workers_under_load_drops_no_connection() -> None:
     with gunicorn({}, workers=2) as server:  # auto, as deployed on this host
-        own_sockets = _held_by([server.pid], _sockets(server.port, _LISTEN)) == Counter()
+        own_sockets = _listening_in_master(server) == 0
         migrates = Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip() == "1"
         assert own_sockets == migrates  # a socket each only where the kernel hands on
         ended = _requests_across(server, reloads=3)
