@@ -10,12 +10,15 @@ connection is a greenlet, so each one opened a connection pool (and a Redis conn
 own: 5,000 connections for a burst of 5,000 callers, and a connect, HELLO and SELECT for every
 new client connection. The client, with its pools, is made once per process and shared.
 
+A `get_many` (the key lookup of every request) is one MGET on a pooled connection, without
+redis-py's client layer.
+
 Each Redis client of the process parses with `ReadyCheckedParser`: redis-py checks a pooled
 connection before every command, and under gevent its check gave the event loop a turn.
 """
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
@@ -39,6 +42,20 @@ class _SharedClient(RedisCacheClient):
             client = self._clients[id(pool)] = self._client(connection_pool=pool)  # type: ignore[attr-defined]
         return client
 
+    def read_many(self, made: list[str], keys: list[Any]) -> dict[Any, Any]:
+        """`keys`' values (those found), read with one MGET of their cache keys `made`."""
+        pool = self._get_connection_pool(False)  # type: ignore[attr-defined]
+        connection = pool.get_connection()
+        try:  # a send or read that fails, or is stopped, disconnects (redis-py's own rule)
+            connection.send_command("MGET", *made)
+            found = connection.read_response()
+        finally:
+            pool.release(connection)
+        loads = self._serializer.loads  # type: ignore[attr-defined]
+        return {
+            key: loads(value) for key, value in zip(keys, found, strict=True) if value is not None
+        }
+
 
 def _shared_client(servers: list[str], **options: Any) -> _SharedClient:
     """The process's client for these servers and options, whichever thread asks."""
@@ -54,6 +71,19 @@ class SharedClientRedisCache(RedisCache):
     def __init__(self, server: str, params: dict[str, Any]) -> None:
         super().__init__(server, params)
         self._class = _shared_client
+
+    def get_many(self, keys: Any, version: int | None = None) -> dict[Any, Any]:
+        """One MGET on a pooled connection, without redis-py's client layer: a request's key
+        lookup is one, and Django's layer and redis-py's command dispatch cost more CPU than
+        the command itself (about 60 of 120 µs, measured in a gevent loop). A command that
+        fails is not retried: callers fall back as on any cache failure
+        (aperture/safe_cache.py)."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        made = [self.make_key(key, version=version) for key in keys]
+        client = cast(_SharedClient, self._cache)
+        return client.read_many(made, keys)
 
     def validate_key(self, key: str) -> None:
         """Nothing to check: the warnings Django's base class gives are memcached's (key

@@ -92,7 +92,13 @@ class Meter:
 
 
 def record_usage(meter: Meter, *, status: int, error_code: str, bytes_out: int) -> None:
+    """Count the request in the metrics and write its usage record."""
     metrics.observe_request(meter, status=status, error_code=error_code)
+    write_usage(meter, status=status, error_code=error_code, bytes_out=bytes_out)
+
+
+def write_usage(meter: Meter, *, status: int, error_code: str, bytes_out: int) -> None:
+    """The request's usage record; a failure to write it is counted and logged, not raised."""
     principal = meter.principal
     if principal is None:
         return  # unauthenticated requests are not metered

@@ -18,7 +18,7 @@ from aperture import load_shedding, metrics
 from aperture.api_fields import usd
 from aperture.renderers import ORJSONRenderer
 from aperture.request_context import current_request_id
-from billing.metering import Meter, record_usage
+from billing.metering import Meter, record_usage, write_usage
 from routing import idempotency
 from tenants.key_auth import KeyPrincipal
 from tenants.permissions import ImagesScope, request_principal
@@ -135,13 +135,11 @@ class MeteredView(APIView):
         if not error_code and response.status_code >= 400 and isinstance(response.data, dict):
             error_code = str((response.data.get("error") or {}).get("code") or "")
         meter.finish()
-        meter.at_end = partial(
-            _recorded,
-            meter,
-            status=response.status_code,
-            error_code=error_code,
-            bytes_out=len(response.content),
-        )
+        status = response.status_code
+        meter.at_end = partial(_written, meter, status, error_code, len(response.content))
+        # Counted and logged once the answer is out, off the caller's wait (the server closes
+        # a response after writing it); the record itself is written before (finalize_response).
+        response._resource_closers.append(partial(_counted, meter, status, error_code))  # type: ignore[attr-defined]
         return response
 
 
@@ -150,6 +148,19 @@ def _recorded(meter: Meter, *, status: int, error_code: str, bytes_out: int) -> 
     line."""
     if not meter.deferred:
         record_usage(meter, status=status, error_code=error_code, bytes_out=bytes_out)
+    log_request(meter, status=status, error_code=error_code)
+
+
+def _written(meter: Meter, status: int, error_code: str, bytes_out: int) -> None:
+    """A whole answer's usage record (an async job's submit: none, the job writes it)."""
+    if not meter.deferred:
+        write_usage(meter, status=status, error_code=error_code, bytes_out=bytes_out)
+
+
+def _counted(meter: Meter, status: int, error_code: str) -> None:
+    """A whole answer's count in the metrics (an async job's: when it ends) and log line."""
+    if not meter.deferred:
+        metrics.observe_request(meter, status=status, error_code=error_code)
     log_request(meter, status=status, error_code=error_code)
 
 

@@ -421,6 +421,12 @@ def test_counters_equal_the_traffic_sent_summed_over_two_workers(
         _key("aperture_usage_record_write_failures_total"): 0.0,
     }
     counted = {name for name, _ in expected}  # every series of these, and nothing else
+
+    def answers_counted() -> float:  # an answer is counted once it is out (routing/metered.py)
+        samples = _live_scrape(server)[1]
+        return sum(v for (name, _), v in samples.items() if name == "aperture_requests_total")
+
+    wait_for(lambda: answers_counted() == 15, what="the 15 answers counted")
     text, samples = _live_scrape(server)
     assert {key: value for key, value in samples.items() if key[0] in counted} == expected
     durations = "aperture_request_duration_seconds_count"

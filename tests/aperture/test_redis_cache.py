@@ -4,14 +4,20 @@ used to open its own pool, so a burst of 5,000 callers opened 5,000 Redis connec
 
 from __future__ import annotations
 
+import contextlib
 import select
+import socket
 import threading
 import time
 from typing import Any
 
+import hiredis
+import pytest
+import redis
+from django.conf import settings
 from django.core.cache import caches
 
-from aperture.redis_cache import ReadyCheckedParser
+from aperture.redis_cache import ReadyCheckedParser, SharedClientRedisCache
 
 
 def test_every_thread_draws_on_one_connection_pool() -> None:
@@ -89,3 +95,96 @@ def test_a_pooled_connection_whose_socket_was_closed_meanwhile_is_made_again() -
     pool.release(connection)
 
     assert cache.get("closed-socket") == 1
+
+
+# --- get_many: one MGET on a pooled connection (the key lookup of every request) ----------
+
+
+def test_get_many_reads_what_set_wrote_and_leaves_out_what_is_missing() -> None:
+    cache: Any = caches["default"]
+    cache.set("many-entry", {"id": 7, "scopes": ("images",), "expires_at": None}, 30)
+    cache.set("many-count", 12, 30)  # stored as digits, not pickled
+    cache.set("many-other-version", "v2", 30, version=2)
+    cache.delete("many-missing")
+
+    assert cache.get_many(["many-entry", "many-count", "many-missing"]) == {
+        "many-entry": {"id": 7, "scopes": ("images",), "expires_at": None},
+        "many-count": 12,
+    }
+    assert cache.get_many(["many-other-version"]) == {}
+    assert cache.get_many(["many-other-version"], version=2) == {"many-other-version": "v2"}
+    assert cache.get_many([]) == {}
+
+
+class _LateProxy:
+    """A loopback proxy in front of the test Redis that holds the first MGET it is sent
+    for `late` seconds before passing it on; everything else passes at once."""
+
+    def __init__(self, late: float) -> None:
+        self.late = late
+        self.held = False
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        target = redis.connection.parse_url(settings.REDIS_URL)
+        while True:
+            try:
+                caller, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((target.get("host", "127.0.0.1"), 6379))
+            self.sockets += [caller, upstream]
+            threading.Thread(target=self._commands, args=(caller, upstream), daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, caller), daemon=True).start()
+
+    def _commands(self, caller: socket.socket, upstream: socket.socket) -> None:
+        reader = hiredis.Reader()
+        with contextlib.suppress(OSError):
+            while data := caller.recv(65536):
+                reader.feed(data)
+                while (command := reader.gets()) is not False:
+                    if command[0].upper() == b"MGET" and not self.held:
+                        self.held = True
+                        time.sleep(self.late)
+                    upstream.sendall(
+                        b"*%d\r\n" % len(command)
+                        + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in command)
+                    )
+
+    def _replies(self, upstream: socket.socket, caller: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                caller.sendall(data)
+
+    def close(self) -> None:
+        self.server.close()
+        for each in self.sockets:
+            each.close()
+
+
+def test_a_get_many_that_timed_out_leaves_its_late_reply_to_no_later_call() -> None:
+    """The late reply of an MGET that gave up must not be read as the next one's: the read
+    that gives up drops its connection (the check of a pooled connection as it is handed
+    out catches only a reply that has already come)."""
+    cache: Any = caches["default"]
+    cache.set("late-entry", "stale", 30)
+    proxy = _LateProxy(late=0.5)
+    try:
+        database = redis.connection.parse_url(settings.REDIS_URL).get("db", 0)
+        proxied = SharedClientRedisCache(
+            f"redis://127.0.0.1:{proxy.port}/{database}",
+            {
+                **settings.CACHES["default"],
+                "OPTIONS": {**settings.CACHES["default"]["OPTIONS"], "socket_timeout": 0.3},
+            },
+        )
+        with pytest.raises(redis.exceptions.TimeoutError):
+            proxied.get_many(["late-entry"])  # held at the proxy: its reply comes at 0.5 s
+        cache.set("late-entry", "fresh", 30)
+
+        assert proxied.get_many(["late-entry"]) == {"late-entry": "fresh"}
+    finally:
+        proxy.close()
