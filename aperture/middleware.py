@@ -29,7 +29,8 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # The inference API's paths (the `openai` passthrough's too): called with API keys, answered
 # in JSON or relayed. No browser signs in on them, so the middleware of browser pages (page
 # policies, static files, sessions, sign-in, messages) steps aside on them: about 2% of a
-# worker's CPU a request (the layers themselves remain; removing them outright measured 7%).
+# worker's CPU a request. The layers themselves remain: removing them outright made no
+# difference beyond noise in a paired A/B (docs/performance.md).
 INFERENCE_PREFIXES = ("/v1/", "/openai/")
 
 
