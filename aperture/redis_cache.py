@@ -73,11 +73,10 @@ class SharedClientRedisCache(RedisCache):
         self._class = _shared_client
 
     def get_many(self, keys: Any, version: int | None = None) -> dict[Any, Any]:
-        """One MGET on a pooled connection, without redis-py's client layer: a request's key
-        lookup is one, and Django's layer and redis-py's command dispatch cost more CPU than
-        the command itself (about 60 of 120 µs, measured in a gevent loop). A command that
-        fails is not retried: callers fall back as on any cache failure
-        (aperture/safe_cache.py)."""
+        """One MGET on a pooled connection, without Django's client layer and redis-py's
+        command dispatch: a request's key lookup is one, and those layers cost more CPU than
+        the command itself (about 60 of 120 µs, measured in a gevent loop). Errors are
+        redis-py's, as through its client (whose pool here retries nothing either)."""
         keys = list(keys)
         if not keys:
             return {}

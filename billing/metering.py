@@ -4,8 +4,9 @@ Writing is one INSERT, made together with the records other requests of the proc
 writing at the same moment (aperture/group_commit.py: under load, one round trip and one
 commit for many); the request returns once its own is written, as if alone. If it fails the
 response still goes out, the failure is logged and counted (`RECORDING_FAILURES`, and the
-metrics), and nothing else is affected. The same step counts the request in the Prometheus
-metrics (aperture/metrics.py), unauthenticated ones too.
+metrics), and nothing else is affected. The request is counted in the Prometheus metrics
+(aperture/metrics.py), unauthenticated ones too: a whole answer's once it is out
+(routing/metered.py), anything else's as its record is written.
 """
 
 from __future__ import annotations

@@ -18,11 +18,12 @@ from aperture import load_shedding, metrics
 from aperture.api_fields import usd
 from aperture.renderers import ORJSONRenderer
 from aperture.request_context import current_request_id
-from billing.metering import Meter, record_usage, write_usage
+from billing.metering import Meter, write_usage
 from routing import idempotency
 from tenants.key_auth import KeyPrincipal
 from tenants.permissions import ImagesScope, request_principal
 
+logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("aperture.requests")
 COST_HEADER = "x-aperture-cost-usd"
 
@@ -144,24 +145,26 @@ class MeteredView(APIView):
 
 
 def _recorded(meter: Meter, *, status: int, error_code: str, bytes_out: int) -> None:
-    """The request's usage record (an async job's submit: when the job ends), then its log
-    line."""
-    if not meter.deferred:
-        record_usage(meter, status=status, error_code=error_code, bytes_out=bytes_out)
-    log_request(meter, status=status, error_code=error_code)
+    """A relayed answer's ending: its usage record, count and log line at once."""
+    _written(meter, status, error_code, bytes_out)
+    _counted(meter, status, error_code)
 
 
 def _written(meter: Meter, status: int, error_code: str, bytes_out: int) -> None:
-    """A whole answer's usage record (an async job's submit: none, the job writes it)."""
+    """The request's usage record (an async job's submit: none, the job writes it)."""
     if not meter.deferred:
         write_usage(meter, status=status, error_code=error_code, bytes_out=bytes_out)
 
 
 def _counted(meter: Meter, status: int, error_code: str) -> None:
-    """A whole answer's count in the metrics (an async job's: when it ends) and log line."""
+    """The request's count in the metrics (an async job's: when it ends) and its log line.
+    Never raises: run as a response closes, where Django would drop the error unseen."""
     if not meter.deferred:
         metrics.observe_request(meter, status=status, error_code=error_code)
-    log_request(meter, status=status, error_code=error_code)
+    try:
+        log_request(meter, status=status, error_code=error_code)
+    except Exception:
+        logger.exception("could not log request %s", meter.request_id)
 
 
 def log_request(meter: Meter, *, status: int, error_code: str) -> None:

@@ -70,3 +70,22 @@ def test_the_choice_is_drfs_own(accept: str | None, renderers: list, suffix: str
     ours = _choice(QuickContentNegotiation(), request, renderers, suffix)
 
     assert ours == _choice(DefaultContentNegotiation(), request, renderers, suffix)
+
+
+@pytest.mark.parametrize("accept", ["*/*", "application/json", None])
+@pytest.mark.parametrize("query", ["", "?format=csv", "?format=json"])
+def test_with_a_format_parameter_the_choice_is_drfs_own_too(
+    settings, accept: str | None, query: str
+) -> None:
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "URL_FORMAT_OVERRIDE": "format"}
+    path = f"/v1/usage{query}"
+    factory = APIRequestFactory()
+    asked = factory.get(path) if accept is None else factory.get(path, HTTP_ACCEPT=accept)
+    request = Request(asked)
+    renderers = [ORJSONRenderer(), _CsvRenderer()]
+
+    ours = _choice(QuickContentNegotiation(), request, renderers, None)
+
+    assert ours == _choice(DefaultContentNegotiation(), request, renderers, None)
+    if query == "?format=csv" and accept != "application/json":
+        assert ours == (_CsvRenderer, "text/csv")  # the parameter's choice, not the first

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import hiredis
 import pytest
@@ -117,25 +118,26 @@ def test_get_many_reads_what_set_wrote_and_leaves_out_what_is_missing() -> None:
 
 
 class _LateProxy:
-    """A loopback proxy in front of the test Redis that holds the first MGET it is sent
-    for `late` seconds before passing it on; everything else passes at once."""
+    """A loopback proxy in front of the test Redis. The reply to the first MGET it passes
+    on is held back until the same connection sends its next command, and then comes just
+    before that command's own: as a late reply does when the connection is used again."""
 
-    def __init__(self, late: float) -> None:
-        self.late = late
-        self.held = False
+    def __init__(self) -> None:
+        self.held: socket.socket | None = None  # the caller whose first MGET's reply waits
+        self.next_command = threading.Event()
         self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
+        self.address = self.server.getsockname()
         self.sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        target = redis.connection.parse_url(settings.REDIS_URL)
+        target = urlsplit(settings.REDIS_URL)
         while True:
             try:
                 caller, _ = self.server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection((target.get("host", "127.0.0.1"), 6379))
+            upstream = socket.create_connection((target.hostname, target.port or 6379))
             self.sockets += [caller, upstream]
             threading.Thread(target=self._commands, args=(caller, upstream), daemon=True).start()
             threading.Thread(target=self._replies, args=(upstream, caller), daemon=True).start()
@@ -146,9 +148,10 @@ class _LateProxy:
             while data := caller.recv(65536):
                 reader.feed(data)
                 while (command := reader.gets()) is not False:
-                    if command[0].upper() == b"MGET" and not self.held:
-                        self.held = True
-                        time.sleep(self.late)
+                    if self.held is caller:
+                        self.next_command.set()
+                    elif self.held is None and command[0].upper() == b"MGET":
+                        self.held = caller
                     upstream.sendall(
                         b"*%d\r\n" % len(command)
                         + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in command)
@@ -157,32 +160,37 @@ class _LateProxy:
     def _replies(self, upstream: socket.socket, caller: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := upstream.recv(65536):
+                if self.held is caller and not self.next_command.is_set():
+                    self.next_command.wait(30)  # the held reply waits for the next command
                 caller.sendall(data)
 
+    def url(self) -> str:
+        target = urlsplit(settings.REDIS_URL)
+        credentials = target.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@" if credentials else ""
+        return target._replace(netloc=f"{netloc}{self.address[0]}:{self.address[1]}").geturl()
+
     def close(self) -> None:
+        self.next_command.set()
         self.server.close()
         for each in self.sockets:
             each.close()
 
 
 def test_a_get_many_that_timed_out_leaves_its_late_reply_to_no_later_call() -> None:
-    """The late reply of an MGET that gave up must not be read as the next one's: the read
-    that gives up drops its connection (the check of a pooled connection as it is handed
-    out catches only a reply that has already come)."""
+    """The late reply of an MGET that gave up must not be read as the next one's. The check
+    of a pooled connection as it is handed out catches only a reply that has already come;
+    a read that gives up drops its connection."""
     cache: Any = caches["default"]
     cache.set("late-entry", "stale", 30)
-    proxy = _LateProxy(late=0.5)
+    proxy = _LateProxy()
     try:
-        database = redis.connection.parse_url(settings.REDIS_URL).get("db", 0)
+        options = {**settings.CACHES["default"]["OPTIONS"], "socket_timeout": 0.3}
         proxied = SharedClientRedisCache(
-            f"redis://127.0.0.1:{proxy.port}/{database}",
-            {
-                **settings.CACHES["default"],
-                "OPTIONS": {**settings.CACHES["default"]["OPTIONS"], "socket_timeout": 0.3},
-            },
+            proxy.url(), {**settings.CACHES["default"], "OPTIONS": options}
         )
         with pytest.raises(redis.exceptions.TimeoutError):
-            proxied.get_many(["late-entry"])  # held at the proxy: its reply comes at 0.5 s
+            proxied.get_many(["late-entry"])  # Redis answered "stale"; the proxy holds it
         cache.set("late-entry", "fresh", 30)
 
         assert proxied.get_many(["late-entry"]) == {"late-entry": "fresh"}

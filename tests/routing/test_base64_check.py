@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import os
+import random
+import re
 
 import pytest
 
@@ -45,3 +47,14 @@ def test_well_formed_base64_is_accepted(text: str) -> None:
 )
 def test_anything_else_is_refused(text: str) -> None:
     assert not is_base64(text)
+
+
+def test_it_agrees_with_the_definition_over_random_strings() -> None:
+    """The definition it replaced: a multiple of four characters of the alphabet, then at
+    most two `=`."""
+    definition = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+    chance = random.Random(18)
+    for _ in range(20_000):
+        text = "".join(chance.choices("Aa0+/=- \n\xe9", k=chance.randrange(0, 13)))
+        expected = len(text) % 4 == 0 and definition.fullmatch(text) is not None
+        assert is_base64(text) is expected, repr(text)
