@@ -61,11 +61,10 @@ def _reuse_port(
     took a burst of keep-alive connections, at times every one of them, and the others idled
     (README: Production deployment). But a worker that stops (a reload, a crash) resets the
     connections still waiting in its own socket unless the kernel hands them on, so "auto"
-    is on only where it does."""
+    is on only where it does. `wanted` is as `_wanted` reads it."""
     if not _can_share_out(addresses, workers):
         return False
-    choice = wanted.strip().lower()
-    return _kernel_hands_on(migrate_req) if choice == "auto" else choice in _TRUE
+    return _kernel_hands_on(migrate_req) if wanted == "auto" else wanted in _TRUE
 
 
 def _decide_listening(server: Any) -> None:
